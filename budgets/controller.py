@@ -1,0 +1,226 @@
+"""The budget controller: whether to keep spending at all.
+
+Called before every stage (and, for hard caps, as trials finish mid-stage) with the ledger; it
+answers with a :class:`BudgetDecision` that the flow carries out and records. Three kinds of stop:
+
+* hard caps: ``max_gpu_hours``, ``max_cost``, a wall-clock ``deadline``; a stage whose predicted
+  cost would cross a cap is not started;
+* the marginal-gain stop: the improvement of the incumbent (best score at the highest fidelity
+  reached, averaged over the top ``top_k`` so one lucky noisy evaluation cannot carry it) over the
+  last ``window_gpu_hours`` of spend, per GPU-hour, is below ``min_gain_per_gpu_hour`` for
+  ``patience`` consecutive checks after a warm-up of ``min_gpu_hours``;
+* the forecast stop (``stop_rule="forecast"``): the gain the next stage can be expected to buy,
+  per GPU-hour it is predicted to cost, is below the threshold.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, Callable, Literal
+
+from budgets.ledger import IncumbentPoint, Ledger, incumbent_curve
+
+__all__ = ["Action", "StopReason", "BudgetSettings", "BudgetDecision", "BudgetController", "window_gain"]
+
+Mode = Literal["max", "min"]
+
+
+class Action(StrEnum):
+    CONTINUE = "continue"
+    STOP = "stop"
+
+
+class StopReason(StrEnum):
+    SCHEDULE_COMPLETE = "schedule_complete"
+    MIN_GAIN = "min_gain_per_gpu_hour"
+    MAX_GPU_HOURS = "max_gpu_hours"
+    MAX_COST = "max_cost"
+    DEADLINE = "deadline"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    max_gpu_hours: float | None = None
+    max_cost: float | None = None
+    deadline_seconds: float | None = None
+    price_per_gpu_hour: float = 0.0
+    min_gain_per_gpu_hour: float | None = None
+    window_gpu_hours: float | None = None
+    min_gpu_hours: float = 0.0
+    patience: int = 2
+    top_k: int = 1
+    stop_rule: Literal["window", "forecast"] = "window"
+    on_cap: Literal["finish", "cancel"] = "cancel"
+
+
+@dataclass(frozen=True)
+class BudgetDecision:
+    """One check of the controller, with the figures it decided on."""
+
+    action: Action
+    reason: str | None
+    stage: str
+    spent_gpu_hours: float
+    spent_cost: float
+    elapsed_seconds: float
+    best: float | None
+    gain_per_gpu_hour: float | None
+    threshold: float | None
+    next_stage_gpu_hours: float | None
+    below_threshold_checks: int
+    detail: str
+    checked_at: float
+
+    @property
+    def stop(self) -> bool:
+        return self.action == Action.STOP
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["action"] = str(self.action)
+        return data
+
+
+def _value_at(curve: list[IncumbentPoint], gpu_hours: float) -> IncumbentPoint | None:
+    """The last curve point at or before ``gpu_hours`` of spend."""
+    found = None
+    for point in curve:
+        if point.gpu_hours <= gpu_hours + 1e-12:
+            found = point
+        else:
+            break
+    return found
+
+
+def window_gain(curve: list[IncumbentPoint], window_gpu_hours: float, mode: Mode) -> float | None:
+    """Improvement of the incumbent over the last ``window_gpu_hours``, per GPU-hour.
+
+    None when the window holds no comparable evidence: no incumbent yet, or the highest fidelity
+    changed inside the window (a sweep still climbing the rungs is progressing by definition).
+    """
+    if not curve or curve[-1].top_k_mean is None or window_gpu_hours <= 0:
+        return None
+    now = curve[-1]
+    before = _value_at(curve, now.gpu_hours - window_gpu_hours)
+    if before is None or before.top_k_mean is None or abs(before.budget - now.budget) > 1e-9:
+        return None
+    sign = 1.0 if mode == "max" else -1.0
+    span = now.gpu_hours - before.gpu_hours
+    if span <= 0:
+        return None
+    return sign * (now.top_k_mean - before.top_k_mean) / max(span, window_gpu_hours)
+
+
+class BudgetController:
+    """Decides before every stage whether the sweep may spend more; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: BudgetSettings,
+        *,
+        mode: Mode = "max",
+        clock: Callable[[], float] = time.time,
+        started_at: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.clock = clock
+        self.started_at = started_at if started_at is not None else clock()
+        self.below_threshold_checks = 0
+        self.checks = 0
+
+    def _decision(self, action: Action, reason: str | None, stage: str, ledger: Ledger, **figures: Any) -> BudgetDecision:
+        now = self.clock()
+        return BudgetDecision(
+            action=action,
+            reason=reason,
+            stage=stage,
+            spent_gpu_hours=ledger.gpu_hours,
+            spent_cost=ledger.cost,
+            elapsed_seconds=now - self.started_at,
+            best=figures.get("best"),
+            gain_per_gpu_hour=figures.get("gain"),
+            threshold=self.settings.min_gain_per_gpu_hour,
+            next_stage_gpu_hours=figures.get("next_stage_gpu_hours"),
+            below_threshold_checks=self.below_threshold_checks,
+            detail=figures.get("detail", ""),
+            checked_at=now,
+        )
+
+    def hard_cap_reached(self, ledger: Ledger, next_stage_gpu_hours: float = 0.0) -> tuple[StopReason, str] | None:
+        """The first hard cap that is reached now, or would be by spending ``next_stage_gpu_hours`` more."""
+        s = self.settings
+        spent, cost = ledger.gpu_hours, ledger.cost
+        if s.max_gpu_hours is not None and spent + next_stage_gpu_hours >= s.max_gpu_hours - 1e-12:
+            extra = f" + {next_stage_gpu_hours:.4g} predicted for the next stage" if next_stage_gpu_hours else ""
+            return StopReason.MAX_GPU_HOURS, f"spent {spent:.4g} GPU-h{extra} reaches the cap of {s.max_gpu_hours:.4g} GPU-h"
+        next_cost = ledger.cost_of(next_stage_gpu_hours * 3600.0)
+        if s.max_cost is not None and cost + next_cost >= s.max_cost - 1e-12:
+            extra = f" + {next_cost:.4g} predicted for the next stage" if next_cost else ""
+            return StopReason.MAX_COST, f"spent {cost:.4g}{extra} reaches the cost cap of {s.max_cost:.4g}"
+        if s.deadline_seconds is not None and self.clock() - self.started_at >= s.deadline_seconds:
+            return StopReason.DEADLINE, f"{self.clock() - self.started_at:.0f} s elapsed, deadline {s.deadline_seconds:.0f} s"
+        return None
+
+    def check_in_flight(self, ledger: Ledger, stage: str = "in-flight") -> BudgetDecision:
+        """Called as trials finish mid-stage: only hard caps apply (the gain rule waits for the stage)."""
+        cap = self.hard_cap_reached(ledger)
+        if cap is not None:
+            return self._decision(Action.STOP, str(cap[0]), stage, ledger, detail=cap[1])
+        return self._decision(Action.CONTINUE, None, stage, ledger)
+
+    def check_before_stage(
+        self,
+        ledger: Ledger,
+        *,
+        stage: str,
+        next_stage_gpu_hours: float | None = None,
+        expected_gain: float | None = None,
+    ) -> BudgetDecision:
+        """Called before every stage. ``expected_gain`` (metric units) feeds the forecast rule."""
+        self.checks += 1
+        s = self.settings
+        curve = incumbent_curve(ledger.records, self.mode, top_k=s.top_k)
+        best = curve[-1].score if curve else None
+        figures: dict[str, Any] = {"best": best, "next_stage_gpu_hours": next_stage_gpu_hours}
+        cap = self.hard_cap_reached(ledger, next_stage_gpu_hours or 0.0)
+        if cap is not None:
+            return self._decision(Action.STOP, str(cap[0]), stage, ledger, detail=cap[1], **figures)
+        if s.min_gain_per_gpu_hour is None:
+            return self._decision(Action.CONTINUE, None, stage, ledger, detail="no marginal-gain rule", **figures)
+        spent = ledger.gpu_hours
+        if spent < s.min_gpu_hours:
+            return self._decision(
+                Action.CONTINUE, None, stage, ledger,
+                detail=f"warm-up: {spent:.4g} of {s.min_gpu_hours:.4g} GPU-h", **figures,
+            )
+        if s.stop_rule == "forecast":
+            if expected_gain is None or not next_stage_gpu_hours:
+                gain = None
+            else:
+                gain = max(0.0, expected_gain) / next_stage_gpu_hours
+        else:
+            window = s.window_gpu_hours if s.window_gpu_hours is not None else max(s.min_gpu_hours, spent / 3)
+            gain = window_gain(curve, window, self.mode)
+        figures["gain"] = gain
+        if gain is None:
+            self.below_threshold_checks = 0
+            return self._decision(Action.CONTINUE, None, stage, ledger, detail="no comparable evidence in the window yet", **figures)
+        if gain < s.min_gain_per_gpu_hour:
+            self.below_threshold_checks += 1
+            if self.below_threshold_checks >= s.patience:
+                detail = (
+                    f"gain {gain:.4g}/GPU-h below {s.min_gain_per_gpu_hour:.4g}/GPU-h "
+                    f"for {self.below_threshold_checks} consecutive checks"
+                )
+                return self._decision(Action.STOP, str(StopReason.MIN_GAIN), stage, ledger, detail=detail, **figures)
+            detail = f"gain {gain:.4g}/GPU-h below threshold ({self.below_threshold_checks}/{s.patience})"
+            return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
+        self.below_threshold_checks = 0
+        return self._decision(
+            Action.CONTINUE, None, stage, ledger, detail=f"gain {gain:.4g}/GPU-h at or above threshold", **figures
+        )
+

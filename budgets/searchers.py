@@ -1,0 +1,125 @@
+"""Search algorithms: what to try next.
+
+A searcher only proposes configurations (:meth:`Searcher.suggest`) and learns from results
+(:meth:`Searcher.observe`). It never decides how long a trial runs (that is the scheduler's job)
+nor whether to keep spending (the budget controller's).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import numpy as np
+
+from budgets.space import SearchSpace
+
+__all__ = [
+    "Observation",
+    "Searcher",
+    "RandomSearcher",
+    "GridSearcher",
+    "SEARCHERS",
+    "make_searcher",
+]
+
+Mode = Literal["max", "min"]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One result of one trial at one budget; ``score`` is None when the trial failed (error, NaN, inf)."""
+
+    trial_id: str
+    config: Mapping[str, Any]
+    budget: float
+    score: float | None
+
+    @property
+    def failed(self) -> bool:
+        return self.score is None or not math.isfinite(self.score)
+
+
+class Searcher(ABC):
+    """Proposes configurations from a :class:`SearchSpace`.
+
+    ``max_budget`` tells multi-fidelity searchers which budget is the full one; ``mode`` says
+    whether a larger score is better. The same seed and the same sequence of calls give the same
+    proposals.
+    """
+
+    name: str = "searcher"
+
+    def __init__(self, space: SearchSpace, *, seed: int = 0, mode: Mode = "max", max_budget: float = 1.0) -> None:
+        self.space = space
+        self.seed = seed
+        self.mode = mode
+        self.max_budget = max_budget
+        self.observations: list[Observation] = []
+
+    @abstractmethod
+    def suggest(self, count: int) -> list[dict[str, Any]]:
+        """Called when the scheduler needs ``count`` new trials; may return fewer when the space is exhausted."""
+
+    def observe(self, observation: Observation) -> None:
+        """Called once per trial per rung, in a deterministic order, as soon as the result is known."""
+        self.observations.append(observation)
+
+
+class RandomSearcher(Searcher):
+    """Independent uniform samples (log-uniform for log parameters)."""
+
+    name = "random"
+
+    def __init__(self, space: SearchSpace, **kwargs: Any) -> None:
+        super().__init__(space, **kwargs)
+        self._rng = np.random.default_rng(self.seed)
+
+    def suggest(self, count: int) -> list[dict[str, Any]]:
+        return [self.space.sample(self._rng) for _ in range(count)]
+
+
+class GridSearcher(Searcher):
+    """The Cartesian grid in a seeded shuffled order, so a truncated grid still covers the space."""
+
+    name = "grid"
+
+    def __init__(self, space: SearchSpace, *, grid_points: int = 4, **kwargs: Any) -> None:
+        super().__init__(space, **kwargs)
+        grid = space.grid(grid_points)
+        order = np.random.default_rng(self.seed).permutation(len(grid))
+        self._grid = [grid[i] for i in order]
+        self._next = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._grid)
+
+    def suggest(self, count: int) -> list[dict[str, Any]]:
+        out = self._grid[self._next : self._next + count]
+        self._next += len(out)
+        return out
+
+
+def _tpe_searchers() -> dict[str, type[Searcher]]:
+    from budgets.tpe import BOHBSearcher, TPESearcher
+
+    return {"tpe": TPESearcher, "bohb": BOHBSearcher}
+
+
+SEARCHERS: tuple[str, ...] = ("random", "grid", "tpe", "bohb")
+
+
+def make_searcher(name: str, space: SearchSpace, **kwargs: Any) -> Searcher:
+    """The searcher called ``name``; options not meant for it are ignored only if None."""
+    classes: dict[str, type[Searcher]] = {"random": RandomSearcher, "grid": GridSearcher}
+    if name not in classes:
+        classes.update(_tpe_searchers())
+    if name not in classes:
+        raise ValueError(f"search.algorithm: unknown searcher {name!r}; use one of {', '.join(SEARCHERS)}")
+    options = {k: v for k, v in kwargs.items() if v is not None}
+    if name != "grid":
+        options.pop("grid_points", None)
+    return classes[name](space, **options)

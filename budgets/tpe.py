@@ -1,0 +1,192 @@
+"""TPE searchers built on Optuna's ``TPESampler`` (ask/tell on an in-memory study).
+
+The study is a view derived from the searcher's observations, rebuilt when they change, so the
+observations stay the single source of truth (a resumed sweep replays them) and Optuna's
+pruner/sampler coupling never leaks in: scope is passed explicitly.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from budgets.searchers import Observation, Searcher
+from budgets.space import SearchSpace
+
+__all__ = ["TPESearcher", "BOHBSearcher"]
+
+
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def _budget_step(budget: float) -> int:
+    # Optuna's intermediate steps are ints; thousandths keep fractional budgets ordered.
+    return int(round(budget * 1000))
+
+
+class _OptunaBacked(Searcher):
+    """Shared plumbing: a persistent sampler (its RNG carries across rebuilds) and a cached study."""
+
+    def __init__(self, space: SearchSpace, *, n_startup_trials: int | None = None, **kwargs: Any) -> None:
+        super().__init__(space, **kwargs)
+        self._distributions = space.to_optuna()
+        self.n_startup_trials = n_startup_trials if n_startup_trials is not None else max(10, len(space) + 1)
+        self._sampler = self._make_sampler()
+        self._study = None
+        self._dirty = True
+
+    def _make_sampler(self):
+        optuna = _optuna()
+        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True)
+
+    def _new_study(self):
+        optuna = _optuna()
+        direction = "maximize" if self.mode == "max" else "minimize"
+        return optuna.create_study(direction=direction, sampler=self._sampler)
+
+    def _ask(self, study, count: int) -> list[dict[str, Any]]:
+        out = []
+        for _ in range(count):
+            trial = study.ask(self._distributions)
+            out.append(dict(trial.params))
+            # Tell FAIL at once: the pending proposal must not linger as RUNNING in the model.
+            study.tell(trial, state=_optuna().trial.TrialState.FAIL)
+        return out
+
+
+class TPESearcher(_OptunaBacked):
+    """Optuna's TPE over whole trials, with multi-fidelity results shown to it as Optuna would.
+
+    A trial that reached the full budget is COMPLETE with its final score; one stopped earlier is
+    PRUNED with its intermediate scores per budget, which TPE ranks below complete trials by the
+    budget reached and then the score: the semantics of TPE + HyperbandPruner in Optuna.
+    """
+
+    name = "tpe"
+
+    def observe(self, observation: Observation) -> None:
+        super().observe(observation)
+        self._dirty = True
+
+    def _rebuild(self):
+        optuna = _optuna()
+        study = self._new_study()
+        latest: dict[str, list[Observation]] = {}
+        for obs in self.observations:
+            latest.setdefault(obs.trial_id, []).append(obs)
+        frozen = []
+        for history in latest.values():
+            config = history[-1].config
+            if not self.space.contains(config):
+                continue
+            top = history[-1]
+            if top.failed:
+                state, value, intermediate = optuna.trial.TrialState.FAIL, None, {}
+            else:
+                intermediate = {_budget_step(o.budget): float(o.score) for o in history if not o.failed}
+                if top.budget >= self.max_budget - 1e-9:
+                    state, value = optuna.trial.TrialState.COMPLETE, float(top.score)
+                else:
+                    state, value = optuna.trial.TrialState.PRUNED, None
+            frozen.append(
+                optuna.trial.create_trial(
+                    state=state,
+                    value=value,
+                    params=dict(config),
+                    distributions=self._distributions,
+                    intermediate_values=intermediate,
+                )
+            )
+        study.add_trials(frozen)
+        self._study = study
+        self._dirty = False
+
+    def suggest(self, count: int) -> list[dict[str, Any]]:
+        if self._dirty or self._study is None:
+            self._rebuild()
+        return self._ask(self._study, count)
+
+
+class BOHBSearcher(_OptunaBacked):
+    """BOHB-style TPE: one model per budget, proposals from the largest budget with enough results.
+
+    Following Falkner et al. (2018), the model is fitted on the observations at the largest budget
+    b with at least ``min_points_in_model`` results (default d + 2 for d parameters), so full-budget
+    evidence overrides misleading early rungs as soon as there is enough of it; a fraction
+    ``random_fraction`` (ρ in the paper) of proposals stays uniformly random to keep exploring.
+    """
+
+    name = "bohb"
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        *,
+        min_points_in_model: int | None = None,
+        random_fraction: float = 1.0 / 3.0,
+        **kwargs: Any,
+    ) -> None:
+        self.min_points_in_model = min_points_in_model if min_points_in_model is not None else len(space) + 2
+        if not 0.0 <= random_fraction <= 1.0:
+            raise ValueError(f"search.random_fraction: {random_fraction} must be within [0, 1]")
+        self.random_fraction = random_fraction
+        kwargs.setdefault("n_startup_trials", self.min_points_in_model)
+        super().__init__(space, **kwargs)
+        self._rng = np.random.default_rng(self.seed + 7919)
+        self._by_budget: dict[float, list[Observation]] = {}
+        self._studies: dict[float, Any] = {}
+        self._added: dict[float, int] = {}
+
+    def observe(self, observation: Observation) -> None:
+        super().observe(observation)
+        self._by_budget.setdefault(round(observation.budget, 9), []).append(observation)
+
+    def model_budget(self) -> float | None:
+        """The budget whose results the next model-based proposal is fitted on (None: not enough yet)."""
+        usable = [
+            b
+            for b, obs in self._by_budget.items()
+            if sum(1 for o in obs if not o.failed and self.space.contains(o.config)) >= self.min_points_in_model
+        ]
+        return max(usable) if usable else None
+
+    def _study_for(self, budget: float):
+        optuna = _optuna()
+        if budget not in self._studies:
+            self._studies[budget] = self._new_study()
+            self._added[budget] = 0
+        study = self._studies[budget]
+        # Results at one budget are append-only, so the per-budget study only ever grows.
+        pending = self._by_budget[budget][self._added[budget] :]
+        study.add_trials(
+            [
+                optuna.trial.create_trial(
+                    state=optuna.trial.TrialState.FAIL if o.failed else optuna.trial.TrialState.COMPLETE,
+                    value=None if o.failed else float(o.score),
+                    params=dict(o.config),
+                    distributions=self._distributions,
+                )
+                for o in pending
+                if self.space.contains(o.config)
+            ]
+        )
+        self._added[budget] = len(self._by_budget[budget])
+        return study
+
+    def suggest(self, count: int) -> list[dict[str, Any]]:
+        budget = self.model_budget()
+        out: list[dict[str, Any]] = []
+        for _ in range(count):
+            if budget is None or self._rng.random() < self.random_fraction:
+                out.append(self.space.sample(self._rng))
+            else:
+                out.extend(self._ask(self._study_for(budget), 1))
+        return out
+

@@ -1,0 +1,390 @@
+"""The sweep config: YAML validated up front, every error naming the field, the value and the fix."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from budgets.controller import BudgetSettings
+from budgets.schedulers import SchedulerKind
+from budgets.searchers import SEARCHERS
+from budgets.space import SearchSpace, SpaceError
+
+__all__ = ["SweepConfig", "ConfigError", "load_config", "apply_overrides", "parse_duration"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; ``str()`` is one line naming the field, the value and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from a number or a string like '90s', '45m', '2h', '1d'."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", str(value))
+    if not match:
+        raise ValueError(f"cannot read {value!r} as a duration; use seconds or e.g. '90m', '4h'")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+class TrainableConfig(_Strict):
+    kind: str = Field(description="the model family, e.g. torch_mlp or yahpo_lcbench")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind: str) -> str:
+        from tasks.trainables import known_kinds
+
+        if kind not in known_kinds():
+            raise ValueError(f"unknown trainable {kind!r}; use one of {', '.join(known_kinds())}")
+        return kind
+
+
+class MetricConfig(_Strict):
+    name: str | None = None
+    mode: Literal["max", "min"] | None = None
+
+
+class SearchConfig(_Strict):
+    algorithm: str = "tpe"
+    seed: int = 0
+    num_trials: int | None = Field(default=None, description="trials to start where the scheduler does not fix it")
+    grid_points: int = 4
+    random_fraction: float | None = None
+    min_points_in_model: int | None = None
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in SEARCHERS:
+            raise ValueError(f"unknown searcher {name!r}; use one of {', '.join(SEARCHERS)}")
+        return name
+
+    @field_validator("num_trials")
+    @classmethod
+    def _positive(cls, n: int | None) -> int | None:
+        if n is not None and n < 1:
+            raise ValueError("must be at least 1; set search.num_trials to how many trials to start")
+        return n
+
+    @field_validator("grid_points")
+    @classmethod
+    def _grid(cls, n: int) -> int:
+        if n < 1:
+            raise ValueError("must be at least 1 value per numeric parameter, e.g. search.grid_points=4")
+        return n
+
+
+class SchedulerConfig(_Strict):
+    kind: str = "hyperband"
+    min_budget: float | None = Field(default=None, description="r_min; defaults to the trainable's")
+    max_budget: float | None = Field(default=None, description="R; defaults to the trainable's")
+    eta: float = 3
+    iterations: int = 1
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind: str) -> str:
+        allowed = [k.value for k in SchedulerKind]
+        if kind not in allowed:
+            raise ValueError(f"unknown scheduler {kind!r}; use one of {', '.join(allowed)}")
+        return kind
+
+    @field_validator("min_budget", "max_budget")
+    @classmethod
+    def _budget_positive(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError("must be a positive number of budget units (e.g. epochs)")
+        return v
+
+    @field_validator("eta")
+    @classmethod
+    def _eta(cls, eta: float) -> float:
+        if not eta >= 2:
+            raise ValueError("must be at least 2 (η: the fraction 1/η of trials survives each rung); 3 is usual")
+        return eta
+
+    @field_validator("iterations")
+    @classmethod
+    def _iterations(cls, n: int) -> int:
+        if n < 1:
+            raise ValueError("must be at least 1 (how many times the bracket schedule repeats)")
+        return n
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SchedulerConfig":
+        if self.min_budget is not None and self.max_budget is not None and self.min_budget > self.max_budget:
+            raise ValueError(
+                f"scheduler.min_budget ({self.min_budget:g}) is above scheduler.max_budget ({self.max_budget:g}); "
+                "lower min_budget or raise max_budget"
+            )
+        return self
+
+
+class BudgetConfig(_Strict):
+    max_gpu_hours: float | None = None
+    max_cost: float | None = None
+    deadline: float | str | None = Field(default=None, description="wall-clock limit: seconds or '90m', '4h'")
+    price_per_gpu_hour: float = 0.0
+    min_gain_per_gpu_hour: float | None = None
+    window_gpu_hours: float | None = None
+    min_gpu_hours: float = 0.0
+    patience: int = 2
+    top_k: int = 1
+    stop_rule: Literal["window", "forecast"] = "window"
+    on_cap: Literal["finish", "cancel"] = "cancel"
+
+    @field_validator("max_gpu_hours", "max_cost", "window_gpu_hours")
+    @classmethod
+    def _positive(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError("must be a positive number; remove the key for no limit")
+        return v
+
+    @field_validator("price_per_gpu_hour", "min_gpu_hours")
+    @classmethod
+    def _non_negative(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError("must be zero or more")
+        return v
+
+    @field_validator("min_gain_per_gpu_hour")
+    @classmethod
+    def _gain(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise ValueError("must be zero or more metric units per GPU-hour; remove the key to disable the rule")
+        return v
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, v: float | str | None) -> float | str | None:
+        seconds = parse_duration(v)
+        if seconds is not None and seconds <= 0:
+            raise ValueError("must be a positive duration, e.g. 3600 or '4h'")
+        return v
+
+    @field_validator("patience", "top_k")
+    @classmethod
+    def _at_least_one(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> "BudgetConfig":
+        if self.window_gpu_hours is not None and self.max_gpu_hours is not None and self.window_gpu_hours > self.max_gpu_hours:
+            raise ValueError(
+                f"budget.window_gpu_hours ({self.window_gpu_hours:g}) is larger than budget.max_gpu_hours "
+                f"({self.max_gpu_hours:g}); the rule could never fire: make the window smaller than the cap"
+            )
+        return self
+
+    def settings(self) -> BudgetSettings:
+        return BudgetSettings(
+            max_gpu_hours=self.max_gpu_hours,
+            max_cost=self.max_cost,
+            deadline_seconds=parse_duration(self.deadline),
+            price_per_gpu_hour=self.price_per_gpu_hour,
+            min_gain_per_gpu_hour=self.min_gain_per_gpu_hour,
+            window_gpu_hours=self.window_gpu_hours,
+            min_gpu_hours=self.min_gpu_hours,
+            patience=self.patience,
+            top_k=self.top_k,
+            stop_rule=self.stop_rule,
+            on_cap=self.on_cap,
+        )
+
+
+class RuntimeConfig(_Strict):
+    kind: Literal["thread", "ray"] = "ray"
+    address: str | None = Field(default=None, description="Ray cluster address; None starts local Ray")
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    max_concurrent: int | None = None
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpus(cls, v: float) -> float:
+        if not math.isfinite(v) or v < 0:
+            raise ValueError("must be zero or more (fractions such as 0.25 pack trials onto one GPU)")
+        if v > 1 and not float(v).is_integer():
+            raise ValueError("above 1 GPU a trial must hold whole GPUs (Ray's rule); use e.g. 2")
+        return v
+
+    @field_validator("cpus_per_trial")
+    @classmethod
+    def _cpus(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError("must be a positive number of CPUs per trial, e.g. 1")
+        return v
+
+    @field_validator("max_concurrent")
+    @classmethod
+    def _concurrency(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1; remove it to let the runtime's resources decide")
+        return v
+
+
+class StorageConfig(_Strict):
+    run_dir: str | None = None
+    optuna_url: str | None = Field(default=None, description="Optuna storage; default sqlite in the run directory")
+
+
+class SweepConfig(_Strict):
+    name: str
+    trainable: TrainableConfig
+    metric: MetricConfig = Field(default_factory=MetricConfig)
+    space: dict[str, Any] | None = None
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not name.strip():
+            raise ValueError("must not be empty; name the sweep, e.g. name: digits-mlp")
+        return name
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "SweepConfig":
+        trainable_cls = self.trainable_class()
+        try:
+            trainable_cls.Options(**self.trainable.options)
+        except ValidationError as exc:
+            raise ValueError(_one_line(exc, prefix="trainable.options")) from None
+        if self.space is None and trainable_cls(self.trainable.options).default_space() is None:
+            raise ValueError(f"space: trainable {self.trainable.kind!r} has no default space; give one under 'space'")
+        if self.space is not None:
+            try:
+                SearchSpace.from_dict(self.space)
+            except SpaceError as exc:
+                raise ValueError(str(exc)) from None
+        lo, hi = self.budget_range()
+        if lo > hi:
+            raise ValueError(
+                f"scheduler.min_budget ({lo:g}) is above scheduler.max_budget ({hi:g}); lower min_budget or raise max_budget"
+            )
+        if self.scheduler.kind in ("sha", "hyperband", "asha") and lo * self.scheduler.eta > hi + 1e-9 and lo != hi:
+            raise ValueError(
+                f"scheduler: max_budget/min_budget = {hi / lo:.3g} is below eta={self.scheduler.eta:g}, so there is only one "
+                "rung; lower min_budget or use scheduler.kind: fifo"
+            )
+        return self
+
+    # Resolved views ---------------------------------------------------------------------------
+    def trainable_class(self):
+        from tasks.trainables import get_trainable_class
+
+        return get_trainable_class(self.trainable.kind)
+
+    def metric_name(self) -> str:
+        return self.metric.name or self.trainable_class().metric
+
+    def mode(self) -> Literal["max", "min"]:
+        return self.metric.mode or self.trainable_class().mode
+
+    def budget_range(self) -> tuple[float, float]:
+        default_lo, default_hi = self.trainable_class().default_budget
+        hi = self.scheduler.max_budget if self.scheduler.max_budget is not None else default_hi
+        lo = self.scheduler.min_budget if self.scheduler.min_budget is not None else min(default_lo, hi)
+        return float(lo), float(hi)
+
+    def search_space(self) -> SearchSpace:
+        if self.space is not None:
+            return SearchSpace.from_dict(self.space)
+        space = self.trainable_class()(self.trainable.options).default_space()
+        assert space is not None  # checked in _resolve
+        return space
+
+    def run_dir(self) -> Path:
+        return Path(self.storage.run_dir or Path("runs") / slug(self.name))
+
+    def optuna_url(self) -> str:
+        return self.storage.optuna_url or f"sqlite:///{(self.run_dir() / 'optuna.db').resolve()}"
+
+
+def slug(text: str) -> str:
+    """Lowercase letters, digits and dashes: safe as a directory name and as a Prefect artifact key."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-") or "sweep"
+
+
+def _one_line(exc: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+        where = ".".join(p for p in (prefix, loc) if p)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        elif err["type"] == "missing":
+            msg = "is required"
+        value = err.get("input")
+        shown = "" if err["type"] in ("missing",) or isinstance(value, Mapping) else f" = {value!r}"
+        parts.append(f"{where}{shown}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"--set {dotted}: empty key in the path; use e.g. --set scheduler.eta=3")
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        if key not in node or node[key] is None:
+            node[key] = {}
+        if not isinstance(node[key], dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is a value, not a section")
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides; the value is read as YAML (so 3, 0.5, true, [a, b] work)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. --set scheduler.eta=4")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+def validate(data: Mapping[str, Any]) -> SweepConfig:
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass the path to a sweep YAML, e.g. examples/digits.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping with at least 'name' and 'trainable'")
+    return validate(apply_overrides(data, list(overrides or [])))

@@ -1,0 +1,197 @@
+"""The train task: one trial to one rung's budget, on whatever worker holds the trial's resources.
+
+``run_trial`` is plain Python (the unit the runtimes execute); ``train_trial`` is its Prefect task,
+named ``train-{trial}-r{rung}`` so the UI reads like the sweep. Failures never escape as
+exceptions from ``run_trial``: a trial that raises or scores NaN/inf comes back as a failed
+result with its error and the time it used, so the ledger bills it and the gate ranks it last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Mapping
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from budgets.ledger import TrialStatus
+from tasks.checkpoints import CorruptCheckpoint, LocalCheckpointStore
+from tasks.trainables import Trainable, TrainRequest, get_trainable_class
+
+__all__ = ["TrialSpec", "TrialResult", "run_trial", "train_trial"]
+
+log = logging.getLogger("rungflow.train")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a worker needs to run one trial at one rung (picklable, no live objects)."""
+
+    trial_id: str
+    config: Mapping[str, Any]
+    bracket: int
+    rung: int
+    budget: float
+    trainable_kind: str
+    trainable_options: Mapping[str, Any]
+    checkpoint_dir: str
+    resume_from_rung: int | None = None
+    gpus: float = 0.0
+    seed: int = 0
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial_id: str
+    bracket: int
+    rung: int
+    budget: float
+    score: float | None
+    status: TrialStatus
+    gpu_seconds: float
+    gpus: float
+    started_at: float
+    finished_at: float
+    wall_seconds: float
+    trainable_seconds: float
+    budget_trained: float
+    attempt: int = 0
+    error: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    worker: str = ""
+    resumed_from_budget: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == TrialStatus.COMPLETED
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = str(self.status)
+        data["metrics"] = dict(self.metrics)
+        return data
+
+
+@lru_cache(maxsize=8)
+def _trainable(kind: str, options_json: str) -> Trainable:
+    # One instance per worker process and option set, so datasets and surrogate sessions stay warm
+    # across the trials the worker runs (what Ray Tune's reuse_actors buys, without actors).
+    return get_trainable_class(kind)(json.loads(options_json))
+
+
+def _device(gpus: float) -> str:
+    if gpus <= 0:
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def run_trial(spec: TrialSpec) -> TrialResult:
+    """Train ``spec`` and bill it; never raises for a trainable's failure."""
+    started = time.time()
+    t0 = time.perf_counter()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    device = _device(spec.gpus)
+    store = LocalCheckpointStore(spec.checkpoint_dir)
+    checkpoint: bytes | None = None
+    warning: str | None = None
+    if spec.resume_from_rung is not None:
+        try:
+            checkpoint = store.load(spec.trial_id, spec.resume_from_rung)
+            if checkpoint is None:
+                warning = f"checkpoint of {spec.trial_id} at rung {spec.resume_from_rung} is missing; training from scratch"
+        except CorruptCheckpoint as exc:
+            warning = f"{exc}; training from scratch"
+    if warning:
+        log.warning(warning)
+    score: float | None = None
+    metrics: Mapping[str, float] = {}
+    reported_gpu_seconds: float | None = None
+    budget_trained = 0.0
+    resumed_from: float | None = None
+    error: str | None = None
+    status = TrialStatus.COMPLETED
+    t_train = time.perf_counter()
+    try:
+        trainable = _trainable(spec.trainable_kind, json.dumps(dict(spec.trainable_options), sort_keys=True))
+        outcome = trainable.train(
+            TrainRequest(
+                trial_id=spec.trial_id,
+                config=dict(spec.config),
+                budget=spec.budget,
+                checkpoint=checkpoint,
+                device=device,
+                seed=spec.seed,
+            )
+        )
+        trainable_seconds = time.perf_counter() - t_train
+        score, metrics, reported_gpu_seconds = outcome.score, dict(outcome.metrics), outcome.gpu_seconds
+        budget_trained = outcome.budget_trained
+        resumed_from = outcome.budget_reached - outcome.budget_trained if checkpoint is not None else None
+        if outcome.checkpoint is not None:
+            store.save(spec.trial_id, spec.rung, outcome.checkpoint)
+        if score is None or not math.isfinite(float(score)):
+            status, error = TrialStatus.FAILED, f"score is {score!r} (not a finite number)"
+            score = None
+        else:
+            score = float(score)
+    except Exception as exc:  # a trainable's failure is a result, not a crash of the sweep
+        trainable_seconds = time.perf_counter() - t_train
+        status = TrialStatus.FAILED
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("trial %s rung %s failed: %s\n%s", spec.trial_id, spec.rung, error, traceback.format_exc(limit=5))
+    wall = time.perf_counter() - t0
+    # Wall-clock x GPUs held, unless the trainable knows its own cost (a surrogate does).
+    gpu_seconds = reported_gpu_seconds if reported_gpu_seconds is not None else wall * spec.gpus
+    return TrialResult(
+        trial_id=spec.trial_id,
+        bracket=spec.bracket,
+        rung=spec.rung,
+        budget=spec.budget,
+        score=score,
+        status=status,
+        gpu_seconds=float(gpu_seconds),
+        gpus=spec.gpus,
+        started_at=started,
+        finished_at=time.time(),
+        wall_seconds=wall,
+        trainable_seconds=trainable_seconds,
+        budget_trained=budget_trained,
+        attempt=spec.attempt,
+        error=error if error is None or warning is None else f"{error} ({warning})",
+        metrics=metrics,
+        device=device,
+        worker=worker,
+        resumed_from_budget=resumed_from,
+    )
+
+
+@task(
+    name="train",
+    task_run_name="train-{spec.trial_id}-r{spec.rung}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=0,
+)
+def train_trial(spec: TrialSpec) -> TrialResult:
+    """Train one trial to its rung's budget."""
+    result = run_trial(spec)
+    if not result.ok:
+        from prefect import get_run_logger
+
+        get_run_logger().warning("trial %s failed at rung %s: %s", spec.trial_id, spec.rung, result.error)
+    return result

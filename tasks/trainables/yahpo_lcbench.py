@@ -1,0 +1,220 @@
+"""LCBench via the YAHPO Gym surrogate: learning curves of tabular MLPs answered in well under a millisecond.
+
+The surrogate predicts what a real run would have scored and how long it would have trained, so a
+sweep of thousands of trials finishes in seconds while its budget is billed as if they had run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping
+
+from pydantic import field_validator
+
+from budgets.space import FloatParam, IntParam, SearchSpace
+from tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
+
+__all__ = ["LCBenchOptions", "LCBenchTrainable", "INSTANCES", "resolve_data_path"]
+
+DATA_ENV = "RUNGFLOW_YAHPO_DATA"
+MIN_EPOCH, MAX_EPOCH = 1, 52
+
+# The OpenML_task_id choices of lcbench/config_space.json, copied so options validate without the data.
+INSTANCES: tuple[str, ...] = (
+    "3945", "7593", "34539", "126025", "126026", "126029", "146212", "167104", "167149", "167152",
+    "167161", "167168", "167181", "167184", "167185", "167190", "167200", "167201", "168329", "168330",
+    "168331", "168335", "168868", "168908", "168910", "189354", "189862", "189865", "189866", "189873",
+    "189905", "189906", "189908", "189909",
+)  # fmt: skip
+
+# Bounds exactly as config_space.json has them: yahpo rejects a learning_rate of 1e-4, which lies
+# just below its stored lower bound 1.0000000000000009e-4.
+_FLOATS: dict[str, tuple[float, float, bool]] = {
+    "learning_rate": (0.00010000000000000009, 0.10000000000000002, True),
+    "max_dropout": (0.0, 1.0, False),
+    "momentum": (0.1, 0.99, False),
+    "weight_decay": (1e-05, 0.1, False),
+}
+_INTS: dict[str, tuple[int, int, bool]] = {
+    "batch_size": (16, 512, True),
+    "max_units": (64, 1024, True),
+    "num_layers": (1, 5, False),
+}
+
+
+class LCBenchOptions(TrainableOptions):
+    """Which LCBench dataset the surrogate answers for, and where its files are."""
+
+    instance: str = "3945"
+    noisy: bool = False
+    data_path: str | None = None
+
+    @field_validator("instance", mode="before")
+    @classmethod
+    def _instance_known(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # YAML reads `instance: 3945` as an int
+        if isinstance(value, str) and value not in INSTANCES:
+            raise ValueError(f"unknown LCBench instance {value!r}; use an OpenML task id such as {', '.join(INSTANCES[:6])} ({len(INSTANCES)} in all)")
+        return value
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def resolve_data_path(option: str | None) -> Path:
+    """The YAHPO data folder (the one holding ``lcbench/``): the option, else $RUNGFLOW_YAHPO_DATA, else a shared checkout."""
+    explicit = [(f"trainable.options.data_path={option!r}", option), (f"${DATA_ENV}={os.environ.get(DATA_ENV)!r}", os.environ.get(DATA_ENV))]
+    for source, raw in explicit:
+        if raw:
+            path = Path(raw).expanduser().resolve()
+            if path.name == "lcbench" and (path / "model.onnx").is_file():
+                path = path.parent  # pointing at lcbench/ itself is an easy slip; accept it
+            if not (path / "lcbench" / "model.onnx").is_file():
+                # A path given explicitly but wrong is an error, not a cue to look elsewhere.
+                raise TrainableError(f"yahpo_lcbench: {source} has no lcbench/model.onnx; point it at the folder that contains lcbench/")
+            return path
+    candidates = [_repo_root().parent / "shared" / "benchmarks" / "yahpo", Path("/work/shared/benchmarks/yahpo")]
+    for path in candidates:
+        if (path / "lcbench" / "model.onnx").is_file():
+            return path.resolve()
+    raise TrainableError(
+        f"yahpo_lcbench: no YAHPO data found (looked in {', '.join(map(str, candidates))}); set ${DATA_ENV} or "
+        "trainable.options.data_path to a folder containing lcbench/ (model.onnx, config_space.json, encoding.json)"
+    )
+
+
+_construct_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=16)
+def _benchmark(instance: str, noisy: bool, data_path: str) -> Any:
+    """One BenchmarkSet with a single-threaded ONNX session per (instance, noisy, data_path) per process."""
+    import onnxruntime as rt
+    from yahpo_gym import benchmark_set, local_config
+
+    with _construct_lock:
+        # yahpo reads its data path from ~/.config/yahpo_gym when a BenchmarkSet is built; set_data_path
+        # rewrites that file, which parallel workers would race on (and it fails when the file is missing).
+        # Its in-memory copy serves the same purpose without touching disk; restore it so others see no change.
+        previous = local_config._config
+        local_config._config = {"data_path": data_path}
+        try:
+            bset = benchmark_set.BenchmarkSet("lcbench", instance=instance, active_session=False, noisy=noisy)
+        finally:
+            local_config._config = previous
+    # yahpo 1.0.2 ignores noisy when picking the model file (it always loads model.onnx), so pick it here.
+    model = Path(bset.config.get_path("model_noisy" if noisy else "model"))
+    if not model.is_file():
+        raise TrainableError(f"yahpo_lcbench: noisy=true needs {model}, which is missing; set trainable.options.noisy to false")
+    opts = rt.SessionOptions()
+    # Many trials share a couple of cores; ONNX's default thread pool would oversubscribe them.
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    session = rt.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+    bset.set_session(session)
+    # Without this objective_function drops the session after every call and builds a multithreaded one next time.
+    bset.active_session = True
+    return bset
+
+
+def _yahpo_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config in yahpo's exact types (ints as int, floats as float), snapped onto bounds it misses by rounding."""
+    missing = sorted((set(_FLOATS) | set(_INTS)) - set(config))
+    unknown = sorted(set(config) - set(_FLOATS) - set(_INTS) - {"OpenML_task_id", "epoch"})
+    if missing or unknown:
+        # yahpo would silently fill a missing parameter with 0 and ignore an unknown one.
+        raise TrainableError(f"yahpo_lcbench: config needs exactly {sorted(_FLOATS | _INTS)}; missing {missing}, unknown {unknown}")
+    out: dict[str, Any] = {}
+    for name, (low, high, _) in _FLOATS.items():
+        value = float(config[name])
+        if math.isclose(value, low, rel_tol=1e-9) or math.isclose(value, high, rel_tol=1e-9):
+            value = min(max(value, low), high)
+        out[name] = value
+    for name in _INTS:
+        value = config[name]
+        out[name] = int(round(value)) if isinstance(value, float) else int(value)
+    return out
+
+
+def _seed(base: int, trial_id: str, epoch: int) -> int:
+    """Per-(trial, epoch) seed for the noisy surrogate, so a resumed trial sees what an unbroken one would."""
+    digest = hashlib.blake2b(repr((base, trial_id, epoch)).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+@register
+class LCBenchTrainable(Trainable):
+    """LCBench surrogate trained in epochs; the score is validation accuracy in percent, billed at predicted runtime."""
+
+    kind: ClassVar[str] = "yahpo_lcbench"
+    metric: ClassVar[str] = "val_accuracy"
+    mode: ClassVar[Literal["max", "min"]] = "max"
+    budget_unit: ClassVar[str] = "epochs"
+    integer_budget: ClassVar[bool] = True
+    default_budget: ClassVar[tuple[float, float]] = (MIN_EPOCH, MAX_EPOCH)
+    Options: ClassVar[type[TrainableOptions]] = LCBenchOptions
+    options: LCBenchOptions
+
+    def default_space(self) -> SearchSpace:
+        floats = [FloatParam(n, lo, hi, log) for n, (lo, hi, log) in _FLOATS.items()]
+        ints = [IntParam(n, lo, hi, log) for n, (lo, hi, log) in _INTS.items()]
+        return SearchSpace(tuple(sorted(floats + ints, key=lambda p: p.name)))
+
+    def _bset(self) -> Any:
+        path = resolve_data_path(self.options.data_path)
+        return _benchmark(self.options.instance, self.options.noisy, str(path))
+
+    def _query(self, config: Mapping[str, Any], epoch: int, seed: int | None = None) -> dict[str, float]:
+        bset = self._bset()
+        query = {**_yahpo_config(config), "OpenML_task_id": self.options.instance, "epoch": int(epoch)}
+        try:
+            result = bset.objective_function(query, seed=seed if self.options.noisy else None)[0]
+        except ValueError as exc:  # ConfigSpace's out-of-range message names the parameter and its range
+            raise TrainableError(f"yahpo_lcbench: config rejected by the surrogate: {exc}") from exc
+        return {k: float(v) for k, v in result.items()}
+
+    def estimate_gpu_seconds(self, config: Mapping[str, Any], budget_from: float, budget_to: float) -> float | None:
+        to = _clamp_epoch(budget_to)
+        start = int(round(budget_from))
+        if start >= to:
+            return 0.0
+        spent = self._query(config, start)["time"] if start >= MIN_EPOCH else 0.0
+        return max(self._query(config, to)["time"] - spent, 0.0)
+
+    def train(self, request: TrainRequest) -> TrainOutcome:
+        """Answer the surrogate at ``budget`` epochs; bill the predicted time since the checkpoint's epoch."""
+        epoch_from, time_from = 0, 0.0
+        if request.checkpoint is not None:
+            try:
+                state = json.loads(request.checkpoint)
+                epoch_from, time_from = int(state["epoch"]), float(state["time"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise TrainableError(f"yahpo_lcbench: cannot resume from checkpoint {request.checkpoint[:80]!r}: {exc}") from exc
+        epoch = max(_clamp_epoch(request.budget), epoch_from)  # a promotion never un-trains
+        result = self._query(request.config, epoch, seed=_seed(request.seed, request.trial_id, epoch))
+        # Cumulative time never falls (a surrogate curve may wiggle), so a call is never billed negative,
+        # and a trial already at its budget is billed nothing.
+        elapsed = max(result["time"], time_from) if epoch > epoch_from else time_from
+        metrics = {"val_accuracy": result["val_accuracy"], "time": elapsed}
+        if "val_cross_entropy" in result:
+            metrics["val_cross_entropy"] = result["val_cross_entropy"]
+        return TrainOutcome(
+            score=result["val_accuracy"],
+            budget_reached=float(epoch),
+            budget_trained=float(epoch - epoch_from),
+            checkpoint=json.dumps({"epoch": epoch, "time": elapsed}).encode(),
+            metrics=metrics,
+            gpu_seconds=elapsed - time_from,
+        )
+
+
+def _clamp_epoch(budget: float) -> int:
+    return min(max(int(round(budget)), MIN_EPOCH), MAX_EPOCH)
