@@ -137,7 +137,7 @@ def leaderboard_table(result: dict[str, Any], limit: int = 10) -> Table:
     for col in ("rank", "trial", "bracket", "budget", "score", "GPU-hours", "status", "config"):
         table.add_column(col, justify="right" if col not in ("config", "status") else "left")
     for row in result.get("leaderboard", [])[:limit]:
-        config = ", ".join(f"{k}={_fmt(v)}" for k, v in row.get("config", {}).items())
+        config = " ".join(f"{k}={_fmt(v)}" for k, v in row.get("config", {}).items())
         table.add_row(str(row["rank"]), row["trial_id"], str(row["bracket"]), f"{row['budget']:g}",
                       "-" if row["score"] is None else f"{row['score']:.4f}", f"{row['gpu_hours']:.4f}",
                       row["status"], config)
@@ -145,7 +145,7 @@ def leaderboard_table(result: dict[str, Any], limit: int = 10) -> Table:
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
@@ -222,7 +222,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     finally:
         if server is not None:
+            _flush_prefect_logs()
             server.stop()
+
+
+def _flush_prefect_logs() -> None:
+    # Logs are shipped to the API in the background; send them before the embedded server goes.
+    try:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()
+    except Exception:
+        pass
 
 
 # --- report -------------------------------------------------------------------------------------------
