@@ -202,28 +202,35 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         overrides.append(f"storage.run_dir={args.out}")
     config = _load(args.config, overrides)
     server = ensure_prefect_api()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     try:
         check_prefect_api()
-        from flows.sweep import run_sweep, set_reporter
-        from rungflow.results import plot_anytime
-
-        progress = _Progress()
-        set_reporter(progress)
-        try:
-            result = run_sweep(config, config.run_dir())
-        finally:
-            progress.stop()
-            set_reporter(None)
-        console.print(leaderboard_table(result))
-        for line in summary_lines(result):
-            console.print(line)
-        plot = plot_anytime(result, config.run_dir() / "anytime.png")
-        console.print(f"run directory: {config.run_dir()} (result.json, ledger.jsonl, {plot.name})")
-        return 0
+        with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+            return _sweep(config)
     finally:
         if server is not None:
             _flush_prefect_logs()
             server.stop()
+
+
+def _sweep(config) -> int:
+    from flows.sweep import run_sweep, set_reporter
+    from rungflow.results import plot_anytime
+
+    progress = _Progress()
+    set_reporter(progress)
+    try:
+        result = run_sweep(config, config.run_dir())
+    finally:
+        progress.stop()
+        set_reporter(None)
+    console.print(leaderboard_table(result))
+    for line in summary_lines(result):
+        console.print(line)
+    plot = plot_anytime(result, config.run_dir() / "anytime.png")
+    console.print(f"run directory: {config.run_dir()} (result.json, ledger.jsonl, {plot.name})")
+    return 0
 
 
 def _flush_prefect_logs() -> None:

@@ -69,6 +69,7 @@ class Sweep:
     stop_reason: str | None = None
     stop_detail: str = ""
     runtime_note: str = ""
+    slots: int = 1
     started_at: float = field(default_factory=time.time)
     _stage_started: dict[str, float] = field(default_factory=dict)
 
@@ -324,6 +325,7 @@ class Sweep:
 
     def run(self, runtime: Runtime) -> dict[str, Any]:
         self.runtime_note = runtime.note
+        self.slots = runtime.slots
         _report("planned", units=self.scheduler.budget_units(), max_gpu_hours=self.config.budget.max_gpu_hours,
                 name=self.config.name)
         try:

@@ -96,9 +96,21 @@ def build_result(sweep: "Sweep", final: bool = False) -> dict[str, Any]:
         "leaderboard": board[:20],
         "anytime": [{"gpu_hours": p.gpu_hours, "budget": p.budget, "best": p.score} for p in curve],
         "events": events_of(records),
+        "utilisation": utilisation(records, sweep.slots),
         "started_at": sweep.started_at,
         "elapsed_seconds": (max((r.finished_at for r in records), default=sweep.started_at) - sweep.started_at),
     }
+
+
+def utilisation(records: list[SpendRecord], slots: int) -> dict[str, Any]:
+    """Worker time busy in trials vs available over the sweep: what rung barriers cost in idle slots."""
+    if not records:
+        return {"slots": slots, "busy_seconds": 0.0, "span_seconds": 0.0, "idle_fraction": None}
+    span = max(r.finished_at for r in records) - min(r.started_at for r in records)
+    busy = sum(r.wall_seconds for r in records)
+    available = max(span, 1e-9) * max(slots, 1)
+    return {"slots": slots, "busy_seconds": busy, "span_seconds": span,
+            "idle_fraction": max(0.0, 1.0 - busy / available)}
 
 
 def load_result(run_dir: str | Path) -> dict[str, Any]:

@@ -100,11 +100,24 @@ def _device(gpus: float) -> str:
         return "cpu"
 
 
+def _worker_id() -> str:
+    """host:pid, plus the Ray node id when running on Ray (tests and reports tell nodes apart by it)."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        import ray
+
+        if ray.is_initialized():
+            worker += f":{ray.get_runtime_context().get_node_id()[:12]}"
+    except Exception:
+        pass
+    return worker
+
+
 def run_trial(spec: TrialSpec) -> TrialResult:
     """Train ``spec`` and bill it; never raises for a trainable's failure."""
     started = time.time()
     t0 = time.perf_counter()
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    worker = _worker_id()
     device = _device(spec.gpus)
     store = LocalCheckpointStore(spec.checkpoint_dir)
     checkpoint: bytes | None = None

@@ -1,0 +1,55 @@
+"""``python -m bench efficiency|overhead|all``: the benchmark entry point.
+
+The environment is prepared (quiet Prefect, isolated Prefect home) before anything imports
+prefect, which is why the command modules are imported only after :func:`quiet_env`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from bench.common import quiet_env
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench import efficiency, overhead  # neither imports prefect at module level
+
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("efficiency", help="GPU-hours to reach random-128's best − 0.5 on LCBench (YAHPO surrogate)")
+    efficiency.add_arguments(p)
+    p = sub.add_parser("overhead", help="orchestration overhead per no-op trial vs plain Ray and Ray Tune")
+    overhead.add_arguments(p)
+    p = sub.add_parser("all", help="efficiency then overhead, with the issue's defaults")
+    p.add_argument("--out", type=Path, default=Path("bench/out"), help="parent of efficiency/ and overhead/")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_env()
+    from bench import efficiency, overhead
+
+    t0 = time.perf_counter()
+    if args.command == "efficiency":
+        efficiency.run(args)
+    elif args.command == "overhead":
+        overhead.run(args)
+    else:
+        # Each part gets its own Prefect server (started and stopped inside its run()).
+        parser = build_parser()
+        eff = parser.parse_args(["efficiency", "--out", str(args.out / "efficiency")])
+        ovh = parser.parse_args(["overhead", "--out", str(args.out / "overhead")])
+        efficiency.run(eff)
+        quiet_env()  # a fresh Prefect home for the second server
+        overhead.run(ovh)
+    print(f"bench {args.command}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

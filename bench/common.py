@@ -1,0 +1,204 @@
+"""Shared pieces of the benchmarks: a quiet process, one Prefect API, sweep configs, curve metrics.
+
+Nothing here imports Prefect at module level: :func:`quiet_env` must set the logging variables
+before the first ``import prefect`` anywhere in the process, or Prefect reads its defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+__all__ = [
+    "quiet_env",
+    "prefect_api",
+    "run_config",
+    "fresh_dir",
+    "peak_rss_mb",
+    "Point",
+    "incumbent_curve",
+    "first_reach",
+    "value_at",
+    "median",
+    "write_json",
+    "fmt",
+]
+
+LCBENCH_MAX_EPOCH = 52
+
+
+def quiet_env(isolated_prefect_home: bool = True) -> None:
+    """Environment for a benchmark process; call before anything imports prefect or ray.
+
+    Each benchmark run creates thousands of task runs; an isolated PREFECT_HOME gives it its own
+    SQLite database, so it neither grows the user's database nor contends with another server on it.
+    """
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    # The flow logs through the API handler too; at WARNING there is little to ship anyway.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    # Progress UI of Ray Tune and Ray's own banners would otherwise flood the benchmark output.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if isolated_prefect_home and not os.environ.get("PREFECT_API_URL"):
+        os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rungflow-bench-prefect-")
+    if "prefect" in sys.modules:
+        print("bench: warning: prefect was imported before quiet_env(); its log level may be the default",
+              file=sys.stderr)
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[float]:
+    """Start the embedded Prefect server exactly as ``rungflow sweep`` does; yields its start-up seconds."""
+    from flows.cli import _flush_prefect_logs, check_prefect_api, ensure_prefect_api
+
+    t0 = time.perf_counter()
+    server = ensure_prefect_api()
+    check_prefect_api()
+    startup = time.perf_counter() - t0
+    try:
+        yield startup
+    finally:
+        if server is not None:
+            _flush_prefect_logs()
+            server.stop()
+        home = os.environ.get("PREFECT_HOME", "")
+        if server is not None and Path(home).name.startswith("rungflow-bench-prefect-"):
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def run_config(
+    name: str,
+    *,
+    trainable: Mapping[str, Any],
+    algorithm: str,
+    seed: int,
+    scheduler: Mapping[str, Any],
+    runtime: Mapping[str, Any],
+    num_trials: int | None = None,
+    max_gpu_hours: float | None = None,
+    space: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A sweep config dict in the same shape a user's YAML has, ready for ``rungflow.config.validate``."""
+    search: dict[str, Any] = {"algorithm": algorithm, "seed": seed}
+    if num_trials is not None:
+        search["num_trials"] = num_trials
+    cfg: dict[str, Any] = {
+        "name": name,
+        "trainable": dict(trainable),
+        "search": search,
+        "scheduler": dict(scheduler),
+        "runtime": dict(runtime),
+    }
+    if max_gpu_hours is not None:
+        cfg["budget"] = {"max_gpu_hours": max_gpu_hours}
+    if space is not None:
+        cfg["space"] = dict(space)
+    return cfg
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty run directory: a leftover ledger.jsonl would make the sweep resume, not start over."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# --- anytime curves ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Point:
+    """After ``gpu_hours`` of spend, the best score among completed results at the full budget."""
+
+    gpu_hours: float
+    best: float
+
+
+def incumbent_curve(events: Sequence[Mapping[str, Any]], full_budget: float, mode: str = "max") -> list[Point]:
+    """One point per improvement of the full-budget incumbent, in billing order.
+
+    Only results at the full budget count: a low-fidelity score is not what a user would deploy,
+    and it is what the random baseline's B is measured on too.
+    """
+    sign = 1.0 if mode == "max" else -1.0
+    best: float | None = None
+    points: list[Point] = []
+    for e in events:
+        score = e.get("score")
+        if e.get("status") != "completed" or score is None or not math.isfinite(score):
+            continue
+        if abs(float(e["budget"]) - full_budget) > 1e-9:
+            continue
+        if best is None or sign * score > sign * best:
+            best = float(score)
+            points.append(Point(float(e["cumulative_gpu_hours"]), best))
+    return points
+
+
+def first_reach(curve: Sequence[Point], target: float, mode: str = "max") -> float | None:
+    """GPU-hours at which the incumbent first reaches ``target`` (None: never)."""
+    for p in curve:
+        if (p.best >= target) if mode == "max" else (p.best <= target):
+            return p.gpu_hours
+    return None
+
+
+def value_at(curve: Sequence[Point], gpu_hours: float) -> float | None:
+    """The incumbent after ``gpu_hours`` of spend (None: no full-budget result yet)."""
+    found: float | None = None
+    for p in curve:
+        if p.gpu_hours <= gpu_hours + 1e-12:
+            found = p.best
+        else:
+            break
+    return found
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    """Median of the values; None entries are dropped, ``inf`` entries kept (an unreached target)."""
+    kept = [v for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    # inf (an unreached target) is written as the string "inf": strict JSON has no infinity.
+    tmp.write_text(json.dumps(_json_safe(data), indent=2))
+    os.replace(tmp, path)
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
+    if isinstance(x, Mapping):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def fmt(x: float | None, spec: str = ".2f", none: str = "-") -> str:
+    if x is None:
+        return none
+    if isinstance(x, float) and math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    return format(x, spec)

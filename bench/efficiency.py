@@ -1,0 +1,359 @@
+"""Search efficiency on LCBench: how much of a full-budget random search's GPU-hours rungflow needs.
+
+Protocol (per instance and seed):
+
+* baseline: random search, 128 configurations, each trained to the full 52 epochs (fifo), through
+  the same flow users run; its best final accuracy ``B`` and total GPU-hours ``G``;
+* target ``B - 0.5`` accuracy points;
+* each rungflow method (Hyperband/ASHA with TPE/BOHB, 1..52 epochs, η=3) runs with the same search
+  seed under a hard cap of ``0.35 · G`` GPU-hours;
+* from each run's ``result.json`` events: the spend at which the full-budget incumbent first
+  reaches the target (as a fraction of ``G``), and the incumbent at 5 %, 10 % and 20 % of ``G``.
+
+GPU-hours here are the surrogate's predicted training seconds, billed as GPU-seconds; wall-clock
+on this machine is recorded separately (per run) so the cost of the benchmark itself is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from bench.common import (
+    LCBENCH_MAX_EPOCH,
+    Point,
+    first_reach,
+    fmt,
+    fresh_dir,
+    incumbent_curve,
+    median,
+    peak_rss_mb,
+    prefect_api,
+    run_config,
+    value_at,
+    write_json,
+)
+
+__all__ = ["METHODS", "DEFAULT_INSTANCES", "DEFAULT_SEEDS", "SPEND_FRACTIONS", "run", "add_arguments"]
+
+DEFAULT_INSTANCES: tuple[str, ...] = ("3945", "7593", "34539", "126025", "126026")
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+BASELINE_TRIALS = 128
+TARGET_MARGIN = 0.5  # accuracy points below the baseline's best
+CAP_FRACTION = 0.35  # of the baseline's GPU-hours
+SPEND_FRACTIONS: tuple[float, ...] = (0.05, 0.10, 0.20)
+HEADLINE_FRACTION = 0.10
+
+# method name -> (scheduler kind, search algorithm)
+METHODS: dict[str, tuple[str, str]] = {
+    "hyperband+tpe": ("hyperband", "tpe"),
+    "hyperband+bohb": ("hyperband", "bohb"),
+    "asha+tpe": ("asha", "tpe"),
+}
+
+
+@dataclass
+class RunMetrics:
+    """One sweep's raw numbers; ``curve`` is the full-budget incumbent as (GPU-hours, accuracy) steps."""
+
+    instance: str
+    seed: int
+    method: str
+    wall_seconds: float
+    gpu_hours: float
+    stop_reason: str | None
+    events: int
+    full_budget_results: int
+    best: float | None
+    curve: list[tuple[float, float]]
+    reach_gpu_hours: float | None = None
+    reach_fraction: float | None = None  # of the baseline's G; None when not reached
+    at_fraction: dict[str, float | None] = field(default_factory=dict)  # "0.1" -> incumbent accuracy
+
+
+@dataclass
+class Cell:
+    """One (instance, seed): the baseline's numbers and every method's run."""
+
+    instance: str
+    seed: int
+    baseline: RunMetrics
+    best_full: float  # B
+    gpu_hours: float  # G
+    target: float
+    methods: dict[str, RunMetrics] = field(default_factory=dict)
+
+
+def _run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], float]:
+    from flows.sweep import run_sweep
+    from rungflow.config import validate
+
+    t0 = time.perf_counter()
+    result = run_sweep(validate(cfg), fresh_dir(run_dir))
+    return result, time.perf_counter() - t0
+
+
+def _metrics(instance: str, seed: int, method: str, result: Mapping[str, Any], wall: float) -> RunMetrics:
+    events = result["events"]
+    curve = incumbent_curve(events, LCBENCH_MAX_EPOCH, mode=result["metric"]["mode"])
+    return RunMetrics(
+        instance=instance, seed=seed, method=method, wall_seconds=wall,
+        gpu_hours=float(result["ledger"]["gpu_hours"]), stop_reason=result.get("stop_reason"), events=len(events),
+        full_budget_results=sum(1 for e in events if e["status"] == "completed" and e["budget"] == LCBENCH_MAX_EPOCH),
+        best=curve[-1].best if curve else None, curve=[(p.gpu_hours, p.best) for p in curve],
+    )
+
+
+def _score_against(m: RunMetrics, G: float, target: float) -> None:
+    """Fill the target and equal-spend figures of ``m`` relative to the baseline's G and target."""
+    curve = [Point(g, b) for g, b in m.curve]
+    reach = first_reach(curve, target)
+    m.reach_gpu_hours = reach
+    m.reach_fraction = None if reach is None else reach / G
+    m.at_fraction = {str(f): value_at(curve, f * G) for f in SPEND_FRACTIONS}
+
+
+def run_cell(instance: str, seed: int, out: Path, *, runtime: Mapping[str, Any], methods: Sequence[str],
+             iterations: int, log: Any = print) -> Cell:
+    trainable = {"kind": "yahpo_lcbench", "options": {"instance": instance}}
+    runs = out / "runs" / instance / f"seed{seed}"
+    cfg = run_config(
+        f"bench-random128-{instance}-s{seed}", trainable=trainable, algorithm="random", seed=seed,
+        scheduler={"kind": "fifo", "min_budget": LCBENCH_MAX_EPOCH, "max_budget": LCBENCH_MAX_EPOCH},
+        runtime=runtime, num_trials=BASELINE_TRIALS,
+    )
+    result, wall = _run(cfg, runs / "random128")
+    base = _metrics(instance, seed, "random-128", result, wall)
+    if base.best is None or base.gpu_hours <= 0:
+        raise RuntimeError(f"baseline {instance}/seed {seed} produced no full-budget result; see {runs / 'random128'}")
+    G, B = base.gpu_hours, base.best
+    cell = Cell(instance, seed, base, B, G, B - TARGET_MARGIN)
+    _score_against(base, G, cell.target)
+    log(f"  {instance} seed {seed} random-128: B={B:.3f} G={G:.3f} GPU-h ({wall:.1f} s)")
+    for name in methods:
+        kind, algorithm = METHODS[name]
+        cfg = run_config(
+            f"bench-{name.replace('+', '-')}-{instance}-s{seed}", trainable=trainable, algorithm=algorithm, seed=seed,
+            scheduler={"kind": kind, "min_budget": 1, "max_budget": LCBENCH_MAX_EPOCH, "eta": 3,
+                       "iterations": iterations},
+            runtime=runtime, max_gpu_hours=CAP_FRACTION * G,
+        )
+        result, wall = _run(cfg, runs / name.replace("+", "-"))
+        m = _metrics(instance, seed, name, result, wall)
+        _score_against(m, G, cell.target)
+        cell.methods[name] = m
+        reached = f"reached at {m.reach_fraction:.3f} G" if m.reach_fraction is not None else "not reached"
+        log(f"  {instance} seed {seed} {name}: best={fmt(m.best, '.3f')} {reached}, spent {m.gpu_hours / G:.3f} G, "
+            f"stop={m.stop_reason} ({wall:.1f} s, {m.events} events)")
+    return cell
+
+
+# --- summary ------------------------------------------------------------------------------------------
+def _neg_inf_if_none(x: float | None) -> float:
+    # A run with no full-budget result at that spend has nothing to deploy: rank it below any accuracy.
+    return -math.inf if x is None else x
+
+
+def summarize(cells: Sequence[Cell], methods: Sequence[str]) -> dict[str, Any]:
+    """Per-instance and overall medians; every figure is computed from the raw runs in ``cells``."""
+    instances = list(dict.fromkeys(c.instance for c in cells))
+    key = str(HEADLINE_FRACTION)
+    baseline_rows = []
+    for inst in instances:
+        cs = [c for c in cells if c.instance == inst]
+        baseline_rows.append({
+            "instance": inst, "seeds": len(cs),
+            "median_best": median([c.best_full for c in cs]),
+            "median_gpu_hours": median([c.gpu_hours for c in cs]),
+            "median_wall_seconds": median([c.baseline.wall_seconds for c in cs]),
+            "median_reach_fraction": median([c.baseline.reach_fraction for c in cs]),
+            "median_at": {str(f): median([_neg_inf_if_none(c.baseline.at_fraction[str(f)]) for c in cs])
+                          for f in SPEND_FRACTIONS},
+        })
+    method_rows = []
+    for scope in [*instances, "all"]:
+        cs = [c for c in cells if scope in ("all", c.instance)]
+        for name in ["random-128", *methods]:
+            runs = [c.baseline if name == "random-128" else c.methods[name] for c in cs]
+            fractions = [r.reach_fraction for r in runs]
+            method_rows.append({
+                "instance": scope, "method": name, "runs": len(runs),
+                "reached": sum(1 for f in fractions if f is not None),
+                "median_fraction_reached": median([f for f in fractions if f is not None]),
+                "median_fraction_inf": median([math.inf if f is None else f for f in fractions]),
+                "median_at": {str(f): median([_neg_inf_if_none(r.at_fraction[str(f)]) for r in runs])
+                              for f in SPEND_FRACTIONS},
+                "median_gap_at_headline": median([_neg_inf_if_none(r.at_fraction[key]) - c.best_full
+                                                  for r, c in zip(runs, cs)]),
+                "stopped_by_cap": sum(1 for r in runs if r.stop_reason == "max_gpu_hours"),
+                "median_spent_fraction": median([r.gpu_hours / c.gpu_hours for r, c in zip(runs, cs)]),
+                "median_wall_seconds": median([r.wall_seconds for r in runs]),
+            })
+    return {"baseline": baseline_rows, "methods": method_rows}
+
+
+def _acc(x: float | None) -> str:
+    return "none yet" if x is not None and math.isinf(x) and x < 0 else fmt(x, ".2f")
+
+
+def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
+    pct = [f"{int(round(f * 100))}%" for f in SPEND_FRACTIONS]
+    lines = [
+        "# rungflow search efficiency on LCBench (YAHPO surrogate)",
+        "",
+        f"Baseline: random search, {BASELINE_TRIALS} configurations at {LCBENCH_MAX_EPOCH} epochs (fifo), best final "
+        f"accuracy B and GPU-hours G. Target: B − {TARGET_MARGIN} points. Methods: min_budget 1, max_budget "
+        f"{LCBENCH_MAX_EPOCH}, η=3, capped at {CAP_FRACTION:g}·G GPU-hours. Incumbent = best accuracy among results "
+        f"at {LCBENCH_MAX_EPOCH} epochs. Seeds: {', '.join(map(str, meta['seeds']))}; runtime: {meta['runtime']}.",
+        "",
+        "## Baseline (random-128) per instance (medians over seeds)",
+        "",
+        "| instance | best B (%) | G (GPU-h) | wall (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in summary["baseline"]:
+        lines.append(f"| {r['instance']} | {fmt(r['median_best'])} | {fmt(r['median_gpu_hours'], '.3f')} | "
+                     f"{fmt(r['median_wall_seconds'], '.1f')} |")
+    lines += [
+        "",
+        "## Methods",
+        "",
+        "fraction = GPU-hours at which the incumbent first reaches the target, divided by G (median over seeds; "
+        "'reached' takes only runs that reached it, '∞' counts an unreached run as infinite). "
+        f"Accuracy at {'/'.join(pct)} of G: median incumbent after that much spend ('none yet': no "
+        f"{LCBENCH_MAX_EPOCH}-epoch result by then). Δ@{int(HEADLINE_FRACTION * 100)}%: median of incumbent − B. "
+        "random-128 is the baseline's own anytime curve (uncapped, so it always reaches its target).",
+        "",
+        "| instance | method | reached | median fraction (reached) | median fraction (∞) | "
+        + " | ".join(f"acc @{p} G" for p in pct)
+        + f" | Δ@{int(HEADLINE_FRACTION * 100)}% vs B | stopped by cap | spent (·G) | wall (s) |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(pct) + "---:|---:|---:|---:|",
+    ]
+    for r in summary["methods"]:
+        inst = "**all**" if r["instance"] == "all" else r["instance"]
+        accs = " | ".join(_acc(r["median_at"][str(f)]) for f in SPEND_FRACTIONS)
+        lines.append(
+            f"| {inst} | {r['method']} | {r['reached']}/{r['runs']} | {fmt(r['median_fraction_reached'], '.3f')} | "
+            f"{fmt(r['median_fraction_inf'], '.3f')} | {accs} | {_acc(r['median_gap_at_headline'])} | "
+            f"{r['stopped_by_cap']}/{r['runs']} | {fmt(r['median_spent_fraction'], '.3f')} | "
+            f"{fmt(r['median_wall_seconds'], '.1f')} |"
+        )
+    lines += [
+        "",
+        f"Total wall time: {meta['wall_seconds']:.0f} s (Prefect server start-up {meta['prefect_startup_seconds']:.1f} s); "
+        f"peak RSS {meta['peak_rss_mb']:.0f} MB; {meta['machine']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(cells: Sequence[Cell], methods: Sequence[str], path: Path) -> Path:
+    """Median anytime curves per instance, spend as a fraction of each seed's G (so seeds align)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    instances = list(dict.fromkeys(c.instance for c in cells))
+    cols = min(3, len(instances))
+    rows = math.ceil(len(instances) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), dpi=110, squeeze=False)
+    grid = np.linspace(0.0, 1.0, 401)
+    colors = {"random-128": "#718096", "hyperband+tpe": "#2b6cb0", "hyperband+bohb": "#c05621", "asha+tpe": "#2f855a"}
+    for ax, inst in zip(axes.flat, instances):
+        cs = [c for c in cells if c.instance == inst]
+        lows: list[float] = []
+        for name in ["random-128", *methods]:
+            runs = [c.baseline if name == "random-128" else c.methods[name] for c in cs]
+            ys = []
+            for x in grid:
+                vals = [value_at([Point(g / c.gpu_hours, b) for g, b in r.curve], x) for r, c in zip(runs, cs)]
+                # Only where every seed's run has spent that much: beyond a capped run's stop the curve ends.
+                spent = all(x <= r.gpu_hours / c.gpu_hours + 1e-12 for r, c in zip(runs, cs))
+                ys.append(median([_neg_inf_if_none(v) for v in vals]) if spent else None)
+            xs_ok = [x for x, y in zip(grid, ys) if y is not None and math.isfinite(y)]
+            ys_ok = [y for y in ys if y is not None and math.isfinite(y)]
+            if xs_ok:
+                ax.step(xs_ok, ys_ok, where="post", color=colors.get(name), label=name,
+                        linestyle="--" if name == "random-128" else "-")
+                lows.append(float(np.percentile(ys_ok, 10)))
+        target = median([c.target for c in cs])
+        ax.axhline(target, color="#c53030", linewidth=0.8, linestyle=":", label="target (median B − 0.5)")
+        ax.axvline(CAP_FRACTION, color="#a0aec0", linewidth=0.8)
+        top = max(c.best_full for c in cs)
+        if lows and target is not None:
+            ax.set_ylim(min(min(lows), target) - 0.5, top + 0.5)
+        ax.set_xscale("symlog", linthresh=0.05)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"LCBench {inst} (median of {len(cs)} seeds)")
+        ax.set_xlabel("GPU-hours spent / G of random-128")
+        ax.set_ylabel("best accuracy at 52 epochs (%)")
+        ax.grid(alpha=0.3)
+    spare = list(axes.flat)[len(instances):]
+    for ax in spare:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if spare:  # an empty panel holds the legend, so no curve is hidden under it
+        spare[0].legend(handles, labels, loc="center", fontsize=10)
+        fig.tight_layout()
+    else:
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# --- command ------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--instances", nargs="+", default=list(DEFAULT_INSTANCES), help="LCBench OpenML task ids")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--out", type=Path, default=Path("bench/out/efficiency"))
+    p.add_argument("--max-concurrent", type=int, default=2, help="thread runtime slots")
+    p.add_argument("--iterations", type=int, default=20,
+                   help="Hyperband iterations (ASHA: as many trials); large so the GPU-hour cap ends the run")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    runtime = {"kind": "thread", "max_concurrent": args.max_concurrent}
+    t0 = time.perf_counter()
+    cells: list[Cell] = []
+    with prefect_api() as startup:
+        print(f"efficiency: Prefect API up in {startup:.1f} s; {len(args.instances)} instances x {len(args.seeds)} seeds "
+              f"x (random-128 + {len(args.methods)} methods)", flush=True)
+        for instance in args.instances:
+            for seed in args.seeds:
+                cells.append(run_cell(str(instance), seed, out, runtime=runtime, methods=args.methods,
+                                      iterations=args.iterations, log=lambda s: print(s, flush=True)))
+    wall = time.perf_counter() - t0
+    meta = {
+        "instances": [str(i) for i in args.instances], "seeds": list(args.seeds), "methods": list(args.methods),
+        "runtime": f"thread, max_concurrent {args.max_concurrent}", "iterations": args.iterations,
+        "baseline_trials": BASELINE_TRIALS, "target_margin": TARGET_MARGIN, "cap_fraction": CAP_FRACTION,
+        "spend_fractions": list(SPEND_FRACTIONS), "wall_seconds": wall, "prefect_startup_seconds": startup,
+        "peak_rss_mb": peak_rss_mb(), "machine": f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}",
+    }
+    summary = summarize(cells, args.methods)
+    data = {"meta": meta, "summary": summary, "cells": [asdict(c) for c in cells]}
+    write_json(out / "results.json", data)
+    text = markdown(summary, meta)
+    (out / "results.md").write_text(text)
+    png = plot(cells, args.methods, out / "anytime.png")
+    print(text)
+    print(f"efficiency: wrote {out / 'results.json'}, {out / 'results.md'}, {png} in {wall:.0f} s", flush=True)
+    return data
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,285 @@
+"""Orchestration overhead per trivial trial: rungflow (thread, Ray) against plain Ray tasks and Ray Tune.
+
+Every method runs N no-op trials with 2 concurrent slots. Per-trial overhead is
+
+    (wall of the whole run − Σ trainable seconds / concurrency) / N,
+
+i.e. the wall-clock a trial costs beyond the work it does. Start-up (Prefect server, ``ray.init``,
+first flow run, first Tune run) is excluded by warm-up runs and reported on its own.
+
+Ordering matters for fairness: the thread runtime is measured before Ray starts, so Ray's idle
+daemons do not share the two cores with it; Ray is then started by rungflow's own ``make_runtime``
+(the same ``ray.init`` the flow does, with the Prefect env passed to workers) and reused by the
+plain-Ray and Tune measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from bench.common import fmt, fresh_dir, peak_rss_mb, prefect_api, run_config, write_json
+
+__all__ = ["METHODS", "Measurement", "run", "add_arguments"]
+
+CONCURRENCY = 2
+WARMUP_TRIALS = 10
+METHODS: tuple[str, ...] = ("rungflow-thread", "rungflow-ray", "ray-remote", "ray-tune")
+
+
+@dataclass
+class Measurement:
+    method: str
+    trials: int
+    wall_seconds: float
+    trainable_seconds: float  # summed over trials
+    concurrency: int
+    overhead_ms_per_trial: float
+    peak_rss_mb_after: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _measurement(method: str, n: int, wall: float, trainable: float, extra: Mapping[str, Any] | None = None) -> Measurement:
+    overhead = (wall - trainable / CONCURRENCY) / n
+    return Measurement(method, n, wall, trainable, CONCURRENCY, overhead * 1000.0, peak_rss_mb(), dict(extra or {}))
+
+
+# --- rungflow -----------------------------------------------------------------------------------------
+def rungflow_trials(kind: str, n: int, run_dir: Path) -> Measurement:
+    """N noop trials through ``run_sweep``: fifo, one rung at budget 1, so every trial is one task run."""
+    from flows.sweep import run_sweep
+    from rungflow.config import validate
+
+    cfg = run_config(
+        f"bench-overhead-{kind}-{n}", trainable={"kind": "noop", "options": {"sleep_seconds": 0.0}},
+        algorithm="random", seed=0, scheduler={"kind": "fifo", "min_budget": 1, "max_budget": 1},
+        runtime={"kind": kind, "max_concurrent": CONCURRENCY}, num_trials=n,
+    )
+    config = validate(cfg)
+    fresh_dir(run_dir)
+    called_at = time.time()  # epoch, to compare with result.json's timestamps
+    t0 = time.perf_counter()
+    result = run_sweep(config, run_dir)
+    wall = time.perf_counter() - t0
+    events = result["events"]
+    completed = sum(1 for e in events if e["status"] == "completed")
+    if completed != n:
+        raise RuntimeError(f"rungflow-{kind}: {completed} of {n} trials completed; see {run_dir}")
+    trainable = sum(float(e["trainable_seconds"]) for e in events)
+    # The part of each trial's in-worker wall outside the trainable: checkpoint write (two fsyncs) etc.
+    in_worker = sum(float(e["wall_seconds"]) - float(e["trainable_seconds"]) for e in events) / n
+    first = min(e["started_at"] for e in events)
+    last = max(e["finished_at"] for e in events)
+    extra = {
+        "in_worker_outside_trainable_ms": in_worker * 1000.0,
+        "flow_setup_ms": (first - called_at) * 1000.0,  # from the call to the first trial's start
+        "first_to_last_trial_s": last - first,
+        "workers": len({e["worker"] for e in events}),
+    }
+    return _measurement(f"rungflow-{kind}", n, wall, trainable, extra)
+
+
+# --- plain Ray ----------------------------------------------------------------------------------------
+def ray_remote_trials(n: int) -> Measurement:
+    """N no-op ``ray.remote`` tasks at 1 CPU each (2 run at once on 2 CPUs), ``ray.get`` of all."""
+    import ray
+
+    # Defined here, not at module level, so cloudpickle ships it by value: workers cannot import ``bench``.
+    def noop() -> float:
+        t = time.perf_counter()
+        return time.perf_counter() - t
+
+    task = ray.remote(num_cpus=1)(noop)
+    t0 = time.perf_counter()
+    seconds = ray.get([task.remote() for _ in range(n)])
+    wall = time.perf_counter() - t0
+    return _measurement("ray-remote", n, wall, float(sum(seconds)))
+
+
+# --- Ray Tune -----------------------------------------------------------------------------------------
+def ray_tune_trials(n: int, storage: Path) -> Measurement:
+    """N no-op function trials in ``tune.Tuner`` with ``reuse_actors=True``, 2 at a time, quiet."""
+    from ray import tune
+
+    def noop(config: dict[str, Any]) -> dict[str, float]:
+        t = time.perf_counter()
+        return {"score": 1.0, "trainable_seconds": time.perf_counter() - t}
+
+    tuner = tune.Tuner(
+        noop,
+        tune_config=tune.TuneConfig(num_samples=n, reuse_actors=True, max_concurrent_trials=CONCURRENCY),
+        run_config=tune.RunConfig(name=f"noop-{n}", storage_path=str(storage), verbose=0),
+    )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    if grid.num_errors or len(grid) != n:
+        raise RuntimeError(f"ray-tune: {len(grid)} results, {grid.num_errors} errors for {n} trials")
+    trainable = sum(float(r.metrics.get("trainable_seconds", 0.0)) for r in grid)
+    return _measurement("ray-tune", n, wall, trainable)
+
+
+# --- command ------------------------------------------------------------------------------------------
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - t0
+
+
+def _quiet_ray_loggers() -> None:
+    # Ray's driver-side INFO lines ("Started a local Ray instance", Tune's "Wrote the latest version ...").
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    runs = out / "runs"
+    sizes = sorted(set(args.trials))
+    _quiet_ray_loggers()
+    measurements: list[Measurement] = []
+    startup: dict[str, float] = {}
+    notes: list[str] = []
+    tune_storage = Path(tempfile.mkdtemp(prefix="rungflow-bench-tune-"))
+
+    def record(m: Measurement) -> None:
+        measurements.append(m)
+        print(f"  {m.method:16s} N={m.trials:5d}: wall {m.wall_seconds:7.2f} s, {m.overhead_ms_per_trial:7.2f} ms/trial "
+              f"(peak RSS {m.peak_rss_mb_after:.0f} MB)", flush=True)
+
+    t_all = time.perf_counter()
+    try:
+        with prefect_api() as server_s:
+            startup["prefect_server_s"] = server_s
+            print(f"overhead: Prefect API up in {server_s:.1f} s", flush=True)
+            if "rungflow-thread" in args.methods:
+                _, startup["first_flow_thread_s"] = _timed(
+                    lambda: rungflow_trials("thread", WARMUP_TRIALS, runs / "warmup-thread"))
+                for n in sizes:
+                    record(rungflow_trials("thread", n, runs / f"thread-{n}"))
+            if any(m != "rungflow-thread" for m in args.methods):
+                from tasks.runtime import make_runtime
+
+                # rungflow's own ray.init (Prefect env for workers, CPUs = cores), so the plain-Ray and Tune
+                # runs share exactly the Ray instance rungflow's tasks run on.
+                _, startup["ray_init_s"] = _timed(lambda: make_runtime(
+                    "ray", address=None, gpus_per_trial=0.0, cpus_per_trial=1.0, max_concurrent=CONCURRENCY))
+                _quiet_ray_loggers()
+            if "rungflow-ray" in args.methods:
+                _, startup["first_flow_ray_s"] = _timed(
+                    lambda: rungflow_trials("ray", WARMUP_TRIALS, runs / "warmup-ray"))
+                for n in sizes:
+                    previous = [m for m in measurements if m.method == "rungflow-ray"]
+                    if previous and previous[-1].wall_seconds * n / previous[-1].trials > args.ray_limit_seconds:
+                        notes.append(
+                            f"rungflow-ray at N={n} skipped: N={previous[-1].trials} took {previous[-1].wall_seconds:.0f} s, "
+                            f"so N={n} would take about {previous[-1].wall_seconds * n / previous[-1].trials:.0f} s "
+                            f"(limit {args.ray_limit_seconds:.0f} s)")
+                        print("  " + notes[-1], flush=True)
+                        continue
+                    record(rungflow_trials("ray", n, runs / f"ray-{n}"))
+            if "ray-remote" in args.methods:
+                _, startup["first_ray_remote_s"] = _timed(lambda: ray_remote_trials(WARMUP_TRIALS))
+                for n in sizes:
+                    record(ray_remote_trials(n))
+            if "ray-tune" in args.methods:
+                _, startup["first_tune_s"] = _timed(lambda: ray_tune_trials(WARMUP_TRIALS, tune_storage))
+                for n in sizes:
+                    record(ray_tune_trials(n, tune_storage))
+    finally:
+        shutil.rmtree(tune_storage, ignore_errors=True)
+        import sys
+
+        if "ray" in sys.modules:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+    wall = time.perf_counter() - t_all
+    meta = {
+        "trials": sizes, "methods": list(args.methods), "concurrency": CONCURRENCY, "warmup_trials": WARMUP_TRIALS,
+        "startup_seconds": startup, "wall_seconds": wall, "peak_rss_mb": peak_rss_mb(), "notes": notes,
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}",
+        "versions": _versions(),
+    }
+    data = {"meta": meta, "measurements": [asdict(m) for m in measurements]}
+    write_json(out / "results.json", data)
+    text = markdown(measurements, meta)
+    (out / "results.md").write_text(text)
+    print(text)
+    print(f"overhead: wrote {out / 'results.json'}, {out / 'results.md'} in {wall:.0f} s", flush=True)
+    return data
+
+
+def markdown(measurements: Sequence[Measurement], meta: Mapping[str, Any]) -> str:
+    sizes = list(meta["trials"])
+    by = {(m.method, m.trials): m for m in measurements}
+    methods = [m for m in METHODS if any(k[0] == m for k in by)]
+    lines = [
+        "# Orchestration overhead per no-op trial",
+        "",
+        f"N no-op trials, {meta['concurrency']} at a time, warm (start-up excluded, see below). "
+        "ms/trial = (wall − Σ trainable s / concurrency) / N. Ratio = ms/trial ÷ Ray Tune's at the same N.",
+        "",
+        "| method | " + " | ".join(f"N={n} ms/trial | N={n} wall (s) | N={n} vs Tune" for n in sizes) + " |",
+        "|---|" + "---:|---:|---:|" * len(sizes),
+    ]
+    for method in methods:
+        cells = []
+        for n in sizes:
+            m = by.get((method, n))
+            tune = by.get(("ray-tune", n))
+            if m is None:
+                cells += ["not run", "-", "-"]
+                continue
+            ratio = m.overhead_ms_per_trial / tune.overhead_ms_per_trial if tune and tune.overhead_ms_per_trial > 0 else None
+            cells += [fmt(m.overhead_ms_per_trial, ".2f"), fmt(m.wall_seconds, ".1f"), fmt(ratio, ".2f", none="-") + ("×" if ratio else "")]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    rf = [m for m in measurements if m.method.startswith("rungflow")]
+    if rf:
+        lines += ["", "rungflow detail: in-worker time outside the trainable (checkpoint write) and flow set-up before the first trial.", "",
+                  "| method | N | in-worker outside trainable (ms/trial) | flow set-up (ms) | first→last trial (s) | workers |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for m in rf:
+            e = m.extra
+            lines.append(f"| {m.method} | {m.trials} | {e['in_worker_outside_trainable_ms']:.2f} | {e['flow_setup_ms']:.0f} | "
+                         f"{e['first_to_last_trial_s']:.1f} | {e['workers']} |")
+    s = meta["startup_seconds"]
+    lines += ["", "Start-up (excluded above): " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in s.items())
+              + f" (first runs use {meta['warmup_trials']} trials).", ""]
+    rss = ", ".join(f"{m.method} N={m.trials}: {m.peak_rss_mb_after:.0f}" for m in measurements)
+    lines += [f"Peak RSS of the bench process after each run (MB, cumulative maximum): {rss}.", ""]
+    for note in meta["notes"]:
+        lines += [f"Note: {note}.", ""]
+    lines += [f"Total wall time {meta['wall_seconds']:.0f} s; {meta['machine']}; " +
+              ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", ""]
+    return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("prefect", "prefect-ray", "ray"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trials", nargs="+", type=int, default=[100, 1000], help="N values")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--out", type=Path, default=Path("bench/out/overhead"))
+    p.add_argument("--ray-limit-seconds", type=float, default=300.0,
+                   help="skip a rungflow-ray size whose extrapolated wall exceeds this (from the previous size)")

@@ -1,0 +1,204 @@
+"""End-to-end sweeps as Prefect flows on a real Prefect server, in threads and on real local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from flows.sweep import run_sweep
+from rungflow.config import validate
+from tests.conftest import REPO, free_port, sweep_config
+
+pytestmark = pytest.mark.slow
+
+
+def _result(run_dir: Path) -> dict:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def _task_run_names(api: str, flow_name: str, expect_train: int) -> list[str]:
+    """Task run names of the flow run, polled: task run states reach the server as events, a little later."""
+    flows = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": [flow_name]}}}).json()
+    assert flows, f"no flow run named {flow_name}"
+    flow_run = flows[-1]
+    assert flow_run["state_type"] == "COMPLETED"
+    deadline = time.time() + 60
+    while True:
+        runs = httpx.post(
+            f"{api}/task_runs/filter",
+            json={"flow_runs": {"id": {"any_": [flow_run["id"]]}}, "limit": 200},
+        ).json()
+        names = sorted(r["name"] for r in runs)
+        if sum(n.startswith("train-") for n in names) >= expect_train or time.time() > deadline:
+            return names
+        time.sleep(1)
+
+
+def test_thread_sweep_writes_result_and_names_task_runs(prefect_server: str, tmp_path: Path) -> None:
+    cfg = validate(sweep_config(tmp_path, name="thread-sweep", runtime={"kind": "thread", "max_concurrent": 2,
+                                                                           "gpus_per_trial": 0.5}))
+    result = run_sweep(cfg, tmp_path / "run")
+    on_disk = _result(tmp_path / "run")
+    assert on_disk["status"] == "finished" and result["stop_reason"] == "schedule_complete"
+    # Hyperband 1..9, eta 3: brackets (9@1, 3@3, 1@9), (5@3, 1@9), (3@9): 17 trials, 22 trial-rungs.
+    assert len(on_disk["trials"]) == 17
+    assert len(on_disk["events"]) == 22
+    assert [len(b["rungs"]) for b in on_disk["schedule"]] == [3, 2, 1]
+    for key in ("trial_id", "bracket", "rung", "budget", "score", "status", "gpu_hours", "cumulative_gpu_hours",
+                "started_at", "finished_at"):
+        assert key in on_disk["events"][0]
+    assert set(on_disk["best"]) >= {"trial_id", "config", "score", "budget"}
+    assert on_disk["best"]["budget"] == 9
+    ledger = on_disk["ledger"]
+    assert ledger["trials_started"] == 17 and ledger["trials_failed"] == 0
+    # Billed wall-clock x 0.5 GPU; money = GPU-hours x price.
+    wall = sum(e["wall_seconds"] for e in on_disk["events"])
+    assert ledger["gpu_hours"] == pytest.approx(wall * 0.5 / 3600, rel=1e-6)
+    assert ledger["cost"] == pytest.approx(ledger["gpu_hours"] * 2.0, rel=1e-6)
+    names = _task_run_names(prefect_server, "thread-sweep", 22)
+    assert sum(n.startswith("train-") for n in names) == 22
+    assert "train-t0000-r0" in names
+    assert {"search-b0", "gate-b0-r0", "promote-b0-r0", "search-b2"} <= set(names)
+
+
+def test_failing_and_nan_trials_lose_at_the_gate(prefect_server: str, tmp_path: Path) -> None:
+    cfg = validate(sweep_config(tmp_path, name="failing", trainable={
+        "kind": "noop", "options": {"fail_when_x_above": 0.7, "nan_when_x_above": 0.5}}))
+    result = run_sweep(cfg, tmp_path / "run")
+    failed = [e for e in result["events"] if e["status"] == "failed"]
+    assert failed, "expected some trials with x > 0.5 to fail"
+    assert any("not a finite number" in (e["error"] or "") for e in failed)
+    assert any("RuntimeError" in (e["error"] or "") for e in failed)
+    failed_ids = {e["trial_id"] for e in failed}
+    promoted = {e["trial_id"] for e in result["events"] if e["rung"] > 0}
+    assert not failed_ids & promoted
+    assert result["ledger"]["trials_failed"] == len(failed_ids)
+    assert result["stop_reason"] == "schedule_complete"
+
+
+def test_same_seed_same_proposals_and_schedule(prefect_server: str, tmp_path: Path) -> None:
+    runs = []
+    for i in range(2):
+        cfg = validate(sweep_config(tmp_path / str(i), name=f"repro-{i}", search={"algorithm": "tpe", "seed": 7}))
+        runs.append(run_sweep(cfg, tmp_path / str(i) / "run"))
+    assert runs[0]["trials"] == runs[1]["trials"]
+    strip = lambda r: [(e["trial_id"], e["rung"], e["score"]) for e in r["events"]]  # noqa: E731
+    assert sorted(strip(runs[0])) == sorted(strip(runs[1]))
+
+
+def test_asha_promotes_without_barriers(prefect_server: str, tmp_path: Path) -> None:
+    cfg = validate(sweep_config(tmp_path, name="asha", scheduler={"kind": "asha", "min_budget": 1, "max_budget": 9,
+                                                                    "eta": 3}, search={"algorithm": "bohb", "seed": 1,
+                                                                                       "num_trials": 18}))
+    result = run_sweep(cfg, tmp_path / "run")
+    assert result["ledger"]["trials_started"] == 18
+    assert any(e["rung"] == 2 and e["budget"] == 9 for e in result["events"])
+    assert result["stop_reason"] == "schedule_complete"
+
+
+def test_ray_sweep_trains_torch_on_workers_and_resumes_from_checkpoints(
+    prefect_server: str, tmp_path: Path, ray_shutdown: None
+) -> None:
+    cfg = validate(sweep_config(
+        tmp_path, name="ray-torch",
+        trainable={"kind": "torch_mlp", "options": {"dataset": "digits"}},
+        scheduler={"kind": "sha", "min_budget": 1, "max_budget": 9, "eta": 3},
+        runtime={"kind": "ray", "gpus_per_trial": 0.25, "cpus_per_trial": 1},
+    ))
+    result = run_sweep(cfg, tmp_path / "run")
+    events = result["events"]
+    assert [(b, len(s["rungs"])) for b, s in enumerate(result["schedule"])] == [(0, 3)]
+    assert len(events) == 9 + 3 + 1
+    pids = {e["worker"].split(":")[1] for e in events}
+    assert str(os.getpid()) not in pids, "train tasks should run in Ray worker processes"
+    by_rung = {r: [e for e in events if e["rung"] == r] for r in (0, 1, 2)}
+    assert all(e["budget_trained"] == 1 for e in by_rung[0])
+    # Promoted trials continue from the checkpoint: 3-1 and 9-3 epochs, not 3 and 9.
+    assert all(e["budget_trained"] == 2 for e in by_rung[1])
+    assert all(e["budget_trained"] == 6 for e in by_rung[2])
+    assert result["best"]["score"] > 0.8
+    assert result["runtime"]["note"]  # no GPU here: the fallback is stated
+    assert (tmp_path / "run" / "checkpoints" / result["best"]["trial_id"] / "rung-2.ckpt").exists()
+    names = _task_run_names(prefect_server, "ray-torch", 13)
+    assert sum(n.startswith("train-") for n in names) == 13
+
+
+def test_hard_cap_mid_stage_cancels_in_flight_ray_trials_and_bills_them(
+    prefect_server: str, tmp_path: Path, ray_shutdown: None
+) -> None:
+    cfg = validate(sweep_config(
+        tmp_path, name="cap",
+        trainable={"kind": "noop", "options": {"sleep_seconds": 1.0}},
+        scheduler={"kind": "fifo", "min_budget": 1, "max_budget": 1},
+        search={"algorithm": "random", "seed": 0, "num_trials": 8},
+        budget={"max_gpu_hours": 2.5 / 3600, "on_cap": "cancel"},
+        runtime={"kind": "ray", "gpus_per_trial": 1, "cpus_per_trial": 1},
+    ))
+    result = run_sweep(cfg, tmp_path / "run")
+    assert result["stop_reason"] == "max_gpu_hours"
+    statuses = [e["status"] for e in result["events"]]
+    assert "cancelled" in statuses and statuses.count("completed") < 8
+    cancelled = [e for e in result["events"] if e["status"] == "cancelled"]
+    assert all(e["gpu_hours"] >= 0 for e in cancelled)
+    assert len(result["events"]) == 8  # every trial billed exactly once
+    stop = [d for d in result["decisions"] if d["action"] == "stop"]
+    assert stop and stop[-1]["reason"] == "max_gpu_hours"
+
+
+def test_sweep_on_a_ray_cluster_reached_by_address(prefect_server: str, tmp_path: Path, ray_shutdown: None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    head = subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                           "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats"],
+                          env=env, capture_output=True, text=True, timeout=180)
+    assert head.returncode == 0, head.stderr
+    try:
+        node = subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
+                               "--num-cpus", "1", "--disable-usage-stats"],
+                              env=env, capture_output=True, text=True, timeout=180)
+        assert node.returncode == 0, node.stderr
+        cfg = validate(sweep_config(
+            tmp_path, name="cluster",
+            trainable={"kind": "noop", "options": {"sleep_seconds": 0.5}},
+            scheduler={"kind": "fifo", "min_budget": 1, "max_budget": 1},
+            search={"algorithm": "random", "seed": 0, "num_trials": 6},
+            runtime={"kind": "ray", "address": f"127.0.0.1:{port}", "cpus_per_trial": 1},
+        ))
+        result = run_sweep(cfg, tmp_path / "run")
+        nodes = {e["worker"].split(":")[2] for e in result["events"]}
+        assert len(nodes) == 2, f"trials should spread over both nodes, saw {nodes}"
+        assert result["ledger"]["trials_completed"] == 6
+    finally:
+        ray.shutdown()
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_cli_sweep_and_report(prefect_server: str, tmp_path: Path) -> None:
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        "name: cli-sweep\ntrainable: {kind: noop}\nsearch: {algorithm: tpe, seed: 3}\n"
+        "scheduler: {kind: hyperband, min_budget: 1, max_budget: 9, eta: 3}\n"
+        "budget: {max_gpu_hours: 1}\nruntime: {kind: thread}\n"
+    )
+    env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", str(config), "--out", str(out),
+                          "--set", "scheduler.eta=3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "leaderboard" in run.stdout and "schedule_complete" in run.stdout
+    report = subprocess.run([sys.executable, "-m", "flows.cli", "report", str(out)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert "t00" in report.stdout and (out / "anytime.png").stat().st_size > 1000

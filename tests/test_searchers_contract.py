@@ -1,0 +1,344 @@
+"""Contract tests for every searcher under every scheduler, on a simulated sweep (no Prefect, no Ray)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any
+
+import numpy as np
+import pytest
+
+from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, gate_rung, make_scheduler
+from budgets.searchers import SEARCHERS, Observation, make_searcher
+from budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from budgets.tpe import BOHBSearcher
+
+SCHEDULERS = ("fifo", "sha", "hyperband", "asha")
+MIN_BUDGET, MAX_BUDGET, ETA = 1.0, 9.0, 3.0
+
+SPACE = SearchSpace(
+    (
+        FloatParam("x", -1.0, 1.0),
+        FloatParam("lr", 1e-4, 1e-1, log=True),
+        IntParam("layers", 1, 5),
+        IntParam("units", 8, 256, log=True),
+        CategoricalParam("act", ("relu", "tanh", "gelu")),
+    )
+)
+_ACT_BONUS = {"relu": 0.0, "tanh": 0.05, "gelu": 0.1}
+
+
+def synthetic_score(config: dict[str, Any], budget: float) -> float:
+    """Smooth in every parameter, increasing in budget; the optimum is x=0.3, lr=1e-2, layers=3, units=64, gelu."""
+    return (
+        1.0
+        - (config["x"] - 0.3) ** 2
+        - 0.1 * (math.log10(config["lr"]) + 2.0) ** 2
+        - 0.02 * (config["layers"] - 3) ** 2
+        - 0.05 * (math.log2(config["units"]) - 6.0) ** 2
+        + _ACT_BONUS[config["act"]]
+        - 0.5 / (1.0 + budget)
+    )
+
+
+def _searcher(name: str, seed: int, space: SearchSpace = SPACE, **kwargs: Any):
+    options: dict[str, Any] = {"seed": seed, "mode": "max", "max_budget": MAX_BUDGET}
+    if name == "grid":
+        options["grid_points"] = 4
+    options.update(kwargs)
+    return make_searcher(name, space, **options)
+
+
+def _scheduler(kind: str, num_trials: int | None = None):
+    return make_scheduler(
+        kind, min_budget=MIN_BUDGET, max_budget=MAX_BUDGET, eta=ETA, integer=True, iterations=1,
+        num_trials=num_trials if num_trials is not None else (10 if kind == "fifo" else None), mode="max",
+    )
+
+
+def run_sync(scheduler: SyncScheduler, searcher) -> dict[str, Any]:
+    proposals: list[dict[str, Any]] = []
+    events: list[tuple[str, int, float, float]] = []
+    gates: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    per_rung: list[list[int]] = []
+    for bracket in scheduler.brackets:
+        configs = searcher.suggest(bracket.num_trials)
+        start = len(proposals)
+        proposals.extend(configs)
+        alive = {f"t{start + i:04d}": c for i, c in enumerate(configs)}
+        counts = []
+        for r, rung in enumerate(bracket.rungs):
+            counts.append(len(alive))
+            results = []
+            for trial_id in sorted(alive):
+                score = synthetic_score(alive[trial_id], rung.budget)
+                events.append((trial_id, bracket.index, rung.budget, score))
+                results.append(TrialScore(trial_id, score))
+                searcher.observe(Observation(trial_id, alive[trial_id], rung.budget, score))
+            if r + 1 < len(bracket.rungs):
+                decision = gate_rung(results, bracket.rungs[r + 1].num_trials, "max")
+                gates.append((decision.promote, decision.stop))
+                alive = {t: alive[t] for t in decision.promote}
+        per_rung.append(counts)
+    return {"proposals": proposals, "events": events, "gates": gates, "per_rung": per_rung}
+
+
+def run_asha(scheduler: ASHAScheduler, searcher, workers: int = 3) -> dict[str, Any]:
+    """A pool of ``workers``; the longest-running job (first started) always finishes first."""
+    proposals: list[dict[str, Any]] = []
+    configs: dict[str, dict[str, Any]] = {}
+    running: deque[tuple[str, int, float]] = deque()
+    events: list[tuple[str, int, float, float]] = []
+    jobs: list[tuple[str, int, float]] = []
+    while True:
+        while len(running) < workers:
+            job = scheduler.next_job()
+            if job is None:
+                break
+            if job.trial_id is None:
+                new = searcher.suggest(1)
+                assert len(new) == 1
+                trial_id = f"t{len(proposals):04d}"
+                proposals.append(new[0])
+                configs[trial_id] = new[0]
+            else:
+                trial_id = job.trial_id
+            jobs.append((trial_id, job.rung, job.budget))
+            running.append((trial_id, job.rung, job.budget))
+        if not running:
+            break
+        trial_id, rung, budget = running.popleft()
+        score = synthetic_score(configs[trial_id], budget)
+        events.append((trial_id, rung, budget, score))
+        scheduler.on_result(trial_id, rung, score)
+        searcher.observe(Observation(trial_id, configs[trial_id], budget, score))
+    return {"proposals": proposals, "events": events, "jobs": jobs}
+
+
+def simulate(searcher_name: str, kind: str, seed: int) -> tuple[Any, dict[str, Any]]:
+    scheduler = _scheduler(kind)
+    searcher = _searcher(searcher_name, seed)
+    if scheduler.synchronous:
+        return scheduler, run_sync(scheduler, searcher)
+    return scheduler, run_asha(scheduler, searcher)
+
+
+# --- the contract, searcher x scheduler ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", SCHEDULERS)
+@pytest.mark.parametrize("searcher_name", SEARCHERS)
+def test_simulated_sweep_contract(searcher_name: str, kind: str) -> None:
+    scheduler, run = simulate(searcher_name, kind, seed=0)
+    proposals = run["proposals"]
+
+    # Every proposal lies in the space.
+    assert proposals
+    for config in proposals:
+        assert SPACE.contains(config), config
+
+    # The number of trials is the scheduler's plan.
+    if scheduler.synchronous:
+        assert len(proposals) == scheduler.num_trials()
+        for bracket, counts in zip(scheduler.brackets, run["per_rung"]):
+            assert counts == [r.num_trials for r in bracket.rungs]
+        assert all(e[2] <= MAX_BUDGET for e in run["events"])
+    else:
+        assert len(proposals) == scheduler.num_trials
+        assert scheduler.started == scheduler.num_trials
+        # Each (trial, rung) runs at most once, and each promotion follows a result at the rung below.
+        seen = [(t, r) for t, r, _ in run["jobs"]]
+        assert len(seen) == len(set(seen))
+        assert all(b in scheduler.budgets for _, _, b in run["jobs"])
+
+    # Same seed: identical proposals and identical schedule.
+    _, again = simulate(searcher_name, kind, seed=0)
+    assert again["proposals"] == proposals
+    assert again["events"] == run["events"]
+    if scheduler.synchronous:
+        assert again["gates"] == run["gates"]
+    else:
+        assert again["jobs"] == run["jobs"]
+
+    # Another seed: other proposals (grid: the same grid in another order).
+    _, other = simulate(searcher_name, kind, seed=1)
+    assert other["proposals"] != proposals
+    assert len(other["proposals"]) == len(proposals)
+
+
+@pytest.mark.parametrize("searcher_name", SEARCHERS)
+def test_same_seed_same_proposals_in_isolation(searcher_name: str) -> None:
+    a, b = _searcher(searcher_name, 3), _searcher(searcher_name, 3)
+    first, second = a.suggest(7), b.suggest(7)
+    assert first == second
+    assert all(SPACE.contains(c) for c in first)
+    # The same observations keep them in step.
+    for i, config in enumerate(first):
+        for searcher in (a, b):
+            searcher.observe(Observation(f"t{i}", config, MAX_BUDGET, synthetic_score(config, MAX_BUDGET)))
+    assert a.suggest(5) == b.suggest(5)
+
+
+def test_grid_other_seed_is_a_permutation_of_the_same_grid() -> None:
+    a, b = _searcher("grid", 0), _searcher("grid", 1)
+    assert a.size == b.size == 4 * 4 * 4 * 4 * 3
+    ga, gb = a.suggest(a.size), b.suggest(b.size)
+    assert ga != gb
+    key = lambda c: tuple(sorted((k, repr(v)) for k, v in c.items()))  # noqa: E731
+    assert sorted(map(key, ga)) == sorted(map(key, gb))
+    assert len(set(map(key, ga))) == len(ga)
+    assert a.suggest(3) == []  # exhausted: fewer than asked, never repeats
+
+
+def test_grid_returns_fewer_when_exhausted() -> None:
+    space = SearchSpace((IntParam("n", 1, 3), CategoricalParam("c", ("a", "b"))))
+    grid = make_searcher("grid", space, seed=0, grid_points=10)
+    first = grid.suggest(4)
+    rest = grid.suggest(10)
+    assert len(first) == 4 and len(rest) == 2
+    assert grid.suggest(1) == []
+
+
+def test_unknown_searcher_names_the_field() -> None:
+    with pytest.raises(ValueError, match=r"search\.algorithm.*'nope'"):
+        make_searcher("nope", SPACE)
+
+
+# --- the rung gate -------------------------------------------------------------------------------
+
+
+def test_gate_failed_scores_lose_even_when_fewer_than_keep_succeed() -> None:
+    results = [
+        TrialScore("t0", float("nan")),
+        TrialScore("t1", None),
+        TrialScore("t2", 0.5),
+        TrialScore("t3", float("inf")),
+        TrialScore("t4", float("-inf")),
+    ]
+    decision = gate_rung(results, keep=4, mode="max")
+    assert decision.promote == ("t2",)
+    assert set(decision.stop) == {"t0", "t1", "t3", "t4"}
+    decision = gate_rung(results, keep=4, mode="min")
+    assert decision.promote == ("t2",)
+
+
+def test_gate_all_failed_promotes_nobody() -> None:
+    decision = gate_rung([TrialScore("a", None), TrialScore("b", float("nan"))], keep=1, mode="max")
+    assert decision.promote == ()
+    assert decision.stop == ("a", "b")
+
+
+def test_gate_ties_broken_by_trial_id() -> None:
+    results = [TrialScore("t3", 1.0), TrialScore("t1", 1.0), TrialScore("t2", 1.0), TrialScore("t0", 0.0)]
+    for order in (results, list(reversed(results))):
+        decision = gate_rung(order, keep=2, mode="max")
+        assert decision.promote == ("t1", "t2")
+        assert decision.stop == ("t3", "t0")
+    decision = gate_rung(results, keep=2, mode="min")
+    assert decision.promote == ("t0", "t1")
+
+
+def test_gate_mode_and_keep_bounds() -> None:
+    results = [TrialScore(f"t{i}", float(i)) for i in range(5)]
+    assert gate_rung(results, 2, "max").promote == ("t4", "t3")
+    assert gate_rung(results, 2, "min").promote == ("t0", "t1")
+    assert gate_rung(results, 0, "max").promote == ()
+    assert gate_rung(results, -1, "max").promote == ()
+    everyone = gate_rung(results, 10, "max")
+    assert len(everyone.promote) == 5 and everyone.stop == ()
+
+
+# --- BOHB's model budget -------------------------------------------------------------------------
+
+
+def test_bohb_model_budget_moves_to_highest_budget_with_enough_results() -> None:
+    space = SearchSpace((FloatParam("x", 0.0, 1.0),))
+    bohb = make_searcher("bohb", space, seed=0, max_budget=9.0)
+    assert isinstance(bohb, BOHBSearcher)
+    assert bohb.min_points_in_model == len(space) + 2 == 3
+    assert bohb.model_budget() is None
+
+    def obs(i: int, budget: float, score: float | None, x: float = 0.5) -> None:
+        bohb.observe(Observation(f"t{i}", {"x": x}, budget, score))
+
+    for i in range(2):
+        obs(i, 1.0, 0.1 * i)
+    assert bohb.model_budget() is None
+    obs(2, 1.0, float("nan"))  # failed: does not count
+    obs(3, 1.0, None)
+    assert bohb.model_budget() is None
+    obs(4, 1.0, 0.3)
+    assert bohb.model_budget() == 1.0
+    obs(5, 3.0, 0.4)
+    obs(6, 3.0, 0.5)
+    assert bohb.model_budget() == 1.0
+    obs(7, 3.0, 0.6, x=2.0)  # outside the space: does not count
+    assert bohb.model_budget() == 1.0
+    obs(8, 3.0, 0.6)
+    assert bohb.model_budget() == 3.0
+    obs(9, 9.0, 0.7)
+    assert bohb.model_budget() == 3.0
+    # Once enough full-budget results exist, they override the lower rungs.
+    for i in range(10, 12):
+        obs(i, 9.0, 0.8)
+    assert bohb.model_budget() == 9.0
+    # Proposals from the model still lie in the space.
+    assert all(space.contains(c) for c in bohb.suggest(5))
+
+
+def test_bohb_rejects_bad_random_fraction() -> None:
+    with pytest.raises(ValueError, match="random_fraction"):
+        make_searcher("bohb", SPACE, random_fraction=1.5)
+
+
+# --- model-based searchers concentrate near the optimum ---------------------------------------------
+
+OPT_X = 0.3
+
+
+def _tail_distance(name: str, seed: int, rounds: int = 60, tail: int = 20) -> float:
+    space = SearchSpace((FloatParam("x", 0.0, 1.0),))
+    searcher = make_searcher(name, space, seed=seed, mode="max", max_budget=1.0)
+    xs = []
+    for i in range(rounds):
+        (config,) = searcher.suggest(1)
+        xs.append(config["x"])
+        searcher.observe(Observation(f"t{i:03d}", config, 1.0, -((config["x"] - OPT_X) ** 2)))
+    return float(np.median(np.abs(np.array(xs[-tail:]) - OPT_X)))
+
+
+@pytest.mark.parametrize("name", ["tpe", "bohb"])
+def test_model_based_searchers_beat_random_on_a_quadratic(name: str) -> None:
+    seeds = (0, 1, 2)
+    model = [_tail_distance(name, s) for s in seeds]
+    random = [_tail_distance("random", s) for s in seeds]
+    # Random's median distance on [0, 1] around 0.3 is about 0.2; the model's should be far smaller.
+    assert np.median(model) < 0.5 * np.median(random), (model, random)
+    assert sum(m < r for m, r in zip(model, random)) >= 2, (model, random)
+
+
+@pytest.mark.parametrize("name", ["tpe", "bohb"])
+def test_model_based_searchers_minimise_too(name: str) -> None:
+    space = SearchSpace((FloatParam("x", 0.0, 1.0),))
+    searcher = make_searcher(name, space, seed=0, mode="min", max_budget=1.0)
+    xs = []
+    for i in range(60):
+        (config,) = searcher.suggest(1)
+        xs.append(config["x"])
+        searcher.observe(Observation(f"t{i:03d}", config, 1.0, (config["x"] - OPT_X) ** 2))
+    assert np.median(np.abs(np.array(xs[-20:]) - OPT_X)) < 0.15  # random: about 0.2-0.35
+
+
+def test_tpe_learns_from_failed_and_partial_trials_without_crashing() -> None:
+    searcher = _searcher("tpe", 0)
+    configs = searcher.suggest(12)
+    for i, config in enumerate(configs):
+        trial_id = f"t{i:02d}"
+        searcher.observe(Observation(trial_id, config, 1.0, synthetic_score(config, 1.0)))
+        if i % 3 == 0:
+            searcher.observe(Observation(trial_id, config, 3.0, float("nan")))
+        elif i % 3 == 1:
+            searcher.observe(Observation(trial_id, config, 9.0, synthetic_score(config, 9.0)))
+    more = searcher.suggest(6)
+    assert len(more) == 6 and all(SPACE.contains(c) for c in more)
