@@ -48,6 +48,8 @@ def quiet_env(isolated_prefect_home: bool = True) -> None:
     # The flow logs through the API handler too; at WARNING there is little to ship anyway.
     os.environ.setdefault("PREFECT_LOGGING_TO_API_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+    # The server's telemetry heartbeat races the fresh database's migrations ("database is locked").
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Progress UI of Ray Tune and Ray's own banners would otherwise flood the benchmark output.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -74,10 +76,28 @@ def prefect_api() -> Iterator[float]:
     finally:
         if server is not None:
             _flush_prefect_logs()
+            _drain_events_before_stop()
             server.stop()
         home = os.environ.get("PREFECT_HOME", "")
         if server is not None and Path(home).name.startswith("rungflow-bench-prefect-"):
             shutil.rmtree(home, ignore_errors=True)
+
+
+def _drain_events_before_stop() -> None:
+    """Let the server persist the last task-run events before it is terminated.
+
+    The embedded server's task-run recorder buffers events for up to its flush interval; stopping
+    it sooner cancels that flush and it logs an "Error flushing N events" traceback per event.
+    """
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.settings import get_current_settings
+
+        EventsWorker.drain_all(timeout=10)
+        interval = get_current_settings().server.services.task_run_recorder.flush_interval
+    except Exception:
+        interval = 5.0
+    time.sleep(float(interval) + 1.0)
 
 
 def run_config(

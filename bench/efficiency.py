@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -246,7 +247,8 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"Total wall time: {meta['wall_seconds']:.0f} s (Prefect server start-up {meta['prefect_startup_seconds']:.1f} s); "
-        f"peak RSS {meta['peak_rss_mb']:.0f} MB; {meta['machine']}.",
+        f"peak RSS {meta['peak_rss_mb']:.0f} MB; 1-min load average {meta['loadavg_before'][0]:.2f} before, "
+        f"{meta['loadavg_after'][0]:.2f} after; {meta['machine']}.",
         "",
     ]
     return "\n".join(lines)
@@ -326,6 +328,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     runtime = {"kind": "thread", "max_concurrent": args.max_concurrent}
     t0 = time.perf_counter()
+    load_before = os.getloadavg()
     cells: list[Cell] = []
     with prefect_api() as startup:
         print(f"efficiency: Prefect API up in {startup:.1f} s; {len(args.instances)} instances x {len(args.seeds)} seeds "
@@ -340,6 +343,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "runtime": f"thread, max_concurrent {args.max_concurrent}", "iterations": args.iterations,
         "baseline_trials": BASELINE_TRIALS, "target_margin": TARGET_MARGIN, "cap_fraction": CAP_FRACTION,
         "spend_fractions": list(SPEND_FRACTIONS), "wall_seconds": wall, "prefect_startup_seconds": startup,
+        # Other processes on the machine share the cores; the load average says how much they did.
+        "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
         "peak_rss_mb": peak_rss_mb(), "machine": f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}",
     }
     summary = summarize(cells, args.methods)
@@ -354,6 +359,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

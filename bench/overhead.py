@@ -69,6 +69,7 @@ def rungflow_trials(kind: str, n: int, run_dir: Path) -> Measurement:
     t0 = time.perf_counter()
     result = run_sweep(config, run_dir)
     wall = time.perf_counter() - t0
+    returned_at = time.time()
     events = result["events"]
     completed = sum(1 for e in events if e["status"] == "completed")
     if completed != n:
@@ -82,6 +83,7 @@ def rungflow_trials(kind: str, n: int, run_dir: Path) -> Measurement:
         "in_worker_outside_trainable_ms": in_worker * 1000.0,
         "flow_setup_ms": (first - called_at) * 1000.0,  # from the call to the first trial's start
         "first_to_last_trial_s": last - first,
+        "flow_teardown_ms": (returned_at - last) * 1000.0,  # from the last trial's end to run_sweep returning
         "workers": len({e["worker"] for e in events}),
     }
     return _measurement(f"rungflow-{kind}", n, wall, trainable, extra)
@@ -128,6 +130,26 @@ def ray_tune_trials(n: int, storage: Path) -> Measurement:
 
 
 # --- command ------------------------------------------------------------------------------------------
+def _start_local_ray() -> None:
+    """Start a private local Ray with exactly the init kwargs of rungflow's ``make_runtime``, plus address="local".
+
+    ``make_runtime(address=None)`` calls ``ray.init(num_cpus=...)`` without an address, and Ray then
+    attaches to any cluster already running on the machine (``/tmp/ray/ray_current_cluster``), where
+    ``num_cpus`` is an error. Starting Ray here first makes ``make_runtime`` reuse this instance
+    (it skips ``ray.init`` when Ray is initialized), so the plain-Ray and Tune runs share exactly
+    the Ray instance rungflow's tasks run on, with the Prefect env passed to its workers.
+    """
+    import ray
+
+    from tasks.runtime import _ray_env, make_runtime
+
+    ray.init(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": _ray_env()},
+             include_dashboard=False, log_to_driver=True, ignore_reinit_error=True, logging_level=logging.WARNING)
+    runtime = make_runtime("ray", address=None, gpus_per_trial=0.0, cpus_per_trial=1.0, max_concurrent=CONCURRENCY)
+    if runtime.slots != CONCURRENCY:
+        raise RuntimeError(f"rungflow's Ray runtime has {runtime.slots} slots, expected {CONCURRENCY}")
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     value = fn()
@@ -157,6 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"(peak RSS {m.peak_rss_mb_after:.0f} MB)", flush=True)
 
     t_all = time.perf_counter()
+    load_before = os.getloadavg()
     try:
         with prefect_api() as server_s:
             startup["prefect_server_s"] = server_s
@@ -167,12 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for n in sizes:
                     record(rungflow_trials("thread", n, runs / f"thread-{n}"))
             if any(m != "rungflow-thread" for m in args.methods):
-                from tasks.runtime import make_runtime
-
-                # rungflow's own ray.init (Prefect env for workers, CPUs = cores), so the plain-Ray and Tune
-                # runs share exactly the Ray instance rungflow's tasks run on.
-                _, startup["ray_init_s"] = _timed(lambda: make_runtime(
-                    "ray", address=None, gpus_per_trial=0.0, cpus_per_trial=1.0, max_concurrent=CONCURRENCY))
+                _, startup["ray_init_s"] = _timed(_start_local_ray)
                 _quiet_ray_loggers()
             if "rungflow-ray" in args.methods:
                 _, startup["first_flow_ray_s"] = _timed(
@@ -207,7 +225,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t_all
     meta = {
         "trials": sizes, "methods": list(args.methods), "concurrency": CONCURRENCY, "warmup_trials": WARMUP_TRIALS,
-        "startup_seconds": startup, "wall_seconds": wall, "peak_rss_mb": peak_rss_mb(), "notes": notes,
+        "startup_seconds": startup, "wall_seconds": wall,
+        # Other processes on the machine share the 2 cores; the load average says how much they did.
+        "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()), "peak_rss_mb": peak_rss_mb(), "notes": notes,
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}",
         "versions": _versions(),
     }
@@ -246,13 +266,15 @@ def markdown(measurements: Sequence[Measurement], meta: Mapping[str, Any]) -> st
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     rf = [m for m in measurements if m.method.startswith("rungflow")]
     if rf:
-        lines += ["", "rungflow detail: in-worker time outside the trainable (checkpoint write) and flow set-up before the first trial.", "",
-                  "| method | N | in-worker outside trainable (ms/trial) | flow set-up (ms) | first→last trial (s) | workers |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += ["", "rungflow detail: per-trial time inside the worker but outside the trainable (checkpoint write), "
+                  "the flow's fixed cost before the first trial starts and after the last one ends, and the span of the trials.", "",
+                  "| method | N | in-worker outside trainable (ms/trial) | set-up before first trial (ms) | "
+                  "after last trial (ms) | first→last trial (s) | worker processes |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for m in rf:
             e = m.extra
             lines.append(f"| {m.method} | {m.trials} | {e['in_worker_outside_trainable_ms']:.2f} | {e['flow_setup_ms']:.0f} | "
-                         f"{e['first_to_last_trial_s']:.1f} | {e['workers']} |")
+                         f"{e['flow_teardown_ms']:.0f} | {e['first_to_last_trial_s']:.1f} | {e['workers']} |")
     s = meta["startup_seconds"]
     lines += ["", "Start-up (excluded above): " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in s.items())
               + f" (first runs use {meta['warmup_trials']} trials).", ""]
@@ -260,7 +282,8 @@ def markdown(measurements: Sequence[Measurement], meta: Mapping[str, Any]) -> st
     lines += [f"Peak RSS of the bench process after each run (MB, cumulative maximum): {rss}.", ""]
     for note in meta["notes"]:
         lines += [f"Note: {note}.", ""]
-    lines += [f"Total wall time {meta['wall_seconds']:.0f} s; {meta['machine']}; " +
+    lines += [f"Total wall time {meta['wall_seconds']:.0f} s; 1-min load average {meta['loadavg_before'][0]:.2f} before, "
+              f"{meta['loadavg_after'][0]:.2f} after; {meta['machine']}; " +
               ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".", ""]
     return "\n".join(lines)
 

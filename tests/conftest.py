@@ -71,7 +71,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             os.environ["PREFECT_API_URL"] = previous
         from prefect.logging.handlers import APILogHandler
 
-        APILogHandler.flush()
+        APILogHandler().flush()
         proc.terminate()
         try:
             proc.wait(timeout=20)
