@@ -53,7 +53,6 @@ def quiet_env(isolated_prefect_home: bool = True) -> None:
     # Progress UI of Ray Tune and Ray's own banners would otherwise flood the benchmark output.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     if isolated_prefect_home and not os.environ.get("PREFECT_API_URL"):
         os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="rungflow-bench-prefect-")

@@ -70,9 +70,10 @@ class SpendRecord:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["status"] = str(self.status)
-        data["metrics"] = dict(self.metrics)
+        # JSON has no NaN; the status and error say what happened.
+        data["metrics"] = {k: (float(v) if _finite(v) else None) for k, v in self.metrics.items()}
         if self.score is not None and not math.isfinite(self.score):
-            data["score"] = None  # JSON has no NaN; the status and error say what happened
+            data["score"] = None
         return data
 
     @classmethod
@@ -80,6 +81,10 @@ class SpendRecord:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["status"] = TrialStatus(fields["status"])
         return cls(**fields)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 class Ledger:
@@ -96,6 +101,12 @@ class Ledger:
 
     def _load(self) -> None:
         assert self.path is not None
+        raw = self.path.read_bytes()
+        if raw and not raw.endswith(b"\n"):
+            # A record cut short by a kill mid-write: drop the torn tail so the next append starts on
+            # a fresh line (glued onto the fragment, it would be lost on the following load).
+            with self.path.open("r+b") as fh:
+                fh.truncate(raw.rfind(b"\n") + 1)
         with self.path.open("r", encoding="utf-8") as fh:
             for line in fh:
                 line = line.strip()
@@ -119,7 +130,7 @@ class Ledger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.write(json.dumps(entry, sort_keys=True, allow_nan=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -139,8 +150,9 @@ class Ledger:
         return (trial_id, rung, attempt) in self._keys
 
     def record_decision(self, decision: Mapping[str, Any]) -> None:
-        self.decisions.append(dict(decision))
-        self._append({"type": "decision", "decision": dict(decision)})
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in decision.items()}
+        self.decisions.append(clean)
+        self._append({"type": "decision", "decision": clean})
 
     @property
     def gpu_hours(self) -> float:

@@ -55,7 +55,8 @@ def _round_budget(budget: float, min_budget: float, integer: bool) -> float:
 def rung_budgets(min_budget: float, max_budget: float, eta: float, *, integer: bool = True) -> list[float]:
     """Budgets of the most aggressive bracket's rungs, ascending, the last one ``max_budget``."""
     s_max = max_bracket_index(min_budget, max_budget, eta)
-    budgets = [_round_budget(max_budget * eta ** (i - s_max), min_budget, integer) for i in range(s_max + 1)]
+    budgets = [_round_budget(max_budget * eta ** (i - s_max), min_budget, integer) for i in range(s_max)]
+    budgets.append(float(max_budget))
     # Rounding can merge neighbouring rungs (e.g. 1.2 and 1.4 epochs); keep one of each.
     return sorted(set(budgets))
 
@@ -69,7 +70,8 @@ def bracket_plan(
     rungs: list[RungPlan] = []
     for i in range(s + 1):
         count = max(1, int(math.floor(n * eta ** (-i) + 1e-9)))
-        budget = _round_budget(max_budget * eta ** (i - s), min_budget, integer)
+        # The top rung is the full budget exactly, whatever the rounding of the rungs below it.
+        budget = float(max_budget) if i == s else _round_budget(max_budget * eta ** (i - s), min_budget, integer)
         if rungs and budget <= rungs[-1].budget:
             # An integer budget that rounds onto the previous rung adds nothing: skip it.
             continue

@@ -181,9 +181,12 @@ class ASHAScheduler:
         self.started = max(self.started, count)
 
     def budget_units(self) -> float:
-        plan = bracket_plan(len(self.budgets) - 1, len(self.budgets) - 1, min_budget=self.min_budget,
-                            max_budget=self.max_budget, eta=self.eta, num_trials=self.num_trials)
-        return plan.budget_units()
+        """Budget units if the rungs fill as a successive-halving bracket of ``num_trials`` would."""
+        total, previous = 0.0, 0.0
+        for k, budget in enumerate(self.budgets):
+            total += max(1, int(math.floor(self.num_trials * self.eta ** (-k) + 1e-9))) * (budget - previous)
+            previous = budget
+        return total
 
 
 def make_scheduler(

@@ -120,6 +120,10 @@ def make_searcher(name: str, space: SearchSpace, **kwargs: Any) -> Searcher:
     if name not in classes:
         raise ValueError(f"search.algorithm: unknown searcher {name!r}; use one of {', '.join(SEARCHERS)}")
     options = {k: v for k, v in kwargs.items() if v is not None}
+    # Options that belong to one searcher are dropped for the others, so one config shape fits all.
     if name != "grid":
         options.pop("grid_points", None)
+    if name != "bohb":
+        options.pop("random_fraction", None)
+        options.pop("min_points_in_model", None)
     return classes[name](space, **options)

@@ -7,6 +7,7 @@ and no traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
     """Rows of (bracket, rung, budget, trials, units) and the total units and predicted GPU-hours."""
     import numpy as np
 
-    from budgets.rungs import bracket_plan
+    from budgets.rungs import BracketPlan, RungPlan
     from budgets.schedulers import ASHAScheduler, make_scheduler
 
     lo, hi = config.budget_range()
@@ -47,9 +48,10 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
                                integer=config.trainable_class().integer_budget, iterations=config.scheduler.iterations,
                                num_trials=config.search.num_trials, mode=config.mode())
     if isinstance(scheduler, ASHAScheduler):
-        top = len(scheduler.budgets) - 1
-        brackets = [bracket_plan(top, top, min_budget=lo, max_budget=hi, eta=config.scheduler.eta,
-                                 num_trials=scheduler.num_trials, integer=config.trainable_class().integer_budget)]
+        # ASHA fills its rungs as one successive-halving bracket of num_trials would, without barriers.
+        n, eta = scheduler.num_trials, config.scheduler.eta
+        rungs = tuple(RungPlan(k, b, max(1, int(math.floor(n * eta ** (-k) + 1e-9)))) for k, b in enumerate(scheduler.budgets))
+        brackets = [BracketPlan(index=0, s=len(rungs) - 1, rungs=rungs)]
     else:
         brackets = list(scheduler.brackets)
     trainable = config.trainable_class()(config.trainable.options)

@@ -79,6 +79,20 @@ class SearchConfig(_Strict):
             raise ValueError("must be at least 1; set search.num_trials to how many trials to start")
         return n
 
+    @field_validator("random_fraction")
+    @classmethod
+    def _fraction(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ValueError("must be within [0, 1] (the share of BOHB proposals drawn at random), e.g. 0.33")
+        return v
+
+    @field_validator("min_points_in_model")
+    @classmethod
+    def _min_points(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1; leave it out for the default (number of parameters + 2)")
+        return v
+
     @field_validator("grid_points")
     @classmethod
     def _grid(cls, n: int) -> int:
@@ -276,6 +290,13 @@ class SweepConfig(_Strict):
             except SpaceError as exc:
                 raise ValueError(str(exc)) from None
         lo, hi = self.budget_range()
+        if trainable_cls.integer_budget:
+            for key, value in (("min_budget", lo), ("max_budget", hi)):
+                if not float(value).is_integer():
+                    raise ValueError(
+                        f"scheduler.{key} = {value:g}: {self.trainable.kind} trains whole {trainable_cls.budget_unit}; "
+                        f"use a whole number, e.g. {max(1, round(value))}"
+                    )
         if lo > hi:
             raise ValueError(
                 f"scheduler.min_budget ({lo:g}) is above scheduler.max_budget ({hi:g}); lower min_budget or raise max_budget"

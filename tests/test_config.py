@@ -302,13 +302,6 @@ def test_budget_settings_round_trip() -> None:
 # --- a validated config must build its searcher ----------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG: rungflow/config.py SearchConfig accepts random_fraction/min_points_in_model for every "
-    "algorithm and never range-checks random_fraction, but budgets/searchers.py make_searcher forwards them "
-    "to searchers that do not take them (TypeError) and BOHB rejects random_fraction outside [0, 1] "
-    "(ValueError): the config validates, then the sweep crashes at start",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "overrides",
     [

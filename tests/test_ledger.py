@@ -149,12 +149,6 @@ def test_blank_lines_are_ignored(tmp_path: Path) -> None:
     assert len(Ledger(path).records) == 1
 
 
-@pytest.mark.xfail(
-    reason="BUG: budgets/ledger.py Ledger._append appends to a file whose last line was cut by a kill without "
-    "a trailing newline, so the first record written after the resume is glued onto the torn line and "
-    "dropped on the next load (and that trial/rung is paid for twice)",
-    strict=True,
-)
 def test_record_charged_after_resuming_a_torn_ledger_survives(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     _write_torn(path)
@@ -299,12 +293,6 @@ def test_incumbent_curve_bills_failures_in_spend_axis() -> None:
     assert not math.isnan(curve[-1].top_k_mean)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    reason="BUG: budgets/ledger.py SpendRecord.to_json nulls a non-finite score but not non-finite metrics, and "
-    "Ledger._append uses json.dumps(allow_nan=True), so a diverged trial (e.g. noop's metrics={'score': nan}) "
-    "writes a bare NaN token: the ledger is no longer valid JSON lines for any strict reader",
-    strict=True,
-)
 def test_non_finite_metrics_are_strict_json(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     record = rec("t0", score=float("nan"), status=TrialStatus.FAILED, metrics={"score": float("nan"), "loss": 1.0})

@@ -143,12 +143,6 @@ def test_rounding_never_goes_below_min_budget() -> None:
     assert budgets[-1] == 9.0
 
 
-@pytest.mark.xfail(
-    reason="BUG: budgets/rungs.py _round_budget rounds the top rung too, so with integer budgets and a fractional "
-    "max_budget (e.g. 10.5, which config accepts) the last rung is 10, not max_budget: trials never count as "
-    "full-budget (TPE never sees COMPLETE trials, Ledger.trials_completed(max_budget) stays 0)",
-    strict=True,
-)
 def test_integer_rounding_keeps_max_budget_as_top_rung() -> None:
     assert rung_budgets(1, 10.5, 3, integer=True)[-1] == 10.5
     assert all(b.rungs[-1].budget == 10.5 for b in hyperband_plan(1, 10.5, 3, integer=True))
