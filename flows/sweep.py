@@ -27,6 +27,7 @@ from budgets.ledger import Ledger, SpendRecord, TrialStatus
 from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, make_scheduler
 from budgets.searchers import Observation, Searcher, make_searcher
 from rungflow.config import SweepConfig, validate
+from tasks.artifacts import SweepArtifacts
 from tasks.runtime import Runtime, make_runtime
 from tasks.stages import gate_trials, promote_survivors, suggest_trials
 from tasks.train import TrialResult, TrialSpec, train_trial
@@ -70,6 +71,7 @@ class Sweep:
     stop_detail: str = ""
     runtime_note: str = ""
     slots: int = 1
+    artifacts: Any = None
     started_at: float = field(default_factory=time.time)
     _stage_started: dict[str, float] = field(default_factory=dict)
 
@@ -349,6 +351,8 @@ class Sweep:
 
         result = build_result(self, final=final)
         write_json_atomic(self.run_dir / "result.json", result)
+        if self.artifacts is not None:
+            self.artifacts.publish(result, self.config.budget.max_gpu_hours)
         return result
 
 
@@ -363,6 +367,7 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None) -> dict[str, 
     """A budget-capped Hyperband/ASHA sweep; ``config`` is the validated sweep config as a dict."""
     cfg = validate(config)
     sweep = Sweep.create(cfg, run_dir)
+    sweep.artifacts = SweepArtifacts(cfg.name)
     rt = cfg.runtime
     runtime = make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
                            cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent)

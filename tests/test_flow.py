@@ -66,6 +66,11 @@ def test_thread_sweep_writes_result_and_names_task_runs(prefect_server: str, tmp
     assert sum(n.startswith("train-") for n in names) == 22
     assert "train-t0000-r0" in names
     assert {"search-b0", "gate-b0-r0", "promote-b0-r0", "search-b2"} <= set(names)
+    artifacts = {a["key"]: a for a in httpx.post(f"{prefect_server}/artifacts/latest/filter", json={}).json()}
+    board = artifacts["thread-sweep-leaderboard"]
+    assert board["type"] == "table" and "t00" in str(board["data"])
+    assert artifacts["thread-sweep-budget"]["type"] == "progress"
+    assert "schedule_complete" in artifacts["thread-sweep-decision"]["data"]
 
 
 def test_failing_and_nan_trials_lose_at_the_gate(prefect_server: str, tmp_path: Path) -> None:
