@@ -207,3 +207,34 @@ def test_cli_sweep_and_report(prefect_server: str, tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     assert "t00" in report.stdout and (out / "anytime.png").stat().st_size > 1000
+
+
+def test_marginal_gain_rule_stops_a_surrogate_sweep_and_records_why(prefect_server: str, tmp_path: Path) -> None:
+    pytest.importorskip("yahpo_gym")
+    from tasks.trainables.yahpo_lcbench import LCBenchTrainable  # noqa: F401  (data path checked below)
+
+    base = sweep_config(
+        tmp_path, name="lcbench-stop",
+        trainable={"kind": "yahpo_lcbench", "options": {"instance": "3945"}},
+        search={"algorithm": "bohb", "seed": 0},
+        scheduler={"kind": "hyperband", "min_budget": 1, "max_budget": 52, "eta": 3, "iterations": 4},
+        runtime={"kind": "thread", "max_concurrent": 2},
+    )
+    try:
+        full = run_sweep(validate({**base, "budget": {"max_gpu_hours": 100}}), tmp_path / "full")
+    except Exception as exc:  # only a missing LCBench data folder is a reason to skip
+        if "RUNGFLOW_YAHPO_DATA" in str(exc):
+            pytest.skip(str(exc))
+        raise
+    stopped = run_sweep(validate({**base, "budget": {
+        "max_gpu_hours": 100, "min_gain_per_gpu_hour": 0.5, "window_gpu_hours": 0.5, "min_gpu_hours": 0.5,
+        "patience": 2}}), tmp_path / "stopped")
+    assert full["stop_reason"] == "schedule_complete"
+    assert stopped["stop_reason"] == "min_gain_per_gpu_hour"
+    assert stopped["ledger"]["gpu_hours"] < full["ledger"]["gpu_hours"]
+    last = stopped["decisions"][-1]
+    assert last["action"] == "stop" and last["gain_per_gpu_hour"] < 0.5 and last["threshold"] == 0.5
+    assert last["below_threshold_checks"] >= 2
+    # The spend up to the stop is the same spend the full run made: same seed, same proposals.
+    keys = lambda r: {(e["trial_id"], e["rung"], e["score"]) for e in r["events"]}  # noqa: E731
+    assert keys(stopped) <= keys(full)
