@@ -74,6 +74,7 @@ class Sweep:
     artifacts: Any = None
     started_at: float = field(default_factory=time.time)
     _stage_started: dict[str, float] = field(default_factory=dict)
+    _last_write: float = 0.0
 
     @classmethod
     def create(cls, config: SweepConfig, run_dir: str | Path | None = None, clock: Callable[[], float] = time.time) -> "Sweep":
@@ -315,7 +316,8 @@ class Sweep:
             last_rung_of[spec.trial_id] = spec.rung
             scheduler.on_result(spec.trial_id, spec.rung, result.score if result.ok else None)
             self.searcher.observe(self.observation(result))
-            if finished % checks_every == 0:
+            # Throttled by time: rewriting result.json and the artifacts is O(trials), per result it would be O(n²).
+            if time.time() - self._last_write >= 2.0:
                 self.write_result()
             if not stopping and self.controller.settings.on_cap == "cancel":
                 check = self.controller.check_in_flight(self.ledger)
@@ -349,6 +351,7 @@ class Sweep:
     def write_result(self, final: bool = False) -> dict[str, Any]:
         from rungflow.results import build_result, write_json_atomic
 
+        self._last_write = time.time()
         result = build_result(self, final=final)
         write_json_atomic(self.run_dir / "result.json", result)
         if self.artifacts is not None:
