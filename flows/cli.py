@@ -135,14 +135,18 @@ def check_prefect_api() -> None:
 
 def leaderboard_table(result: dict[str, Any], limit: int = 10) -> Table:
     metric = result.get("metric", {})
+    # The config column only where it fits; in a narrow terminal the best config is printed in full below.
+    wide = console.width >= 120
     table = Table(title=f"leaderboard: {result.get('name')} ({metric.get('name')}, {metric.get('mode')})")
-    for col in ("rank", "trial", "bracket", "budget", "score", "GPU-hours", "status", "config"):
-        table.add_column(col, justify="right" if col not in ("config", "status") else "left")
+    columns = ["rank", "trial", "bracket", "budget", "score", "GPU-hours", "status"] + (["config"] if wide else [])
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("config", "status") else "right", no_wrap=col != "config")
     for row in result.get("leaderboard", [])[:limit]:
-        config = " ".join(f"{k}={_fmt(v)}" for k, v in row.get("config", {}).items())
-        table.add_row(str(row["rank"]), row["trial_id"], str(row["bracket"]), f"{row['budget']:g}",
-                      "-" if row["score"] is None else f"{row['score']:.4f}", f"{row['gpu_hours']:.4f}",
-                      row["status"], config)
+        cells = [str(row["rank"]), row["trial_id"], str(row["bracket"]), f"{row['budget']:g}",
+                 "-" if row["score"] is None else f"{row['score']:.4f}", f"{row['gpu_hours']:.3g}", row["status"]]
+        if wide:
+            cells.append(" ".join(f"{k}={_fmt(v)}" for k, v in row.get("config", {}).items()))
+        table.add_row(*cells)
     return table
 
 
@@ -154,12 +158,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     ledger = result["ledger"]
     lines = [
         f"status: {result['status']}; stop reason: {result['stop_reason']} ({result.get('stop_detail', '')})",
-        f"spent: {ledger['gpu_hours']:.4f} GPU-hours, cost {ledger['cost']:.2f}; trials started "
+        f"spent: {ledger['gpu_hours']:.4g} GPU-hours, cost {ledger['cost']:.4g}; trials started "
         f"{ledger['trials_started']}, completed {ledger['trials_completed']}, failed {ledger['trials_failed']}",
     ]
     best = result.get("best")
     if best:
-        lines.append(f"best: {best['trial_id']} score {best['score']:.4f} at budget {best['budget']:g}")
+        lines.append(f"best: {best['trial_id']} score {best['score']:.4f} at budget {best['budget']:g}; config "
+                     + ", ".join(f"{k}={_fmt(v)}" for k, v in best["config"].items()))
     if result.get("runtime", {}).get("note"):
         lines.append(f"note: {result['runtime']['note']}")
     return lines
