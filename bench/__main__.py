@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_env()
+    # Re-rendering starts no Prefect server, so it needs no Prefect home of its own.
+    quiet_env(isolated_prefect_home=not getattr(args, "render_only", False))
     from bench import efficiency, overhead
 
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from bench.common import (
     LCBENCH_MAX_EPOCH,
@@ -125,7 +125,7 @@ def _score_against(m: RunMetrics, G: float, target: float) -> None:
 
 
 def run_cell(instance: str, seed: int, out: Path, *, runtime: Mapping[str, Any], methods: Sequence[str],
-             iterations: int, log: Any = print) -> Cell:
+             iterations: int, log: Callable[[str], None] = print) -> Cell:
     trainable = {"kind": "yahpo_lcbench", "options": {"instance": instance}}
     runs = out / "runs" / instance / f"seed{seed}"
     cfg = run_config(

@@ -201,7 +201,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     notes: list[str] = []
     tune_storage = Path(tempfile.mkdtemp(prefix="rungflow-bench-tune-"))
 
-    def record(m: Measurement) -> None:
+    def record(measure: Callable[[], Measurement], label: str) -> None:
+        # One broken cell (e.g. Ray's raylet killed from outside) is reported, not fatal to the others.
+        try:
+            m = _median_of(measure, args.repeats)
+        except Exception as exc:
+            notes.append(f"{label} failed: {type(exc).__name__}: {exc}")
+            print("  " + notes[-1], flush=True)
+            return
         measurements.append(m)
         print(f"  {m.method:16s} N={m.trials:5d}: wall {m.wall_seconds:7.2f} s, {m.overhead_ms_per_trial:7.2f} ms/trial "
               f"(peak RSS {m.peak_rss_mb_after:.0f} MB)", flush=True)
@@ -216,7 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _, startup["first_flow_thread_s"] = _timed(
                     lambda: rungflow_trials("thread", WARMUP_TRIALS, runs / "warmup-thread"))
                 for n in sizes:
-                    record(_median_of(lambda: rungflow_trials("thread", n, runs / f"thread-{n}"), args.repeats))
+                    record(lambda: rungflow_trials("thread", n, runs / f"thread-{n}"), f"rungflow-thread N={n}")
             if any(m != "rungflow-thread" for m in args.methods):
                 _, startup["ray_init_s"] = _timed(_start_local_ray)
                 _quiet_ray_loggers()
@@ -233,15 +240,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             f"(limit {args.ray_limit_seconds:.0f} s)")
                         print("  " + notes[-1], flush=True)
                         continue
-                    record(_median_of(lambda: rungflow_trials("ray", n, runs / f"ray-{n}"), args.repeats))
+                    record(lambda: rungflow_trials("ray", n, runs / f"ray-{n}"), f"rungflow-ray N={n}")
             if "ray-remote" in args.methods:
                 _, startup["first_ray_remote_s"] = _timed(lambda: ray_remote_trials(WARMUP_TRIALS))
                 for n in sizes:
-                    record(_median_of(lambda: ray_remote_trials(n), args.repeats))
+                    record(lambda: ray_remote_trials(n), f"ray-remote N={n}")
             if "ray-tune" in args.methods:
                 _, startup["first_tune_s"] = _timed(lambda: ray_tune_trials(WARMUP_TRIALS, tune_storage))
                 for n in sizes:
-                    record(_median_of(lambda: ray_tune_trials(n, tune_storage), args.repeats))
+                    record(lambda: ray_tune_trials(n, tune_storage), f"ray-tune N={n}")
     finally:
         shutil.rmtree(tune_storage, ignore_errors=True)
         import sys
@@ -343,4 +350,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("bench/out/overhead"))
     p.add_argument("--repeats", type=int, default=1, help="runs per method and N; the median is reported")
     p.add_argument("--ray-limit-seconds", type=float, default=300.0,
-                   help="skip a rungflow-ray size whose extrapolated wall exceeds this (from the previous size)")
+                   help="skip a rungflow-ray size whose extrapolated wall (previous size scaled, times --repeats) exceeds this")
