@@ -70,7 +70,9 @@ def make_runtime(kind: str, *, address: str | None, gpus_per_trial: float, cpus_
         if address:
             ray.init(address=address, **{k: v for k, v in init_kwargs.items() if k != "num_cpus"})
         else:
-            ray.init(**init_kwargs)
+            # "local" always starts a fresh instance; without it Ray attaches to any cluster recorded in
+            # /tmp/ray and then refuses num_cpus.
+            ray.init(address="local", **init_kwargs)
     resources = ray.cluster_resources()
     cluster_gpus = float(resources.get("GPU", 0.0))
     cluster_cpus = float(resources.get("CPU", 1.0))
