@@ -211,8 +211,9 @@ class Sweep:
                 import ray
 
                 ray.cancel(ref, force=True)
-            else:
-                future.wrapped_future.cancel() if hasattr(future, "wrapped_future") else None
+            elif ref is not None:
+                # A thread that already runs cannot be stopped; this only drops queued ones.
+                ref.cancel()
             started = self._stage_started.get(spec.trial_id, now)
             wall = max(0.0, now - started)
             result = TrialResult(
