@@ -26,6 +26,8 @@ class TrialStatus(StrEnum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    # The worker died under the trial (node lost, process killed); billed, then retried as a new attempt.
+    LOST = "lost"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from budgets.controller import BudgetController, BudgetDecision, StopReason
 from budgets.ledger import Ledger, SpendRecord, TrialStatus
@@ -28,7 +29,7 @@ from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, make_sc
 from budgets.searchers import Observation, Searcher, make_searcher
 from rungflow.config import SweepConfig, validate
 from tasks.artifacts import SweepArtifacts
-from tasks.runtime import Runtime, make_runtime
+from tasks.runtime import Runtime, make_runtime, use_runtime
 from tasks.stages import gate_trials, promote_survivors, suggest_trials
 from tasks.train import TrialResult, TrialSpec, train_trial
 
@@ -73,7 +74,6 @@ class Sweep:
     slots: int = 1
     artifacts: Any = None
     started_at: float = field(default_factory=time.time)
-    _stage_started: dict[str, float] = field(default_factory=dict)
     _last_write: float = 0.0
 
     @classmethod
@@ -161,70 +161,56 @@ class Sweep:
             self.stop_reason, self.stop_detail = decision.reason, decision.detail
 
     # --- running trials ---------------------------------------------------------------------------
+    def charge_all(self, result: TrialResult) -> None:
+        """Bill the trial's lost attempts (each once) and then its final result."""
+        for lost in result.lost_attempts:
+            self.charge(lost)
+        self.charge(result)
+
     def run_stage(self, runtime: Runtime, specs: list[TrialSpec]) -> list[TrialResult]:
-        """Run specs concurrently; after each result, check the hard caps and stop the rest if one is hit."""
+        """Run specs concurrently; after each result, check the hard caps and cancel the rest if one is hit."""
         if not specs:
             return []
         done: "queue.Queue[Any]" = queue.Queue()
-        with runtime.trial_resources():
-            futures = train_trial.map(specs)
+        futures = train_trial.map(specs)
         pending = {}
         for future, spec in zip(futures, specs):
             pending[id(future)] = (future, spec)
             future.add_done_callback(lambda _f, fut=future: done.put(fut))
         results: list[TrialResult] = []
-        cancelled = False
+        cancelling = False
         while pending:
             future = done.get()
             if id(future) not in pending:
                 continue
             _, spec = pending.pop(id(future))
             results.append(self._result_of(future, spec))
-            self.charge(results[-1])
-            if not cancelled and self.controller.settings.on_cap == "cancel":
+            self.charge_all(results[-1])
+            if not cancelling and pending and self.controller.settings.on_cap == "cancel":
                 check = self.controller.check_in_flight(self.ledger, stage=f"bracket {spec.bracket} rung {spec.rung}")
                 if check.stop:
                     self._record_decision(check)
-                    cancelled = True
-                    results.extend(self._cancel(runtime, pending))
-                    pending.clear()
+                    cancelling = True
+                    # The runtime stops what it can; every trial still comes back, billed for what it used.
+                    runtime.cancel([s for _, s in pending.values()], check.detail)
         return results
 
     def _result_of(self, future: Any, spec: TrialSpec) -> TrialResult:
+        future.wait()
         try:
-            return future.result()
-        except Exception as exc:  # the worker died or the task runner failed: bill nothing we cannot see
-            now = time.time()
-            return TrialResult(
-                trial_id=spec.trial_id, bracket=spec.bracket, rung=spec.rung, budget=spec.budget, score=None,
-                status=TrialStatus.FAILED, gpu_seconds=0.0, gpus=spec.gpus, started_at=now, finished_at=now,
-                wall_seconds=0.0, trainable_seconds=0.0, budget_trained=0.0, error=f"{type(exc).__name__}: {exc}",
-            )
-
-    def _cancel(self, runtime: Runtime, pending: dict[int, tuple[Any, TrialSpec]]) -> list[TrialResult]:
-        """Cancel in-flight trials and bill each for the time it held its GPUs since the stage began."""
-        results = []
+            data = future.state.result(raise_on_failure=False)
+        except Exception as exc:
+            data = exc
+        if isinstance(data, TrialResult):
+            return data
+        # The task itself crashed (not the trainable: run_trial never raises): nothing to bill we can see.
         now = time.time()
-        for future, spec in pending.values():
-            ref = getattr(future, "wrapped_future", None)
-            if runtime.kind == "ray" and ref is not None:
-                import ray
-
-                ray.cancel(ref, force=True)
-            elif ref is not None:
-                # A thread that already runs cannot be stopped; this only drops queued ones.
-                ref.cancel()
-            started = self._stage_started.get(spec.trial_id, now)
-            wall = max(0.0, now - started)
-            result = TrialResult(
-                trial_id=spec.trial_id, bracket=spec.bracket, rung=spec.rung, budget=spec.budget, score=None,
-                status=TrialStatus.CANCELLED, gpu_seconds=wall * spec.gpus, gpus=spec.gpus, started_at=started,
-                finished_at=now, wall_seconds=wall, trainable_seconds=0.0, budget_trained=0.0,
-                error="cancelled: a hard budget cap was reached mid-stage",
-            )
-            self.charge(result)
-            results.append(result)
-        return results
+        return TrialResult(
+            trial_id=spec.trial_id, bracket=spec.bracket, rung=spec.rung, budget=spec.budget, score=None,
+            status=TrialStatus.FAILED, gpu_seconds=0.0, gpus=spec.gpus, started_at=now, finished_at=now,
+            wall_seconds=0.0, trainable_seconds=0.0, budget_trained=0.0,
+            error=f"{type(data).__name__}: {data}" if isinstance(data, BaseException) else f"train task returned {data!r}",
+        )
 
     # --- drivers ----------------------------------------------------------------------------------
     def run_synchronous(self, runtime: Runtime) -> None:
@@ -251,7 +237,6 @@ class Sweep:
                     for t in alive
                 ]
                 stage_start = time.time()
-                self._stage_started = {s.trial_id: stage_start for s in specs}
                 results = self.run_stage(runtime, specs)
                 bracket_log["rungs"].append(
                     {"rung": rung.index, "budget": rung.budget, "num_trials": len(specs), "planned_trials": rung.num_trials,
@@ -300,9 +285,7 @@ class Sweep:
                 else:
                     trial_id, resume = job.trial_id, last_rung_of.get(job.trial_id)
                 spec = self.spec(trial_id, 0, job.rung, job.budget, resume)
-                self._stage_started[trial_id] = time.time()
-                with runtime.trial_resources():
-                    future = train_trial.submit(spec)
+                future = train_trial.submit(spec)
                 in_flight[id(future)] = (future, spec)
                 future.add_done_callback(lambda _f, fut=future: done.put(fut))
             if not in_flight:
@@ -312,8 +295,10 @@ class Sweep:
                 continue
             _, spec = in_flight.pop(id(future))
             result = self._result_of(future, spec)
-            self.charge(result)
+            self.charge_all(result)
             finished += 1
+            if result.status == TrialStatus.CANCELLED:
+                continue
             last_rung_of[spec.trial_id] = spec.rung
             scheduler.on_result(spec.trial_id, spec.rung, result.score if result.ok else None)
             self.searcher.observe(self.observation(result))
@@ -325,8 +310,7 @@ class Sweep:
                 if check.stop:
                     self._record_decision(check)
                     stopping = True
-                    self._cancel(runtime, in_flight)
-                    in_flight.clear()
+                    runtime.cancel([s for _, s in in_flight.values()], check.detail)
 
     def run(self, runtime: Runtime) -> dict[str, Any]:
         self.runtime_note = runtime.note
@@ -334,10 +318,11 @@ class Sweep:
         _report("planned", units=self.scheduler.budget_units(), max_gpu_hours=self.config.budget.max_gpu_hours,
                 name=self.config.name)
         try:
-            if self.scheduler.synchronous:
-                self.run_synchronous(runtime)
-            else:
-                self.run_asynchronous(runtime)
+            with use_runtime(runtime):
+                if self.scheduler.synchronous:
+                    self.run_synchronous(runtime)
+                else:
+                    self.run_asynchronous(runtime)
         except KeyboardInterrupt:
             self.stop_reason, self.stop_detail = str(StopReason.CANCELLED), "interrupted"
             self.write_result()
@@ -366,22 +351,29 @@ def _flow_run_name() -> str:
     return str(flow_run.parameters.get("config", {}).get("name", "sweep"))
 
 
-@flow(name="rungflow-sweep", flow_run_name=_flow_run_name, log_prints=True, persist_result=False)
+# Each trial's Prefect task is a thread of the flow process that waits on the runtime, which bounds how many
+# trials run at once; the pool only needs to be at least as wide as the widest cluster's slots.
+TRIAL_THREADS = 256
+
+
+@flow(name="rungflow-sweep", flow_run_name=_flow_run_name, log_prints=True, persist_result=False,
+      task_runner=ThreadPoolTaskRunner(max_workers=TRIAL_THREADS))
 def sweep_flow(config: dict[str, Any], run_dir: str | None = None) -> dict[str, Any]:
     """A budget-capped Hyperband/ASHA sweep; ``config`` is the validated sweep config as a dict."""
     cfg = validate(config)
     sweep = Sweep.create(cfg, run_dir)
     sweep.artifacts = SweepArtifacts(cfg.name)
-    rt = cfg.runtime
-    runtime = make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
-                           cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent)
-    return sweep.run(runtime)
+    return sweep.run(runtime_of(cfg))
+
+
+def runtime_of(config: SweepConfig) -> Runtime:
+    rt = config.runtime
+    return make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
+                        cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent,
+                        trial_timeout=rt.trial_timeout, max_retries=rt.max_retries,
+                        memory_per_trial_gb=rt.memory_per_trial_gb)
 
 
 def run_sweep(config: SweepConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run a sweep as a Prefect flow on the configured runtime; returns the result dict."""
-    rt = config.runtime
-    runtime = make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
-                           cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent)
-    flow_with_runner = sweep_flow.with_options(task_runner=runtime.task_runner)
-    return flow_with_runner(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None)
+    return sweep_flow(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None)

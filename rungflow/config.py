@@ -227,6 +227,37 @@ class RuntimeConfig(_Strict):
     gpus_per_trial: float = 0.0
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
+    trial_timeout: float | None = Field(default=None, description="seconds a trial may run at one rung before it is stopped")
+    max_retries: int = Field(default=2, description="retries of a trial whose Ray worker died, from its last checkpoint")
+    memory_per_trial_gb: float | None = Field(default=None, description="memory a trial's Ray worker may use")
+
+    @field_validator("trial_timeout")
+    @classmethod
+    def _timeout(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError("must be a positive number of seconds, e.g. 3600; remove it for no limit")
+        return v
+
+    @field_validator("max_retries")
+    @classmethod
+    def _retries(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be 0 or more (0: a trial whose worker dies is recorded as failed at once)")
+        return v
+
+    @field_validator("memory_per_trial_gb")
+    @classmethod
+    def _memory(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError("must be a positive number of GiB, e.g. 4; remove it for no limit")
+        return v
+
+    @model_validator(mode="after")
+    def _memory_needs_ray(self) -> "RuntimeConfig":
+        if self.memory_per_trial_gb is not None and self.kind != "ray":
+            raise ValueError("runtime.memory_per_trial_gb needs runtime.kind: ray (threads share the flow's memory); "
+                             "remove it or use the ray runtime")
+        return self
 
     @field_validator("gpus_per_trial")
     @classmethod

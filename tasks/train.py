@@ -13,9 +13,10 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Mapping
 
@@ -70,6 +71,10 @@ class TrialResult:
     device: str = "cpu"
     worker: str = ""
     resumed_from_budget: float | None = None
+    # Log lines the trial emitted in its worker, replayed into the Prefect task run's logs by the flow.
+    logs: tuple[tuple[int, str], ...] = ()
+    # Earlier attempts of this (trial, rung) whose worker was lost; each is billed once.
+    lost_attempts: tuple["TrialResult", ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -79,7 +84,38 @@ class TrialResult:
         data = asdict(self)
         data["status"] = str(self.status)
         data["metrics"] = dict(self.metrics)
+        data.pop("lost_attempts")
+        data.pop("logs")
         return data
+
+
+MAX_LOG_LINES = 200
+
+
+class _TrialLogCapture(logging.Handler):
+    """Keeps the log records emitted by the trial's own thread (other trials may share the process)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.thread = threading.get_ident()
+        self.lines: list[tuple[int, str]] = []
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread or record.name.startswith(("prefect", "ray")):
+            return
+        if len(self.lines) >= MAX_LOG_LINES:
+            self.dropped += 1
+            return
+        try:
+            self.lines.append((record.levelno, f"{record.name}: {record.getMessage()}"))
+        except Exception:  # a record whose message cannot be formatted is not worth failing a trial for
+            self.dropped += 1
+
+    def collected(self) -> tuple[tuple[int, str], ...]:
+        if self.dropped:
+            return (*self.lines, (logging.WARNING, f"{self.dropped} more log lines from this trial were dropped"))
+        return tuple(self.lines)
 
 
 @lru_cache(maxsize=8)
@@ -114,7 +150,18 @@ def _worker_id() -> str:
 
 
 def run_trial(spec: TrialSpec) -> TrialResult:
-    """Train ``spec`` and bill it; never raises for a trainable's failure."""
+    """Train ``spec`` and bill it; never raises for a trainable's failure. Keeps the trial's log lines."""
+    capture = _TrialLogCapture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    try:
+        result = _run_trial(spec)
+    finally:
+        root.removeHandler(capture)
+    return replace(result, logs=capture.collected()) if capture.lines or capture.dropped else result
+
+
+def _run_trial(spec: TrialSpec) -> TrialResult:
     started = time.time()
     t0 = time.perf_counter()
     worker = _worker_id()
@@ -193,18 +240,37 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     )
 
 
+def _as_state(result: TrialResult) -> Any:
+    """A trial that failed shows red in the Prefect UI with its error; the result rides along as the state's data."""
+    from prefect.states import Cancelled, Completed, Failed
+
+    if result.ok:
+        return Completed(data=result)
+    message = f"{result.status}: {result.error}" if result.error else str(result.status)
+    if result.status == TrialStatus.CANCELLED:
+        return Cancelled(message=message, data=result)
+    return Failed(message=message, data=result)
+
+
 @task(
     name="train",
     task_run_name="train-{spec.trial_id}-r{spec.rung}",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retries=0,
+    retries=0,  # the runtime owns retries (from the last checkpoint); Prefect retrying too would double them
 )
-def train_trial(spec: TrialSpec) -> TrialResult:
-    """Train one trial to its rung's budget."""
-    result = run_trial(spec)
-    if not result.ok:
-        from prefect import get_run_logger
+def train_trial(spec: TrialSpec) -> Any:
+    """Train one trial to its rung's budget on the active runtime (threads or Ray actors)."""
+    from prefect import get_run_logger
 
-        get_run_logger().warning("trial %s failed at rung %s: %s", spec.trial_id, spec.rung, result.error)
-    return result
+    from tasks.runtime import active_runtime
+
+    result = active_runtime().execute(spec)
+    logger = get_run_logger()
+    for level, line in result.logs:
+        logger.log(level, line)
+    for lost in result.lost_attempts:
+        logger.warning("attempt %d: %s", lost.attempt, lost.error)
+    if not result.ok:
+        logger.warning("trial %s rung %s %s: %s", spec.trial_id, spec.rung, result.status, result.error)
+    return _as_state(result)
