@@ -98,6 +98,9 @@ class Ledger:
         self.records: list[SpendRecord] = []
         self.decisions: list[dict[str, Any]] = []
         self._keys: set[tuple[str, int, int]] = set()
+        # Running totals: caps are checked after every result, and summing 10,000 records each time is O(n²).
+        self._gpu_seconds = 0.0
+        self._cost = 0.0
         if self.path is not None and self.path.exists():
             self._load()
 
@@ -122,8 +125,7 @@ class Ledger:
                 if entry.get("type") == "spend":
                     record = SpendRecord.from_json(entry["record"])
                     if record.key not in self._keys:
-                        self._keys.add(record.key)
-                        self.records.append(record)
+                        self._add(record)
                 elif entry.get("type") == "decision":
                     self.decisions.append(entry["decision"])
 
@@ -136,6 +138,12 @@ class Ledger:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def _add(self, record: SpendRecord) -> None:
+        self._keys.add(record.key)
+        self.records.append(record)
+        self._gpu_seconds += record.gpu_seconds
+        self._cost += record.cost
+
     def cost_of(self, gpu_seconds: float) -> float:
         return gpu_seconds / 3600.0 * self.price_per_gpu_hour
 
@@ -143,8 +151,7 @@ class Ledger:
         """Record one unit of spend; returns False (and charges nothing) if this key was already billed."""
         if record.key in self._keys:
             return False
-        self._keys.add(record.key)
-        self.records.append(record)
+        self._add(record)
         self._append({"type": "spend", "record": record.to_json()})
         return True
 
@@ -158,11 +165,11 @@ class Ledger:
 
     @property
     def gpu_hours(self) -> float:
-        return sum(r.gpu_seconds for r in self.records) / 3600.0
+        return self._gpu_seconds / 3600.0
 
     @property
     def cost(self) -> float:
-        return sum(r.cost for r in self.records)
+        return self._cost
 
     def trials_started(self) -> int:
         return len({r.trial_id for r in self.records})

@@ -128,6 +128,15 @@ class ThreadRuntime(Runtime):
                            f"timed out: no result within runtime.trial_timeout={self.trial_timeout:g}s")
 
 
+def _rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 elsewhere, which disables the limit)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _trial_worker_class() -> Any:
     """The actor class, built on first use so the thread runtime never imports Ray."""
     import ray
@@ -143,20 +152,20 @@ def _trial_worker_class() -> Any:
                 threading.Thread(target=self._watch_memory, daemon=True).start()
 
         def _watch_memory(self) -> None:
-            import psutil
-
-            process = psutil.Process()
             assert self._limit is not None
             while True:
                 time.sleep(0.1)
-                if process.memory_info().rss > self._limit and self._trial_thread is not None:
+                if _rss_bytes() > self._limit and self._trial_thread is not None:
                     # A MemoryError in the trial's thread fails the trial with a reason and frees its memory;
                     # if the trainable is stuck in C code and never returns to Python, the worker goes,
                     # which the flow sees as a lost worker.
                     _raise_in_thread(self._trial_thread, MemoryError)
                     time.sleep(5.0)
-                    if process.memory_info().rss > self._limit:
+                    if _rss_bytes() > self._limit:
                         os._exit(137)
+
+        def ready(self) -> bool:
+            return True
 
         def run(self, spec: TrialSpec) -> TrialResult:
             self._trial_thread = threading.get_ident()
@@ -186,10 +195,22 @@ class RayRuntime(Runtime):
 
     def _acquire(self) -> Any:
         with self._lock:
-            if self._idle.empty() and self._actors < self.slots:
+            create = self._idle.empty() and self._actors < self.slots
+            if create:
                 self._actors += 1
-                return self._new_actor()
-        return self._idle.get()
+        if not create:
+            return self._idle.get()
+        import ray
+
+        actor = self._new_actor()
+        try:
+            # Wait for the worker process to start and import rungflow before any trial clock runs, so
+            # start-up (seconds on a busy node) never counts against runtime.trial_timeout.
+            ray.get(actor.ready.remote())
+        except Exception:
+            self._discard(actor)
+            raise
+        return actor
 
     def _new_actor(self) -> Any:
         options: dict[str, Any] = {"num_cpus": self.ray_num_cpus, "num_gpus": self.ray_num_gpus,
@@ -236,8 +257,11 @@ class RayRuntime(Runtime):
         if self.is_cancelled(spec):
             return _unfinished(spec, TrialStatus.CANCELLED, started, "cancelled: a hard budget cap was reached")
         actor = None
-        while actor is None:
-            actor = self._acquire()  # None is a wake-up left by a discarded actor: try again
+        try:
+            while actor is None:
+                actor = self._acquire()  # None is a wake-up left by a discarded actor: try again
+        except Exception as exc:
+            return _unfinished(spec, TrialStatus.LOST, started, f"worker did not start ({type(exc).__name__}: {exc})")
         with self._lock:
             self._running[_key(spec)] = actor
         started = time.time()

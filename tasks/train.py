@@ -126,7 +126,7 @@ def _trainable(kind: str, options_json: str) -> Trainable:
 
 
 def _device(gpus: float) -> str:
-    if gpus <= 0:
+    if gpus <= 0 or not _has_nvidia_device():
         return "cpu"
     try:
         import torch
@@ -134,6 +134,12 @@ def _device(gpus: float) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+@lru_cache(maxsize=1)
+def _has_nvidia_device() -> bool:
+    # Importing torch just to learn there is no GPU costs seconds per worker; the device nodes tell at once.
+    return os.path.exists("/dev/nvidiactl") or any(os.path.exists(f"/dev/nvidia{i}") for i in range(8))
 
 
 def _worker_id() -> str:

@@ -23,6 +23,9 @@ class NoopOptions(TrainableOptions):
     sleep_seconds: float = Field(0.0, ge=0.0, description="seconds slept per train call, to mimic work")
     fail_when_x_above: float | None = Field(None, description="raise RuntimeError when config x exceeds this")
     nan_when_x_above: float | None = Field(None, description="return a NaN score when config x exceeds this")
+    hang_when_x_above: float | None = Field(None, description="never return when config x exceeds this (a hung trial)")
+    allocate_mb_when_x_above: float | None = Field(None, description="keep allocating memory, 16 MB at a time, "
+                                                                      "when config x exceeds this (a leaking trial)")
 
 
 def noop_score(config: Mapping[str, Any], budget: float) -> float:
@@ -59,6 +62,14 @@ class NoopTrainable(Trainable):
         x, _ = _xy(request.config)
         if self.options.sleep_seconds > 0:
             time.sleep(self.options.sleep_seconds)
+        if self.options.hang_when_x_above is not None and x > self.options.hang_when_x_above:
+            while True:  # in short sleeps, as a stuck data loader would poll
+                time.sleep(0.05)
+        if self.options.allocate_mb_when_x_above is not None and x > self.options.allocate_mb_when_x_above:
+            hoard = []
+            while True:
+                hoard.append(bytearray(16 * 2**20))
+                time.sleep(0.01)
         if self.options.fail_when_x_above is not None and x > self.options.fail_when_x_above:
             raise RuntimeError(f"x above {self.options.fail_when_x_above} (x={x}): noop configured to fail")
         previous = float(json.loads(request.checkpoint)["budget"]) if request.checkpoint is not None else 0.0
