@@ -208,6 +208,68 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"storage.run_dir={args.out}")
     config = _load(args.config, overrides)
+    run_dir = config.run_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CLIError(f"run directory {str(run_dir)!r} is a file; pass a directory with --out")
+    if (run_dir / "ledger.jsonl").exists():
+        _check_resumable(run_dir, config)
+        console.print(f"{run_dir} already holds this sweep's ledger: resuming it (finished trials are not rerun)")
+    return _run(config)
+
+
+def _check_resumable(run_dir: Path, config) -> None:
+    from flows.sweep import check_resumable
+    from rungflow.config import ConfigError
+
+    if not (run_dir / "config.json").exists():
+        return
+    try:
+        check_resumable(run_dir / "config.json", config)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted sweep from its run directory: its config.json, ledger and checkpoints."""
+    import json
+
+    from rungflow.config import RESUMABLE, ConfigError, apply_overrides, validate
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise CLIError(f"run directory {str(run_dir)!r} does not exist or is not a directory; pass the directory a sweep "
+                       "wrote (rungflow sweep --out DIR)")
+    config_path, ledger_path = run_dir / "config.json", run_dir / "ledger.jsonl"
+    if not config_path.is_file():
+        raise CLIError(f"{config_path} does not exist; is {str(run_dir)!r} a rungflow run directory (rungflow sweep --out ...)?")
+    if not ledger_path.is_file():
+        raise CLIError(f"{ledger_path} does not exist: nothing ran there yet; start the sweep with rungflow sweep")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CLIError(f"{config_path} is not a readable JSON config ({type(exc).__name__}); restore it from the sweep's "
+                       "YAML (rungflow sweep CONFIG --out RUN_DIR resumes too)") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"{config_path} must hold a mapping; restore it from the sweep's YAML")
+    for item in args.set:
+        key = item.split("=", 1)[0].strip()
+        if key.split(".")[0] not in RESUMABLE or "=" not in item:
+            if "=" not in item:
+                raise CLIError(f"--set {item!r}: expected dotted.key=value, e.g. --set budget.max_gpu_hours=20")
+            raise CLIError(f"--set {key}: only budget.* and runtime.* may change when resuming (the search and the "
+                           f"schedule must replay as they ran); start a new sweep with --out NEW_DIR to change {key}")
+    try:
+        data = apply_overrides(data, list(args.set))
+        data.setdefault("storage", {})
+        if isinstance(data["storage"], dict):
+            data["storage"]["run_dir"] = str(run_dir)
+        config = validate(data)
+    except ConfigError as exc:
+        raise CLIError(f"config error: {exc}") from None
+    return _run(config)
+
+
+def _run(config) -> int:
     server = ensure_prefect_api()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -281,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default runs/<name>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("resume", help="continue an interrupted sweep: finished trials are kept, lost work billed once")
+    p.add_argument("run_dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="raise a cap or move the runtime, e.g. --set budget.max_gpu_hours=20 (budget.* and runtime.* only)")
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("report", help="leaderboard and summary of a finished or running sweep")
     p.add_argument("run_dir")

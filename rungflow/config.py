@@ -15,7 +15,7 @@ from budgets.schedulers import SchedulerKind
 from budgets.searchers import SEARCHERS
 from budgets.space import SearchSpace, SpaceError
 
-__all__ = ["SweepConfig", "ConfigError", "load_config", "apply_overrides", "parse_duration"]
+__all__ = ["SweepConfig", "ConfigError", "load_config", "apply_overrides", "parse_duration", "RESUMABLE", "resume_conflicts"]
 
 
 class ConfigError(ValueError):
@@ -338,6 +338,26 @@ class SweepConfig(_Strict):
 
     def optuna_url(self) -> str:
         return self.storage.optuna_url or f"sqlite:///{(self.run_dir() / 'optuna.db').resolve()}"
+
+
+# Sections a resumed sweep may change: caps and where trials run. Everything else decides which
+# trials exist and in what order, so a resume that changed it would not replay the sweep that ran.
+RESUMABLE: tuple[str, ...] = ("budget", "runtime", "storage")
+
+
+def resume_conflicts(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between the run directory's config and ``new``, outside RESUMABLE."""
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, Mapping):
+            out: dict[str, Any] = {}
+            for k, v in data.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: data}
+
+    a, b = flat(dict(saved)), flat(dict(new))
+    keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in RESUMABLE and a.get(k) != b.get(k))
+    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in keys]
 
 
 def slug(text: str) -> str:

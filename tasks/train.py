@@ -26,7 +26,7 @@ from budgets.ledger import TrialStatus
 from tasks.checkpoints import CorruptCheckpoint, LocalCheckpointStore
 from tasks.trainables import Trainable, TrainRequest, get_trainable_class
 
-__all__ = ["TrialSpec", "TrialResult", "run_trial", "train_trial"]
+__all__ = ["TrialSpec", "TrialResult", "run_trial", "train_trial", "attempt_stamp_name"]
 
 log = logging.getLogger("rungflow.train")
 
@@ -47,6 +47,24 @@ class TrialSpec:
     gpus: float = 0.0
     seed: int = 0
     attempt: int = 0
+    attempt_dir: str | None = None  # where the attempt stamps when it starts training (resume bills from it)
+
+
+def attempt_stamp_name(trial_id: str, rung: int, attempt: int) -> str:
+    return f"{trial_id}-r{rung}-a{attempt}.started"
+
+
+def _stamp_start(spec: TrialSpec, started: float) -> None:
+    """Record when this attempt began: if the sweep dies, its resume bills the attempt from here."""
+    if spec.attempt_dir is None:
+        return
+    try:
+        path = os.path.join(spec.attempt_dir, attempt_stamp_name(spec.trial_id, spec.rung, spec.attempt))
+        os.makedirs(spec.attempt_dir, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(f"{started:.3f}\n")
+    except OSError as exc:  # without the stamp an interrupted attempt is billed nothing, never twice
+        log.warning("could not stamp the start of %s rung %s: %s", spec.trial_id, spec.rung, exc)
 
 
 @dataclass(frozen=True)
@@ -117,6 +135,7 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     """Train ``spec`` and bill it; never raises for a trainable's failure."""
     started = time.time()
     t0 = time.perf_counter()
+    _stamp_start(spec, started)
     worker = _worker_id()
     device = _device(spec.gpus)
     store = LocalCheckpointStore(spec.checkpoint_dir)

@@ -23,6 +23,9 @@ class NoopOptions(TrainableOptions):
     sleep_seconds: float = Field(0.0, ge=0.0, description="seconds slept per train call, to mimic work")
     fail_when_x_above: float | None = Field(None, description="raise RuntimeError when config x exceeds this")
     nan_when_x_above: float | None = Field(None, description="return a NaN score when config x exceeds this")
+    gpu_seconds_per_unit: float | None = Field(
+        None, ge=0.0, description="report this cost per budget unit trained (deterministic billing) instead of wall clock"
+    )
 
 
 def noop_score(config: Mapping[str, Any], budget: float) -> float:
@@ -71,5 +74,5 @@ class NoopTrainable(Trainable):
             budget_trained=reached - previous,
             checkpoint=json.dumps({"budget": reached}).encode(),
             metrics={"score": score},
-            gpu_seconds=None,
+            gpu_seconds=None if self.options.gpu_seconds_per_unit is None else self.options.gpu_seconds_per_unit * (reached - previous),
         )
