@@ -73,8 +73,19 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
     return rows, total_units, None if per_unit is None else total_units * per_unit
 
 
+def _preflight(config) -> None:
+    """The trainable's data is there: a missing dataset fails now, in one line, not as a sweep of failed trials."""
+    from tasks.trainables import TrainableError
+
+    try:
+        config.trainable_class()(config.trainable.options).check()
+    except TrainableError as exc:
+        raise CLIError(f"data error: {exc}") from None
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     config = _load(args.config, args.set)
+    _preflight(config)
     rows, total_units, total_gpu_hours = plan_rows(config)
     unit = config.trainable_class().budget_unit
     table = Table(title=f"plan: {config.name} ({config.scheduler.kind}, η={config.scheduler.eta:g}, "
@@ -270,6 +281,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _run(config) -> int:
+    _preflight(config)
     server = ensure_prefect_api()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -320,6 +332,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         result = load_result(args.run_dir)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CLIError(f"{Path(args.run_dir) / 'result.json'} cannot be read ({type(exc).__name__}); a running sweep "
+                       "rewrites it after each stage, or `rungflow resume` rebuilds it from the ledger") from None
     console.print(leaderboard_table(result, limit=args.top))
     for line in summary_lines(result):
         console.print(line)
@@ -328,9 +343,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block) like every other CLI error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        err_console.print(f"[red]error:[/red] {message}; see `{self.prog} --help`", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rungflow", description="Budget-capped AutoML sweeps as Prefect flows on Ray.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="rungflow", description="Budget-capped AutoML sweeps as Prefect flows on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     set_help = "override a config field, e.g. --set scheduler.eta=4 (repeatable)"
 
     p = sub.add_parser("plan", help="show brackets, rungs, trials and predicted spend before spending anything")
@@ -358,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors and --help: their message is printed already
+        return int(exc.code or 0)
     try:
         return args.func(args)
     except CLIError as exc:

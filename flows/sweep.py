@@ -115,6 +115,8 @@ class Sweep:
             grid_points=config.search.grid_points, random_fraction=config.search.random_fraction,
             min_points_in_model=config.search.min_points_in_model,
         )
+        # A missing dataset fails the flow now, naming the fix, not as a sweep of failed trials.
+        config.trainable_class()(config.trainable.options).check()
         settings = config.budget.settings()
         ledger_path, config_path = run_dir / "ledger.jsonl", run_dir / "config.json"
         resumed = ledger_path.exists()

@@ -374,7 +374,7 @@ def _one_line(exc: ValidationError, prefix: str = "") -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif err["type"] == "missing":
-            msg = "is required"
+            msg = f"is required; add `{loc.split('.')[-1]}:` to the config"
         value = err.get("input")
         shown = "" if err["type"] in ("missing",) or isinstance(value, Mapping) else f" = {value!r}"
         parts.append(f"{where}{shown}: {msg}" if where else msg)
@@ -420,8 +420,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass the path to a sweep YAML, e.g. examples/digits.yaml")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} is a directory, not a file; pass the path to a sweep YAML inside it")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text; save the sweep YAML as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
