@@ -385,10 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors and --help: their message is printed already
         return int(exc.code or 0)
+    from rungflow.redact import install_log_redaction, redact
+
+    install_log_redaction()
     try:
         return args.func(args)
     except CLIError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True, markup=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted: finished trials are in the run directory's ledger.jsonl")

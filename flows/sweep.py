@@ -39,6 +39,7 @@ from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, make_sc
 from budgets.searchers import Observation, Searcher, make_searcher
 from rungflow.config import ConfigError, SweepConfig, resume_conflicts, validate
 from rungflow.faults import fault_point
+from rungflow.redact import install_log_redaction, redact, redact_json
 from tasks.artifacts import SweepArtifacts
 from tasks.runtime import Runtime, make_runtime
 from tasks.stages import gate_trials, promote_survivors, suggest_trials
@@ -202,7 +203,7 @@ class Sweep:
             score=result.score, status=result.status, gpu_seconds=result.gpu_seconds, gpus=result.gpus,
             cost=self.ledger.cost_of(result.gpu_seconds), started_at=result.started_at,
             finished_at=result.finished_at, budget_trained=result.budget_trained, attempt=result.attempt,
-            error=result.error, metrics=result.metrics, wall_seconds=result.wall_seconds,
+            error=None if result.error is None else redact(result.error), metrics=result.metrics, wall_seconds=result.wall_seconds,
             trainable_seconds=result.trainable_seconds, worker=result.worker,
         )
         self.ledger.charge(record)
@@ -505,7 +506,7 @@ class Sweep:
         from rungflow.results import build_result, write_json_atomic
 
         self._last_write = time.time()
-        result = build_result(self, final=final)
+        result = redact_json(build_result(self, final=final))
         write_json_atomic(self.run_dir / "result.json", result)
         if self.artifacts is not None:
             self.artifacts.publish(result, self.config.budget.max_gpu_hours)
@@ -597,6 +598,7 @@ def _flow_run_name() -> str:
 @flow(name="rungflow-sweep", flow_run_name=_flow_run_name, log_prints=True, persist_result=False)
 def sweep_flow(config: dict[str, Any], run_dir: str | None = None) -> dict[str, Any]:
     """A budget-capped Hyperband/ASHA sweep; ``config`` is the validated sweep config as a dict."""
+    install_log_redaction()
     cfg = validate(config)
     sweep = Sweep.create(cfg, run_dir)
     sweep.artifacts = SweepArtifacts(cfg.name)

@@ -277,7 +277,12 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _resolve(self) -> "SweepConfig":
-        trainable_cls = self.trainable_class()
+        from tasks.trainables import TrainableError
+
+        try:
+            trainable_cls = self.trainable_class()
+        except TrainableError as exc:  # a broken plugin: name it, no traceback
+            raise ValueError(f"trainable.kind: {exc}") from None
         try:
             trainable_cls.Options(**self.trainable.options)
         except ValidationError as exc:

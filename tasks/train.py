@@ -23,6 +23,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from budgets.ledger import TrialStatus
+from rungflow.redact import redact
 from tasks.checkpoints import CorruptCheckpoint, LocalCheckpointStore
 from tasks.trainables import Trainable, TrainRequest, get_trainable_class
 
@@ -184,8 +185,9 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     except Exception as exc:  # a trainable's failure is a result, not a crash of the sweep
         trainable_seconds = time.perf_counter() - t_train
         status = TrialStatus.FAILED
-        error = f"{type(exc).__name__}: {exc}"
-        log.warning("trial %s rung %s failed: %s\n%s", spec.trial_id, spec.rung, error, traceback.format_exc(limit=5))
+        # Workers hold the forwarded credentials too: nothing they report may carry them.
+        error = redact(f"{type(exc).__name__}: {exc}")
+        log.warning("trial %s rung %s failed: %s\n%s", spec.trial_id, spec.rung, error, redact(traceback.format_exc(limit=5)))
     wall = time.perf_counter() - t0
     # Wall-clock x GPUs held, unless the trainable knows its own cost (a surrogate does).
     gpu_seconds = reported_gpu_seconds if reported_gpu_seconds is not None else wall * spec.gpus
@@ -225,5 +227,5 @@ def train_trial(spec: TrialSpec) -> TrialResult:
     if not result.ok:
         from prefect import get_run_logger
 
-        get_run_logger().warning("trial %s failed at rung %s: %s", spec.trial_id, spec.rung, result.error)
+        get_run_logger().warning("trial %s failed at rung %s: %s", spec.trial_id, spec.rung, redact(result.error or ""))
     return result
