@@ -151,13 +151,15 @@ class Sweep:
     def _bill_interrupted(self, last_alive: float) -> None:
         """Bill, once, each attempt that was dispatched but died with the process, for the time it ran."""
         for marker in self.ledger.unbilled_starts():
-            began = trial_start_stamp(self.attempts_dir, marker)
-            wall = max(0.0, last_alive - began) if began is not None else 0.0
+            began, ended = trial_stamps(self.attempts_dir, marker)
+            # A trial that ended but was not billed before the crash is billed to its end, not beyond.
+            until = min(last_alive, ended) if ended is not None else last_alive
+            wall = max(0.0, until - began) if began is not None else 0.0
             self.ledger.bill_pending(SpendRecord(
                 trial_id=marker.trial_id, bracket=marker.bracket, rung=marker.rung, budget=marker.budget, score=None,
                 status=TrialStatus.INTERRUPTED, gpu_seconds=wall * marker.gpus, gpus=marker.gpus,
                 cost=self.ledger.cost_of(wall * marker.gpus), started_at=began if began is not None else marker.started_at,
-                finished_at=max(last_alive, began or 0.0), attempt=marker.attempt, wall_seconds=wall,
+                finished_at=max(until, began or 0.0), attempt=marker.attempt, wall_seconds=wall,
                 error="interrupted: the sweep process died mid-trial; billed from the trial's start to the process's "
                       "last sign of life" if began is not None else "interrupted before the trial started: nothing billed",
             ))
@@ -559,13 +561,14 @@ def last_sign_of_life(run_dir: Path) -> float:
     return max(times) if times else time.time()
 
 
-def trial_start_stamp(attempts_dir: Path, marker: StartMarker) -> float | None:
-    """When the attempt actually began training (run_trial stamps it); None if it never started."""
+def trial_stamps(attempts_dir: Path, marker: StartMarker) -> tuple[float | None, float | None]:
+    """When the attempt began and ended training (run_trial stamps both); None where it did not get there."""
     path = attempts_dir / attempt_stamp_name(marker.trial_id, marker.rung, marker.attempt)
     try:
-        return float(path.read_text().strip())
+        times = [float(line) for line in path.read_text().split()]
     except (OSError, ValueError):
-        return None
+        return None, None
+    return (times[0] if times else None), (times[1] if len(times) > 1 else None)
 
 
 def check_resumable(config_path: Path, config: SweepConfig) -> None:

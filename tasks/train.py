@@ -55,15 +55,15 @@ def attempt_stamp_name(trial_id: str, rung: int, attempt: int) -> str:
     return f"{trial_id}-r{rung}-a{attempt}.started"
 
 
-def _stamp_start(spec: TrialSpec, started: float) -> None:
-    """Record when this attempt began: if the sweep dies, its resume bills the attempt from here."""
+def _stamp(spec: TrialSpec, when: float) -> None:
+    """Record when this attempt began (first line) and ended (second): a resume after a crash bills between them."""
     if spec.attempt_dir is None:
         return
     try:
         path = os.path.join(spec.attempt_dir, attempt_stamp_name(spec.trial_id, spec.rung, spec.attempt))
         os.makedirs(spec.attempt_dir, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(f"{started:.3f}\n")
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{when:.3f}\n")
     except OSError as exc:  # without the stamp an interrupted attempt is billed nothing, never twice
         log.warning("could not stamp the start of %s rung %s: %s", spec.trial_id, spec.rung, exc)
 
@@ -136,7 +136,7 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     """Train ``spec`` and bill it; never raises for a trainable's failure."""
     started = time.time()
     t0 = time.perf_counter()
-    _stamp_start(spec, started)
+    _stamp(spec, started)
     worker = _worker_id()
     device = _device(spec.gpus)
     store = LocalCheckpointStore(spec.checkpoint_dir)
@@ -189,6 +189,7 @@ def run_trial(spec: TrialSpec) -> TrialResult:
         error = redact(f"{type(exc).__name__}: {exc}")
         log.warning("trial %s rung %s failed: %s\n%s", spec.trial_id, spec.rung, error, redact(traceback.format_exc(limit=5)))
     wall = time.perf_counter() - t0
+    _stamp(spec, started + wall)
     # Wall-clock x GPUs held, unless the trainable knows its own cost (a surrogate does).
     gpu_seconds = reported_gpu_seconds if reported_gpu_seconds is not None else wall * spec.gpus
     return TrialResult(

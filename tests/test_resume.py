@@ -200,3 +200,22 @@ def test_a_retried_flow_run_with_the_same_run_dir_replays_instead_of_training(pr
     assert [json.loads(x)["type"] for x in new] == ["session"], "a replay trains, bills and decides nothing new"
     assert again["trials"] == first["trials"] and again["events"] == first["events"]
     assert again["ledger"] == first["ledger"] and again["stop_reason"] == "schedule_complete"
+
+
+def test_a_deadline_counts_the_time_the_sweep_ran_not_the_time_it_lay_dead(tmp_path: Path) -> None:
+    from flows.sweep import Sweep
+    from rungflow.config import validate
+    from tests.conftest import sweep_config
+
+    cfg = validate(sweep_config(tmp_path, budget={"deadline": "1h"}))
+    first = Sweep.create(cfg, tmp_path / "run")
+    began = first.ledger.sessions[-1]["started_at"]
+    # The first process was last seen 100 s after it started, then lay dead for an hour before the resume.
+    for name in ("heartbeat", "ledger.jsonl"):
+        (tmp_path / "run" / name).touch()
+        os.utime(tmp_path / "run" / name, (began + 100, began + 100))
+    second = Sweep.create(cfg, tmp_path / "run")
+    assert second.resumed and second.started_at == began
+    assert second.ledger.sessions[-1]["elapsed_before"] == pytest.approx(100, abs=0.01)
+    assert time.time() - second.controller.started_at == pytest.approx(100, abs=5)
+    assert second.controller.hard_cap_reached(second.ledger) is None
