@@ -15,8 +15,8 @@ the controller see the same inputs in the same order and continue as if nothing 
 that was dispatched (a ``started`` marker) but never billed is billed once as ``interrupted``, from
 the moment the trial began (its start stamp under ``attempts/``) to the dead process's last sign of
 life (the newest of ``heartbeat``, touched every ``HEARTBEAT_SECONDS``, the ledger's last write and the
-attempts' start stamps),
-then runs again as the next attempt from its previous rung's checkpoint.
+attempts' stamps) or to its own end stamp if it ended unbilled, then runs again as the next attempt
+from its previous rung's checkpoint.
 """
 
 from __future__ import annotations
