@@ -282,6 +282,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _run(config) -> int:
     _preflight(config)
+    if config.run_dir().is_dir():
+        # The flow takes this lock for the whole sweep; asking first keeps the refusal to one line.
+        from flows.sweep import lock_run_dir
+        from rungflow.config import ConfigError
+
+        try:
+            lock_run_dir(config.run_dir()).close()
+        except ConfigError as exc:
+            raise CLIError(str(exc)) from None
     server = ensure_prefect_api()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -301,8 +310,12 @@ def _sweep(config) -> int:
 
     progress = _Progress()
     set_reporter(progress)
+    from rungflow.config import ConfigError
+
     try:
         result = run_sweep(config, config.run_dir())
+    except ConfigError as exc:  # found once the flow opened the run directory (e.g. another sweep holds it)
+        raise CLIError(str(exc)) from None
     finally:
         progress.stop()
         set_reporter(None)

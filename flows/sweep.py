@@ -98,6 +98,7 @@ class Sweep:
     _replay_order: dict[tuple[str, int], int] = field(default_factory=dict)
     _replayed: dict[tuple[str, int, int], SpendRecord] = field(default_factory=dict)
     resumed: bool = False
+    _lock: Any = None
 
     @classmethod
     def create(cls, config: SweepConfig, run_dir: str | Path | None = None, clock: Callable[[], float] = time.time) -> "Sweep":
@@ -120,6 +121,8 @@ class Sweep:
         config.trainable_class()(config.trainable.options).check()
         settings = config.budget.settings()
         ledger_path, config_path = run_dir / "ledger.jsonl", run_dir / "config.json"
+        # One process per run directory: a second one would bill the first one's running trials as interrupted.
+        lock = lock_run_dir(run_dir)
         resumed = ledger_path.exists()
         if resumed and config_path.exists():
             check_resumable(config_path, config)
@@ -136,7 +139,7 @@ class Sweep:
         controller = BudgetController(settings, mode=mode, clock=clock, started_at=now - elapsed_before)
         write_json_atomic_config(config_path, config)
         sweep = cls(config, run_dir, searcher, scheduler, ledger, controller, mode, lo, hi, started_at=first_start)
-        sweep.resumed = resumed
+        sweep.resumed, sweep._lock = resumed, lock
         if resumed:
             sweep._bill_interrupted(last_alive if last_alive is not None else now)
             for position, record in enumerate(ledger.pending):
@@ -163,6 +166,12 @@ class Sweep:
                 error="interrupted: the sweep process died mid-trial; billed from the trial's start to the process's "
                       "last sign of life" if began is not None else "interrupted before the trial started: nothing billed",
             ))
+
+    def close(self) -> None:
+        """Let another process run this directory (the lock also goes with the process, however it dies)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @property
     def attempts_dir(self) -> Path:
@@ -495,6 +504,7 @@ class Sweep:
             raise
         finally:
             heartbeat.stop()
+            self.close()
         # What the resumed driver did not reach (a cap lowered on resume) was still billed: keep it.
         self.ledger.adopt_all()
         if self.stop_reason is None:
@@ -554,6 +564,26 @@ class Heartbeat:
         self._stop.set()
 
 
+def lock_run_dir(run_dir: Path) -> Any:
+    """An exclusive ``flock`` on RUN_DIR/.lock, released when the file closes or the process dies (even by SIGKILL)."""
+    import fcntl
+
+    fh = (run_dir / ".lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise ConfigError(f"run directory {run_dir} is in use by a running sweep (pid {holder}); wait for it to end, "
+                          "or pass another run directory") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
 def last_sign_of_life(run_dir: Path) -> float:
     """When the process that last ran the sweep was last seen alive: its newest heartbeat, ledger or start stamp."""
     paths = [run_dir / "heartbeat", run_dir / "ledger.jsonl", *(run_dir / "attempts").glob("*.started")]
@@ -578,6 +608,10 @@ def check_resumable(config_path: Path, config: SweepConfig) -> None:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{config_path} cannot be read ({type(exc).__name__}); restore it or start a new sweep "
                           "with a new run directory") from None
+    try:  # compare like with like: defaults filled in on both sides
+        saved = validate(saved).model_dump(mode="json")
+    except (ConfigError, TypeError):
+        pass
     conflicts = resume_conflicts(saved, config.model_dump(mode="json"))
     if conflicts:
         raise ConfigError(
@@ -606,8 +640,12 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None) -> dict[str, 
     sweep = Sweep.create(cfg, run_dir)
     sweep.artifacts = SweepArtifacts(cfg.name)
     rt = cfg.runtime
-    runtime = make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
-                           cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent)
+    try:
+        runtime = make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
+                               cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent)
+    except BaseException:
+        sweep.close()
+        raise
     return sweep.run(runtime)
 
 

@@ -184,6 +184,16 @@ def test_resume_refuses_search_changes_and_a_different_sweep_in_the_run_dir(pref
     config = tmp_path / "other.yaml"
     config.write_text("name: x\ntrainable: {kind: noop}\nsearch: {seed: 9}\n")
     assert main(["sweep", str(config), "--out", str(run)]) == 2
+    # A second process on a run directory that a live sweep holds is refused, in one line.
+    from flows.sweep import lock_run_dir
+
+    (run / "config.json").write_text(json.dumps({"name": "x", "trainable": {"kind": "noop"},
+                                                 "runtime": {"kind": "thread"}}))
+    held = lock_run_dir(run)
+    try:
+        assert main(["resume", str(run)]) == 2
+    finally:
+        held.close()
 
 
 def test_a_retried_flow_run_with_the_same_run_dir_replays_instead_of_training(prefect_server: str, tmp_path: Path) -> None:
@@ -204,12 +214,15 @@ def test_a_retried_flow_run_with_the_same_run_dir_replays_instead_of_training(pr
 
 def test_a_deadline_counts_the_time_the_sweep_ran_not_the_time_it_lay_dead(tmp_path: Path) -> None:
     from flows.sweep import Sweep
-    from rungflow.config import validate
+    from rungflow.config import ConfigError, validate
     from tests.conftest import sweep_config
 
     cfg = validate(sweep_config(tmp_path, budget={"deadline": "1h"}))
     first = Sweep.create(cfg, tmp_path / "run")
     began = first.ledger.sessions[-1]["started_at"]
+    with pytest.raises(ConfigError, match="in use by a running sweep"):
+        Sweep.create(cfg, tmp_path / "run")  # one process per run directory
+    first.close()
     # The first process was last seen 100 s after it started, then lay dead for an hour before the resume.
     for name in ("heartbeat", "ledger.jsonl"):
         (tmp_path / "run" / name).touch()
