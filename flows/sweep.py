@@ -614,10 +614,10 @@ def check_resumable(config_path: Path, config: SweepConfig) -> None:
         pass
     conflicts = resume_conflicts(saved, config.model_dump(mode="json"))
     if conflicts:
-        raise ConfigError(
+        raise ConfigError(redact(
             f"{config_path.parent} holds a sweep with a different {', '.join(conflicts)}; only budget.* and runtime.* "
             "may change when resuming: use a new run directory (--out) to run a different sweep"
-        )
+        ))
 
 
 def write_json_atomic_config(path: Path, config: SweepConfig) -> None:

@@ -215,6 +215,19 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     )
 
 
+_worker_logs_redacted = False
+
+
+def _redact_worker_logs() -> None:
+    # A Ray worker is a process of its own, with the forwarded credentials in its environment.
+    global _worker_logs_redacted
+    if not _worker_logs_redacted:
+        from rungflow.redact import install_log_redaction
+
+        install_log_redaction()
+        _worker_logs_redacted = True
+
+
 @task(
     name="train",
     task_run_name="train-{spec.trial_id}-r{spec.rung}",
@@ -224,6 +237,7 @@ def run_trial(spec: TrialSpec) -> TrialResult:
 )
 def train_trial(spec: TrialSpec) -> TrialResult:
     """Train one trial to its rung's budget."""
+    _redact_worker_logs()
     result = run_trial(spec)
     if not result.ok:
         from prefect import get_run_logger
