@@ -23,6 +23,10 @@ __all__ = ["build_result", "write_json_atomic", "leaderboard", "load_result", "p
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` (credentials redacted) as a complete file: readers never see half of one."""
+    from rungflow.redact import redact_json
+
+    data = redact_json(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -24,10 +24,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from budgets.ledger import TrialStatus
+from rungflow.redact import redact
 from tasks.checkpoints import CorruptCheckpoint, LocalCheckpointStore
 from tasks.trainables import Trainable, TrainRequest, get_trainable_class
 
-__all__ = ["TrialSpec", "TrialResult", "run_trial", "train_trial"]
+__all__ = ["TrialSpec", "TrialResult", "run_trial", "train_trial", "attempt_stamp_name"]
 
 log = logging.getLogger("rungflow.train")
 
@@ -48,6 +49,24 @@ class TrialSpec:
     gpus: float = 0.0
     seed: int = 0
     attempt: int = 0
+    attempt_dir: str | None = None  # where the attempt stamps when it starts training (resume bills from it)
+
+
+def attempt_stamp_name(trial_id: str, rung: int, attempt: int) -> str:
+    return f"{trial_id}-r{rung}-a{attempt}.started"
+
+
+def _stamp(spec: TrialSpec, when: float) -> None:
+    """Record when this attempt began (first line) and ended (second): a resume after a crash bills between them."""
+    if spec.attempt_dir is None:
+        return
+    try:
+        path = os.path.join(spec.attempt_dir, attempt_stamp_name(spec.trial_id, spec.rung, spec.attempt))
+        os.makedirs(spec.attempt_dir, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{when:.3f}\n")
+    except OSError as exc:  # without the stamp an interrupted attempt is billed nothing, never twice
+        log.warning("could not stamp the start of %s rung %s: %s", spec.trial_id, spec.rung, exc)
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,7 @@ def _worker_id() -> str:
 
 def run_trial(spec: TrialSpec) -> TrialResult:
     """Train ``spec`` and bill it; never raises for a trainable's failure. Keeps the trial's log lines."""
+    _redact_worker_logs()
     capture = _TrialLogCapture()
     root = logging.getLogger()
     root.addHandler(capture)
@@ -170,6 +190,7 @@ def run_trial(spec: TrialSpec) -> TrialResult:
 def _run_trial(spec: TrialSpec) -> TrialResult:
     started = time.time()
     t0 = time.perf_counter()
+    _stamp(spec, started)
     worker = _worker_id()
     device = _device(spec.gpus)
     store = LocalCheckpointStore(spec.checkpoint_dir)
@@ -218,9 +239,11 @@ def _run_trial(spec: TrialSpec) -> TrialResult:
     except Exception as exc:  # a trainable's failure is a result, not a crash of the sweep
         trainable_seconds = time.perf_counter() - t_train
         status = TrialStatus.FAILED
-        error = f"{type(exc).__name__}: {exc}"
-        log.warning("trial %s rung %s failed: %s\n%s", spec.trial_id, spec.rung, error, traceback.format_exc(limit=5))
+        # Workers hold the forwarded credentials too: nothing they report may carry them.
+        error = redact(f"{type(exc).__name__}: {exc}")
+        log.warning("trial %s rung %s failed: %s\n%s", spec.trial_id, spec.rung, error, redact(traceback.format_exc(limit=5)))
     wall = time.perf_counter() - t0
+    _stamp(spec, started + wall)
     # Wall-clock x GPUs held, unless the trainable knows its own cost (a surrogate does).
     gpu_seconds = reported_gpu_seconds if reported_gpu_seconds is not None else wall * spec.gpus
     return TrialResult(
@@ -258,6 +281,19 @@ def _as_state(result: TrialResult) -> Any:
     return Failed(message=message, data=result)
 
 
+_worker_logs_redacted = False
+
+
+def _redact_worker_logs() -> None:
+    # A Ray worker is a process of its own, with the forwarded credentials in its environment.
+    global _worker_logs_redacted
+    if not _worker_logs_redacted:
+        from rungflow.redact import install_log_redaction
+
+        install_log_redaction()
+        _worker_logs_redacted = True
+
+
 @task(
     name="train",
     task_run_name="train-{spec.trial_id}-r{spec.rung}",
@@ -274,9 +310,9 @@ def train_trial(spec: TrialSpec) -> Any:
     result = active_runtime().execute(spec)
     logger = get_run_logger()
     for level, line in result.logs:
-        logger.log(level, line)
+        logger.log(level, redact(line))
     for lost in result.lost_attempts:
-        logger.warning("attempt %d: %s", lost.attempt, lost.error)
+        logger.warning("attempt %d: %s", lost.attempt, redact(lost.error or ""))
     if not result.ok:
-        logger.warning("trial %s rung %s %s: %s", spec.trial_id, spec.rung, result.status, result.error)
+        logger.warning("trial %s rung %s %s: %s", spec.trial_id, spec.rung, result.status, redact(result.error or ""))
     return _as_state(result)

@@ -26,6 +26,9 @@ class NoopOptions(TrainableOptions):
     hang_when_x_above: float | None = Field(None, description="never return when config x exceeds this (a hung trial)")
     allocate_mb_when_x_above: float | None = Field(None, description="keep allocating memory, 16 MB at a time, "
                                                                       "when config x exceeds this (a leaking trial)")
+    gpu_seconds_per_unit: float | None = Field(
+        None, ge=0.0, description="report this cost per budget unit trained (deterministic billing) instead of wall clock"
+    )
 
 
 def noop_score(config: Mapping[str, Any], budget: float) -> float:
@@ -82,5 +85,5 @@ class NoopTrainable(Trainable):
             budget_trained=reached - previous,
             checkpoint=json.dumps({"budget": reached}).encode(),
             metrics={"score": score},
-            gpu_seconds=None,
+            gpu_seconds=None if self.options.gpu_seconds_per_unit is None else self.options.gpu_seconds_per_unit * (reached - previous),
         )
