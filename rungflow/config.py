@@ -158,6 +158,7 @@ class BudgetConfig(_Strict):
     patience: int = 2
     top_k: int = 1
     stop_rule: Literal["window", "forecast"] = "window"
+    noisy: bool = Field(default=False, description="scores vary from seed to seed: a rise of the top results' level also counts as gain")
     on_cap: Literal["finish", "cancel"] = "cancel"
 
     @field_validator("max_gpu_hours", "max_cost", "window_gpu_hours")
@@ -217,6 +218,7 @@ class BudgetConfig(_Strict):
             patience=self.patience,
             top_k=self.top_k,
             stop_rule=self.stop_rule,
+            noisy=self.noisy,
             on_cap=self.on_cap,
         )
 
