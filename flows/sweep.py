@@ -92,7 +92,7 @@ class Sweep:
         searcher = make_searcher(
             config.search.algorithm, config.search_space(), seed=config.search.seed, mode=mode, max_budget=hi,
             grid_points=config.search.grid_points, random_fraction=config.search.random_fraction,
-            min_points_in_model=config.search.min_points_in_model,
+            min_points_in_model=config.search.min_points_in_model, cost_aware=config.search.cost_aware,
         )
         settings = config.budget.settings()
         ledger = Ledger(run_dir / "ledger.jsonl", price_per_gpu_hour=settings.price_per_gpu_hour)
@@ -137,7 +137,10 @@ class Sweep:
         return record
 
     def observation(self, result: TrialResult) -> Observation:
-        return Observation(result.trial_id, self.trials[result.trial_id], result.budget, result.score if result.ok else None)
+        # GPU-seconds per budget unit actually trained (a promoted trial resumes, so only its new units count).
+        cost = result.gpu_seconds / result.budget_trained if result.budget_trained > 0 and result.gpu_seconds > 0 else None
+        return Observation(result.trial_id, self.trials[result.trial_id], result.budget,
+                           result.score if result.ok else None, cost=cost)
 
     def predicted_gpu_hours(self, units: float) -> float | None:
         """GPU-hours for ``units`` budget units at the mean cost per unit measured so far."""
