@@ -38,7 +38,19 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-__all__ = ["RungScore", "Forecast", "Transfer", "forecast_gain", "score_changes", "fit_transfer", "entry_scores"]
+from budgets.ledger import SpendRecord, TrialStatus
+from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, gate_rung
+
+__all__ = [
+    "RungScore",
+    "Forecast",
+    "Transfer",
+    "forecast_gain",
+    "stage_forecast",
+    "score_changes",
+    "fit_transfer",
+    "entry_scores",
+]
 
 Mode = Literal["max", "min"]
 _TOL = 1e-9
@@ -202,3 +214,43 @@ def forecast_gain(
         probability_of_gain=float((gains > 1e-12).mean()),
         samples=samples,
     )
+
+
+def stage_forecast(
+    records: Sequence[SpendRecord],
+    scheduler: SyncScheduler | ASHAScheduler,
+    position: tuple[int, int] | None,
+    *,
+    mode: Mode = "max",
+    top_k: int = 1,
+    seed: int = 0,
+) -> Forecast | None:
+    """The forecast before a stage, from the ledger's records so far.
+
+    ``position`` = (bracket index, rung position) of the synchronous stage about to run: at rung 0
+    the whole bracket of fresh trials; later, the trials the (deterministic) gate promoted from the
+    previous rung, recomputed from the ledger, through the rest of the bracket. ASHA has no
+    brackets (``position`` None): its forecast is for one successive-halving bracket's worth of
+    fresh trials through its rungs (η^(K−1−i) trials at rung i), its steady-state unit of work.
+    """
+    history = [RungScore(r.trial_id, r.budget, r.score if r.ok else None) for r in records]
+    if isinstance(scheduler, ASHAScheduler):
+        budgets, eta = scheduler.budgets, scheduler.eta
+        rungs = [(b, max(1, int(round(eta ** (len(budgets) - 1 - i))))) for i, b in enumerate(budgets)]
+        return forecast_gain(history, rungs=rungs, mode=mode, top_k=top_k, seed=seed)
+    if position is None:
+        return None
+    bracket = scheduler.brackets[position[0]]
+    index = position[1]
+    if index == 0:
+        return forecast_gain(history, rungs=[(r.budget, r.num_trials) for r in bracket.rungs], mode=mode,
+                             top_k=top_k, seed=seed)
+    previous = bracket.rungs[index - 1]
+    latest: dict[str, float | None] = {}
+    for r in records:
+        if r.bracket == bracket.index and r.rung == previous.index and r.status != TrialStatus.CANCELLED:
+            latest[r.trial_id] = r.score if r.ok else None
+    promoted = gate_rung([TrialScore(t, s) for t, s in latest.items()], bracket.rungs[index].num_trials, mode).promote
+    candidates = [float(latest[t]) for t in promoted]  # type: ignore[arg-type]
+    return forecast_gain(history, rungs=[(r.budget, r.num_trials) for r in bracket.rungs[index:]],
+                         candidates=candidates, start_budget=previous.budget, mode=mode, top_k=top_k, seed=seed)

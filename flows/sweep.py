@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterable
 from prefect import flow
 
 from budgets.controller import BudgetController, BudgetDecision, StopReason
-from budgets.forecast import Forecast, RungScore, forecast_gain
+from budgets.forecast import Forecast, stage_forecast
 from budgets.ledger import Ledger, SpendRecord, TrialStatus
-from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, gate_rung, make_scheduler
+from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, make_scheduler
 from budgets.searchers import Observation, Searcher, make_searcher
 from rungflow.config import SweepConfig, validate
 from tasks.artifacts import SweepArtifacts
@@ -167,35 +167,17 @@ class Sweep:
     def forecast(self, stage: str) -> Forecast | None:
         """The expected gain of the rest of the bracket that ``stage`` belongs to (None: no evidence yet).
 
-        Synchronous stages are named "bracket B rung R" by :meth:`run_synchronous`; its candidates
-        are the trials the gate promoted from rung R-1 (the gate is deterministic, so they are
-        recomputed here), or fresh trials at rung 0. ASHA has no brackets: its forecast is for one
-        more successive-halving bracket's worth of fresh trials through its rungs.
+        Synchronous stages are named "bracket B rung R" by :meth:`run_synchronous`; ASHA's forecast
+        is for one more bracket's worth of fresh trials (see :func:`budgets.forecast.stage_forecast`).
         """
-        history = [RungScore(r.trial_id, r.budget, r.score if r.ok else None) for r in self.ledger.records]
-        mode, top_k, seed = self.mode, self.controller.settings.top_k, self.config.search.seed + self.controller.checks
-        if isinstance(self.scheduler, ASHAScheduler):
-            budgets, eta = self.scheduler.budgets, self.scheduler.eta
-            rungs = [(b, max(1, int(round(eta ** (len(budgets) - 1 - i))))) for i, b in enumerate(budgets)]
-            return forecast_gain(history, rungs=rungs, mode=mode, top_k=top_k, seed=seed)  # type: ignore[arg-type]
-        match = re.fullmatch(r"bracket (\d+) rung (\d+)", stage)
-        if match is None:
-            return None
-        bracket = self.scheduler.brackets[int(match.group(1))]
-        position = int(match.group(2))
-        if position == 0:
-            rungs = [(r.budget, r.num_trials) for r in bracket.rungs]
-            return forecast_gain(history, rungs=rungs, mode=mode, top_k=top_k, seed=seed)  # type: ignore[arg-type]
-        previous = bracket.rungs[position - 1]
-        latest: dict[str, float | None] = {}
-        for r in self.ledger.records:
-            if r.bracket == bracket.index and r.rung == previous.index and r.status != TrialStatus.CANCELLED:
-                latest[r.trial_id] = r.score if r.ok else None
-        decision = gate_rung([TrialScore(t, s) for t, s in latest.items()], bracket.rungs[position].num_trials, self.mode)  # type: ignore[arg-type]
-        candidates = [latest[t] for t in decision.promote]
-        rungs = [(r.budget, r.num_trials) for r in bracket.rungs[position:]]
-        return forecast_gain(history, rungs=rungs, candidates=candidates, start_budget=previous.budget,  # type: ignore[arg-type]
-                             mode=mode, top_k=top_k, seed=seed)  # type: ignore[arg-type]
+        position = None
+        if not isinstance(self.scheduler, ASHAScheduler):
+            match = re.fullmatch(r"bracket (\d+) rung (\d+)", stage)
+            if match is None:
+                return None
+            position = (int(match.group(1)), int(match.group(2)))
+        return stage_forecast(self.ledger.records, self.scheduler, position, mode=self.mode,  # type: ignore[arg-type]
+                              top_k=self.controller.settings.top_k, seed=self.config.search.seed + self.controller.checks)
 
     def _record_decision(self, decision: BudgetDecision) -> None:
         data = decision.to_json()

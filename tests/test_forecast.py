@@ -142,3 +142,34 @@ def test_controller_divides_the_forecast_by_the_spend_it_buys() -> None:
                                forecast_detail="forecast: +0.3")
     assert d.stop and d.gain_per_gpu_hour == pytest.approx(0.075) and "forecast: +0.3" in d.detail
     assert d.next_stage_gpu_hours == 1.0
+
+
+def _spend(trial: str, bracket: int, rung: int, budget: float, score: float | None) -> SpendRecord:
+    return SpendRecord(trial_id=trial, bracket=bracket, rung=rung, budget=budget, score=score,
+                       status=TrialStatus.COMPLETED if score is not None else TrialStatus.FAILED,
+                       gpu_seconds=36.0 * budget, gpus=1.0, cost=0.0, started_at=0.0, finished_at=1.0)
+
+
+def test_stage_forecast_takes_the_gates_survivors_and_the_brackets_rest() -> None:
+    from budgets.forecast import stage_forecast
+    from budgets.schedulers import ASHAScheduler, HyperbandScheduler
+
+    hb = HyperbandScheduler(min_budget=1, max_budget=9, eta=3, integer=True)
+    # Bracket 0: 9 @ 1, 3 @ 3, 1 @ 9. Its first two rungs ran; every 1 → 3 step added exactly +0.1,
+    # every 3 → 9 step (from an earlier bracket's trials, here "x") +0.2.
+    records = [_spend(f"t{i}", 0, 0, 1, 0.1 * i) for i in range(8)] + [_spend("t8", 0, 0, 1, None)]
+    records += [_spend(f"t{i}", 0, 1, 3, 0.1 * i + 0.1) for i in (5, 6, 7)]
+    records += [_spend("x", 1, 0, 3, 0.2), _spend("x", 1, 1, 9, 0.4)]
+    # Before rung 2 of bracket 0: the gate keeps t7 (0.8 at 3), which goes on to 1.0 at 9; incumbent 0.4.
+    f = stage_forecast(records, hb, (0, 2))
+    assert f is not None and f.expected_gain == pytest.approx(0.6) and f.budget_units == pytest.approx(6.0)
+    # Before rung 1 (replayed on the same records): the gate's survivors t5..t7 (the failed t8 never
+    # passes) go → 3 (+0.1), the best of them → 9 (+0.2): 1.0 again, for 3·2 + 1·6 units.
+    f = stage_forecast(records, hb, (0, 1))
+    assert f is not None and f.expected_gain == pytest.approx(0.6) and f.budget_units == pytest.approx(12.0)
+    # Without the 1 → 3 results there is no evidence for that step.
+    assert stage_forecast(records[:9] + records[12:], hb, (0, 1)) is None
+    assert stage_forecast(records[:12], hb, (0, 2)) is None  # nobody has reached 9: no incumbent to improve
+    asha = ASHAScheduler(min_budget=1, max_budget=9, eta=3, num_trials=50)
+    f = stage_forecast(records, asha, None)
+    assert f is not None and f.budget_units == pytest.approx(9 * 1 + 3 * 2 + 1 * 6)
