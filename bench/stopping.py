@@ -28,6 +28,7 @@ enough. GPU-hours are the surrogate's predicted training seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -57,11 +58,24 @@ TERMINATOR_MIN_TRIALS = 20
 
 RULES: tuple[str, ...] = ("rungflow window", "rungflow window noisy", "rungflow forecast", "ray plateau",
                           "optuna terminator")
+# Each rule's main knob, swept for the trade-off table (the replays are offline, so this is cheap).
+GRID: dict[str, tuple[float, ...]] = {
+    "rungflow window": (0.1, 0.25, 0.5, 1.0, 2.0),  # min_gain_per_gpu_hour
+    "rungflow window noisy": (0.1, 0.25, 0.5, 1.0, 2.0),
+    "rungflow forecast": (0.1, 0.25, 0.5, 1.0, 2.0),
+    "ray plateau": (0.02, 0.05, 0.1, 0.2, 0.5),  # std of the top 10
+    "optuna terminator": (0.05, 0.1, 0.2, 0.5, 1.0),  # static error
+}
+DEFAULT_SETTING: dict[str, float] = {
+    "rungflow window": MIN_GAIN, "rungflow window noisy": MIN_GAIN, "rungflow forecast": MIN_GAIN,
+    "ray plateau": PLATEAU["std"], "optuna terminator": TERMINATOR_ERROR,
+}
 
 
 @dataclass
 class Outcome:
     rule: str
+    setting: float
     stopped: bool
     gpu_hours: float  # spent when it stopped (the whole run's if it never did)
     best: float | None  # best accuracy at 52 epochs at that point
@@ -77,7 +91,8 @@ class Cell:
     gpu_hours: float
     best: float
     wall_seconds: float
-    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)  # the default settings
+    grid: list[Outcome] = field(default_factory=list)  # every setting of GRID
 
 
 def _best_at_top(records: Sequence[Any], upto: int) -> float | None:
@@ -85,12 +100,13 @@ def _best_at_top(records: Sequence[Any], upto: int) -> float | None:
     return max(scores) if scores else None
 
 
-def _outcome(rule: str, records: Sequence[Any], stop_at: int | None, total: float, final_best: float, detail: str = "") -> Outcome:
+def _outcome(rule: str, setting: float, records: Sequence[Any], stop_at: int | None, total: float, final_best: float,
+             detail: str = "") -> Outcome:
     """``stop_at``: number of records spent when the rule stopped (None: never)."""
     upto = len(records) if stop_at is None else stop_at
     spent = sum(r.gpu_seconds for r in records[:upto]) / 3600.0
     best = _best_at_top(records, upto)
-    return Outcome(rule, stop_at is not None, spent, best, 1.0 - spent / total if total else 0.0,
+    return Outcome(rule, setting, stop_at is not None, spent, best, 1.0 - spent / total if total else 0.0,
                    None if best is None else final_best - best, detail)
 
 
@@ -105,13 +121,14 @@ def _stage_starts(records: Sequence[Any]) -> list[int]:
     return starts
 
 
-def replay_controller(records: Sequence[Any], scheduler: Any, *, stop_rule: str, noisy: bool, seed: int) -> tuple[int | None, str]:
+def replay_controller(records: Sequence[Any], scheduler: Any, *, stop_rule: str, noisy: bool, seed: int,
+                      min_gain: float = MIN_GAIN) -> tuple[int | None, str]:
     """Where our controller stops this sequence, checked before each stage as ``Sweep.decide`` does."""
     from budgets.controller import BudgetController, BudgetSettings
     from budgets.forecast import stage_forecast
     from budgets.ledger import Ledger
 
-    settings = BudgetSettings(min_gain_per_gpu_hour=MIN_GAIN, window_gpu_hours=WINDOW_GPU_HOURS,
+    settings = BudgetSettings(min_gain_per_gpu_hour=min_gain, window_gpu_hours=WINDOW_GPU_HOURS,
                               min_gpu_hours=WARM_UP_GPU_HOURS, patience=PATIENCE, stop_rule=stop_rule,  # type: ignore[arg-type]
                               noisy=noisy)
     ctl = BudgetController(settings, mode="max", clock=lambda: 0.0)
@@ -144,39 +161,52 @@ def replay_controller(records: Sequence[Any], scheduler: Any, *, stop_rule: str,
     return None, ""
 
 
-def replay_plateau(records: Sequence[Any]) -> tuple[int | None, str]:
+def replay_plateau(records: Sequence[Any], std: float = PLATEAU["std"]) -> tuple[int | None, str]:
     from ray.tune.stopper import ExperimentPlateauStopper
 
-    stopper = ExperimentPlateauStopper("val_accuracy", mode="max", std=PLATEAU["std"], top=PLATEAU["top"],
-                                       patience=PLATEAU["patience"])
+    stopper = ExperimentPlateauStopper("val_accuracy", mode="max", std=float(std), top=int(PLATEAU["top"]),
+                                       patience=int(PLATEAU["patience"]))
     for i, r in enumerate(records):
         if r.ok and stopper(r.trial_id, {"val_accuracy": r.score}):
-            return i + 1, f"top-{PLATEAU['top']} std <= {PLATEAU['std']}"
+            return i + 1, f"top-{PLATEAU['top']} std <= {std}"
     return None, ""
 
 
-def replay_terminator(records: Sequence[Any], trials: dict[str, dict[str, Any]], space: Any) -> tuple[int | None, str]:
+def terminator_bounds(records: Sequence[Any], trials: dict[str, dict[str, Any]], space: Any) -> list[tuple[int, float]]:
+    """(records spent, Optuna's regret bound) after every full-budget result from the ``min_n_trials``-th on.
+
+    ``Terminator.should_terminate`` is ``regret bound < error`` once there are ``min_n_trials``
+    COMPLETE trials; with a static error the bound does not depend on the error, so it is computed
+    once (by Optuna's own ``RegretBoundEvaluator``) and compared with every error of the grid.
+    """
     import optuna
-    from optuna.terminator import RegretBoundEvaluator, StaticErrorEvaluator, Terminator
+    from optuna.terminator import RegretBoundEvaluator
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     distributions = space.to_optuna()
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    terminator = Terminator(improvement_evaluator=RegretBoundEvaluator(seed=0),
-                            error_evaluator=StaticErrorEvaluator(TERMINATOR_ERROR), min_n_trials=TERMINATOR_MIN_TRIALS)
+    evaluator = RegretBoundEvaluator(seed=0)
+    bounds = []
     for i, r in enumerate(records):
         if not (r.ok and abs(r.budget - LCBENCH_MAX_EPOCH) < 1e-9):
             continue
         study.add_trial(optuna.trial.create_trial(params=dict(trials[r.trial_id]), distributions=distributions,
                                                   value=float(r.score)))
-        if terminator.should_terminate(study):
-            return i + 1, f"regret bound below {TERMINATOR_ERROR} after {len(study.trials)} complete trials"
+        if len(study.trials) >= TERMINATOR_MIN_TRIALS:
+            bounds.append((i + 1, float(evaluator.evaluate(study.trials, study.direction))))
+    return bounds
+
+
+def terminator_stop(bounds: Sequence[tuple[int, float]], error: float) -> tuple[int | None, str]:
+    for upto, bound in bounds:
+        if bound < error:
+            return upto, f"regret bound {bound:.3g} below {error}"
     return None, ""
 
 
-def replay(run_dir: Path, rules: Sequence[str], seed: int) -> tuple[float, float, dict[str, Outcome]]:
+def replay(run_dir: Path, rules: Sequence[str], seed: int) -> tuple[float, float, dict[str, Outcome], list[Outcome]]:
     """Every rule on the ledger of one finished run; returns (GPU-hours, final best, outcomes)."""
     from budgets.ledger import Ledger
     from budgets.schedulers import make_scheduler
@@ -191,18 +221,30 @@ def replay(run_dir: Path, rules: Sequence[str], seed: int) -> tuple[float, float
     total = sum(r.gpu_seconds for r in records) / 3600.0
     final_best = _best_at_top(records, len(records))
     assert final_best is not None, f"{run_dir}: no full-budget result"
-    replays: dict[str, Callable[[], tuple[int | None, str]]] = {
-        "rungflow window": lambda: replay_controller(records, scheduler, stop_rule="window", noisy=False, seed=seed),
-        "rungflow window noisy": lambda: replay_controller(records, scheduler, stop_rule="window", noisy=True, seed=seed),
-        "rungflow forecast": lambda: replay_controller(records, scheduler, stop_rule="forecast", noisy=False, seed=seed),
-        "ray plateau": lambda: replay_plateau(records),
-        "optuna terminator": lambda: replay_terminator(records, trials, config.search_space()),
-    }
-    outcomes = {}
+    bounds: list[tuple[int, float]] | None = None
+
+    def stop(rule: str, setting: float) -> tuple[int | None, str]:
+        nonlocal bounds
+        if rule == "ray plateau":
+            return replay_plateau(records, setting)
+        if rule == "optuna terminator":
+            if bounds is None:
+                bounds = terminator_bounds(records, trials, config.search_space())
+            return terminator_stop(bounds, setting)
+        stop_rule = "forecast" if rule == "rungflow forecast" else "window"
+        return replay_controller(records, scheduler, stop_rule=stop_rule, noisy=rule.endswith("noisy"), seed=seed,
+                                 min_gain=setting)
+
+    outcomes: dict[str, Outcome] = {}
+    grid: list[Outcome] = []
     for rule in rules:
-        stop_at, detail = replays[rule]()
-        outcomes[rule] = _outcome(rule, records, stop_at, total, final_best, detail)
-    return total, final_best, outcomes
+        for setting in sorted({*GRID[rule], DEFAULT_SETTING[rule]}):
+            stop_at, detail = stop(rule, setting)
+            outcome = _outcome(rule, setting, records, stop_at, total, final_best, detail)
+            grid.append(outcome)
+            if setting == DEFAULT_SETTING[rule]:
+                outcomes[rule] = outcome
+    return total, final_best, outcomes, grid
 
 
 def summarize(cells: Sequence[Cell], rules: Sequence[str]) -> list[dict[str, Any]]:
@@ -222,7 +264,30 @@ def summarize(cells: Sequence[Cell], rules: Sequence[str]) -> list[dict[str, Any
     return rows
 
 
-def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[str, Any]) -> str:
+def tradeoff(cells: Sequence[Cell], rules: Sequence[str], max_loss: float = 0.2) -> list[dict[str, Any]]:
+    """Every setting of every rule over all runs, and which setting saves most with no run losing > ``max_loss``."""
+    rows = []
+    for rule in rules:
+        settings = sorted({o.setting for c in cells for o in c.grid if o.rule == rule})
+        best_saved, best_setting = -math.inf, None
+        for setting in settings:
+            outs = [o for c in cells for o in c.grid if o.rule == rule and o.setting == setting]
+            regrets = [math.inf if o.regret is None else o.regret for o in outs]
+            row = {"rule": rule, "setting": setting, "runs": len(outs), "stopped": sum(o.stopped for o in outs),
+                   "median_saved": median([o.saved for o in outs]), "mean_saved": sum(o.saved for o in outs) / len(outs),
+                   "median_regret": median(regrets), "max_regret": max(regrets),
+                   "within": sum(1 for x in regrets if x <= max_loss + 1e-9)}
+            rows.append(row)
+            if row["max_regret"] <= max_loss + 1e-9 and row["mean_saved"] > best_saved:
+                best_saved, best_setting = row["mean_saved"], setting
+        for row in rows:
+            if row["rule"] == rule:
+                row["best_at_loss"] = row["setting"] == best_setting
+    return rows
+
+
+def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[str, Any],
+             trade: Sequence[dict[str, Any]] = ()) -> str:
     lines = [
         "# Stop rules on the same Hyperband + BOHB sweeps (LCBench, YAHPO surrogate)",
         "",
@@ -244,6 +309,18 @@ def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[s
             f"{fmt(r['median_regret'])} | {fmt(r['max_regret'])} | {r['within_0.2']}/{r['runs']} | "
             f"{fmt(r['median_gpu_hours'], '.3f')} |"
         )
+    if trade:
+        knob = {"rungflow window": "min_gain_per_gpu_hour", "rungflow window noisy": "min_gain_per_gpu_hour",
+                "rungflow forecast": "min_gain_per_gpu_hour", "ray plateau": "std", "optuna terminator": "error"}
+        lines += ["", "## Every setting, all runs pooled", "",
+                  "**bold**: the setting with the largest mean saving among those where no run lost more than 0.2 points.", "",
+                  "| rule | setting | stopped | mean saved | median saved | median regret | max regret | regret ≤ 0.2 |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for t in trade:
+            name = f"**{t['rule']}**" if t.get("best_at_loss") else t["rule"]
+            lines.append(f"| {name} | {knob[t['rule']]} {t['setting']:g} | {t['stopped']}/{t['runs']} | "
+                         f"{fmt(t['mean_saved'], '.0%')} | {fmt(t['median_saved'], '.0%')} | {fmt(t['median_regret'])} | "
+                         f"{fmt(t['max_regret'])} | {t['within']}/{t['runs']} |")
     full = ", ".join(f"{c.instance}/s{c.seed} {c.gpu_hours:.2f} GPU-h" for c in cells)
     lines += ["", f"Full runs: {full}.", "",
               f"Wall time {meta['wall_seconds']:.0f} s; 1-min load average {meta['loadavg_before'][0]:.2f} before, "
@@ -258,6 +335,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=12, help="Hyperband iterations of each full run")
     p.add_argument("--out", type=Path, default=Path("bench/out/stopping"))
     p.add_argument("--max-concurrent", type=int, default=2, help="thread runtime slots")
+    p.add_argument("--replay-only", action="store_true",
+                   help="run no sweep: replay the rules on the ledgers already in OUT/runs (e.g. after changing a rule)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -267,8 +346,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     load_before = os.getloadavg()
     cells: list[Cell] = []
-    with prefect_api() as startup:
-        print(f"stopping: Prefect API up in {startup:.1f} s", flush=True)
+    with (contextlib.nullcontext(0.0) if args.replay_only else prefect_api()) as startup:
+        if not args.replay_only:
+            print(f"stopping: Prefect API up in {startup:.1f} s", flush=True)
         for instance in args.instances:
             for seed in args.seeds:
                 cfg = run_config(
@@ -279,9 +359,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     runtime=runtime,
                 )
                 run_dir = out / "runs" / str(instance) / f"seed{seed}"
-                _, wall = _run(cfg, run_dir)
-                total, best, outcomes = replay(run_dir, args.rules, seed)
-                cells.append(Cell(str(instance), seed, total, best, wall, outcomes))
+                if args.replay_only:
+                    if not (run_dir / "result.json").is_file():
+                        print(f"  {instance} seed {seed}: no finished run in {run_dir}; skipped", flush=True)
+                        continue
+                    wall = float("nan")
+                else:
+                    _, wall = _run(cfg, run_dir)
+                total, best, outcomes, grid = replay(run_dir, args.rules, seed)
+                cells.append(Cell(str(instance), seed, total, best, wall, outcomes, grid))
                 summary = "; ".join(f"{k}: saved {o.saved:.0%}, regret {fmt(o.regret)}" for k, o in outcomes.items())
                 print(f"  {instance} seed {seed}: {total:.2f} GPU-h, best {best:.2f} ({wall:.0f} s) | {summary}", flush=True)
     meta = {
@@ -291,9 +377,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
     rows = summarize(cells, args.rules)
-    data = {"meta": meta, "summary": rows, "cells": [asdict(c) for c in cells]}
+    trade = tradeoff(cells, args.rules)
+    data = {"meta": meta, "summary": rows, "tradeoff": trade, "cells": [asdict(c) for c in cells]}
     write_json(out / "results.json", data)
-    text = markdown(rows, cells, meta)
+    text = markdown(rows, cells, meta, trade)
     (out / "results.md").write_text(text)
     print(text)
     print(f"stopping: wrote {out / 'results.json'}, {out / 'results.md'}", flush=True)
