@@ -37,6 +37,7 @@ __all__ = [
     "window_gain",
     "level_gain",
     "expected_top_k_mean",
+    "top_fidelity_in_window",
 ]
 
 Mode = Literal["max", "min"]
@@ -128,6 +129,28 @@ def window_gain(curve: list[IncumbentPoint], window_gpu_hours: float, mode: Mode
     if span <= 0:
         return None
     return sign * (now.top_k_mean - before.top_k_mean) / max(span, window_gpu_hours)
+
+
+def top_fidelity_in_window(records: list[SpendRecord], window_gpu_hours: float) -> bool:
+    """Whether any of the last ``window_gpu_hours`` of spend went to the highest fidelity reached.
+
+    Hyperband and ASHA reach the full budget only at the end of a bracket or promotion chain; a
+    window spent entirely on lower rungs cannot have moved the incumbent yet, whatever the sweep's
+    prospects, so it is no evidence either way (without this, a window shorter than a bracket
+    stopped an LCBench 7593 sweep 11.6 points short, halfway through its second bracket).
+    Failed and cancelled attempts at the highest fidelity count: they were spent there.
+    """
+    ok = [r.budget for r in records if r.ok]
+    if not ok:
+        return False
+    top = max(ok)
+    spent = sum(r.gpu_hours for r in records)
+    position = 0.0
+    for r in records:
+        position += r.gpu_hours
+        if position > spent - window_gpu_hours + 1e-12 and abs(r.budget - top) <= 1e-9:
+            return True
+    return False
 
 
 def expected_top_k_mean(scores: list[float], m: int, k: int) -> float:
@@ -292,7 +315,7 @@ class BudgetController:
                 note = f" ({forecast_detail}, {spend:.4g} GPU-h)" if forecast_detail else ""
         else:
             window = s.window_gpu_hours if s.window_gpu_hours is not None else max(s.min_gpu_hours, spent / 3)
-            gain = window_gain(curve, window, self.mode)
+            gain = window_gain(curve, window, self.mode) if top_fidelity_in_window(ledger.records, window) else None
             if s.noisy:
                 # Progress is a better record or a better level; either alone can be hidden by noise.
                 level = level_gain(ledger.records, window, self.mode, top_k=s.top_k)
@@ -302,7 +325,9 @@ class BudgetController:
         figures["gain"] = gain
         if gain is None:
             self.below_threshold_checks = 0
-            return self._decision(Action.CONTINUE, None, stage, ledger, detail="no comparable evidence in the window yet", **figures)
+            detail = ("no result at the highest fidelity in the window yet" if s.stop_rule == "window"
+                      else "no forecast yet: a rung step or entry budget without enough results")
+            return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
         if gain < s.min_gain_per_gpu_hour:
             self.below_threshold_checks += 1
             if self.below_threshold_checks >= s.patience:

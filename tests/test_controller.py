@@ -351,3 +351,23 @@ def test_failed_records_count_as_spend_not_progress() -> None:
     assert decisions[-1].stop
     assert decisions[-1].best == 0.6
     assert decisions[-1].spent_gpu_hours == pytest.approx(4.0)
+
+
+def test_a_window_spent_on_lower_rungs_only_is_no_evidence() -> None:
+    # A Hyperband bracket: one full-budget result, then 3 GPU-h on the next bracket's lower rungs.
+    # Those cannot have moved the incumbent yet: no evidence, however long the window is flat.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, window_gpu_hours=1.0, patience=1)
+    ledger = ledger_of(record(0, 0.5, budget=9.0))
+    for i in range(1, 4):
+        ledger.charge(record(i, 0.9, budget=1.0))
+        decision = ctl.check_before_stage(ledger, stage=f"b1-r0-{i}")
+        assert not decision.stop and decision.gain_per_gpu_hour is None
+        assert "highest fidelity" in decision.detail
+    # The bracket's top rung brings a full-budget result that does not improve: now it counts.
+    ledger.charge(record(4, 0.45, budget=9.0))
+    decision = ctl.check_before_stage(ledger, stage="b1-r2")
+    assert decision.stop and decision.gain_per_gpu_hour == pytest.approx(0.0)
+    # A failed attempt at the highest fidelity is evidence too: it was spent there.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, window_gpu_hours=1.0, patience=1)
+    ledger = ledger_of(record(0, 0.5, budget=9.0), record(1, None, budget=9.0, status=TrialStatus.FAILED))
+    assert ctl.check_before_stage(ledger, stage="s").stop

@@ -20,8 +20,9 @@ def curve(trial: str, points: dict[float, float | None]) -> list[RungScore]:
 
 def test_constant_transfer_gives_the_exact_gain() -> None:
     # Every trial gained exactly +0.2 from budget 3 to 9; the incumbent at 9 is 0.8.
-    history = [*curve("a", {3: 0.6, 9: 0.8}), *curve("b", {3: 0.4, 9: 0.6}), *curve("c", {3: 0.5})]
-    assert score_changes(history, 3, 9) == pytest.approx([0.2, 0.2])
+    history = [*curve("a", {3: 0.6, 9: 0.8}), *curve("b", {3: 0.4, 9: 0.6}), *curve("d", {3: 0.5, 9: 0.7}),
+               *curve("c", {3: 0.5})]
+    assert score_changes(history, 3, 9) == pytest.approx([0.2, 0.2, 0.2])
     f = forecast_gain(history, rungs=[(9, 1)], candidates=[0.7], start_budget=3)
     assert f is not None
     assert f.expected_gain == pytest.approx(0.1) and f.probability_of_gain == 1.0
@@ -32,22 +33,22 @@ def test_constant_transfer_gives_the_exact_gain() -> None:
 
 
 def test_fresh_bracket_with_gate_matches_the_exact_expectation() -> None:
-    # Entries at budget 1 score 0.0 or 1.0 equally often; 1 → 3 adds exactly 0.5. A fresh bracket of
-    # three trials keeps the best one: it ends at 1.5 unless all three drew 0.0 (probability 1/8).
+    # Entries at budget 1 score 0.0 or 1.0 equally often; 1 → 3 adds 0.2 or 0.5 equally often (20
+    # pairs from 0.0: mean 0.35, residuals ±0.15, scaled by √(20/19) for the fitted mean). A fresh
+    # bracket of three trials keeps the best one: it ends at 1.35 ± 0.15·√(20/19) unless all three
+    # drew 0.0 (probability 1/8).
     history: list[RungScore] = []
     for i in range(20):
-        history += curve(f"e{i}", {1: float(i % 2)})
-    history += curve("p0", {1: 1.0, 3: 1.5}) + curve("p1", {1: 0.0, 3: 0.5}) + curve("inc", {3: 1.2})
-    assert sorted(entry_scores(history, 1)) == [0.0] * 11 + [1.0] * 11
-    f = forecast_gain(history, rungs=[(1, 3), (3, 1)], samples=40_000, seed=1)
+        history += curve(f"p{i}", {1: 0.0, 3: 0.2 if i % 2 else 0.5}) + curve(f"e{i}", {1: 1.0})
+    assert sorted(entry_scores(history, 1)) == [0.0] * 20 + [1.0] * 20
+    spread = 0.15 * math.sqrt(20 / 19)
+    # An incumbent of 1.6 at budget 3 is out of reach.
+    f = forecast_gain([*history, RungScore("inc", 3, 1.6)], rungs=[(1, 3), (3, 1)], samples=40_000, seed=1)
+    assert f is not None and f.expected_gain == 0.0
+    # Against 1.2, only the +0.15·√(20/19) half of the 7/8 gains, by 0.15 + 0.15·√(20/19).
+    f = forecast_gain([*history, RungScore("inc", 3, 1.2)], rungs=[(1, 3), (3, 1)], samples=40_000, seed=1)
     assert f is not None
-    # Δ(1→3) draws are 0.5 either way; the incumbent at 3 is 1.5 (p0): no gain possible.
-    assert f.expected_gain == 0.0
-    history = [h for h in history if h.trial_id != "p0"] + curve("p0", {1: 1.0, 3: 1.2})
-    # Now Δ is +0.2 or +0.5, the incumbent 1.2: a 1.0 entry ends at 1.2 (+0) or 1.5 (+0.3).
-    f = forecast_gain(history, rungs=[(1, 3), (3, 1)], samples=40_000, seed=1)
-    assert f is not None
-    assert f.expected_gain == pytest.approx(7 / 8 * 0.5 * 0.3, abs=0.005)
+    assert f.expected_gain == pytest.approx(7 / 8 * 0.5 * (0.15 + spread), abs=0.005)
     assert f.budget_units == pytest.approx(3 * 1 + 1 * 2)
 
 
@@ -101,7 +102,7 @@ def test_no_evidence_gives_none() -> None:
     history = curve("a", {1: 0.5, 3: 0.6}) + curve("b", {1: 0.4})
     # No trial has been trained from 3 to 9 yet, and nobody reached 9.
     assert forecast_gain(history, rungs=[(9, 1)], candidates=[0.6], start_budget=3) is None
-    # A fresh bracket needs at least two entries at its first budget.
+    # A fresh bracket needs at least three entries at its first budget (and a step three pairs).
     assert forecast_gain(history, rungs=[(3, 2)]) is None
     assert forecast_gain([], rungs=[(1, 2)]) is None
     # A remainder that ends below the highest fidelity reached cannot move the incumbent.
@@ -112,17 +113,18 @@ def test_no_evidence_gives_none() -> None:
 
 
 def test_failed_results_are_ignored_and_min_mode_is_mirrored() -> None:
-    history = [*curve("a", {3: 0.6, 9: 0.4}), *curve("b", {3: 0.5, 9: None}), *curve("c", {3: 0.7, 9: 0.5})]
-    assert score_changes(history, 3, 9) == pytest.approx([-0.2, -0.2])
+    history = [*curve("a", {3: 0.6, 9: 0.4}), *curve("b", {3: 0.5, 9: None}), *curve("c", {3: 0.7, 9: 0.5}),
+               *curve("d", {3: 0.65, 9: 0.45})]
+    assert score_changes(history, 3, 9) == pytest.approx([-0.2, -0.2, -0.2])
     f = forecast_gain(history, rungs=[(9, 1)], candidates=[0.5], start_budget=3, mode="min")
     assert f is not None and f.incumbent == pytest.approx(0.4) and f.expected_gain == pytest.approx(0.1)
 
 
 def test_top_k_gain_is_the_rise_of_the_top_k_mean() -> None:
-    history = [*curve("a", {3: 0.6, 9: 0.8}), *curve("b", {3: 0.4, 9: 0.6})]
+    history = [*curve("a", {3: 0.6, 9: 0.8}), *curve("b", {3: 0.4, 9: 0.6}), *curve("d", {3: 0.5, 9: 0.7})]
     f = forecast_gain(history, rungs=[(9, 1)], candidates=[0.9], start_budget=3, top_k=2)
-    # top-2 mean goes from (0.8 + 0.6)/2 = 0.7 to (1.1 + 0.8)/2 = 0.95.
-    assert f is not None and f.expected_gain == pytest.approx(0.25)
+    # top-2 mean goes from (0.8 + 0.7)/2 = 0.75 to (1.1 + 0.8)/2 = 0.95.
+    assert f is not None and f.expected_gain == pytest.approx(0.2)
 
 
 def test_same_seed_same_forecast() -> None:
@@ -156,10 +158,11 @@ def test_stage_forecast_takes_the_gates_survivors_and_the_brackets_rest() -> Non
 
     hb = HyperbandScheduler(min_budget=1, max_budget=9, eta=3, integer=True)
     # Bracket 0: 9 @ 1, 3 @ 3, 1 @ 9. Its first two rungs ran; every 1 → 3 step added exactly +0.1,
-    # every 3 → 9 step (from an earlier bracket's trials, here "x") +0.2.
+    # every 3 → 9 step (bracket 1's x, y, z) +0.2.
     records = [_spend(f"t{i}", 0, 0, 1, 0.1 * i) for i in range(8)] + [_spend("t8", 0, 0, 1, None)]
     records += [_spend(f"t{i}", 0, 1, 3, 0.1 * i + 0.1) for i in (5, 6, 7)]
-    records += [_spend("x", 1, 0, 3, 0.2), _spend("x", 1, 1, 9, 0.4)]
+    records += [_spend(x, 1, 0, 3, v) for x, v in (("x", 0.2), ("y", 0.1), ("z", 0.0))]
+    records += [_spend(x, 1, 1, 9, v + 0.2) for x, v in (("x", 0.2), ("y", 0.1), ("z", 0.0))]
     # Before rung 2 of bracket 0: the gate keeps t7 (0.8 at 3), which goes on to 1.0 at 9; incumbent 0.4.
     f = stage_forecast(records, hb, (0, 2))
     assert f is not None and f.expected_gain == pytest.approx(0.6) and f.budget_units == pytest.approx(6.0)
@@ -169,7 +172,7 @@ def test_stage_forecast_takes_the_gates_survivors_and_the_brackets_rest() -> Non
     assert f is not None and f.expected_gain == pytest.approx(0.6) and f.budget_units == pytest.approx(12.0)
     # Without the 1 → 3 results there is no evidence for that step.
     assert stage_forecast(records[:9] + records[12:], hb, (0, 1)) is None
-    assert stage_forecast(records[:12], hb, (0, 2)) is None  # nobody has reached 9: no incumbent to improve
+    assert stage_forecast(records[:15], hb, (0, 2)) is None  # nobody has reached 9: no incumbent to improve
     asha = ASHAScheduler(min_budget=1, max_budget=9, eta=3, num_trials=50)
     f = stage_forecast(records, asha, None)
     assert f is not None and f.budget_units == pytest.approx(9 * 1 + 3 * 2 + 1 * 6)
