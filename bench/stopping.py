@@ -8,6 +8,7 @@ Protocol (per instance and seed):
 
   - ``rungflow window``: :class:`budgets.controller.BudgetController`, checked before every stage
     (the flow's own check points), marginal gain over a trailing window;
+  - ``rungflow window p4``: the same with ``patience=4``;
   - ``rungflow window noisy``: the same with ``noisy=True`` (level gain as well as record gain);
   - ``rungflow forecast``: ``stop_rule="forecast"`` with :func:`budgets.forecast.stage_forecast`
     and the flow's cost-per-unit prediction, as ``Sweep.decide`` computes them;
@@ -56,18 +57,19 @@ PLATEAU = {"std": 0.1, "top": 10, "patience": 0}  # accuracy points; Tune's defa
 TERMINATOR_ERROR = 0.2  # accuracy points: the error the regret bound is compared with
 TERMINATOR_MIN_TRIALS = 20
 
-RULES: tuple[str, ...] = ("rungflow window", "rungflow window noisy", "rungflow forecast", "ray plateau",
-                          "optuna terminator")
+RULES: tuple[str, ...] = ("rungflow window", "rungflow window p4", "rungflow window noisy", "rungflow forecast",
+                          "ray plateau", "optuna terminator")
 # Each rule's main knob, swept for the trade-off table (the replays are offline, so this is cheap).
 GRID: dict[str, tuple[float, ...]] = {
     "rungflow window": (0.1, 0.25, 0.5, 1.0, 2.0),  # min_gain_per_gpu_hour
+    "rungflow window p4": (0.1, 0.25, 0.5, 1.0, 2.0),  # the same with patience 4
     "rungflow window noisy": (0.1, 0.25, 0.5, 1.0, 2.0),
     "rungflow forecast": (0.1, 0.25, 0.5, 1.0, 2.0),
     "ray plateau": (0.02, 0.05, 0.1, 0.2, 0.5),  # std of the top 10
     "optuna terminator": (0.05, 0.1, 0.2, 0.5, 1.0),  # static error
 }
 DEFAULT_SETTING: dict[str, float] = {
-    "rungflow window": MIN_GAIN, "rungflow window noisy": MIN_GAIN, "rungflow forecast": MIN_GAIN,
+    "rungflow window": MIN_GAIN, "rungflow window p4": MIN_GAIN, "rungflow window noisy": MIN_GAIN, "rungflow forecast": MIN_GAIN,
     "ray plateau": PLATEAU["std"], "optuna terminator": TERMINATOR_ERROR,
 }
 
@@ -122,14 +124,14 @@ def _stage_starts(records: Sequence[Any]) -> list[int]:
 
 
 def replay_controller(records: Sequence[Any], scheduler: Any, *, stop_rule: str, noisy: bool, seed: int,
-                      min_gain: float = MIN_GAIN) -> tuple[int | None, str]:
+                      min_gain: float = MIN_GAIN, patience: int = PATIENCE) -> tuple[int | None, str]:
     """Where our controller stops this sequence, checked before each stage as ``Sweep.decide`` does."""
     from budgets.controller import BudgetController, BudgetSettings
     from budgets.forecast import stage_forecast
     from budgets.ledger import Ledger
 
     settings = BudgetSettings(min_gain_per_gpu_hour=min_gain, window_gpu_hours=WINDOW_GPU_HOURS,
-                              min_gpu_hours=WARM_UP_GPU_HOURS, patience=PATIENCE, stop_rule=stop_rule,  # type: ignore[arg-type]
+                              min_gpu_hours=WARM_UP_GPU_HOURS, patience=patience, stop_rule=stop_rule,  # type: ignore[arg-type]
                               noisy=noisy)
     ctl = BudgetController(settings, mode="max", clock=lambda: 0.0)
     ledger = Ledger()
@@ -233,7 +235,7 @@ def replay(run_dir: Path, rules: Sequence[str], seed: int) -> tuple[float, float
             return terminator_stop(bounds, setting)
         stop_rule = "forecast" if rule == "rungflow forecast" else "window"
         return replay_controller(records, scheduler, stop_rule=stop_rule, noisy=rule.endswith("noisy"), seed=seed,
-                                 min_gain=setting)
+                                 min_gain=setting, patience=4 if rule.endswith("p4") else PATIENCE)
 
     outcomes: dict[str, Outcome] = {}
     grid: list[Outcome] = []
@@ -310,7 +312,8 @@ def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[s
             f"{fmt(r['median_gpu_hours'], '.3f')} |"
         )
     if trade:
-        knob = {"rungflow window": "min_gain_per_gpu_hour", "rungflow window noisy": "min_gain_per_gpu_hour",
+        knob = {"rungflow window": "min_gain_per_gpu_hour", "rungflow window p4": "min_gain_per_gpu_hour",
+                "rungflow window noisy": "min_gain_per_gpu_hour",
                 "rungflow forecast": "min_gain_per_gpu_hour", "ray plateau": "std", "optuna terminator": "error"}
         lines += ["", "## Every setting, all runs pooled", "",
                   "**bold**: the setting with the largest mean saving among those where no run lost more than 0.2 points.", "",
@@ -360,7 +363,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 run_dir = out / "runs" / str(instance) / f"seed{seed}"
                 if args.replay_only:
-                    if not (run_dir / "result.json").is_file():
+                    result_file = run_dir / "result.json"
+                    if not result_file.is_file() or json.loads(result_file.read_text()).get("status") != "finished":
                         print(f"  {instance} seed {seed}: no finished run in {run_dir}; skipped", flush=True)
                         continue
                     wall = float("nan")

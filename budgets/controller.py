@@ -8,7 +8,10 @@ answers with a :class:`BudgetDecision` that the flow carries out and records. Th
 * the marginal-gain stop: the improvement of the incumbent (best score at the highest fidelity
   reached, averaged over the top ``top_k`` so one lucky noisy evaluation cannot carry it) over the
   last ``window_gpu_hours`` of spend, per GPU-hour, is below ``min_gain_per_gpu_hour`` for
-  ``patience`` consecutive checks after a warm-up of ``min_gpu_hours``. With ``noisy=True`` a rise
+  ``patience`` consecutive checks after a warm-up of ``min_gpu_hours``. Only checks with new
+  evidence count: a window with no spend at the highest fidelity (a bracket still on its lower
+  rungs) and a check with no new result there since the last counted one neither count nor reset
+  the patience. With ``noisy=True`` a rise
   of the *level* of the top-fidelity results also counts as progress (:func:`level_gain`), so one
   lucky early score that the true curve has not caught up with yet cannot stop a sweep that is
   still improving;
@@ -153,6 +156,15 @@ def top_fidelity_in_window(records: list[SpendRecord], window_gpu_hours: float) 
     return False
 
 
+def _last_top_fidelity_record(records: list[SpendRecord]) -> int | None:
+    """Index of the last record spent at the highest fidelity reached (None: no valid result yet)."""
+    ok = [r.budget for r in records if r.ok]
+    if not ok:
+        return None
+    top = max(ok)
+    return max(i for i, r in enumerate(records) if abs(r.budget - top) <= 1e-9)
+
+
 def expected_top_k_mean(scores: list[float], m: int, k: int) -> float:
     """E[mean of the best ``k`` of a uniformly random ``m``-subset of ``scores``] (larger is better).
 
@@ -232,6 +244,7 @@ class BudgetController:
         self.started_at = started_at if started_at is not None else clock()
         self.below_threshold_checks = 0
         self.checks = 0
+        self._counted_evidence: int | None = None
 
     def _decision(self, action: Action, reason: str | None, stage: str, ledger: Ledger, **figures: Any) -> BudgetDecision:
         now = self.clock()
@@ -315,7 +328,11 @@ class BudgetController:
                 note = f" ({forecast_detail}, {spend:.4g} GPU-h)" if forecast_detail else ""
         else:
             window = s.window_gpu_hours if s.window_gpu_hours is not None else max(s.min_gpu_hours, spent / 3)
-            gain = window_gain(curve, window, self.mode) if top_fidelity_in_window(ledger.records, window) else None
+            if not top_fidelity_in_window(ledger.records, window):
+                # Neither counts nor resets: the lower rungs' results reach the top fidelity later.
+                detail = "no spend at the highest fidelity in the window: no evidence either way"
+                return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
+            gain = window_gain(curve, window, self.mode)
             if s.noisy:
                 # Progress is a better record or a better level; either alone can be hidden by noise.
                 level = level_gain(ledger.records, window, self.mode, top_k=s.top_k)
@@ -325,10 +342,17 @@ class BudgetController:
         figures["gain"] = gain
         if gain is None:
             self.below_threshold_checks = 0
-            detail = ("no result at the highest fidelity in the window yet" if s.stop_rule == "window"
-                      else "no forecast yet: a rung step or entry budget without enough results")
+            detail = ("the highest fidelity changed inside the window: the sweep is still climbing the rungs"
+                      if s.stop_rule == "window" else "no forecast yet: a rung step or entry budget without enough results")
             return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
         if gain < s.min_gain_per_gpu_hour:
+            latest = _last_top_fidelity_record(ledger.records)
+            if s.stop_rule == "window" and latest == self._counted_evidence:
+                # Checks before every stage overlap: patience counts distinct evidence, not checks.
+                detail = (f"gain {gain:.4g}/GPU-h{note} below threshold, no new result at the highest fidelity since "
+                          f"the last check ({self.below_threshold_checks}/{s.patience})")
+                return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
+            self._counted_evidence = latest
             self.below_threshold_checks += 1
             if self.below_threshold_checks >= s.patience:
                 detail = (
