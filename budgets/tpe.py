@@ -108,7 +108,7 @@ class _OptunaBacked(Searcher):
     def _prepare_ask(self, study) -> None:
         if self.cost_aware:
             # γ as Optuna's default_gamma sets it: the best min(⌈0.1·n⌉, 25) of n trials are "good".
-            n = sum(1 for t in study.trials if t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED"))
+            n = sum(1 for t in study.trials if t.state.name in ("COMPLETE", "PRUNED"))
             self._sampler.good_fraction = min(math.ceil(0.1 * n), 25) / n if n else 0.1
 
     def _new_study(self):
