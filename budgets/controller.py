@@ -8,21 +8,40 @@ answers with a :class:`BudgetDecision` that the flow carries out and records. Th
 * the marginal-gain stop: the improvement of the incumbent (best score at the highest fidelity
   reached, averaged over the top ``top_k`` so one lucky noisy evaluation cannot carry it) over the
   last ``window_gpu_hours`` of spend, per GPU-hour, is below ``min_gain_per_gpu_hour`` for
-  ``patience`` consecutive checks after a warm-up of ``min_gpu_hours``;
+  ``patience`` consecutive checks after a warm-up of ``min_gpu_hours``. Only checks with new
+  evidence count: a window with no spend at the highest fidelity (a bracket still on its lower
+  rungs) and a check with no new result there since the last counted one neither count nor reset
+  the patience. With ``noisy=True`` a rise
+  of the *level* of the top-fidelity results also counts as progress (:func:`level_gain`), so one
+  lucky early score that the true curve has not caught up with yet cannot stop a sweep that is
+  still improving;
 * the forecast stop (``stop_rule="forecast"``): the gain the next stage can be expected to buy,
   per GPU-hour it is predicted to cost, is below the threshold.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Callable, Literal
 
-from budgets.ledger import IncumbentPoint, Ledger, incumbent_curve
+import numpy as np
 
-__all__ = ["Action", "StopReason", "BudgetSettings", "BudgetDecision", "BudgetController", "window_gain"]
+from budgets.ledger import IncumbentPoint, Ledger, SpendRecord, incumbent_curve
+
+__all__ = [
+    "Action",
+    "StopReason",
+    "BudgetSettings",
+    "BudgetDecision",
+    "BudgetController",
+    "window_gain",
+    "level_gain",
+    "expected_top_k_mean",
+    "top_fidelity_in_window",
+]
 
 Mode = Literal["max", "min"]
 
@@ -53,6 +72,7 @@ class BudgetSettings:
     patience: int = 2
     top_k: int = 1
     stop_rule: Literal["window", "forecast"] = "window"
+    noisy: bool = False
     on_cap: Literal["finish", "cancel"] = "cancel"
 
 
@@ -114,6 +134,99 @@ def window_gain(curve: list[IncumbentPoint], window_gpu_hours: float, mode: Mode
     return sign * (now.top_k_mean - before.top_k_mean) / max(span, window_gpu_hours)
 
 
+def top_fidelity_in_window(records: list[SpendRecord], window_gpu_hours: float) -> bool:
+    """Whether any of the last ``window_gpu_hours`` of spend went to the highest fidelity reached.
+
+    Hyperband and ASHA reach the full budget only at the end of a bracket or promotion chain; a
+    window spent entirely on lower rungs cannot have moved the incumbent yet, whatever the sweep's
+    prospects, so it is no evidence either way (without this, a window shorter than a bracket
+    stopped an LCBench 7593 sweep 11.6 points short, halfway through its second bracket).
+    Failed and cancelled attempts at the highest fidelity count: they were spent there.
+    """
+    ok = [r.budget for r in records if r.ok]
+    if not ok:
+        return False
+    top = max(ok)
+    spent = sum(r.gpu_hours for r in records)
+    position = 0.0
+    for r in records:
+        position += r.gpu_hours
+        if position > spent - window_gpu_hours + 1e-12 and abs(r.budget - top) <= 1e-9:
+            return True
+    return False
+
+
+def _last_top_fidelity_record(records: list[SpendRecord]) -> int | None:
+    """Index of the last record spent at the highest fidelity reached (None: no valid result yet)."""
+    ok = [r.budget for r in records if r.ok]
+    if not ok:
+        return None
+    top = max(ok)
+    return max(i for i, r in enumerate(records) if abs(r.budget - top) <= 1e-9)
+
+
+def expected_top_k_mean(scores: list[float], m: int, k: int) -> float:
+    """E[mean of the best ``k`` of a uniformly random ``m``-subset of ``scores``] (larger is better).
+
+    Exact, from hypergeometric probabilities: the i-th best value (i better ones above it) is among
+    the subset's best k when it is drawn and fewer than k of the i better ones are. Comparing two
+    sets of results at the same ``m`` gives both the same number of draws, hence the same expected
+    luck from noise. Computed with log-factorials, so windows of thousands of results stay cheap.
+    """
+    ordered = np.sort(np.asarray(scores, dtype=float))[::-1]
+    n = len(ordered)
+    if not 1 <= m <= n:
+        raise ValueError(f"m={m} must be within [1, {n}]")
+    k = max(1, min(k, m))
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
+
+    def log_comb(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        valid = (b >= 0) & (b <= a)
+        out = np.full(np.broadcast(a, b).shape, -np.inf)
+        a_b, b_b = np.broadcast_arrays(a, b)
+        out[valid] = log_fact[a_b[valid]] - log_fact[b_b[valid]] - log_fact[a_b[valid] - b_b[valid]]
+        return out
+
+    i = np.arange(n)[:, None]  # better values above the i-th
+    j = np.arange(k)[None, :]  # of them drawn, fewer than k
+    log_p = log_comb(i, j) + log_comb(n - i - 1, m - 1 - j) - log_comb(np.array(n), np.array(m))
+    weights = np.exp(log_p).sum(axis=1)
+    return float(weights @ ordered) / k
+
+
+def level_gain(records: list[SpendRecord], window_gpu_hours: float, mode: Mode, *, top_k: int = 1) -> float | None:
+    """Rise of the level of the top-fidelity results from the previous window to the last, per GPU-hour.
+
+    Why: the record (best score so far) of a noisy objective carries the luck of every draw so
+    far; after one lucky evaluation, a curve that keeps improving can take many windows to beat
+    it, and the record gain reads zero meanwhile (the winner's curse). Here the results at the
+    highest fidelity in the last ``window_gpu_hours`` of spend are compared with those of the
+    window before it, each summarised by the expected mean of the better half (at least ``top_k``)
+    of an equal-size random subsample (:func:`expected_top_k_mean`), so both sides carry the same
+    expected luck and seed-to-seed noise cancels in expectation. None when either window holds
+    fewer than two such results.
+    """
+    if window_gpu_hours <= 0:
+        return None
+    sign = 1.0 if mode == "max" else -1.0
+    ok = [r for r in records if r.ok]
+    if not ok:
+        return None
+    top = max(r.budget for r in ok)
+    spent, points = 0.0, []
+    for r in records:
+        spent += r.gpu_hours
+        if r.ok and abs(r.budget - top) <= 1e-9:
+            points.append((spent, sign * float(r.score)))  # type: ignore[arg-type]
+    recent = [s for t, s in points if t > spent - window_gpu_hours + 1e-12]
+    previous = [s for t, s in points if spent - 2 * window_gpu_hours + 1e-12 < t <= spent - window_gpu_hours + 1e-12]
+    m = min(len(recent), len(previous))
+    if m < 2:
+        return None
+    k = max(top_k, math.ceil(m / 2))
+    return (expected_top_k_mean(recent, m, k) - expected_top_k_mean(previous, m, k)) / window_gpu_hours
+
+
 class BudgetController:
     """Decides before every stage whether the sweep may spend more; see the module docstring."""
 
@@ -131,6 +244,7 @@ class BudgetController:
         self.started_at = started_at if started_at is not None else clock()
         self.below_threshold_checks = 0
         self.checks = 0
+        self._counted_evidence: int | None = None
 
     def _decision(self, action: Action, reason: str | None, stage: str, ledger: Ledger, **figures: Any) -> BudgetDecision:
         now = self.clock()
@@ -179,13 +293,21 @@ class BudgetController:
         stage: str,
         next_stage_gpu_hours: float | None = None,
         expected_gain: float | None = None,
+        forecast_gpu_hours: float | None = None,
+        forecast_detail: str = "",
     ) -> BudgetDecision:
-        """Called before every stage. ``expected_gain`` (metric units) feeds the forecast rule."""
+        """Called before every stage.
+
+        ``expected_gain`` (metric units) feeds the forecast rule: the gain that spending
+        ``forecast_gpu_hours`` (default: the next stage's predicted GPU-hours) is expected to buy,
+        e.g. the rest of a bracket (:func:`budgets.forecast.forecast_gain`).
+        """
         self.checks += 1
         s = self.settings
         curve = incumbent_curve(ledger.records, self.mode, top_k=s.top_k)
         best = curve[-1].score if curve else None
         figures: dict[str, Any] = {"best": best, "next_stage_gpu_hours": next_stage_gpu_hours}
+        note = ""
         cap = self.hard_cap_reached(ledger, next_stage_gpu_hours or 0.0)
         if cap is not None:
             return self._decision(Action.STOP, str(cap[0]), stage, ledger, detail=cap[1], **figures)
@@ -198,29 +320,50 @@ class BudgetController:
                 detail=f"warm-up: {spent:.4g} of {s.min_gpu_hours:.4g} GPU-h", **figures,
             )
         if s.stop_rule == "forecast":
-            if expected_gain is None or not next_stage_gpu_hours:
+            spend = forecast_gpu_hours if forecast_gpu_hours is not None else next_stage_gpu_hours
+            if expected_gain is None or not spend:
                 gain = None
             else:
-                gain = max(0.0, expected_gain) / next_stage_gpu_hours
+                gain = max(0.0, expected_gain) / spend
+                note = f" ({forecast_detail}, {spend:.4g} GPU-h)" if forecast_detail else ""
         else:
             window = s.window_gpu_hours if s.window_gpu_hours is not None else max(s.min_gpu_hours, spent / 3)
+            if not top_fidelity_in_window(ledger.records, window):
+                # Neither counts nor resets: the lower rungs' results reach the top fidelity later.
+                detail = "no spend at the highest fidelity in the window: no evidence either way"
+                return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
             gain = window_gain(curve, window, self.mode)
+            if s.noisy:
+                # Progress is a better record or a better level; either alone can be hidden by noise.
+                level = level_gain(ledger.records, window, self.mode, top_k=s.top_k)
+                if level is not None:
+                    note = f" (record {'-' if gain is None else format(gain, '.4g')}, level {level:.4g})"
+                    gain = level if gain is None else max(gain, level)
         figures["gain"] = gain
         if gain is None:
             self.below_threshold_checks = 0
-            return self._decision(Action.CONTINUE, None, stage, ledger, detail="no comparable evidence in the window yet", **figures)
+            detail = ("the highest fidelity changed inside the window: the sweep is still climbing the rungs"
+                      if s.stop_rule == "window" else "no forecast yet: a rung step or entry budget without enough results")
+            return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
         if gain < s.min_gain_per_gpu_hour:
+            latest = _last_top_fidelity_record(ledger.records)
+            if s.stop_rule == "window" and latest == self._counted_evidence:
+                # Checks before every stage overlap: patience counts distinct evidence, not checks.
+                detail = (f"gain {gain:.4g}/GPU-h{note} below threshold, no new result at the highest fidelity since "
+                          f"the last check ({self.below_threshold_checks}/{s.patience})")
+                return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
+            self._counted_evidence = latest
             self.below_threshold_checks += 1
             if self.below_threshold_checks >= s.patience:
                 detail = (
-                    f"gain {gain:.4g}/GPU-h below {s.min_gain_per_gpu_hour:.4g}/GPU-h "
+                    f"gain {gain:.4g}/GPU-h{note} below {s.min_gain_per_gpu_hour:.4g}/GPU-h "
                     f"for {self.below_threshold_checks} consecutive checks"
                 )
                 return self._decision(Action.STOP, str(StopReason.MIN_GAIN), stage, ledger, detail=detail, **figures)
-            detail = f"gain {gain:.4g}/GPU-h below threshold ({self.below_threshold_checks}/{s.patience})"
+            detail = f"gain {gain:.4g}/GPU-h{note} below threshold ({self.below_threshold_checks}/{s.patience})"
             return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
         self.below_threshold_checks = 0
         return self._decision(
-            Action.CONTINUE, None, stage, ledger, detail=f"gain {gain:.4g}/GPU-h at or above threshold", **figures
+            Action.CONTINUE, None, stage, ledger, detail=f"gain {gain:.4g}/GPU-h{note} at or above threshold", **figures
         )
 

@@ -30,12 +30,16 @@ Mode = Literal["max", "min"]
 
 @dataclass(frozen=True)
 class Observation:
-    """One result of one trial at one budget; ``score`` is None when the trial failed (error, NaN, inf)."""
+    """One result of one trial at one budget; ``score`` is None when the trial failed (error, NaN, inf).
+
+    ``cost``: GPU-seconds per budget unit this result was billed (None: unknown), for cost-aware search.
+    """
 
     trial_id: str
     config: Mapping[str, Any]
     budget: float
     score: float | None
+    cost: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -126,4 +130,7 @@ def make_searcher(name: str, space: SearchSpace, **kwargs: Any) -> Searcher:
     if name != "bohb":
         options.pop("random_fraction", None)
         options.pop("min_points_in_model", None)
+    if name not in ("tpe", "bohb"):
+        if options.pop("cost_aware", False):
+            raise ValueError(f"search.cost_aware: only tpe and bohb can rank by cost, not {name!r}; remove cost_aware or use tpe")
     return classes[name](space, **options)

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import queue
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from budgets.controller import BudgetController, BudgetDecision, StopReason
+from budgets.forecast import Forecast, stage_forecast
 from budgets.ledger import Ledger, SpendRecord, StartMarker, TrialStatus
 from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, make_scheduler
 from budgets.searchers import Observation, Searcher, make_searcher
@@ -115,7 +117,7 @@ class Sweep:
         searcher = make_searcher(
             config.search.algorithm, config.search_space(), seed=config.search.seed, mode=mode, max_budget=hi,
             grid_points=config.search.grid_points, random_fraction=config.search.random_fraction,
-            min_points_in_model=config.search.min_points_in_model,
+            min_points_in_model=config.search.min_points_in_model, cost_aware=config.search.cost_aware,
         )
         # A missing dataset fails the flow now, naming the fix, not as a sweep of failed trials.
         config.trainable_class()(config.trainable.options).check()
@@ -222,7 +224,10 @@ class Sweep:
         return record
 
     def observation(self, result: TrialResult) -> Observation:
-        return Observation(result.trial_id, self.trials[result.trial_id], result.budget, result.score if result.ok else None)
+        # GPU-seconds per budget unit actually trained (a promoted trial resumes, so only its new units count).
+        cost = result.gpu_seconds / result.budget_trained if result.budget_trained > 0 and result.gpu_seconds > 0 else None
+        return Observation(result.trial_id, self.trials[result.trial_id], result.budget,
+                           result.score if result.ok else None, cost=cost)
 
     def predicted_gpu_hours(self, units: float) -> float | None:
         """GPU-hours for ``units`` budget units at the mean cost per unit measured so far."""
@@ -233,11 +238,33 @@ class Sweep:
         return per_unit * units / 3600.0
 
     def decide(self, stage: str, units: float) -> BudgetDecision:
+        settings = self.controller.settings
+        forecast = None
+        if settings.stop_rule == "forecast" and settings.min_gain_per_gpu_hour is not None:
+            forecast = self.forecast(stage)
         decision = self.controller.check_before_stage(
-            self.ledger, stage=stage, next_stage_gpu_hours=self.predicted_gpu_hours(units)
+            self.ledger, stage=stage, next_stage_gpu_hours=self.predicted_gpu_hours(units),
+            expected_gain=forecast.expected_gain if forecast is not None else None,
+            forecast_gpu_hours=self.predicted_gpu_hours(forecast.budget_units) if forecast is not None else None,
+            forecast_detail=forecast.detail if forecast is not None else "",
         )
         self._record_decision(decision)
         return decision
+
+    def forecast(self, stage: str) -> Forecast | None:
+        """The expected gain of the rest of the bracket that ``stage`` belongs to (None: no evidence yet).
+
+        Synchronous stages are named "bracket B rung R" by :meth:`run_synchronous`; ASHA's forecast
+        is for one more bracket's worth of fresh trials (see :func:`budgets.forecast.stage_forecast`).
+        """
+        position = None
+        if not isinstance(self.scheduler, ASHAScheduler):
+            match = re.fullmatch(r"bracket (\d+) rung (\d+)", stage)
+            if match is None:
+                return None
+            position = (int(match.group(1)), int(match.group(2)))
+        return stage_forecast(self.ledger.records, self.scheduler, position, mode=self.mode,  # type: ignore[arg-type]
+                              top_k=self.controller.settings.top_k, seed=self.config.search.seed + self.controller.checks)
 
     def _record_decision(self, decision: BudgetDecision) -> None:
         data = decision.to_json()

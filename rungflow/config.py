@@ -64,6 +64,7 @@ class SearchConfig(_Strict):
     grid_points: int = 4
     random_fraction: float | None = None
     min_points_in_model: int | None = None
+    cost_aware: bool = Field(default=False, description="tpe/bohb: rank candidates by expected improvement per predicted GPU-hour")
 
     @field_validator("algorithm")
     @classmethod
@@ -99,6 +100,15 @@ class SearchConfig(_Strict):
         if n < 1:
             raise ValueError("must be at least 1 value per numeric parameter, e.g. search.grid_points=4")
         return n
+
+    @model_validator(mode="after")
+    def _cost_aware_needs_tpe(self) -> "SearchConfig":
+        if self.cost_aware and self.algorithm not in ("tpe", "bohb"):
+            raise ValueError(
+                f"search.cost_aware: only tpe and bohb rank candidates by cost, not {self.algorithm!r}; "
+                "use search.algorithm=tpe or remove cost_aware"
+            )
+        return self
 
 
 class SchedulerConfig(_Strict):
@@ -158,6 +168,7 @@ class BudgetConfig(_Strict):
     patience: int = 2
     top_k: int = 1
     stop_rule: Literal["window", "forecast"] = "window"
+    noisy: bool = Field(default=False, description="scores vary from seed to seed: a rise of the top results' level also counts as gain")
     on_cap: Literal["finish", "cancel"] = "cancel"
 
     @field_validator("max_gpu_hours", "max_cost", "window_gpu_hours")
@@ -217,6 +228,7 @@ class BudgetConfig(_Strict):
             patience=self.patience,
             top_k=self.top_k,
             stop_rule=self.stop_rule,
+            noisy=self.noisy,
             on_cap=self.on_cap,
         )
 

@@ -351,3 +351,43 @@ def test_failed_records_count_as_spend_not_progress() -> None:
     assert decisions[-1].stop
     assert decisions[-1].best == 0.6
     assert decisions[-1].spent_gpu_hours == pytest.approx(4.0)
+
+
+def test_a_window_spent_on_lower_rungs_only_is_no_evidence() -> None:
+    # A Hyperband bracket: one full-budget result, then 3 GPU-h on the next bracket's lower rungs.
+    # Those cannot have moved the incumbent yet: no evidence, however long the window is flat.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, window_gpu_hours=1.0, patience=1)
+    ledger = ledger_of(record(0, 0.5, budget=9.0))
+    for i in range(1, 4):
+        ledger.charge(record(i, 0.9, budget=1.0))
+        decision = ctl.check_before_stage(ledger, stage=f"b1-r0-{i}")
+        assert not decision.stop and decision.gain_per_gpu_hour is None
+        assert "highest fidelity" in decision.detail
+    # The bracket's top rung brings a full-budget result that does not improve: now it counts.
+    ledger.charge(record(4, 0.45, budget=9.0))
+    decision = ctl.check_before_stage(ledger, stage="b1-r2")
+    assert decision.stop and decision.gain_per_gpu_hour == pytest.approx(0.0)
+    # A failed attempt at the highest fidelity is evidence too: it was spent there.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, window_gpu_hours=1.0, patience=1)
+    ledger = ledger_of(record(0, 0.5, budget=9.0), record(1, None, budget=9.0, status=TrialStatus.FAILED))
+    assert ctl.check_before_stage(ledger, stage="s").stop
+
+
+def test_patience_counts_distinct_evidence_not_repeated_checks() -> None:
+    # Checks come before every stage; two checks that see the same full-budget results are one piece
+    # of evidence. Lower-rung spend in between neither counts nor resets.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, window_gpu_hours=2.0, patience=2)
+    ledger = ledger_of(*(record(i, 0.5, budget=9.0) for i in range(3)))
+    first = ctl.check_before_stage(ledger, stage="b0-end")
+    assert first.below_threshold_checks == 1 and not first.stop
+    ledger.charge(record(3, 0.7, budget=1.0))  # the next bracket's first rung
+    again = ctl.check_before_stage(ledger, stage="b1-r1")
+    assert again.gain_per_gpu_hour == pytest.approx(0.0) and again.below_threshold_checks == 1 and not again.stop
+    assert "no new result at the highest fidelity" in again.detail
+    ledger.charge(record(4, 0.7, budget=3.0))
+    ledger.charge(record(5, 0.7, budget=3.0))
+    ledger.charge(record(6, 0.7, budget=3.0))
+    held = ctl.check_before_stage(ledger, stage="b1-r2")
+    assert held.gain_per_gpu_hour is None and held.below_threshold_checks == 1 and not held.stop
+    ledger.charge(record(7, 0.45, budget=9.0))  # the bracket's full-budget result: no better
+    assert ctl.check_before_stage(ledger, stage="b2-r0").stop

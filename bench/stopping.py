@@ -1,0 +1,391 @@
+"""Stop rules side by side on LCBench: when each would have stopped the same Hyperband sweep, and what it lost.
+
+Protocol (per instance and seed):
+
+* one Hyperband + BOHB sweep (1..52 epochs, η = 3, ``--iterations`` iterations) runs to the end
+  through the flow users run; its ledger is the sequence of results every rule is shown;
+* each rule is replayed on that sequence, seeing exactly what it would have seen live:
+
+  - ``rungflow window``: :class:`budgets.controller.BudgetController`, checked before every stage
+    (the flow's own check points), marginal gain over a trailing window;
+  - ``rungflow window p4``: the same with ``patience=4``;
+  - ``rungflow window noisy``: the same with ``noisy=True`` (level gain as well as record gain);
+  - ``rungflow forecast``: ``stop_rule="forecast"`` with :func:`budgets.forecast.stage_forecast`
+    and the flow's cost-per-unit prediction, as ``Sweep.decide`` computes them;
+  - ``ray plateau``: Ray Tune's own ``ExperimentPlateauStopper``, called on every reported result
+    (every rung, as Tune calls it), stopping when ``stop_all()`` says so;
+  - ``optuna terminator``: Optuna's own ``Terminator`` (GP regret bound vs a static error),
+    asked after every full-budget result (a COMPLETE trial in Optuna's view);
+
+* figures: GPU-hours spent when the rule stops (the whole run's when it never does), the share of
+  the full run's GPU-hours saved, and the regret at the stop: the full run's final best accuracy at
+  52 epochs minus the best at 52 epochs when the rule stopped.
+
+Replaying our controller on the full run's ledger gives the same decisions a live run makes up to
+its stop (same seed, same proposals: ``tests/test_flow.py`` checks this), so one run per cell is
+enough. GPU-hours are the surrogate's predicted training seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bench.common import LCBENCH_MAX_EPOCH, fmt, median, peak_rss_mb, prefect_api, run_config, write_json
+from bench.efficiency import _run
+
+__all__ = ["RULES", "run", "add_arguments", "replay"]
+
+DEFAULT_INSTANCES: tuple[str, ...] = ("3945", "7593", "34539", "126025", "126026")
+DEFAULT_SEEDS: tuple[int, ...] = (0, 1, 2)
+
+# The rules' settings, shown in the table. Ours: accuracy points per GPU-hour.
+MIN_GAIN = 0.25
+WINDOW_GPU_HOURS = 0.5
+WARM_UP_GPU_HOURS = 0.5
+PATIENCE = 2
+PLATEAU = {"std": 0.1, "top": 10, "patience": 0}  # accuracy points; Tune's default std 0.001 never fires on %
+TERMINATOR_ERROR = 0.2  # accuracy points: the error the regret bound is compared with
+TERMINATOR_MIN_TRIALS = 20
+
+RULES: tuple[str, ...] = ("rungflow window", "rungflow window p4", "rungflow window noisy", "rungflow forecast",
+                          "ray plateau", "optuna terminator")
+# Each rule's main knob, swept for the trade-off table (the replays are offline, so this is cheap).
+GRID: dict[str, tuple[float, ...]] = {
+    "rungflow window": (0.1, 0.25, 0.5, 1.0, 2.0),  # min_gain_per_gpu_hour
+    "rungflow window p4": (0.1, 0.25, 0.5, 1.0, 2.0),  # the same with patience 4
+    "rungflow window noisy": (0.1, 0.25, 0.5, 1.0, 2.0),
+    "rungflow forecast": (0.1, 0.25, 0.5, 1.0, 2.0),
+    "ray plateau": (0.02, 0.05, 0.1, 0.2, 0.5),  # std of the top 10
+    "optuna terminator": (0.05, 0.1, 0.2, 0.5, 1.0),  # static error
+}
+DEFAULT_SETTING: dict[str, float] = {
+    "rungflow window": MIN_GAIN, "rungflow window p4": MIN_GAIN, "rungflow window noisy": MIN_GAIN, "rungflow forecast": MIN_GAIN,
+    "ray plateau": PLATEAU["std"], "optuna terminator": TERMINATOR_ERROR,
+}
+
+
+@dataclass
+class Outcome:
+    rule: str
+    setting: float
+    stopped: bool
+    gpu_hours: float  # spent when it stopped (the whole run's if it never did)
+    best: float | None  # best accuracy at 52 epochs at that point
+    saved: float  # share of the full run's GPU-hours
+    regret: float | None  # full run's final best − best at the stop
+    detail: str = ""
+
+
+@dataclass
+class Cell:
+    instance: str
+    seed: int
+    gpu_hours: float
+    best: float
+    wall_seconds: float
+    outcomes: dict[str, Outcome] = field(default_factory=dict)  # the default settings
+    grid: list[Outcome] = field(default_factory=list)  # every setting of GRID
+
+
+def _best_at_top(records: Sequence[Any], upto: int) -> float | None:
+    scores = [r.score for r in records[:upto] if r.ok and abs(r.budget - LCBENCH_MAX_EPOCH) < 1e-9]
+    return max(scores) if scores else None
+
+
+def _outcome(rule: str, setting: float, records: Sequence[Any], stop_at: int | None, total: float, final_best: float,
+             detail: str = "") -> Outcome:
+    """``stop_at``: number of records spent when the rule stopped (None: never)."""
+    upto = len(records) if stop_at is None else stop_at
+    spent = sum(r.gpu_seconds for r in records[:upto]) / 3600.0
+    best = _best_at_top(records, upto)
+    return Outcome(rule, setting, stop_at is not None, spent, best, 1.0 - spent / total if total else 0.0,
+                   None if best is None else final_best - best, detail)
+
+
+def _stage_starts(records: Sequence[Any]) -> list[int]:
+    """Indices where a new (bracket, rung) stage begins: where the flow asks the controller."""
+    starts, previous = [], None
+    for i, r in enumerate(records):
+        key = (r.bracket, r.rung)
+        if key != previous:
+            starts.append(i)
+            previous = key
+    return starts
+
+
+def replay_controller(records: Sequence[Any], scheduler: Any, *, stop_rule: str, noisy: bool, seed: int,
+                      min_gain: float = MIN_GAIN, patience: int = PATIENCE) -> tuple[int | None, str]:
+    """Where our controller stops this sequence, checked before each stage as ``Sweep.decide`` does."""
+    from budgets.controller import BudgetController, BudgetSettings
+    from budgets.forecast import stage_forecast
+    from budgets.ledger import Ledger
+
+    settings = BudgetSettings(min_gain_per_gpu_hour=min_gain, window_gpu_hours=WINDOW_GPU_HOURS,
+                              min_gpu_hours=WARM_UP_GPU_HOURS, patience=patience, stop_rule=stop_rule,  # type: ignore[arg-type]
+                              noisy=noisy)
+    ctl = BudgetController(settings, mode="max", clock=lambda: 0.0)
+    ledger = Ledger()
+    charged = 0
+
+    def per_unit_hours(units: float) -> float | None:
+        trained = [r for r in ledger.records if r.budget_trained > 0]
+        if not trained:
+            return None
+        return sum(r.gpu_seconds for r in trained) / sum(r.budget_trained for r in trained) * units / 3600.0
+
+    for start in [*_stage_starts(records), len(records)]:
+        while charged < start:
+            ledger.charge(records[charged])
+            charged += 1
+        if start == len(records):
+            break
+        r = records[start]
+        expected = spend = None
+        detail = ""
+        if stop_rule == "forecast":
+            f = stage_forecast(ledger.records, scheduler, (r.bracket, r.rung), mode="max", seed=seed + ctl.checks)
+            if f is not None:
+                expected, spend, detail = f.expected_gain, per_unit_hours(f.budget_units), f.detail
+        decision = ctl.check_before_stage(ledger, stage=f"bracket {r.bracket} rung {r.rung}", expected_gain=expected,
+                                          forecast_gpu_hours=spend, forecast_detail=detail)
+        if decision.stop:
+            return start, decision.detail
+    return None, ""
+
+
+def replay_plateau(records: Sequence[Any], std: float = PLATEAU["std"]) -> tuple[int | None, str]:
+    from ray.tune.stopper import ExperimentPlateauStopper
+
+    stopper = ExperimentPlateauStopper("val_accuracy", mode="max", std=float(std), top=int(PLATEAU["top"]),
+                                       patience=int(PLATEAU["patience"]))
+    for i, r in enumerate(records):
+        if r.ok and stopper(r.trial_id, {"val_accuracy": r.score}):
+            return i + 1, f"top-{PLATEAU['top']} std <= {std}"
+    return None, ""
+
+
+def terminator_bounds(records: Sequence[Any], trials: dict[str, dict[str, Any]], space: Any) -> list[tuple[int, float]]:
+    """(records spent, Optuna's regret bound) after every full-budget result from the ``min_n_trials``-th on.
+
+    ``Terminator.should_terminate`` is ``regret bound < error`` once there are ``min_n_trials``
+    COMPLETE trials; with a static error the bound does not depend on the error, so it is computed
+    once (by Optuna's own ``RegretBoundEvaluator``) and compared with every error of the grid.
+    """
+    import optuna
+    from optuna.terminator import RegretBoundEvaluator
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    distributions = space.to_optuna()
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    evaluator = RegretBoundEvaluator(seed=0)
+    bounds = []
+    for i, r in enumerate(records):
+        if not (r.ok and abs(r.budget - LCBENCH_MAX_EPOCH) < 1e-9):
+            continue
+        study.add_trial(optuna.trial.create_trial(params=dict(trials[r.trial_id]), distributions=distributions,
+                                                  value=float(r.score)))
+        if len(study.trials) >= TERMINATOR_MIN_TRIALS:
+            bounds.append((i + 1, float(evaluator.evaluate(study.trials, study.direction))))
+    return bounds
+
+
+def terminator_stop(bounds: Sequence[tuple[int, float]], error: float) -> tuple[int | None, str]:
+    for upto, bound in bounds:
+        if bound < error:
+            return upto, f"regret bound {bound:.3g} below {error}"
+    return None, ""
+
+
+def replay(run_dir: Path, rules: Sequence[str], seed: int) -> tuple[float, float, dict[str, Outcome], list[Outcome]]:
+    """Every rule on the ledger of one finished run; returns (GPU-hours, final best, outcomes)."""
+    from budgets.ledger import Ledger
+    from budgets.schedulers import make_scheduler
+    from rungflow.config import validate
+
+    records = Ledger(run_dir / "ledger.jsonl").records
+    config = validate(json.loads((run_dir / "config.json").read_text()))
+    trials = json.loads((run_dir / "result.json").read_text())["trials"]
+    lo, hi = config.budget_range()
+    scheduler = make_scheduler(config.scheduler.kind, min_budget=lo, max_budget=hi, eta=config.scheduler.eta,
+                               integer=True, iterations=config.scheduler.iterations, num_trials=None, mode="max")
+    total = sum(r.gpu_seconds for r in records) / 3600.0
+    final_best = _best_at_top(records, len(records))
+    assert final_best is not None, f"{run_dir}: no full-budget result"
+    bounds: list[tuple[int, float]] | None = None
+
+    def stop(rule: str, setting: float) -> tuple[int | None, str]:
+        nonlocal bounds
+        if rule == "ray plateau":
+            return replay_plateau(records, setting)
+        if rule == "optuna terminator":
+            if bounds is None:
+                bounds = terminator_bounds(records, trials, config.search_space())
+            return terminator_stop(bounds, setting)
+        stop_rule = "forecast" if rule == "rungflow forecast" else "window"
+        return replay_controller(records, scheduler, stop_rule=stop_rule, noisy=rule.endswith("noisy"), seed=seed,
+                                 min_gain=setting, patience=4 if rule.endswith("p4") else PATIENCE)
+
+    outcomes: dict[str, Outcome] = {}
+    grid: list[Outcome] = []
+    for rule in rules:
+        for setting in sorted({*GRID[rule], DEFAULT_SETTING[rule]}):
+            stop_at, detail = stop(rule, setting)
+            outcome = _outcome(rule, setting, records, stop_at, total, final_best, detail)
+            grid.append(outcome)
+            if setting == DEFAULT_SETTING[rule]:
+                outcomes[rule] = outcome
+    return total, final_best, outcomes, grid
+
+
+def summarize(cells: Sequence[Cell], rules: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    for scope in [*dict.fromkeys(c.instance for c in cells), "all"]:
+        cs = [c for c in cells if scope in ("all", c.instance)]
+        for rule in rules:
+            outs = [c.outcomes[rule] for c in cs]
+            regrets = [math.inf if o.regret is None else o.regret for o in outs]
+            rows.append({
+                "instance": scope, "rule": rule, "runs": len(outs), "stopped": sum(o.stopped for o in outs),
+                "median_saved": median([o.saved for o in outs]), "median_regret": median(regrets),
+                "max_regret": max(regrets) if regrets else None,
+                "within_0.2": sum(1 for x in regrets if x <= 0.2 + 1e-9),
+                "median_gpu_hours": median([o.gpu_hours for o in outs]),
+            })
+    return rows
+
+
+def tradeoff(cells: Sequence[Cell], rules: Sequence[str], max_loss: float = 0.2) -> list[dict[str, Any]]:
+    """Every setting of every rule over all runs, and which setting saves most with no run losing > ``max_loss``."""
+    rows = []
+    for rule in rules:
+        settings = sorted({o.setting for c in cells for o in c.grid if o.rule == rule})
+        best_saved, best_setting = -math.inf, None
+        for setting in settings:
+            outs = [o for c in cells for o in c.grid if o.rule == rule and o.setting == setting]
+            regrets = [math.inf if o.regret is None else o.regret for o in outs]
+            row = {"rule": rule, "setting": setting, "runs": len(outs), "stopped": sum(o.stopped for o in outs),
+                   "median_saved": median([o.saved for o in outs]), "mean_saved": sum(o.saved for o in outs) / len(outs),
+                   "median_regret": median(regrets), "max_regret": max(regrets),
+                   "within": sum(1 for x in regrets if x <= max_loss + 1e-9)}
+            rows.append(row)
+            if row["max_regret"] <= max_loss + 1e-9 and row["mean_saved"] > best_saved:
+                best_saved, best_setting = row["mean_saved"], setting
+        for row in rows:
+            if row["rule"] == rule:
+                row["best_at_loss"] = row["setting"] == best_setting
+    return rows
+
+
+def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[str, Any],
+             trade: Sequence[dict[str, Any]] = ()) -> str:
+    lines = [
+        "# Stop rules on the same Hyperband + BOHB sweeps (LCBench, YAHPO surrogate)",
+        "",
+        f"Each run: Hyperband 1..{LCBENCH_MAX_EPOCH} epochs, η=3, {meta['iterations']} iterations, BOHB, to the end; every rule "
+        "replayed on its ledger. saved = share of the run's GPU-hours not spent; regret = run's final best − best at "
+        f"{LCBENCH_MAX_EPOCH} epochs at the stop (accuracy points; ∞: no full-budget result yet). Settings: rungflow "
+        f"min_gain_per_gpu_hour {MIN_GAIN}, window {WINDOW_GPU_HOURS} GPU-h, warm-up {WARM_UP_GPU_HOURS} GPU-h, "
+        f"patience {PATIENCE}; Ray ExperimentPlateauStopper top={PLATEAU['top']}, std={PLATEAU['std']}, "
+        f"patience={PLATEAU['patience']}; Optuna Terminator RegretBoundEvaluator vs StaticErrorEvaluator({TERMINATOR_ERROR}), "
+        f"min_n_trials={TERMINATOR_MIN_TRIALS}.",
+        "",
+        "| instance | rule | stopped | median saved | median regret | max regret | regret ≤ 0.2 | median GPU-h at stop |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        inst = "**all**" if r["instance"] == "all" else r["instance"]
+        lines.append(
+            f"| {inst} | {r['rule']} | {r['stopped']}/{r['runs']} | {fmt(r['median_saved'], '.0%')} | "
+            f"{fmt(r['median_regret'])} | {fmt(r['max_regret'])} | {r['within_0.2']}/{r['runs']} | "
+            f"{fmt(r['median_gpu_hours'], '.3f')} |"
+        )
+    if trade:
+        knob = {"rungflow window": "min_gain_per_gpu_hour", "rungflow window p4": "min_gain_per_gpu_hour",
+                "rungflow window noisy": "min_gain_per_gpu_hour",
+                "rungflow forecast": "min_gain_per_gpu_hour", "ray plateau": "std", "optuna terminator": "error"}
+        lines += ["", "## Every setting, all runs pooled", "",
+                  "**bold**: the setting with the largest mean saving among those where no run lost more than 0.2 points.", "",
+                  "| rule | setting | stopped | mean saved | median saved | median regret | max regret | regret ≤ 0.2 |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for t in trade:
+            name = f"**{t['rule']}**" if t.get("best_at_loss") else t["rule"]
+            lines.append(f"| {name} | {knob[t['rule']]} {t['setting']:g} | {t['stopped']}/{t['runs']} | "
+                         f"{fmt(t['mean_saved'], '.0%')} | {fmt(t['median_saved'], '.0%')} | {fmt(t['median_regret'])} | "
+                         f"{fmt(t['max_regret'])} | {t['within']}/{t['runs']} |")
+    full = ", ".join(f"{c.instance}/s{c.seed} {c.gpu_hours:.2f} GPU-h" for c in cells)
+    lines += ["", f"Full runs: {full}.", "",
+              f"Wall time {meta['wall_seconds']:.0f} s; 1-min load average {meta['loadavg_before'][0]:.2f} before, "
+              f"{meta['loadavg_after'][0]:.2f} after; {meta['machine']}.", ""]
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--instances", nargs="+", default=list(DEFAULT_INSTANCES), help="LCBench OpenML task ids")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    p.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
+    p.add_argument("--iterations", type=int, default=12, help="Hyperband iterations of each full run")
+    p.add_argument("--out", type=Path, default=Path("bench/out/stopping"))
+    p.add_argument("--max-concurrent", type=int, default=2, help="thread runtime slots")
+    p.add_argument("--replay-only", action="store_true",
+                   help="run no sweep: replay the rules on the ledgers already in OUT/runs (e.g. after changing a rule)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    runtime = {"kind": "thread", "max_concurrent": args.max_concurrent}
+    t0 = time.perf_counter()
+    load_before = os.getloadavg()
+    cells: list[Cell] = []
+    with (contextlib.nullcontext(0.0) if args.replay_only else prefect_api()) as startup:
+        if not args.replay_only:
+            print(f"stopping: Prefect API up in {startup:.1f} s", flush=True)
+        for instance in args.instances:
+            for seed in args.seeds:
+                cfg = run_config(
+                    f"bench-stopping-{instance}-s{seed}", trainable={"kind": "yahpo_lcbench", "options": {"instance": instance}},
+                    algorithm="bohb", seed=seed,
+                    scheduler={"kind": "hyperband", "min_budget": 1, "max_budget": LCBENCH_MAX_EPOCH, "eta": 3,
+                               "iterations": args.iterations},
+                    runtime=runtime,
+                )
+                run_dir = out / "runs" / str(instance) / f"seed{seed}"
+                if args.replay_only:
+                    result_file = run_dir / "result.json"
+                    if not result_file.is_file() or json.loads(result_file.read_text()).get("status") != "finished":
+                        print(f"  {instance} seed {seed}: no finished run in {run_dir}; skipped", flush=True)
+                        continue
+                    wall = float("nan")
+                else:
+                    _, wall = _run(cfg, run_dir)
+                total, best, outcomes, grid = replay(run_dir, args.rules, seed)
+                cells.append(Cell(str(instance), seed, total, best, wall, outcomes, grid))
+                summary = "; ".join(f"{k}: saved {o.saved:.0%}, regret {fmt(o.regret)}" for k, o in outcomes.items())
+                print(f"  {instance} seed {seed}: {total:.2f} GPU-h, best {best:.2f} ({wall:.0f} s) | {summary}", flush=True)
+    meta = {
+        "instances": [str(i) for i in args.instances], "seeds": list(args.seeds), "rules": list(args.rules),
+        "iterations": args.iterations, "wall_seconds": time.perf_counter() - t0, "loadavg_before": list(load_before),
+        "loadavg_after": list(os.getloadavg()), "peak_rss_mb": peak_rss_mb(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+    }
+    rows = summarize(cells, args.rules)
+    trade = tradeoff(cells, args.rules)
+    data = {"meta": meta, "summary": rows, "tradeoff": trade, "cells": [asdict(c) for c in cells]}
+    write_json(out / "results.json", data)
+    text = markdown(rows, cells, meta, trade)
+    (out / "results.md").write_text(text)
+    print(text)
+    print(f"stopping: wrote {out / 'results.json'}, {out / 'results.md'}", flush=True)
+    return data
