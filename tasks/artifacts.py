@@ -2,6 +2,7 @@
 
 Keys are stable per sweep (``<sweep-slug>-leaderboard`` …) so the UI shows one evolving artifact per
 kind. Tables are top-N plus counts, so an artifact stays a few kilobytes at thousands of trials.
+(Sized for 1,000 trials in tests/test_artifacts.py.)
 The plot is a PNG embedded in a markdown artifact: Prefect 3.8's UI renders ``data:image/…`` sources
 in markdown, while an image artifact needs a URL the browser can fetch and prints that URL in full.
 The builders are plain functions of ``result.json`` so they can be checked without a server.
@@ -13,6 +14,7 @@ trials. An API that no longer answers at all is another matter: see :class:`Pref
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from typing import Any, Mapping
@@ -171,18 +173,23 @@ def plot_markdown(result: Mapping[str, Any]) -> str:
 
 
 class SweepArtifacts:
-    """Publishes a sweep's artifacts from its ``result.json``; the plot at most every ``plot_every_seconds``."""
+    """Publishes a sweep's artifacts from its ``result.json``.
+
+    Each artifact is created once per flow run and then updated in place, so the flow run holds one
+    artifact per kind and a key's history holds one version per sweep run (last week's, this week's),
+    not one per stage. The plot is redrawn at most every ``plot_every_seconds``, and at the end.
+    """
 
     def __init__(self, sweep_name: str, top_n: int = TOP_N, plot_every_seconds: float = 30.0) -> None:
         self.keys = artifact_keys(sweep_name)
         self.top_n = top_n
         self.plot_every_seconds = plot_every_seconds
-        self._progress_id: UUID | None = None
+        self.ids: dict[str, UUID] = {}
         self._plotted_at = -float("inf")
 
     def publish(self, result: Mapping[str, Any], cap_gpu_hours: float | None) -> None:
         final = result.get("status") == "finished"
-        steps = [self._leaderboard, self._budget_step(cap_gpu_hours), self._decision]
+        steps = [self._leaderboard, lambda r: self._budget(r, cap_gpu_hours), self._decision]
         if final or time.monotonic() - self._plotted_at >= self.plot_every_seconds:
             steps.append(self._plot)
         if final:
@@ -195,17 +202,26 @@ class SweepArtifacts:
                     raise PrefectAPIUnreachable(_unreachable_message()) from None
                 log.warning("could not publish a Prefect artifact: %s", exc)
 
-    def _budget_step(self, cap: float | None):
-        return lambda result: self._budget(result, cap)
+    def _put(self, kind: str, create: Any, payload: Any, data: Any, description: str) -> None:
+        """Create the artifact on first use (inside the flow run, so it links to it); later, update it in place."""
+        if kind not in self.ids:
+            self.ids[kind] = create(payload, key=self.keys[kind], description=description)
+            return
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactUpdate
+
+        get_client(sync_client=True).update_artifact(self.ids[kind], ArtifactUpdate(data=data, description=description))
 
     def _leaderboard(self, result: Mapping[str, Any]) -> None:
         from prefect.artifacts import create_table_artifact
 
-        create_table_artifact(leaderboard_rows(result, self.top_n), key=self.keys["leaderboard"],
-                              description=leaderboard_description(result, self.top_n))
+        rows = leaderboard_rows(result, self.top_n)
+        # A table artifact's data is its rows as a JSON string; rows hold no NaN (unscored trials have None).
+        self._put("leaderboard", create_table_artifact, rows, json.dumps(rows),
+                  leaderboard_description(result, self.top_n))
 
     def _budget(self, result: Mapping[str, Any], cap_gpu_hours: float | None) -> None:
-        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.artifacts import create_progress_artifact
 
         spent = result["ledger"]["gpu_hours"]
         if cap_gpu_hours:
@@ -214,29 +230,28 @@ class SweepArtifacts:
         else:
             percent = 100.0 if result["status"] == "finished" else 0.0
             description = f"{spent:.4f} GPU-hours spent (no cap), cost ${result['ledger']['cost']:.2f}"
-        if self._progress_id is None:
-            self._progress_id = create_progress_artifact(percent, key=self.keys["budget"], description=description)
-        else:
-            update_progress_artifact(self._progress_id, percent, description=description)
+        self._put("budget", create_progress_artifact, percent, percent, description)
 
     def _decision(self, result: Mapping[str, Any]) -> None:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(decision_markdown(result), key=self.keys["decision"],
-                                 description="The controller's latest decision and its figures")
+        text = decision_markdown(result)
+        self._put("decision", create_markdown_artifact, text, text, "The controller's latest decision and its figures")
 
     def _plot(self, result: Mapping[str, Any]) -> None:
         from prefect.artifacts import create_markdown_artifact
 
         self._plotted_at = time.monotonic()
-        create_markdown_artifact(plot_markdown(result), key=self.keys["plot"],
-                                 description="Best score (at the highest rung reached) against GPU-hours spent")
+        text = plot_markdown(result)
+        self._put("plot", create_markdown_artifact, text, text,
+                  "Best score (at the highest budget reached) against GPU-hours spent")
 
     def _summary(self, result: Mapping[str, Any]) -> None:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(summary_markdown(result), key=self.keys["summary"],
-                                 description="Best configuration, its cost, why the sweep stopped, what stopping saved")
+        text = summary_markdown(result)
+        self._put("summary", create_markdown_artifact, text, text,
+                  "Best configuration, its cost, why the sweep stopped, what stopping saved")
 
 
 def _unreachable(exc: BaseException) -> bool:

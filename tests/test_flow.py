@@ -78,6 +78,13 @@ def test_thread_sweep_writes_result_and_names_task_runs(prefect_server: str, tmp
     summary = artifacts["thread-sweep-1-summary"]
     assert summary["type"] == "markdown" and on_disk["best"]["trial_id"] in summary["data"]
     assert f"${on_disk['best']['cost']:.2f}" in summary["data"] and "every planned stage ran" in summary["data"]
+    # Created once and updated in place as stages finish: one artifact per kind in the flow run.
+    run_id = httpx.post(f"{prefect_server}/flow_runs/filter",
+                        json={"flow_runs": {"name": {"any_": ["Thread sweep_1"]}}}).json()[-1]["id"]
+    mine = httpx.post(f"{prefect_server}/artifacts/filter",
+                      json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+    assert sorted(a["key"] for a in mine) == sorted(f"thread-sweep-1-{k}" for k in
+                                                     ("budget", "decision", "leaderboard", "plot", "summary"))
 
 
 def test_failing_and_nan_trials_lose_at_the_gate(prefect_server: str, tmp_path: Path) -> None:
