@@ -61,7 +61,7 @@ def leaderboard_rows(result: Mapping[str, Any], top_n: int = TOP_N) -> list[dict
         {
             "rank": row["rank"], "trial": row["trial_id"], "bracket": row["bracket"], "rung": row["rung"],
             "budget": row["budget"], "score": None if row["score"] is None else round(row["score"], 5),
-            "gpu_hours": round(row["gpu_hours"], 5), "status": row["status"],
+            "gpu_hours": float(f"{row['gpu_hours']:.3g}"), "status": row["status"],
             "config": _config_text(row["config"]),
             "error": str(row["error"])[:200] if row.get("error") and row["score"] is None else "",
         }

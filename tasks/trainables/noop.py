@@ -23,6 +23,9 @@ class NoopOptions(TrainableOptions):
     sleep_seconds: float = Field(0.0, ge=0.0, description="seconds slept per train call, to mimic work")
     fail_when_x_above: float | None = Field(None, description="raise RuntimeError when config x exceeds this")
     nan_when_x_above: float | None = Field(None, description="return a NaN score when config x exceeds this")
+    gpu_seconds_per_unit: float | None = Field(
+        None, ge=0.0, description="report this cost per budget unit trained, as a surrogate does, instead of "
+                                  "billing wall clock: spend (and so budget stops) that do not depend on machine load")
 
 
 def noop_score(config: Mapping[str, Any], budget: float) -> float:
@@ -71,5 +74,9 @@ class NoopTrainable(Trainable):
             budget_trained=reached - previous,
             checkpoint=json.dumps({"budget": reached}).encode(),
             metrics={"score": score},
-            gpu_seconds=None,
+            gpu_seconds=None if self.options.gpu_seconds_per_unit is None else (reached - previous) * self.options.gpu_seconds_per_unit,
         )
+
+    def estimate_gpu_seconds(self, config: Mapping[str, Any], budget_from: float, budget_to: float) -> float | None:
+        per_unit = self.options.gpu_seconds_per_unit
+        return None if per_unit is None else max(0.0, budget_to - budget_from) * per_unit
