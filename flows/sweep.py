@@ -27,7 +27,7 @@ from budgets.ledger import Ledger, SpendRecord, TrialStatus
 from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, make_scheduler
 from budgets.searchers import Observation, Searcher, make_searcher
 from rungflow.config import SweepConfig, validate
-from tasks.artifacts import SweepArtifacts
+from tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
 from tasks.runtime import Runtime, make_runtime
 from tasks.stages import gate_trials, promote_survivors, suggest_trials
 from tasks.train import TrialResult, TrialSpec, train_trial
@@ -356,7 +356,15 @@ class Sweep:
         result = build_result(self, final=final)
         write_json_atomic(self.run_dir / "result.json", result)
         if self.artifacts is not None:
-            self.artifacts.publish(result, self.config.budget.max_gpu_hours)
+            try:
+                self.artifacts.publish(result, self.config.budget.max_gpu_hours)
+            except PrefectAPIUnreachable:
+                # Stop spending where nobody can watch: result.json says why and holds every finished trial.
+                if self.stop_reason is None:
+                    self.stop_reason = str(StopReason.CANCELLED)
+                    self.stop_detail = "the Prefect API stopped answering; the sweep stopped after the stage that was running"
+                write_json_atomic(self.run_dir / "result.json", build_result(self, final=True))
+                raise
         return result
 
 

@@ -188,6 +188,8 @@ class SweepArtifacts:
         self._plotted_at = -float("inf")
 
     def publish(self, result: Mapping[str, Any], cap_gpu_hours: float | None) -> None:
+        """Raises :class:`PrefectAPIUnreachable` when the API no longer answers; other failures only log."""
+        _check_api()
         final = result.get("status") == "finished"
         steps = [self._leaderboard, lambda r: self._budget(r, cap_gpu_hours), self._decision]
         if final or time.monotonic() - self._plotted_at >= self.plot_every_seconds:
@@ -254,6 +256,28 @@ class SweepArtifacts:
                   "Best configuration, its cost, why the sweep stopped, what stopping saved")
 
 
+def _check_api(attempts: int = 3, timeout: float = 2.0, pause: float = 1.0) -> None:
+    """A few quick probes of ``/health``: a server restarting gets seconds, a dead one ends the sweep.
+
+    Prefect's own client retries a lost connection with exponential backoff (about a minute a call),
+    which would make a sweep with a dead API crawl from call to call instead of stopping.
+    """
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    for attempt in range(attempts):
+        try:
+            httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
+            return
+        except httpx.TransportError:
+            if attempt + 1 < attempts:
+                time.sleep(pause)
+    raise PrefectAPIUnreachable(_unreachable_message())
+
+
 def _unreachable(exc: BaseException) -> bool:
     import httpx
 
@@ -261,8 +285,7 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def _unreachable_message() -> str:
-    import os
+    from prefect.settings import PREFECT_API_URL
 
-    url = os.environ.get("PREFECT_API_URL", "(unset)")
-    return (f"PREFECT_API_URL={url} stopped answering mid-sweep; the sweep stopped, ledger.jsonl and result.json "
-            "hold every finished trial. Restart the Prefect server (or point PREFECT_API_URL at a live one) and rerun")
+    return (f"PREFECT_API_URL={PREFECT_API_URL.value()} stopped answering mid-sweep; the sweep stopped after its "
+            "running stage")
