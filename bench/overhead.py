@@ -33,7 +33,7 @@ __all__ = ["METHODS", "Measurement", "run", "add_arguments"]
 
 CONCURRENCY = 2
 WARMUP_TRIALS = 10
-METHODS: tuple[str, ...] = ("rungflow-thread", "rungflow-ray", "ray-remote", "ray-tune")
+METHODS: tuple[str, ...] = ("rungflow-thread", "rungflow-ray", "prefect-ray", "ray-remote", "ray-tune")
 
 
 @dataclass
@@ -78,8 +78,8 @@ def rungflow_trials(kind: str, n: int, run_dir: Path) -> Measurement:
     trainable = sum(float(e["trainable_seconds"]) for e in events)
     # The part of each trial's in-worker wall outside the trainable: checkpoint write (two fsyncs) etc.
     in_worker = sum(float(e["wall_seconds"]) - float(e["trainable_seconds"]) for e in events) / n
-    # On Ray each worker process runs one trial at a time, so the gap between its consecutive trials is
-    # the per-task cost outside run_trial (Ray dispatch + Prefect's task engine in the worker).
+    # On Ray each actor runs one trial at a time, so the gap between its consecutive trials is the
+    # per-trial cost outside run_trial (the flow's Prefect task, Ray dispatch, billing the previous result).
     # Thread-runtime trials share one pid and overlap, so there the gap means nothing.
     gaps: list[float] = []
     if kind == "ray":
@@ -119,6 +119,33 @@ def ray_remote_trials(n: int) -> Measurement:
     seconds = ray.get([task.remote() for _ in range(n)])
     wall = time.perf_counter() - t0
     return _measurement("ray-remote", n, wall, float(sum(seconds)))
+
+
+# --- prefect-ray -------------------------------------------------------------------------------------
+def prefect_ray_trials(n: int) -> Measurement:
+    """N no-op Prefect tasks mapped on prefect-ray's ``RayTaskRunner`` at 1 CPU each: the Prefect task engine
+    runs inside a Ray worker for every task (rungflow's Ray runtime before actors)."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect_ray import RayTaskRunner
+    from prefect_ray.context import remote_options
+
+    @task(persist_result=False, cache_policy=NO_CACHE)
+    def noop(i: int) -> float:
+        t = time.perf_counter()
+        return time.perf_counter() - t
+
+    @flow(name=f"bench-prefect-ray-{n}", persist_result=False,
+          task_runner=RayTaskRunner(init_kwargs={"ignore_reinit_error": True}))
+    def trials() -> list[float]:
+        with remote_options(num_cpus=1):
+            futures = noop.map(range(n))
+        return [f.result() for f in futures]
+
+    t0 = time.perf_counter()
+    seconds = trials()
+    wall = time.perf_counter() - t0
+    return _measurement("prefect-ray", n, wall, float(sum(seconds)))
 
 
 # --- Ray Tune -----------------------------------------------------------------------------------------
@@ -241,6 +268,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         print("  " + notes[-1], flush=True)
                         continue
                     record(lambda: rungflow_trials("ray", n, runs / f"ray-{n}"), f"rungflow-ray N={n}")
+            if "prefect-ray" in args.methods:
+                _, startup["first_prefect_ray_s"] = _timed(lambda: prefect_ray_trials(WARMUP_TRIALS))
+                for n in sizes:
+                    if n * 0.2 * args.repeats > args.ray_limit_seconds:
+                        notes.append(f"prefect-ray at N={n} skipped: at ~200 ms/trial it would take about "
+                                     f"{n * 0.2 * args.repeats:.0f} s (limit {args.ray_limit_seconds:.0f} s)")
+                        print("  " + notes[-1], flush=True)
+                        continue
+                    record(lambda: prefect_ray_trials(n), f"prefect-ray N={n}")
             if "ray-remote" in args.methods:
                 _, startup["first_ray_remote_s"] = _timed(lambda: ray_remote_trials(WARMUP_TRIALS))
                 for n in sizes:

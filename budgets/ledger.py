@@ -4,6 +4,13 @@ Every (trial, rung, attempt) is charged once, whatever happens to it: completed,
 out or cancelled trials are billed for what they used. Records are JSON lines, flushed and
 fsynced as they are written, so a killed sweep loses nothing it already recorded and a resumed
 one reads the ledger back and never pays twice.
+
+Resume by replay: a ledger opened with ``replay=True`` holds what is on disk as *pending*; the
+sweep re-runs its deterministic driver from the start and, for each (trial, rung) that already has
+a finished record, *adopts* that record instead of training again. ``records`` is therefore the
+prefix of spend the driver has reached, and the budget controller reads the ledger it read before
+the crash. A ``started`` marker is written when a trial attempt is dispatched; an attempt with a
+marker but no spend record died with the process and is billed once, as ``interrupted``.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
-__all__ = ["TrialStatus", "SpendRecord", "Ledger", "IncumbentPoint", "incumbent_curve"]
+__all__ = ["TrialStatus", "FINISHED", "SpendRecord", "StartMarker", "Ledger", "IncumbentPoint", "incumbent_curve"]
 
 Mode = Literal["max", "min"]
 
@@ -26,6 +33,13 @@ class TrialStatus(StrEnum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    # The worker died under the trial (node lost, process killed); billed, then retried as a new attempt.
+    LOST = "lost"
+    INTERRUPTED = "interrupted"  # lost with a killed sweep process; billed for the time it is shown to have run
+
+
+# Outcomes a resumed sweep takes as they are; cancelled and interrupted attempts run again.
+FINISHED: frozenset["TrialStatus"] = frozenset({TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.TIMEOUT})
 
 
 @dataclass(frozen=True)
@@ -83,23 +97,55 @@ class SpendRecord:
         return cls(**fields)
 
 
+@dataclass(frozen=True)
+class StartMarker:
+    """A trial attempt was dispatched at ``started_at``; its spend record follows when it finishes."""
+
+    trial_id: str
+    rung: int
+    attempt: int
+    bracket: int
+    budget: float
+    gpus: float
+    started_at: float
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.trial_id, self.rung, self.attempt)
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 class Ledger:
-    """Spend records in order, optionally persisted to ``path`` (JSON lines, one per record)."""
+    """Spend records in order, optionally persisted to ``path`` (JSON lines, one per record).
 
-    def __init__(self, path: str | Path | None = None, *, price_per_gpu_hour: float = 0.0) -> None:
+    With ``replay=True`` the spend records on disk load as :attr:`pending` (see the module docstring).
+    """
+
+    def __init__(self, path: str | Path | None = None, *, price_per_gpu_hour: float = 0.0, replay: bool = False) -> None:
         self.path = Path(path) if path is not None else None
         self.price_per_gpu_hour = price_per_gpu_hour
         self.records: list[SpendRecord] = []
         self.decisions: list[dict[str, Any]] = []
+        self.sessions: list[dict[str, Any]] = []
+        self.starts: dict[tuple[str, int, int], StartMarker] = {}
+        # Replay: records on disk the driver has not reached yet (file order), and how many decisions
+        # on disk the replayed driver will make again (those are not written a second time).
+        self.pending: list[SpendRecord] = []
+        self._decisions_on_disk = 0
         self._keys: set[tuple[str, int, int]] = set()
+        # Running totals of ``records``: caps are checked after every result, and summing 10,000 records
+        # each time is O(n²).
+        self._gpu_seconds = 0.0
+        self._cost = 0.0
+        self._latest: dict[tuple[str, int], SpendRecord] = {}  # (trial, rung) -> highest attempt billed
+        self._top_attempt: dict[tuple[str, int], int] = {}  # (trial, rung) -> highest attempt billed or started
         if self.path is not None and self.path.exists():
-            self._load()
+            self._load(replay)
 
-    def _load(self) -> None:
+    def _load(self, replay: bool = False) -> None:
         assert self.path is not None
         raw = self.path.read_bytes()
         if raw and not raw.endswith(b"\n"):
@@ -117,13 +163,27 @@ class Ledger:
                 except json.JSONDecodeError:
                     # A line cut short by a kill mid-write: everything before it is intact.
                     continue
-                if entry.get("type") == "spend":
+                kind = entry.get("type")
+                if kind == "spend":
                     record = SpendRecord.from_json(entry["record"])
                     if record.key not in self._keys:
-                        self._keys.add(record.key)
-                        self.records.append(record)
-                elif entry.get("type") == "decision":
-                    self.decisions.append(entry["decision"])
+                        self._note(record)
+                        if replay:
+                            self.pending.append(record)
+                        else:
+                            self._extend([record])
+                elif kind == "decision":
+                    if replay:
+                        self._decisions_on_disk += 1
+                    else:
+                        self.decisions.append(entry["decision"])
+                elif kind == "started":
+                    fields = {k: v for k, v in entry["start"].items() if k in StartMarker.__dataclass_fields__}
+                    marker = StartMarker(**fields)
+                    self.starts.setdefault(marker.key, marker)
+                    self._note_attempt(marker.trial_id, marker.rung, marker.attempt)
+                elif kind == "session":
+                    self.sessions.append(entry["session"])
 
     def _append(self, entry: Mapping[str, Any]) -> None:
         if self.path is None:
@@ -134,6 +194,22 @@ class Ledger:
             fh.flush()
             os.fsync(fh.fileno())
 
+    def _extend(self, records: list[SpendRecord]) -> None:
+        self.records.extend(records)
+        for record in records:
+            self._gpu_seconds += record.gpu_seconds
+            self._cost += record.cost
+
+    def _note_attempt(self, trial_id: str, rung: int, attempt: int) -> None:
+        self._top_attempt[(trial_id, rung)] = max(attempt, self._top_attempt.get((trial_id, rung), attempt))
+
+    def _note(self, record: SpendRecord) -> None:
+        self._keys.add(record.key)
+        self._note_attempt(record.trial_id, record.rung, record.attempt)
+        latest = self._latest.get((record.trial_id, record.rung))
+        if latest is None or record.attempt >= latest.attempt:
+            self._latest[(record.trial_id, record.rung)] = record
+
     def cost_of(self, gpu_seconds: float) -> float:
         return gpu_seconds / 3600.0 * self.price_per_gpu_hour
 
@@ -141,8 +217,8 @@ class Ledger:
         """Record one unit of spend; returns False (and charges nothing) if this key was already billed."""
         if record.key in self._keys:
             return False
-        self._keys.add(record.key)
-        self.records.append(record)
+        self._note(record)
+        self._extend([record])
         self._append({"type": "spend", "record": record.to_json()})
         return True
 
@@ -152,15 +228,78 @@ class Ledger:
     def record_decision(self, decision: Mapping[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in decision.items()}
         self.decisions.append(clean)
+        if self._decisions_on_disk > 0:
+            # The replayed driver makes its decisions again, in the same order: one copy on disk.
+            self._decisions_on_disk -= 1
+            return
         self._append({"type": "decision", "decision": clean})
+
+    # --- resume ---------------------------------------------------------------------------------
+    def record_session(self, session: Mapping[str, Any]) -> None:
+        """One line per process that ran the sweep (its start, and active seconds before it)."""
+        self.sessions.append(dict(session))
+        self._append({"type": "session", "session": dict(session)})
+
+    def start(self, marker: StartMarker) -> None:
+        """Note that an attempt was dispatched, before it can have spent anything."""
+        if marker.key in self.starts or marker.key in self._keys:
+            return
+        self.starts[marker.key] = marker
+        self._note_attempt(marker.trial_id, marker.rung, marker.attempt)
+        self._append({"type": "started", "start": asdict(marker)})
+
+    def next_attempt(self, trial_id: str, rung: int) -> int:
+        """0 for a (trial, rung) never dispatched, else one past the highest attempt billed or started."""
+        top = self._top_attempt.get((trial_id, rung))
+        return 0 if top is None else top + 1
+
+    def finished(self, trial_id: str, rung: int) -> SpendRecord | None:
+        """The latest attempt's record of (trial, rung) if it finished: completed, failed or timed out."""
+        latest = self._latest.get((trial_id, rung))
+        return latest if latest is not None and latest.status in FINISHED else None
+
+    def unbilled_starts(self) -> list[StartMarker]:
+        """Attempts dispatched but never billed: they died with the process that ran them."""
+        return [m for key, m in self.starts.items() if key not in self._keys]
+
+    def bill_pending(self, record: SpendRecord) -> bool:
+        """Write ``record`` to disk now but keep it pending: the replay adopts it where the driver reaches it."""
+        if record.key in self._keys:
+            return False
+        self._note(record)
+        self.pending.append(record)
+        self._append({"type": "spend", "record": record.to_json()})
+        return True
+
+    def adopt(self, trial_id: str, rung: int, upto: SpendRecord | None = None) -> list[SpendRecord]:
+        """Move pending records into ``records``: every attempt of (trial, rung), and all before ``upto`` on disk.
+
+        ``records`` stays in the order things were first billed, so the totals and the incumbent
+        curve the controller reads are those it read before the crash.
+        """
+        if not self.pending:
+            return []
+        cut = next((i + 1 for i, r in enumerate(self.pending) if r is upto), 0)
+        moved = [r for i, r in enumerate(self.pending) if i < cut or (r.trial_id == trial_id and r.rung == rung)]
+        if moved:
+            ids = {id(r) for r in moved}
+            self.pending = [r for r in self.pending if id(r) not in ids]
+            self._extend(moved)
+        return moved
+
+    def adopt_all(self) -> list[SpendRecord]:
+        """Whatever the resumed driver did not reach still counts: nothing billed is lost."""
+        moved, self.pending = self.pending, []
+        self._extend(moved)
+        return moved
 
     @property
     def gpu_hours(self) -> float:
-        return sum(r.gpu_seconds for r in self.records) / 3600.0
+        return self._gpu_seconds / 3600.0
 
     @property
     def cost(self) -> float:
-        return sum(r.cost for r in self.records)
+        return self._cost
 
     def trials_started(self) -> int:
         return len({r.trial_id for r in self.records})

@@ -82,8 +82,19 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
     return rows, total_units, None if per_unit is None else total_units * per_unit
 
 
+def _preflight(config) -> None:
+    """The trainable's data is there: a missing dataset fails now, in one line, not as a sweep of failed trials."""
+    from tasks.trainables import TrainableError
+
+    try:
+        config.trainable_class()(config.trainable.options).check()
+    except TrainableError as exc:
+        raise CLIError(f"data error: {exc}") from None
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     config = _load(args.config, args.set)
+    _preflight(config)
     rows, total_units, total_gpu_hours = plan_rows(config)
     unit = config.trainable_class().budget_unit
     table = Table(title=f"plan: {config.name} ({config.scheduler.kind}, η={config.scheduler.eta:g}, "
@@ -238,6 +249,78 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"storage.run_dir={args.out}")
     config = _load(args.config, overrides)
+    run_dir = config.run_dir()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CLIError(f"run directory {str(run_dir)!r} is a file; pass a directory with --out")
+    if (run_dir / "ledger.jsonl").exists():
+        _check_resumable(run_dir, config)
+        console.print(f"{run_dir} already holds this sweep's ledger: resuming it (finished trials are not rerun)")
+    return _run(config)
+
+
+def _check_resumable(run_dir: Path, config) -> None:
+    from flows.sweep import check_resumable
+    from rungflow.config import ConfigError
+
+    if not (run_dir / "config.json").exists():
+        return
+    try:
+        check_resumable(run_dir / "config.json", config)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted sweep from its run directory: its config.json, ledger and checkpoints."""
+    import json
+
+    from rungflow.config import RESUMABLE, ConfigError, apply_overrides, validate
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise CLIError(f"run directory {str(run_dir)!r} does not exist or is not a directory; pass the directory a sweep "
+                       "wrote (rungflow sweep --out DIR)")
+    config_path, ledger_path = run_dir / "config.json", run_dir / "ledger.jsonl"
+    if not config_path.is_file():
+        raise CLIError(f"{config_path} does not exist; is {str(run_dir)!r} a rungflow run directory (rungflow sweep --out ...)?")
+    if not ledger_path.is_file():
+        raise CLIError(f"{ledger_path} does not exist: nothing ran there yet; start the sweep with rungflow sweep")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CLIError(f"{config_path} is not a readable JSON config ({type(exc).__name__}); restore it from the sweep's "
+                       "YAML (rungflow sweep CONFIG --out RUN_DIR resumes too)") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"{config_path} must hold a mapping; restore it from the sweep's YAML")
+    for item in args.set:
+        key = item.split("=", 1)[0].strip()
+        if key.split(".")[0] not in RESUMABLE or "=" not in item:
+            if "=" not in item:
+                raise CLIError(f"--set {item!r}: expected dotted.key=value, e.g. --set budget.max_gpu_hours=20")
+            raise CLIError(f"--set {key}: only budget.* and runtime.* may change when resuming (the search and the "
+                           f"schedule must replay as they ran); start a new sweep with --out NEW_DIR to change {key}")
+    try:
+        data = apply_overrides(data, list(args.set))
+        data.setdefault("storage", {})
+        if isinstance(data["storage"], dict):
+            data["storage"]["run_dir"] = str(run_dir)
+        config = validate(data)
+    except ConfigError as exc:
+        raise CLIError(f"config error: {exc}") from None
+    return _run(config)
+
+
+def _run(config) -> int:
+    _preflight(config)
+    if config.run_dir().is_dir():
+        # The flow takes this lock for the whole sweep; asking first keeps the refusal to one line.
+        from flows.sweep import lock_run_dir
+        from rungflow.config import ConfigError
+
+        try:
+            lock_run_dir(config.run_dir()).close()
+        except ConfigError as exc:
+            raise CLIError(str(exc)) from None
     # Prefect retries a lost connection about a minute per call (5 retries, exponential backoff); a sweep
     # whose API died would crawl for many minutes before failing. Two retries ride out a server restart.
     os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
@@ -261,7 +344,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         run_dir = config.run_dir()
         raise APILostError(f"PREFECT_API_URL={os.environ['PREFECT_API_URL']} stopped answering mid-sweep; the sweep stopped "
                        f"and {run_dir}/ledger.jsonl and result.json keep every finished trial (`rungflow report {run_dir}`). "
-                       "Restart the Prefect server or point PREFECT_API_URL at a live one, then rerun") from None
+                       f"Restart the Prefect server or point PREFECT_API_URL at a live one, then rerun (`rungflow resume {run_dir}` "
+                       "continues from the ledger)") from None
     finally:
         if server is not None:
             _flush_prefect_logs()
@@ -274,8 +358,12 @@ def _sweep(config) -> int:
 
     progress = _Progress()
     set_reporter(progress)
+    from rungflow.config import ConfigError
+
     try:
         result = run_sweep(config, config.run_dir())
+    except ConfigError as exc:  # found once the flow opened the run directory (e.g. another sweep holds it)
+        raise CLIError(str(exc)) from None
     finally:
         progress.stop()
         set_reporter(None)
@@ -305,6 +393,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         result = load_result(args.run_dir)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CLIError(f"{Path(args.run_dir) / 'result.json'} cannot be read ({type(exc).__name__}); a running sweep "
+                       "rewrites it after each stage, or `rungflow resume` rebuilds it from the ledger") from None
     console.print(leaderboard_table(result, limit=args.top))
     for line in summary_lines(result):
         console.print(line)
@@ -313,9 +404,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage block) like every other CLI error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        err_console.print(f"[red]error:[/red] {message}; see `{self.prog} --help`", highlight=False, soft_wrap=True)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rungflow", description="Budget-capped AutoML sweeps as Prefect flows on Ray.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="rungflow", description="Budget-capped AutoML sweeps as Prefect flows on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     set_help = "override a config field, e.g. --set scheduler.eta=4 (repeatable)"
 
     p = sub.add_parser("plan", help="show brackets, rungs, trials and predicted spend before spending anything")
@@ -329,6 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("resume", help="continue an interrupted sweep: finished trials are kept, lost work billed once")
+    p.add_argument("run_dir")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="raise a cap or move the runtime, e.g. --set budget.max_gpu_hours=20 (budget.* and runtime.* only)")
+    p.set_defaults(func=cmd_resume)
+
     p = sub.add_parser("report", help="leaderboard and summary of a finished or running sweep")
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, default=10)
@@ -337,11 +442,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors and --help: their message is printed already
+        return int(exc.code or 0)
+    from rungflow.redact import install_log_redaction, redact
+
+    install_log_redaction()
     try:
         return args.func(args)
     except CLIError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True, markup=True)
         if isinstance(exc, APILostError):
             _exit_now(2)
         return 2

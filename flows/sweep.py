@@ -6,6 +6,17 @@ ASHA runs without barriers: whenever a trial finishes, the scheduler promotes or
 The controller is asked before every stage (and checks hard caps as each trial finishes);
 everything is appended to the ledger as it happens, and ``result.json`` is rewritten after each
 stage so a running sweep can be reported on.
+
+Resume is replay: a sweep whose run directory already holds a ledger (``rungflow resume``, or a
+retried Prefect flow run with the same ``run_dir``) runs the same deterministic driver from the
+start. Whenever it is about to train a (trial, rung) whose latest attempt the ledger holds as
+finished, it takes that record instead (:meth:`Sweep.replayed`), so the searcher, the scheduler and
+the controller see the same inputs in the same order and continue as if nothing happened. An attempt
+that was dispatched (a ``started`` marker) but never billed is billed once as ``interrupted``, from
+the moment the trial began (its start stamp under ``attempts/``) to the dead process's last sign of
+life (the newest of ``heartbeat``, touched every ``HEARTBEAT_SECONDS``, the ledger's last write and the
+attempts' stamps) or to its own end stamp if it ended unbilled, then runs again as the next attempt
+from its previous rung's checkpoint.
 """
 
 from __future__ import annotations
@@ -21,18 +32,26 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from budgets.controller import BudgetController, BudgetDecision, StopReason
-from budgets.ledger import Ledger, SpendRecord, TrialStatus
+from budgets.ledger import Ledger, SpendRecord, StartMarker, TrialStatus
 from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, make_scheduler
 from budgets.searchers import Observation, Searcher, make_searcher
-from rungflow.config import SweepConfig, validate
+from rungflow.config import ConfigError, SweepConfig, resume_conflicts, validate
+from rungflow.faults import fault_point
+from rungflow.redact import install_log_redaction, redact, redact_json
 from tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
-from tasks.runtime import Runtime, make_runtime
+from tasks.runtime import Runtime, make_runtime, use_runtime
 from tasks.stages import gate_trials, promote_survivors, suggest_trials
-from tasks.train import TrialResult, TrialSpec, train_trial
+from tasks.train import TrialResult, TrialSpec, attempt_stamp_name, train_trial
 
-__all__ = ["Sweep", "sweep_flow", "run_sweep", "set_reporter"]
+__all__ = ["Sweep", "sweep_flow", "run_sweep", "set_reporter", "HEARTBEAT_SECONDS"]
+
+# How often a running sweep touches RUN_DIR/heartbeat: a killed sweep's interrupted trials are
+# billed up to its last sign of life, so at most this many seconds of their work go unbilled.
+# RUNGFLOW_HEARTBEAT_SECONDS overrides it (the fault-injection tests beat faster than their kills).
+HEARTBEAT_SECONDS = float(os.environ.get("RUNGFLOW_HEARTBEAT_SECONDS", "1.0"))
 
 log = logging.getLogger("rungflow.sweep")
 
@@ -73,11 +92,17 @@ class Sweep:
     slots: int = 1
     artifacts: Any = None
     started_at: float = field(default_factory=time.time)
-    _stage_started: dict[str, float] = field(default_factory=dict)
     _last_write: float = 0.0
+    # Resume: finished records still to replay per (trial, rung), with their position in the ledger.
+    _replay: dict[tuple[str, int], SpendRecord] = field(default_factory=dict)
+    _replay_order: dict[tuple[str, int], int] = field(default_factory=dict)
+    _replayed: dict[tuple[str, int, int], SpendRecord] = field(default_factory=dict)
+    resumed: bool = False
+    _lock: Any = None
 
     @classmethod
     def create(cls, config: SweepConfig, run_dir: str | Path | None = None, clock: Callable[[], float] = time.time) -> "Sweep":
+        """A new sweep in ``run_dir``, or the resumption of the one whose ledger is already there."""
         run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
         run_dir.mkdir(parents=True, exist_ok=True)
         lo, hi = config.budget_range()
@@ -92,11 +117,65 @@ class Sweep:
             grid_points=config.search.grid_points, random_fraction=config.search.random_fraction,
             min_points_in_model=config.search.min_points_in_model,
         )
+        # A missing dataset fails the flow now, naming the fix, not as a sweep of failed trials.
+        config.trainable_class()(config.trainable.options).check()
         settings = config.budget.settings()
-        ledger = Ledger(run_dir / "ledger.jsonl", price_per_gpu_hour=settings.price_per_gpu_hour)
-        controller = BudgetController(settings, mode=mode, clock=clock)
-        (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
-        return cls(config, run_dir, searcher, scheduler, ledger, controller, mode, lo, hi)
+        ledger_path, config_path = run_dir / "ledger.jsonl", run_dir / "config.json"
+        # One process per run directory: a second one would bill the first one's running trials as interrupted.
+        lock = lock_run_dir(run_dir)
+        resumed = ledger_path.exists()
+        if resumed and config_path.exists():
+            check_resumable(config_path, config)
+        # Read before the ledger is opened: trimming a torn tail would move the ledger's mtime.
+        last_alive = last_sign_of_life(run_dir) if resumed else None
+        ledger = Ledger(ledger_path, price_per_gpu_hour=settings.price_per_gpu_hour, replay=resumed)
+        now = clock()
+        elapsed_before, first_start = 0.0, now
+        if ledger.sessions and last_alive is not None:
+            last = ledger.sessions[-1]
+            elapsed_before = float(last.get("elapsed_before", 0.0)) + max(0.0, last_alive - float(last["started_at"]))
+            first_start = float(ledger.sessions[0]["started_at"])
+        # A deadline counts the time the sweep ran, not the time it lay dead before the resume.
+        controller = BudgetController(settings, mode=mode, clock=clock, started_at=now - elapsed_before)
+        write_json_atomic_config(config_path, config)
+        sweep = cls(config, run_dir, searcher, scheduler, ledger, controller, mode, lo, hi, started_at=first_start)
+        sweep.resumed, sweep._lock = resumed, lock
+        if resumed:
+            sweep._bill_interrupted(last_alive if last_alive is not None else now)
+            for position, record in enumerate(ledger.pending):
+                if ledger.finished(record.trial_id, record.rung) is record:
+                    sweep._replay[(record.trial_id, record.rung)] = record
+                    sweep._replay_order[(record.trial_id, record.rung)] = position
+            log.info("resuming %s: %d records to replay", run_dir, len(sweep._replay))
+        ledger.record_session({"started_at": now, "elapsed_before": elapsed_before, "pid": os.getpid(),
+                               "resumed": resumed})
+        return sweep
+
+    def _bill_interrupted(self, last_alive: float) -> None:
+        """Bill, once, each attempt that was dispatched but died with the process, for the time it ran."""
+        for marker in self.ledger.unbilled_starts():
+            began, ended = trial_stamps(self.attempts_dir, marker)
+            # A trial that ended but was not billed before the crash is billed to its end, not beyond.
+            until = min(last_alive, ended) if ended is not None else last_alive
+            wall = max(0.0, until - began) if began is not None else 0.0
+            self.ledger.bill_pending(SpendRecord(
+                trial_id=marker.trial_id, bracket=marker.bracket, rung=marker.rung, budget=marker.budget, score=None,
+                status=TrialStatus.INTERRUPTED, gpu_seconds=wall * marker.gpus, gpus=marker.gpus,
+                cost=self.ledger.cost_of(wall * marker.gpus), started_at=began if began is not None else marker.started_at,
+                finished_at=max(until, began or 0.0), attempt=marker.attempt, wall_seconds=wall,
+                error="interrupted: the sweep process died mid-trial; billed from the trial's start to the process's "
+                      "last sign of life" if began is not None else "interrupted before the trial started: nothing billed",
+            ))
+
+    def close(self) -> None:
+        """Let another process run this directory (the lock also goes with the process, however it dies)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    @property
+    def attempts_dir(self) -> Path:
+        return self.run_dir / "attempts"
 
     # --- bookkeeping ------------------------------------------------------------------------------
     def new_trial(self, config: dict[str, Any], bracket: int) -> str:
@@ -119,15 +198,23 @@ class Sweep:
             resume_from_rung=resume_from_rung,
             gpus=rt.gpus_per_trial,
             seed=self.config.search.seed,
+            attempt=self.ledger.next_attempt(trial_id, rung),
+            attempt_dir=str(self.attempts_dir.resolve()),
         )
 
     def charge(self, result: TrialResult) -> SpendRecord:
+        replayed = self._replayed.pop((result.trial_id, result.rung, result.attempt), None)
+        if replayed is not None:
+            # Already on disk: it joins the in-memory ledger where it stood before the crash.
+            self.ledger.adopt(result.trial_id, result.rung, upto=replayed)
+            _report("result", record=replayed, gpu_hours=self.ledger.gpu_hours, cost=self.ledger.cost)
+            return replayed
         record = SpendRecord(
             trial_id=result.trial_id, bracket=result.bracket, rung=result.rung, budget=result.budget,
             score=result.score, status=result.status, gpu_seconds=result.gpu_seconds, gpus=result.gpus,
             cost=self.ledger.cost_of(result.gpu_seconds), started_at=result.started_at,
             finished_at=result.finished_at, budget_trained=result.budget_trained, attempt=result.attempt,
-            error=result.error, metrics=result.metrics, wall_seconds=result.wall_seconds,
+            error=None if result.error is None else redact(result.error), metrics=result.metrics, wall_seconds=result.wall_seconds,
             trainable_seconds=result.trainable_seconds, worker=result.worker,
         )
         self.ledger.charge(record)
@@ -160,71 +247,121 @@ class Sweep:
         if decision.stop and self.stop_reason is None:
             self.stop_reason, self.stop_detail = decision.reason, decision.detail
 
+    # --- resume (replay) -----------------------------------------------------------------------
+    def replayed(self, spec: TrialSpec) -> TrialResult | None:
+        """The result the ledger already holds for ``spec``'s (trial, rung), or None: it must run."""
+        record = self._replay.pop((spec.trial_id, spec.rung), None)
+        if record is None:
+            return None
+        self._replayed[record.key] = record
+        return TrialResult(
+            trial_id=record.trial_id, bracket=record.bracket, rung=record.rung, budget=record.budget,
+            score=record.score, status=record.status, gpu_seconds=record.gpu_seconds, gpus=record.gpus,
+            started_at=record.started_at, finished_at=record.finished_at, wall_seconds=record.wall_seconds,
+            trainable_seconds=record.trainable_seconds, budget_trained=record.budget_trained, attempt=record.attempt,
+            error=record.error, metrics=dict(record.metrics), worker=record.worker or "",
+        )
+
+    def dispatching(self, spec: TrialSpec) -> None:
+        """Called just before a spec is submitted: its earlier, unfinished attempts join the ledger, then a marker."""
+        self.ledger.adopt(spec.trial_id, spec.rung)
+        self.ledger.start(StartMarker(spec.trial_id, spec.rung, spec.attempt, spec.bracket, spec.budget, spec.gpus,
+                                      time.time()))
+
+    def replay_stage(self, specs: list[TrialSpec]) -> tuple[list[TrialResult], list[TrialSpec], bool]:
+        """Replay the stage's finished trials in ledger order: (their results, the specs still to run, stopped).
+
+        The hard caps are checked after each, as the live stage does; if one stops the stage, the
+        rest are cancelled as they were before the crash (their records, if any, are adopted).
+        """
+        found = [(r, s) for s in specs if (r := self.replayed(s)) is not None]
+        if not found:
+            return [], specs, False
+        found.sort(key=lambda rs: self._replay_order.get((rs[0].trial_id, rs[0].rung), 0))
+        results: list[TrialResult] = []
+        done = {r.trial_id for r, _ in found}
+        rest = [s for s in specs if s.trial_id not in done]
+        for result, spec in found:
+            self.charge(result)
+            results.append(result)
+            if self.controller.settings.on_cap == "cancel":
+                check = self.controller.check_in_flight(self.ledger, stage=f"bracket {spec.bracket} rung {spec.rung}")
+                if check.stop:
+                    self._record_decision(check)
+                    unreplayed = [(r, s) for r, s in found if r not in results]
+                    for r, s in unreplayed:  # billed already; their records stay as they were
+                        self.charge(r)
+                        results.append(r)
+                    for s in rest:
+                        self.ledger.adopt(s.trial_id, s.rung)
+                        now = time.time()
+                        results.append(TrialResult(
+                            trial_id=s.trial_id, bracket=s.bracket, rung=s.rung, budget=s.budget, score=None,
+                            status=TrialStatus.CANCELLED, gpu_seconds=0.0, gpus=s.gpus, started_at=now, finished_at=now,
+                            wall_seconds=0.0, trainable_seconds=0.0, budget_trained=0.0, attempt=s.attempt,
+                            error="cancelled: a hard budget cap was reached mid-stage"))
+                    return results, [], True
+        return results, rest, False
+
     # --- running trials ---------------------------------------------------------------------------
+    def charge_all(self, result: TrialResult) -> None:
+        """Bill the trial's lost attempts (each once) and then its final result."""
+        for lost in result.lost_attempts:
+            self.charge(lost)
+        self.charge(result)
+
     def run_stage(self, runtime: Runtime, specs: list[TrialSpec]) -> list[TrialResult]:
-        """Run specs concurrently; after each result, check the hard caps and stop the rest if one is hit."""
+        """Run specs concurrently; after each result, check the hard caps and cancel the rest if one is hit."""
         if not specs:
             return []
+        replayed, specs, stopped = self.replay_stage(specs)
+        if stopped or not specs:
+            return replayed
+        for spec in specs:
+            self.dispatching(spec)
+        fault_point("dispatch")
         done: "queue.Queue[Any]" = queue.Queue()
-        with runtime.trial_resources():
-            futures = train_trial.map(specs)
+        futures = train_trial.map(specs)
         pending = {}
         for future, spec in zip(futures, specs):
             pending[id(future)] = (future, spec)
             future.add_done_callback(lambda _f, fut=future: done.put(fut))
-        results: list[TrialResult] = []
-        cancelled = False
+        results: list[TrialResult] = list(replayed)
+        cancelling = False
         while pending:
             future = done.get()
             if id(future) not in pending:
                 continue
             _, spec = pending.pop(id(future))
             results.append(self._result_of(future, spec))
-            self.charge(results[-1])
-            if not cancelled and self.controller.settings.on_cap == "cancel":
+            self.charge_all(results[-1])
+            if not cancelling and pending and self.controller.settings.on_cap == "cancel":
                 check = self.controller.check_in_flight(self.ledger, stage=f"bracket {spec.bracket} rung {spec.rung}")
                 if check.stop:
                     self._record_decision(check)
-                    cancelled = True
-                    results.extend(self._cancel(runtime, pending))
-                    pending.clear()
+                    cancelling = True
+                    # The runtime stops what it can; every trial still comes back, billed for what it used.
+                    runtime.cancel([s for _, s in pending.values()], check.detail)
         return results
 
     def _result_of(self, future: Any, spec: TrialSpec) -> TrialResult:
-        try:
+        if isinstance(future, _Finished):
             return future.result()
-        except Exception as exc:  # the worker died or the task runner failed: bill nothing we cannot see
-            now = time.time()
-            return TrialResult(
-                trial_id=spec.trial_id, bracket=spec.bracket, rung=spec.rung, budget=spec.budget, score=None,
-                status=TrialStatus.FAILED, gpu_seconds=0.0, gpus=spec.gpus, started_at=now, finished_at=now,
-                wall_seconds=0.0, trainable_seconds=0.0, budget_trained=0.0, error=f"{type(exc).__name__}: {exc}",
-            )
-
-    def _cancel(self, runtime: Runtime, pending: dict[int, tuple[Any, TrialSpec]]) -> list[TrialResult]:
-        """Cancel in-flight trials and bill each for the time it held its GPUs since the stage began."""
-        results = []
+        future.wait()
+        try:
+            data = future.state.result(raise_on_failure=False)
+        except Exception as exc:
+            data = exc
+        if isinstance(data, TrialResult):
+            return data
+        # The task itself crashed (not the trainable: run_trial never raises): nothing to bill we can see.
         now = time.time()
-        for future, spec in pending.values():
-            ref = getattr(future, "wrapped_future", None)
-            if runtime.kind == "ray" and ref is not None:
-                import ray
-
-                ray.cancel(ref, force=True)
-            elif ref is not None:
-                # A thread that already runs cannot be stopped; this only drops queued ones.
-                ref.cancel()
-            started = self._stage_started.get(spec.trial_id, now)
-            wall = max(0.0, now - started)
-            result = TrialResult(
-                trial_id=spec.trial_id, bracket=spec.bracket, rung=spec.rung, budget=spec.budget, score=None,
-                status=TrialStatus.CANCELLED, gpu_seconds=wall * spec.gpus, gpus=spec.gpus, started_at=started,
-                finished_at=now, wall_seconds=wall, trainable_seconds=0.0, budget_trained=0.0,
-                error="cancelled: a hard budget cap was reached mid-stage",
-            )
-            self.charge(result)
-            results.append(result)
-        return results
+        return TrialResult(
+            trial_id=spec.trial_id, bracket=spec.bracket, rung=spec.rung, budget=spec.budget, score=None,
+            status=TrialStatus.FAILED, gpu_seconds=0.0, gpus=spec.gpus, started_at=now, finished_at=now,
+            wall_seconds=0.0, trainable_seconds=0.0, budget_trained=0.0,
+            error=f"{type(data).__name__}: {data}" if isinstance(data, BaseException) else f"train task returned {data!r}",
+        )
 
     # --- drivers ----------------------------------------------------------------------------------
     def run_synchronous(self, runtime: Runtime) -> None:
@@ -234,6 +371,7 @@ class Sweep:
             if self.decide(f"bracket {bracket.index} rung 0", first.num_trials * first.budget).stop:
                 return
             configs = suggest_trials(self.searcher, first.num_trials, bracket.index)
+            fault_point("search")
             if not configs:
                 self.stop_reason, self.stop_detail = str(StopReason.SCHEDULE_COMPLETE), "the search space is exhausted"
                 return
@@ -251,7 +389,6 @@ class Sweep:
                     for t in alive
                 ]
                 stage_start = time.time()
-                self._stage_started = {s.trial_id: stage_start for s in specs}
                 results = self.run_stage(runtime, specs)
                 bracket_log["rungs"].append(
                     {"rung": rung.index, "budget": rung.budget, "num_trials": len(specs), "planned_trials": rung.num_trials,
@@ -262,7 +399,9 @@ class Sweep:
                 keep = 0 if last else bracket.rungs[position + 1].num_trials
                 scores = [TrialScore(r.trial_id, r.score if r.ok else None) for r in results]
                 decision = gate_trials(scores, keep, self.mode, bracket.index, rung.index)
+                fault_point("gate")
                 alive = promote_survivors(self.searcher, observations, decision, bracket.index, rung.index)
+                fault_point("promote")
                 self.write_result()
                 if self.stop_reason is not None:
                     return
@@ -300,8 +439,11 @@ class Sweep:
                 else:
                     trial_id, resume = job.trial_id, last_rung_of.get(job.trial_id)
                 spec = self.spec(trial_id, 0, job.rung, job.budget, resume)
-                self._stage_started[trial_id] = time.time()
-                with runtime.trial_resources():
+                replayed = self.replayed(spec)
+                if replayed is not None:
+                    future: Any = _Finished(replayed)
+                else:
+                    self.dispatching(spec)
                     future = train_trial.submit(spec)
                 in_flight[id(future)] = (future, spec)
                 future.add_done_callback(lambda _f, fut=future: done.put(fut))
@@ -312,8 +454,11 @@ class Sweep:
                 continue
             _, spec = in_flight.pop(id(future))
             result = self._result_of(future, spec)
-            self.charge(result)
+            self.charge_all(result)
+            fault_point("asha-result")
             finished += 1
+            if result.status == TrialStatus.CANCELLED:
+                continue
             last_rung_of[spec.trial_id] = spec.rung
             scheduler.on_result(spec.trial_id, spec.rung, result.score if result.ok else None)
             self.searcher.observe(self.observation(result))
@@ -325,23 +470,30 @@ class Sweep:
                 if check.stop:
                     self._record_decision(check)
                     stopping = True
-                    self._cancel(runtime, in_flight)
-                    in_flight.clear()
+                    runtime.cancel([s for _, s in in_flight.values()], check.detail)
 
     def run(self, runtime: Runtime) -> dict[str, Any]:
         self.runtime_note = runtime.note
         self.slots = runtime.slots
         _report("planned", units=self.scheduler.budget_units(), max_gpu_hours=self.config.budget.max_gpu_hours,
                 name=self.config.name)
+        heartbeat = Heartbeat(self.run_dir / "heartbeat")
         try:
-            if self.scheduler.synchronous:
-                self.run_synchronous(runtime)
-            else:
-                self.run_asynchronous(runtime)
+            with use_runtime(runtime):
+                if self.scheduler.synchronous:
+                    self.run_synchronous(runtime)
+                else:
+                    self.run_asynchronous(runtime)
         except KeyboardInterrupt:
             self.stop_reason, self.stop_detail = str(StopReason.CANCELLED), "interrupted"
+            self.ledger.adopt_all()
             self.write_result()
             raise
+        finally:
+            heartbeat.stop()
+            self.close()
+        # What the resumed driver did not reach (a cap lowered on resume) was still billed: keep it.
+        self.ledger.adopt_all()
         if self.stop_reason is None:
             self.stop_reason, self.stop_detail = str(StopReason.SCHEDULE_COMPLETE), "every planned stage ran"
         result = self.write_result(final=True)
@@ -353,7 +505,7 @@ class Sweep:
         from rungflow.results import build_result, write_json_atomic
 
         self._last_write = time.time()
-        result = build_result(self, final=final)
+        result = redact_json(build_result(self, final=final))
         write_json_atomic(self.run_dir / "result.json", result)
         if self.artifacts is not None:
             try:
@@ -363,9 +515,110 @@ class Sweep:
                 if self.stop_reason is None:
                     self.stop_reason = str(StopReason.CANCELLED)
                     self.stop_detail = "the Prefect API stopped answering; the sweep stopped after the stage that was running"
-                write_json_atomic(self.run_dir / "result.json", build_result(self, final=True))
+                write_json_atomic(self.run_dir / "result.json", redact_json(build_result(self, final=True)))
                 raise
         return result
+
+
+class _Finished:
+    """A result replayed from the ledger, shaped like the Prefect future the ASHA loop waits on."""
+
+    def __init__(self, result: TrialResult) -> None:
+        self._result = result
+
+    def result(self) -> TrialResult:
+        return self._result
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+
+class Heartbeat:
+    """Touches ``path`` every HEARTBEAT_SECONDS from a daemon thread: the sweep's last sign of life."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self.path = path
+        self._stop = threading.Event()
+        self._beat()
+        self._thread = threading.Thread(target=self._run, name="rungflow-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        try:
+            self.path.write_text(f"{time.time():.3f}\n")
+        except OSError as exc:  # a full disk must not stop the sweep; resume then bills from the ledger's time
+            log.warning("could not write heartbeat %s: %s", self.path, exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self._beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def lock_run_dir(run_dir: Path) -> Any:
+    """An exclusive ``flock`` on RUN_DIR/.lock, released when the file closes or the process dies (even by SIGKILL)."""
+    import fcntl
+
+    fh = (run_dir / ".lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise ConfigError(f"run directory {run_dir} is in use by a running sweep (pid {holder}); wait for it to end, "
+                          "or pass another run directory") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def last_sign_of_life(run_dir: Path) -> float:
+    """When the process that last ran the sweep was last seen alive: its newest heartbeat, ledger or start stamp."""
+    paths = [run_dir / "heartbeat", run_dir / "ledger.jsonl", *(run_dir / "attempts").glob("*.started")]
+    times = [p.stat().st_mtime for p in paths if p.exists()]
+    return max(times) if times else time.time()
+
+
+def trial_stamps(attempts_dir: Path, marker: StartMarker) -> tuple[float | None, float | None]:
+    """When the attempt began and ended training (run_trial stamps both); None where it did not get there."""
+    path = attempts_dir / attempt_stamp_name(marker.trial_id, marker.rung, marker.attempt)
+    try:
+        times = [float(line) for line in path.read_text().split()]
+    except (OSError, ValueError):
+        return None, None
+    return (times[0] if times else None), (times[1] if len(times) > 1 else None)
+
+
+def check_resumable(config_path: Path, config: SweepConfig) -> None:
+    """Refuse to resume a run directory with a config that would not replay the sweep that ran there."""
+    try:
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{config_path} cannot be read ({type(exc).__name__}); restore it or start a new sweep "
+                          "with a new run directory") from None
+    try:  # compare like with like: defaults filled in on both sides
+        saved = validate(saved).model_dump(mode="json")
+    except (ConfigError, TypeError):
+        pass
+    conflicts = resume_conflicts(saved, config.model_dump(mode="json"))
+    if conflicts:
+        raise ConfigError(redact(
+            f"{config_path.parent} holds a sweep with a different {', '.join(conflicts)}; only budget.* and runtime.* "
+            "may change when resuming: use a new run directory (--out) to run a different sweep"
+        ))
+
+
+def write_json_atomic_config(path: Path, config: SweepConfig) -> None:
+    from rungflow.results import write_json_atomic
+
+    write_json_atomic(path, config.model_dump(mode="json"))
 
 
 def _flow_run_name() -> str:
@@ -374,22 +627,35 @@ def _flow_run_name() -> str:
     return str(flow_run.parameters.get("config", {}).get("name", "sweep"))
 
 
-@flow(name="rungflow-sweep", flow_run_name=_flow_run_name, log_prints=True, persist_result=False)
+# Each trial's Prefect task is a thread of the flow process that waits on the runtime, which bounds how many
+# trials run at once; the pool only needs to be at least as wide as the widest cluster's slots.
+TRIAL_THREADS = 256
+
+
+@flow(name="rungflow-sweep", flow_run_name=_flow_run_name, log_prints=True, persist_result=False,
+      task_runner=ThreadPoolTaskRunner(max_workers=TRIAL_THREADS))
 def sweep_flow(config: dict[str, Any], run_dir: str | None = None) -> dict[str, Any]:
     """A budget-capped Hyperband/ASHA sweep; ``config`` is the validated sweep config as a dict."""
+    install_log_redaction()
     cfg = validate(config)
     sweep = Sweep.create(cfg, run_dir)
     sweep.artifacts = SweepArtifacts(cfg.name)
-    rt = cfg.runtime
-    runtime = make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
-                           cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent)
+    try:
+        runtime = runtime_of(cfg)
+    except BaseException:
+        sweep.close()
+        raise
     return sweep.run(runtime)
+
+
+def runtime_of(config: SweepConfig) -> Runtime:
+    rt = config.runtime
+    return make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
+                        cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent,
+                        trial_timeout=rt.trial_timeout, max_retries=rt.max_retries,
+                        memory_per_trial_gb=rt.memory_per_trial_gb)
 
 
 def run_sweep(config: SweepConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run a sweep as a Prefect flow on the configured runtime; returns the result dict."""
-    rt = config.runtime
-    runtime = make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
-                           cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent)
-    flow_with_runner = sweep_flow.with_options(task_runner=runtime.task_runner)
-    return flow_with_runner(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None)
+    return sweep_flow(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None)

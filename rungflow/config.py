@@ -17,7 +17,7 @@ from budgets.schedulers import SchedulerKind
 from budgets.searchers import SEARCHERS
 from budgets.space import SearchSpace, SpaceError
 
-__all__ = ["SweepConfig", "ConfigError", "load_config", "apply_overrides", "parse_duration"]
+__all__ = ["SweepConfig", "ConfigError", "load_config", "apply_overrides", "parse_duration", "RESUMABLE", "resume_conflicts"]
 
 
 class ConfigError(ValueError):
@@ -229,6 +229,37 @@ class RuntimeConfig(_Strict):
     gpus_per_trial: float = 0.0
     cpus_per_trial: float = 1.0
     max_concurrent: int | None = None
+    trial_timeout: float | None = Field(default=None, description="seconds a trial may run at one rung before it is stopped")
+    max_retries: int = Field(default=2, description="retries of a trial whose Ray worker died, from its last checkpoint")
+    memory_per_trial_gb: float | None = Field(default=None, description="memory a trial's Ray worker may use")
+
+    @field_validator("trial_timeout")
+    @classmethod
+    def _timeout(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError("must be a positive number of seconds, e.g. 3600; remove it for no limit")
+        return v
+
+    @field_validator("max_retries")
+    @classmethod
+    def _retries(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be 0 or more (0: a trial whose worker dies is recorded as failed at once)")
+        return v
+
+    @field_validator("memory_per_trial_gb")
+    @classmethod
+    def _memory(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError("must be a positive number of GiB, e.g. 4; remove it for no limit")
+        return v
+
+    @model_validator(mode="after")
+    def _memory_needs_ray(self) -> "RuntimeConfig":
+        if self.memory_per_trial_gb is not None and self.kind != "ray":
+            raise ValueError("runtime.memory_per_trial_gb needs runtime.kind: ray (threads share the flow's memory); "
+                             "remove it or use the ray runtime")
+        return self
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -279,7 +310,12 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _resolve(self) -> "SweepConfig":
-        trainable_cls = self.trainable_class()
+        from tasks.trainables import TrainableError
+
+        try:
+            trainable_cls = self.trainable_class()
+        except TrainableError as exc:  # a broken plugin: name it, no traceback
+            raise ValueError(f"trainable.kind: {exc}") from None
         try:
             trainable_cls.Options(**self.trainable.options)
         except ValidationError as exc:
@@ -342,6 +378,26 @@ class SweepConfig(_Strict):
         return self.storage.optuna_url or f"sqlite:///{(self.run_dir() / 'optuna.db').resolve()}"
 
 
+# Sections a resumed sweep may change: caps and where trials run. Everything else decides which
+# trials exist and in what order, so a resume that changed it would not replay the sweep that ran.
+RESUMABLE: tuple[str, ...] = ("budget", "runtime", "storage")
+
+
+def resume_conflicts(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between the run directory's config and ``new``, outside RESUMABLE."""
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, Mapping):
+            out: dict[str, Any] = {}
+            for k, v in data.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: data}
+
+    a, b = flat(dict(saved)), flat(dict(new))
+    keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in RESUMABLE and a.get(k) != b.get(k))
+    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in keys]
+
+
 SLUG_MAX = 48
 
 
@@ -372,7 +428,7 @@ def _one_line(exc: ValidationError, prefix: str = "") -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif err["type"] == "missing":
-            msg = "is required"
+            msg = f"is required; add `{loc.split('.')[-1]}:` to the config"
         value = err.get("input")
         shown = "" if err["type"] in ("missing",) or isinstance(value, Mapping) else f" = {value!r}"
         parts.append(f"{where}{shown}: {msg}" if where else msg)
@@ -418,8 +474,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass the path to a sweep YAML, e.g. examples/digits.yaml")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} is a directory, not a file; pass the path to a sweep YAML inside it")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text; save the sweep YAML as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -27,6 +27,10 @@ TOP_N = 25
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` (credentials redacted) as a complete file: readers never see half of one."""
+    from rungflow.redact import redact_json
+
+    data = redact_json(data)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -13,9 +13,10 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Mapping
 
@@ -23,10 +24,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from budgets.ledger import TrialStatus
+from rungflow.redact import redact
 from tasks.checkpoints import CorruptCheckpoint, LocalCheckpointStore
 from tasks.trainables import Trainable, TrainRequest, get_trainable_class
 
-__all__ = ["TrialSpec", "TrialResult", "run_trial", "train_trial"]
+__all__ = ["TrialSpec", "TrialResult", "run_trial", "train_trial", "attempt_stamp_name"]
 
 log = logging.getLogger("rungflow.train")
 
@@ -47,6 +49,24 @@ class TrialSpec:
     gpus: float = 0.0
     seed: int = 0
     attempt: int = 0
+    attempt_dir: str | None = None  # where the attempt stamps when it starts training (resume bills from it)
+
+
+def attempt_stamp_name(trial_id: str, rung: int, attempt: int) -> str:
+    return f"{trial_id}-r{rung}-a{attempt}.started"
+
+
+def _stamp(spec: TrialSpec, when: float) -> None:
+    """Record when this attempt began (first line) and ended (second): a resume after a crash bills between them."""
+    if spec.attempt_dir is None:
+        return
+    try:
+        path = os.path.join(spec.attempt_dir, attempt_stamp_name(spec.trial_id, spec.rung, spec.attempt))
+        os.makedirs(spec.attempt_dir, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{when:.3f}\n")
+    except OSError as exc:  # without the stamp an interrupted attempt is billed nothing, never twice
+        log.warning("could not stamp the start of %s rung %s: %s", spec.trial_id, spec.rung, exc)
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,10 @@ class TrialResult:
     device: str = "cpu"
     worker: str = ""
     resumed_from_budget: float | None = None
+    # Log lines the trial emitted in its worker, replayed into the Prefect task run's logs by the flow.
+    logs: tuple[tuple[int, str], ...] = ()
+    # Earlier attempts of this (trial, rung) whose worker was lost; each is billed once.
+    lost_attempts: tuple["TrialResult", ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -79,7 +103,38 @@ class TrialResult:
         data = asdict(self)
         data["status"] = str(self.status)
         data["metrics"] = dict(self.metrics)
+        data.pop("lost_attempts")
+        data.pop("logs")
         return data
+
+
+MAX_LOG_LINES = 200
+
+
+class _TrialLogCapture(logging.Handler):
+    """Keeps the log records emitted by the trial's own thread (other trials may share the process)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.thread = threading.get_ident()
+        self.lines: list[tuple[int, str]] = []
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread or record.name.startswith(("prefect", "ray")):
+            return
+        if len(self.lines) >= MAX_LOG_LINES:
+            self.dropped += 1
+            return
+        try:
+            self.lines.append((record.levelno, f"{record.name}: {record.getMessage()}"))
+        except Exception:  # a record whose message cannot be formatted is not worth failing a trial for
+            self.dropped += 1
+
+    def collected(self) -> tuple[tuple[int, str], ...]:
+        if self.dropped:
+            return (*self.lines, (logging.WARNING, f"{self.dropped} more log lines from this trial were dropped"))
+        return tuple(self.lines)
 
 
 @lru_cache(maxsize=8)
@@ -90,7 +145,7 @@ def _trainable(kind: str, options_json: str) -> Trainable:
 
 
 def _device(gpus: float) -> str:
-    if gpus <= 0:
+    if gpus <= 0 or not _has_nvidia_device():
         return "cpu"
     try:
         import torch
@@ -98,6 +153,12 @@ def _device(gpus: float) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+@lru_cache(maxsize=1)
+def _has_nvidia_device() -> bool:
+    # Importing torch just to learn there is no GPU costs seconds per worker; the device nodes tell at once.
+    return os.path.exists("/dev/nvidiactl") or any(os.path.exists(f"/dev/nvidia{i}") for i in range(8))
 
 
 def _worker_id() -> str:
@@ -114,9 +175,22 @@ def _worker_id() -> str:
 
 
 def run_trial(spec: TrialSpec) -> TrialResult:
-    """Train ``spec`` and bill it; never raises for a trainable's failure."""
+    """Train ``spec`` and bill it; never raises for a trainable's failure. Keeps the trial's log lines."""
+    _redact_worker_logs()
+    capture = _TrialLogCapture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    try:
+        result = _run_trial(spec)
+    finally:
+        root.removeHandler(capture)
+    return replace(result, logs=capture.collected()) if capture.lines or capture.dropped else result
+
+
+def _run_trial(spec: TrialSpec) -> TrialResult:
     started = time.time()
     t0 = time.perf_counter()
+    _stamp(spec, started)
     worker = _worker_id()
     device = _device(spec.gpus)
     store = LocalCheckpointStore(spec.checkpoint_dir)
@@ -165,9 +239,11 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     except Exception as exc:  # a trainable's failure is a result, not a crash of the sweep
         trainable_seconds = time.perf_counter() - t_train
         status = TrialStatus.FAILED
-        error = f"{type(exc).__name__}: {exc}"
-        log.warning("trial %s rung %s failed: %s\n%s", spec.trial_id, spec.rung, error, traceback.format_exc(limit=5))
+        # Workers hold the forwarded credentials too: nothing they report may carry them.
+        error = redact(f"{type(exc).__name__}: {exc}")
+        log.warning("trial %s rung %s failed: %s\n%s", spec.trial_id, spec.rung, error, redact(traceback.format_exc(limit=5)))
     wall = time.perf_counter() - t0
+    _stamp(spec, started + wall)
     # Wall-clock x GPUs held, unless the trainable knows its own cost (a surrogate does).
     gpu_seconds = reported_gpu_seconds if reported_gpu_seconds is not None else wall * spec.gpus
     return TrialResult(
@@ -193,18 +269,50 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     )
 
 
+def _as_state(result: TrialResult) -> Any:
+    """A trial that failed shows red in the Prefect UI with its error; the result rides along as the state's data."""
+    from prefect.states import Cancelled, Completed, Failed
+
+    if result.ok:
+        return Completed(data=result)
+    message = f"{result.status}: {result.error}" if result.error else str(result.status)
+    if result.status == TrialStatus.CANCELLED:
+        return Cancelled(message=message, data=result)
+    return Failed(message=message, data=result)
+
+
+_worker_logs_redacted = False
+
+
+def _redact_worker_logs() -> None:
+    # A Ray worker is a process of its own, with the forwarded credentials in its environment.
+    global _worker_logs_redacted
+    if not _worker_logs_redacted:
+        from rungflow.redact import install_log_redaction
+
+        install_log_redaction()
+        _worker_logs_redacted = True
+
+
 @task(
     name="train",
     task_run_name="train-{spec.trial_id}-r{spec.rung}",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retries=0,
+    retries=0,  # the runtime owns retries (from the last checkpoint); Prefect retrying too would double them
 )
-def train_trial(spec: TrialSpec) -> TrialResult:
-    """Train one trial to its rung's budget."""
-    result = run_trial(spec)
-    if not result.ok:
-        from prefect import get_run_logger
+def train_trial(spec: TrialSpec) -> Any:
+    """Train one trial to its rung's budget on the active runtime (threads or Ray actors)."""
+    from prefect import get_run_logger
 
-        get_run_logger().warning("trial %s failed at rung %s: %s", spec.trial_id, spec.rung, result.error)
-    return result
+    from tasks.runtime import active_runtime
+
+    result = active_runtime().execute(spec)
+    logger = get_run_logger()
+    for level, line in result.logs:
+        logger.log(level, redact(line))
+    for lost in result.lost_attempts:
+        logger.warning("attempt %d: %s", lost.attempt, redact(lost.error or ""))
+    if not result.ok:
+        logger.warning("trial %s rung %s %s: %s", spec.trial_id, spec.rung, result.status, redact(result.error or ""))
+    return _as_state(result)

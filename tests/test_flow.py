@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -171,6 +172,27 @@ def test_hard_cap_mid_stage_cancels_in_flight_ray_trials_and_bills_them(
     assert stop and stop[-1]["reason"] == "max_gpu_hours"
 
 
+def _ray_node(ray_bin: str, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """One Ray node in the foreground (``--block``), in its own process group so the test stops exactly it."""
+    return subprocess.Popen([ray_bin, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                             "--disable-usage-stats", *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    # Never `ray stop`: it stops every Ray instance on the machine, not just this test's nodes.
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def test_sweep_on_a_ray_cluster_reached_by_address(prefect_server: str, tmp_path: Path, ray_shutdown: None) -> None:
     import ray
 
@@ -179,15 +201,21 @@ def test_sweep_on_a_ray_cluster_reached_by_address(prefect_server: str, tmp_path
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     ray_bin = str(Path(sys.executable).parent / "ray")
-    head = subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
-                           "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats"],
-                          env=env, capture_output=True, text=True, timeout=180)
-    assert head.returncode == 0, head.stderr
+    nodes_started = [_ray_node(ray_bin, ["--head", "--port", str(port), "--include-dashboard", "false"], env,
+                               tmp_path / "head.log")]
     try:
-        node = subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1",
-                               "--num-cpus", "1", "--disable-usage-stats"],
-                              env=env, capture_output=True, text=True, timeout=180)
-        assert node.returncode == 0, node.stderr
+        deadline = time.time() + 180
+        while subprocess.run([ray_bin, "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True,
+                             timeout=60).returncode != 0:
+            assert nodes_started[0].poll() is None, (tmp_path / "head.log").read_text()
+            assert time.time() < deadline, "the Ray head did not come up"
+            time.sleep(1)
+        nodes_started.append(_ray_node(ray_bin, ["--address", f"127.0.0.1:{port}"], env, tmp_path / "node.log"))
+        ray.init(address=f"127.0.0.1:{port}", logging_level="WARNING")
+        while ray.cluster_resources().get("CPU", 0) < 2:
+            assert time.time() < deadline, "the second Ray node did not join"
+            time.sleep(1)
+        ray.shutdown()
         cfg = validate(sweep_config(
             tmp_path, name="cluster",
             trainable={"kind": "noop", "options": {"sleep_seconds": 0.5}},
@@ -201,7 +229,8 @@ def test_sweep_on_a_ray_cluster_reached_by_address(prefect_server: str, tmp_path
         assert result["ledger"]["trials_completed"] == 6
     finally:
         ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for proc in reversed(nodes_started):
+            _stop_group(proc)
 
 
 def test_cli_sweep_and_report(prefect_server: str, tmp_path: Path) -> None:

@@ -85,6 +85,12 @@ class Trainable(ABC):
         """The space searched when the config gives none; None if the family has no sensible default."""
         return None
 
+    def check(self) -> None:
+        """Raise :class:`TrainableError` naming the fix when data the trainable needs is missing.
+
+        Called before a sweep spends anything, so a wrong path fails in a second, not as a sweep of failed trials.
+        """
+
     def estimate_gpu_seconds(self, config: Mapping[str, Any], budget_from: float, budget_to: float) -> float | None:
         """Predicted cost of training ``config`` from ``budget_from`` to ``budget_to``, for plans; None if unknown."""
         return None

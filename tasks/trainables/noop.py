@@ -23,9 +23,12 @@ class NoopOptions(TrainableOptions):
     sleep_seconds: float = Field(0.0, ge=0.0, description="seconds slept per train call, to mimic work")
     fail_when_x_above: float | None = Field(None, description="raise RuntimeError when config x exceeds this")
     nan_when_x_above: float | None = Field(None, description="return a NaN score when config x exceeds this")
+    hang_when_x_above: float | None = Field(None, description="never return when config x exceeds this (a hung trial)")
+    allocate_mb_when_x_above: float | None = Field(None, description="keep allocating memory, 16 MB at a time, "
+                                                                      "when config x exceeds this (a leaking trial)")
     gpu_seconds_per_unit: float | None = Field(
-        None, ge=0.0, description="report this cost per budget unit trained, as a surrogate does, instead of "
-                                  "billing wall clock: spend (and so budget stops) that do not depend on machine load")
+        None, ge=0.0, description="report this cost per budget unit trained (deterministic billing) instead of wall clock"
+    )
 
 
 def noop_score(config: Mapping[str, Any], budget: float) -> float:
@@ -62,6 +65,14 @@ class NoopTrainable(Trainable):
         x, _ = _xy(request.config)
         if self.options.sleep_seconds > 0:
             time.sleep(self.options.sleep_seconds)
+        if self.options.hang_when_x_above is not None and x > self.options.hang_when_x_above:
+            while True:  # in short sleeps, as a stuck data loader would poll
+                time.sleep(0.05)
+        if self.options.allocate_mb_when_x_above is not None and x > self.options.allocate_mb_when_x_above:
+            hoard = []
+            while True:
+                hoard.append(bytearray(16 * 2**20))
+                time.sleep(0.01)
         if self.options.fail_when_x_above is not None and x > self.options.fail_when_x_above:
             raise RuntimeError(f"x above {self.options.fail_when_x_above} (x={x}): noop configured to fail")
         previous = float(json.loads(request.checkpoint)["budget"]) if request.checkpoint is not None else 0.0
@@ -74,7 +85,7 @@ class NoopTrainable(Trainable):
             budget_trained=reached - previous,
             checkpoint=json.dumps({"budget": reached}).encode(),
             metrics={"score": score},
-            gpu_seconds=None if self.options.gpu_seconds_per_unit is None else (reached - previous) * self.options.gpu_seconds_per_unit,
+            gpu_seconds=None if self.options.gpu_seconds_per_unit is None else self.options.gpu_seconds_per_unit * (reached - previous),
         )
 
     def estimate_gpu_seconds(self, config: Mapping[str, Any], budget_from: float, budget_to: float) -> float | None:

@@ -168,6 +168,9 @@ class LCBenchTrainable(Trainable):
         ints = [IntParam(n, lo, hi, log) for n, (lo, hi, log) in _INTS.items()]
         return SearchSpace(tuple(sorted(floats + ints, key=lambda p: p.name)))
 
+    def check(self) -> None:
+        resolve_data_path(self.options.data_path)
+
     def _bset(self) -> Any:
         path = resolve_data_path(self.options.data_path)
         return _benchmark(self.options.instance, self.options.noisy, str(path))
