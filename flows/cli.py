@@ -7,6 +7,7 @@ and no traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -24,6 +25,14 @@ __all__ = ["main"]
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
+
+
+class APILostError(CLIError):
+    """The Prefect API died mid-sweep: one line, then exit without waiting on Prefect's event queue.
+
+    At exit Prefect would try to ship each queued event to the dead API, ~7 s apiece (minutes in all);
+    everything worth keeping is already fsynced in the run directory.
+    """
 
 
 def _load(path: str, overrides: Sequence[str]):
@@ -138,10 +147,31 @@ def check_prefect_api() -> None:
 
     url = os.environ["PREFECT_API_URL"].rstrip("/")
     try:
-        httpx.get(f"{url}/health", timeout=10).raise_for_status()
+        httpx.get(f"{url}/health", timeout=5).raise_for_status()
     except Exception as exc:
         raise CLIError(f"PREFECT_API_URL={url} does not answer ({type(exc).__name__}); start `prefect server start` "
                        "or unset PREFECT_API_URL to use the embedded server") from None
+
+
+class _HideAPILoss(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[1] is not None and _api_lost(record.exc_info[1]))
+
+
+def _api_lost(exc: BaseException) -> bool:
+    """The sweep failed because the Prefect API went away (ours or Prefect's own call noticed first)."""
+    import httpx
+
+    from tasks.artifacts import PrefectAPIUnreachable
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (PrefectAPIUnreachable, httpx.ConnectError, httpx.ConnectTimeout)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return False
 
 
 def leaderboard_table(result: dict[str, Any], limit: int = 10) -> Table:
@@ -291,13 +321,31 @@ def _run(config) -> int:
             lock_run_dir(config.run_dir()).close()
         except ConfigError as exc:
             raise CLIError(str(exc)) from None
+    # Prefect retries a lost connection about a minute per call (5 retries, exponential backoff); a sweep
+    # whose API died would crawl for many minutes before failing. Two retries ride out a server restart.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
     server = ensure_prefect_api()
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
+    # The flow engine logs a failed run with its traceback; for a lost API the one line below replaces it.
+    # (Logger-level filters: Prefect installs its handlers later, when the flow starts.)
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect"):
+        logging.getLogger(name).addFilter(_HideAPILoss())
     try:
         check_prefect_api()
-        with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"],
+                                         PREFECT_CLIENT_MAX_RETRIES: int(os.environ["PREFECT_CLIENT_MAX_RETRIES"])}):
             return _sweep(config)
+    except Exception as exc:
+        if isinstance(exc, CLIError) or not _api_lost(exc):
+            raise
+        # Prefect's log shipper would print each failed batch to stderr from here on; the line below says it all.
+        logging.raiseExceptions = False
+        run_dir = config.run_dir()
+        raise APILostError(f"PREFECT_API_URL={os.environ['PREFECT_API_URL']} stopped answering mid-sweep; the sweep stopped "
+                       f"and {run_dir}/ledger.jsonl and result.json keep every finished trial (`rungflow report {run_dir}`). "
+                       f"Restart the Prefect server or point PREFECT_API_URL at a live one, then rerun (`rungflow resume {run_dir}` "
+                       "continues from the ledger)") from None
     finally:
         if server is not None:
             _flush_prefect_logs()
@@ -405,10 +453,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except CLIError as exc:
         err_console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True, markup=True)
+        if isinstance(exc, APILostError):
+            _exit_now(2)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted: finished trials are in the run directory's ledger.jsonl")
         return 130
+
+
+def _exit_now(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()  # a local Ray started by this process must not outlive it
+    os._exit(code)
 
 
 if __name__ == "__main__":

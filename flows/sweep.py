@@ -43,7 +43,7 @@ from budgets.searchers import Observation, Searcher, make_searcher
 from rungflow.config import ConfigError, SweepConfig, resume_conflicts, validate
 from rungflow.faults import fault_point
 from rungflow.redact import install_log_redaction, redact, redact_json
-from tasks.artifacts import SweepArtifacts
+from tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
 from tasks.runtime import Runtime, make_runtime, use_runtime
 from tasks.stages import gate_trials, promote_survivors, suggest_trials
 from tasks.train import TrialResult, TrialSpec, attempt_stamp_name, train_trial
@@ -535,7 +535,15 @@ class Sweep:
         result = redact_json(build_result(self, final=final))
         write_json_atomic(self.run_dir / "result.json", result)
         if self.artifacts is not None:
-            self.artifacts.publish(result, self.config.budget.max_gpu_hours)
+            try:
+                self.artifacts.publish(result, self.config.budget.max_gpu_hours)
+            except PrefectAPIUnreachable:
+                # Stop spending where nobody can watch: result.json says why and holds every finished trial.
+                if self.stop_reason is None:
+                    self.stop_reason = str(StopReason.CANCELLED)
+                    self.stop_detail = "the Prefect API stopped answering; the sweep stopped after the stage that was running"
+                write_json_atomic(self.run_dir / "result.json", redact_json(build_result(self, final=True)))
+                raise
         return result
 
 

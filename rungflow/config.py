@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -408,9 +410,25 @@ def resume_conflicts(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in keys]
 
 
+SLUG_MAX = 48
+
+
 def slug(text: str) -> str:
-    """Lowercase letters, digits and dashes: safe as a directory name and as a Prefect artifact key."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-") or "sweep"
+    """Lowercase letters, digits and dashes: safe as a directory name and as a Prefect artifact key.
+
+    Accents are folded (``Café`` → ``cafe``). When folding loses the name (``实验``) or it is cut to
+    ``SLUG_MAX`` characters, a hash of the original is appended so distinct names keep distinct keys.
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    folded = decomposed.encode("ascii", "ignore").decode("ascii")
+    base = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+    if not base:
+        return f"sweep-{digest}" if text.strip() else "sweep"
+    lost = any(ch.isalnum() and not ch.isascii() for ch in decomposed)
+    if lost or len(base) > SLUG_MAX:
+        return f"{base[: SLUG_MAX - 9].rstrip('-')}-{digest}"
+    return base
 
 
 def _one_line(exc: ValidationError, prefix: str = "") -> str:

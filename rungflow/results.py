@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from budgets.ledger import SpendRecord, incumbent_curve
-from budgets.schedulers import rank_key
+from budgets.schedulers import ASHAScheduler, SyncScheduler, rank_key
 
 if TYPE_CHECKING:
     from flows.sweep import Sweep
 
-__all__ = ["build_result", "write_json_atomic", "leaderboard", "load_result", "plot_anytime", "events_of"]
+__all__ = ["build_result", "write_json_atomic", "leaderboard", "load_result", "plot_anytime", "anytime_png",
+           "events_of", "planned_rungs", "savings", "counts", "TOP_N"]
+
+#: Leaderboard rows kept in result.json and shown in the Prefect artifact; the rest are counted, not listed.
+TOP_N = 25
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -71,15 +75,84 @@ def leaderboard(records: Iterable[SpendRecord], trials: Mapping[str, Any], mode:
     return rows[:limit] if limit else rows
 
 
+def planned_rungs(scheduler: SyncScheduler | ASHAScheduler) -> list[dict[str, Any]]:
+    """Every rung the schedule plans, with the budget units it trains (promoted trials resume from checkpoints)."""
+    if isinstance(scheduler, ASHAScheduler):
+        # ASHA fills its rungs as one successive-halving bracket of num_trials would, without barriers.
+        n, eta = scheduler.num_trials, scheduler.eta
+        brackets = [(0, [(k, b, max(1, int(math.floor(n * eta ** (-k) + 1e-9)))) for k, b in enumerate(scheduler.budgets)])]
+    else:
+        brackets = [(b.index, [(r.index, r.budget, r.num_trials) for r in b.rungs]) for b in scheduler.brackets]
+    rows = []
+    for bracket, rungs in brackets:
+        previous = 0.0
+        for rung, budget, trials in rungs:
+            rows.append({"bracket": bracket, "rung": rung, "budget": budget, "trials": trials,
+                         "units": trials * (budget - previous)})
+            previous = budget
+    return rows
+
+
+def savings(plan: list[dict[str, Any]], records: list[SpendRecord], stop_reason: str | None,
+            price_per_gpu_hour: float, asynchronous: bool = False) -> dict[str, Any]:
+    """What the planned stages the sweep did not run would have cost, at the GPU-hours per budget unit measured.
+
+    A synchronous rung counts as not run when no trial started in it; ASHA's rungs count the trials they
+    lacked. A sweep that ran its whole schedule saved nothing.
+    """
+    ran: dict[tuple[int, int], set[str]] = {}
+    for r in records:
+        ran.setdefault((r.bracket, r.rung), set()).add(r.trial_id)
+    planned_units = sum(row["units"] for row in plan)
+    remaining_units, remaining_trial_rungs = 0.0, 0
+    if stop_reason not in (None, "schedule_complete"):
+        for row in plan:
+            started = len(ran.get((row["bracket"], row["rung"]), ()))
+            missing = max(0, row["trials"] - started) if asynchronous else (row["trials"] if started == 0 else 0)
+            remaining_trial_rungs += missing
+            remaining_units += missing * row["units"] / max(row["trials"], 1)
+    trained = [r for r in records if r.budget_trained > 0]
+    per_unit = (sum(r.gpu_seconds for r in trained) / sum(r.budget_trained for r in trained) / 3600.0) if trained else None
+    gpu_hours = None if per_unit is None else remaining_units * per_unit
+    return {
+        "planned_units": planned_units,
+        "remaining_units": remaining_units,
+        "remaining_trial_rungs": remaining_trial_rungs,
+        "fraction_of_plan": remaining_units / planned_units if planned_units else 0.0,
+        "gpu_hours_per_unit": per_unit,
+        "gpu_hours": gpu_hours,
+        "cost": None if gpu_hours is None else gpu_hours * price_per_gpu_hour,
+    }
+
+
+def counts(board: list[dict[str, Any]]) -> dict[str, Any]:
+    """Trials by status and by highest budget reached: what a top-N table leaves out, in a few numbers.
+
+    By budget, not rung index: Hyperband's brackets start at different budgets, so "rung 0" of one
+    bracket is "rung 2" of another.
+    """
+    by_status: dict[str, int] = {}
+    by_budget: dict[float, int] = {}
+    for row in board:
+        by_status[row["status"]] = by_status.get(row["status"], 0) + 1
+        if row["score"] is not None:
+            by_budget[row["budget"]] = by_budget.get(row["budget"], 0) + 1
+    return {"trials": len(board), "by_status": dict(sorted(by_status.items())),
+            "by_budget": {f"{b:g}": n for b, n in sorted(by_budget.items())}}
+
+
 def build_result(sweep: "Sweep", final: bool = False) -> dict[str, Any]:
     records = sweep.ledger.records
     board = leaderboard(records, sweep.trials, sweep.mode)
     best_row = next((row for row in board if row["score"] is not None), None)
+    price = sweep.ledger.price_per_gpu_hour
     best = None
     if best_row is not None:
         best = {"trial_id": best_row["trial_id"], "config": best_row["config"], "score": best_row["score"],
-                "budget": best_row["budget"], "gpu_hours": best_row["gpu_hours"]}
+                "budget": best_row["budget"], "rung": best_row["rung"], "bracket": best_row["bracket"],
+                "gpu_hours": best_row["gpu_hours"], "cost": best_row["gpu_hours"] * price}
     curve = incumbent_curve(records, sweep.mode)  # type: ignore[arg-type]
+    plan = planned_rungs(sweep.scheduler)
     return {
         "name": sweep.config.name,
         "status": "finished" if final else "running",
@@ -90,14 +163,20 @@ def build_result(sweep: "Sweep", final: bool = False) -> dict[str, Any]:
         "stop_detail": sweep.stop_detail,
         "decisions": sweep.decisions,
         "schedule": sweep.schedule,
+        "plan": plan,
+        "savings": savings(plan, records, sweep.stop_reason, price,
+                           asynchronous=isinstance(sweep.scheduler, ASHAScheduler)),
+        "counts": counts(board),
         "scheduler": {"kind": sweep.config.scheduler.kind, "min_budget": sweep.min_budget,
                       "max_budget": sweep.max_budget, "eta": sweep.config.scheduler.eta,
                       "iterations": sweep.config.scheduler.iterations},
         "search": {"algorithm": sweep.config.search.algorithm, "seed": sweep.config.search.seed},
         "runtime": {"kind": sweep.config.runtime.kind, "gpus_per_trial": sweep.config.runtime.gpus_per_trial,
                     "note": sweep.runtime_note},
+        "budget": {"max_gpu_hours": sweep.config.budget.max_gpu_hours, "max_cost": sweep.config.budget.max_cost,
+                   "price_per_gpu_hour": price},
         "trials": sweep.trials,
-        "leaderboard": board[:20],
+        "leaderboard": board[:TOP_N],
         "anytime": [{"gpu_hours": p.gpu_hours, "budget": p.budget, "best": p.score} for p in curve],
         "events": events_of(records),
         "utilisation": utilisation(records, sweep.slots),
@@ -124,32 +203,64 @@ def load_result(run_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def plot_anytime(result: Mapping[str, Any], path: str | Path) -> Path:
-    """Best score (at the highest fidelity reached) against cumulative GPU-hours, stop point marked."""
+def anytime_figure(result: Mapping[str, Any], figsize: tuple[float, float] = (7, 4), dpi: int = 110):
+    """Best score (at the highest fidelity reached) against cumulative GPU-hours, stop point marked.
+
+    A dotted line continues from the stop to where the remaining planned schedule would have ended:
+    the GPU-hours the stop rule saved.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     points = [p for p in result.get("anytime", []) if p.get("best") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+    spent = (result.get("ledger") or {}).get("gpu_hours", 0.0)
     if points:
-        xs = [p["gpu_hours"] for p in points]
-        ys = [p["best"] for p in points]
+        xs = [p["gpu_hours"] for p in points] + [max(spent, points[-1]["gpu_hours"])]
+        ys = [p["best"] for p in points] + [points[-1]["best"]]
         ax.step(xs, ys, where="post", color="#2b6cb0", label="best score")
-        ax.scatter([xs[-1]], [ys[-1]], color="#c53030", zorder=3,
-                   label=f"stop: {result.get('stop_reason')}")
+        finished = result.get("status") == "finished"
+        stop = result.get("stop_reason")
+        label = f"stop: {stop}" if finished or (stop and stop != "schedule_complete") else "now (running)"
+        ax.scatter([xs[-1]], [ys[-1]], color="#c53030", zorder=3, s=40, label=label)
+        saved = (result.get("savings") or {}).get("gpu_hours")
+        if finished and saved:
+            ax.plot([xs[-1], xs[-1] + saved], [ys[-1], ys[-1]], linestyle=":", color="#718096",
+                    label=f"not run: {saved:.3g} GPU-hours of planned stages")
     metric = result.get("metric", {})
     ax.set_xlabel("GPU-hours spent")
     ax.set_ylabel(f"best {metric.get('name', 'score')} ({metric.get('mode', 'max')})")
     ax.set_title(f"{result.get('name', 'sweep')}: best score vs GPU-hours")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if points:
+        ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
+    return fig
+
+
+def plot_anytime(result: Mapping[str, Any], path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = anytime_figure(result)
     path = Path(path)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def anytime_png(result: Mapping[str, Any]) -> bytes:
+    """The anytime plot as a small PNG (~20-40 kB), for embedding in a Prefect markdown artifact."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig = anytime_figure(result, figsize=(7, 3.6), dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def finite(x: Any) -> bool:

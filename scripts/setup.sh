@@ -10,3 +10,13 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch is pinned to the CPU build in pyproject.toml; an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# tests/test_ui_browser.py drives Debian's chromium through Playwright, never a browser Playwright downloads.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+      || echo "note: apt-get could not install chromium; tests/test_ui_browser.py will be skipped" >&2
+  else
+    echo "note: chromium is missing and installing it needs root and apt-get (apt-get install -y chromium);" \
+         "tests/test_ui_browser.py will be skipped" >&2
+  fi
+fi

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,25 +23,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``prefect server start`` on loopback; the flow and its Ray workers all report to it."""
-    home = tmp_path_factory.mktemp("prefect-home")
+@contextmanager
+def serve_prefect(home: Path, ui: bool = False) -> Iterator[str]:
+    """``prefect server start`` (SQLite under ``home``) on a free loopback port; yields the API URL.
+
+    While it runs, this process and everything it starts (Ray workers, CLI subprocesses) report to it.
+    """
     port = free_port()
+    origin = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
+    if ui:
+        # The browser asks the UI where the API is; without these it would try 127.0.0.1:4200.
+        env.update(PREFECT_UI_API_URL=f"{origin}/api", PREFECT_UI_URL=origin)
     env.pop("PREFECT_API_URL", None)
     log = (home / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}/api"
+    url = f"{origin}/api"
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -77,6 +84,20 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``prefect server start`` on loopback, UI off; the flow and its Ray workers all report to it."""
+    with serve_prefect(tmp_path_factory.mktemp("prefect-home")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def prefect_ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server of its own with the UI on, for browser tests; yields the API URL (the UI is at its origin)."""
+    with serve_prefect(tmp_path_factory.mktemp("prefect-ui-home"), ui=True) as url:
+        yield url
 
 
 @pytest.fixture

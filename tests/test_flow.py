@@ -43,8 +43,9 @@ def _task_run_names(api: str, flow_name: str, expect_train: int) -> list[str]:
 
 
 def test_thread_sweep_writes_result_and_names_task_runs(prefect_server: str, tmp_path: Path) -> None:
-    cfg = validate(sweep_config(tmp_path, name="thread-sweep", runtime={"kind": "thread", "max_concurrent": 2,
-                                                                           "gpus_per_trial": 0.5}))
+    # Not a valid artifact key as it stands: the keys use its slug, "thread-sweep-1-…".
+    cfg = validate(sweep_config(tmp_path, name="Thread sweep_1", runtime={"kind": "thread", "max_concurrent": 2,
+                                                                             "gpus_per_trial": 0.5}))
     result = run_sweep(cfg, tmp_path / "run")
     on_disk = _result(tmp_path / "run")
     assert on_disk["status"] == "finished" and result["stop_reason"] == "schedule_complete"
@@ -63,15 +64,28 @@ def test_thread_sweep_writes_result_and_names_task_runs(prefect_server: str, tmp
     wall = sum(e["wall_seconds"] for e in on_disk["events"])
     assert ledger["gpu_hours"] == pytest.approx(wall * 0.5 / 3600, rel=1e-6)
     assert ledger["cost"] == pytest.approx(ledger["gpu_hours"] * 2.0, rel=1e-6)
-    names = _task_run_names(prefect_server, "thread-sweep", 22)
+    names = _task_run_names(prefect_server, "Thread sweep_1", 22)
     assert sum(n.startswith("train-") for n in names) == 22
     assert "train-t0000-r0" in names
     assert {"search-b0", "gate-b0-r0", "promote-b0-r0", "search-b2"} <= set(names)
     artifacts = {a["key"]: a for a in httpx.post(f"{prefect_server}/artifacts/latest/filter", json={}).json()}
-    board = artifacts["thread-sweep-leaderboard"]
+    board = artifacts["thread-sweep-1-leaderboard"]
     assert board["type"] == "table" and "t00" in str(board["data"])
-    assert artifacts["thread-sweep-budget"]["type"] == "progress"
-    assert "schedule_complete" in artifacts["thread-sweep-decision"]["data"]
+    assert "Top 17 of 17 trials" in board["description"] and "ok 17" in board["description"]
+    assert artifacts["thread-sweep-1-budget"]["type"] == "progress"
+    assert "schedule_complete" in artifacts["thread-sweep-1-decision"]["data"]
+    plot = artifacts["thread-sweep-1-plot"]
+    assert plot["type"] == "markdown" and "](data:image/png;base64,iVBOR" in plot["data"]
+    summary = artifacts["thread-sweep-1-summary"]
+    assert summary["type"] == "markdown" and on_disk["best"]["trial_id"] in summary["data"]
+    assert f"${on_disk['best']['cost']:.2f}" in summary["data"] and "every planned stage ran" in summary["data"]
+    # Created once and updated in place as stages finish: one artifact per kind in the flow run.
+    run_id = httpx.post(f"{prefect_server}/flow_runs/filter",
+                        json={"flow_runs": {"name": {"any_": ["Thread sweep_1"]}}}).json()[-1]["id"]
+    mine = httpx.post(f"{prefect_server}/artifacts/filter",
+                      json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
+    assert sorted(a["key"] for a in mine) == sorted(f"thread-sweep-1-{k}" for k in
+                                                     ("budget", "decision", "leaderboard", "plot", "summary"))
 
 
 def test_failing_and_nan_trials_lose_at_the_gate(prefect_server: str, tmp_path: Path) -> None:

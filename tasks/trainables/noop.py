@@ -87,3 +87,7 @@ class NoopTrainable(Trainable):
             metrics={"score": score},
             gpu_seconds=None if self.options.gpu_seconds_per_unit is None else self.options.gpu_seconds_per_unit * (reached - previous),
         )
+
+    def estimate_gpu_seconds(self, config: Mapping[str, Any], budget_from: float, budget_to: float) -> float | None:
+        per_unit = self.options.gpu_seconds_per_unit
+        return None if per_unit is None else max(0.0, budget_to - budget_from) * per_unit
