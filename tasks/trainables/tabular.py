@@ -69,6 +69,7 @@ class TabularTrainable(Trainable):
         fit = self.fit_to_budget(request.config, request.budget, dataset, device=request.device,
                                  seed=trial_seed(request.seed, request.trial_id), checkpoint=request.checkpoint)
         metrics = {**fit.model.evaluate(dataset), **fit.metrics}
+        self.discard(fit.model)
         return TrainOutcome(
             score=metrics["val_score"],
             budget_reached=fit.budget_reached,
@@ -76,6 +77,9 @@ class TabularTrainable(Trainable):
             checkpoint=fit.checkpoint,
             metrics=metrics,
         )
+
+    def discard(self, model: FittedModel) -> None:
+        """Release what a trial's model holds outside memory (files) once it is scored."""
 
     def fit(self, config: Mapping[str, Any], budget: float, dataset: Dataset, *, device: str = "cpu", seed: int = 0) -> FittedModel:
         """One model from scratch at ``budget``; its ``metrics`` are the validation metrics."""
