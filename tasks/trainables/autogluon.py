@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
+from pydantic import Field
 
 from budgets.space import CategoricalParam, SearchSpace
 from tasks.data import Dataset
@@ -33,6 +34,9 @@ class AutoGluonOptions(TabularOptions):
     presets: str = "medium_quality"
     hyperparameters: dict[str, Any] | str | None = None
     num_cpus: int | None = 1
+    # The cached environment has CPU builds of LightGBM & co.; GPUs go to AutoGluon only when asked
+    # for (and the trial holds one), after installing GPU-enabled model libraries into that env.
+    num_gpus: int = Field(0, ge=0)
     env: str | None = None
 
 
@@ -105,7 +109,7 @@ class AutoGluonTrainable(TabularTrainable):
             "presets": config.get("presets", opts.presets),
             "hyperparameters": opts.hyperparameters,
             "num_cpus": opts.num_cpus,
-            "num_gpus": 1 if device.startswith("cuda") else 0,
+            "num_gpus": opts.num_gpus if device.startswith("cuda") else 0,
             "seed": seed,
         }
         workdir = Path(tempfile.mkdtemp(prefix="rungflow-autogluon-"))
