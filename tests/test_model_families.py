@@ -111,6 +111,30 @@ def test_s3_source_unreachable_endpoint_is_a_clear_error(monkeypatch) -> None:
         DataSpec.parse({"source": "s3://bucket.csv", "label": "y"})
 
 
+def test_s3_csv_and_parquet_read_through_boto3(request, mixed_csv) -> None:
+    try:
+        request.getfixturevalue("s3_server")  # a real SeaweedFS S3 gateway; sets AWS_ENDPOINT_URL and keys
+    except pytest.FixtureLookupError:
+        pytest.skip("no s3_server fixture (SeaweedFS) in this checkout's tests/conftest.py")
+    import io
+
+    import boto3
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="rungflow-data-8")
+    client.put_object(Bucket="rungflow-data-8", Key="t/table.csv", Body=mixed_csv.read_bytes())
+    buf = io.BytesIO()
+    read_table(str(mixed_csv)).to_parquet(buf)
+    client.put_object(Bucket="rungflow-data-8", Key="t/table.parquet", Body=buf.getvalue())
+    local = load_dataset({"source": str(mixed_csv), "label": "answer"})
+    for key in ("t/table.csv", "t/table.parquet"):
+        remote = load_dataset({"source": f"s3://rungflow-data-8/{key}", "label": "answer"})
+        assert remote.fingerprint == local.fingerprint
+        np.testing.assert_array_equal(remote.X_valid, local.X_valid)
+    with pytest.raises(DataError, match="no such object in bucket 'rungflow-data-8'"):
+        load_dataset({"source": "s3://rungflow-data-8/missing.csv", "label": "answer"})
+
+
 def test_trainable_options_report_bad_data_by_field() -> None:
     with pytest.raises(ValidationError, match="data.label is required"):
         get_trainable_class("hgb")({"data": {"source": "x.csv"}})
