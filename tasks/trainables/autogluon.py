@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -61,6 +62,7 @@ class AutoGluonModel(FittedModel):
         self.predictor_dir = Path(predictor_dir)
         self.leaderboard = list(leaderboard or [])
         self.env = env
+        self._owned: weakref.finalize | None = None
         self._cached: tuple[np.ndarray, np.ndarray] | None = None
 
     def _scores(self, x: np.ndarray) -> np.ndarray:
@@ -125,6 +127,8 @@ class AutoGluonTrainable(TabularTrainable):
                                encoding=dataset.encoding(), config=dict(config), budget=time_limit)
         assert scores is not None
         model._cached = (dataset.X_valid, scores)
+        # The fit's temporary directory lives as long as the model object (save_model copies it out).
+        model._owned = weakref.finalize(model, shutil.rmtree, str(workdir), True)
         metrics = {"ag_fit_seconds": float(result["fit_seconds"]), "ag_models": float(result["n_models"]),
                    "ag_worker_seconds": float(result["worker_seconds"])}
         for row in result["leaderboard"][:10]:
@@ -136,4 +140,5 @@ class AutoGluonTrainable(TabularTrainable):
     def discard(self, model: FittedModel) -> None:
         # A trial keeps its leaderboard, not its predictors: the winner is refitted by fit_model.
         if isinstance(model, AutoGluonModel):
-            shutil.rmtree(model.predictor_dir.parent, ignore_errors=True)
+            if model._owned is not None:
+                model._owned()

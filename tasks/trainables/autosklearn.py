@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -40,6 +41,7 @@ class AutoSklearnModel(FittedModel):
         self.model_dir = Path(model_dir)
         self.leaderboard = list(leaderboard or [])
         self.env = env
+        self._owned: weakref.finalize | None = None
         self._cached = None
 
     def _scores(self, x):
@@ -92,10 +94,13 @@ class AutoSklearnTrainable(TabularTrainable):
         model = AutoSklearnModel(workdir / "model", leaderboard=result["leaderboard"], env=opts.env, family=self.kind,
                                  encoding=dataset.encoding(), config=dict(config), budget=float(time_limit))
         model._cached = (dataset.X_valid, scores)
+        # The fit's temporary directory lives as long as the model object (save_model copies it out).
+        model._owned = weakref.finalize(model, shutil.rmtree, str(workdir), True)
         metrics = {"askl_fit_seconds": float(result["fit_seconds"]), "askl_models": float(result["n_models"])}
         board = json.dumps({"time_limit": time_limit, "leaderboard": result["leaderboard"]}).encode()
         return FamilyFit(model, float(time_limit), float(time_limit), board, metrics)
 
     def discard(self, model: FittedModel) -> None:
         if isinstance(model, AutoSklearnModel):
-            shutil.rmtree(model.model_dir.parent, ignore_errors=True)
+            if model._owned is not None:
+                model._owned()
