@@ -108,7 +108,7 @@ class MixedTrainable(TabularTrainable):
     """Dispatches each trial to the family its config names; the score is that family's ``val_score``."""
 
     kind: ClassVar[str] = "mixed"
-    budget_unit: ClassVar[str] = "budget units (x scale per family: 10 boosting iterations, 4 trees, 1 epoch, ...)"
+    budget_unit: ClassVar[str] = "units"  # x scale[family]: 10 boosting iterations, 4 trees, 1 epoch, 2 s ...
     integer_budget: ClassVar[bool] = True
     default_budget: ClassVar[tuple[float, float]] = (1, 27)
     Options: ClassVar[type[TrainableOptions]] = MixedOptions
