@@ -228,7 +228,7 @@ def test_autogluon_fits_in_seconds_keeps_its_leaderboard_and_round_trips(tmp_pat
 
 @pytest.mark.skipif(not AUTOSKLEARN.available(), reason=AUTOSKLEARN.missing_reason())
 def test_autosklearn_fits_in_its_own_environment_and_round_trips(tmp_path) -> None:
-    model = fit_model("autosklearn", {"data": BC}, {}, 30)
+    model = fit_model("autosklearn", {"data": BC}, {}, 45)
     assert model.metrics["val_accuracy"] > 0.85
     loaded = load_model(save_model(model, tmp_path / "askl"))
     ds = load_dataset(BC)

@@ -38,7 +38,8 @@ def fit(workdir, request, data):
     budget = int(request["time_limit"])
     kwargs = dict(
         time_left_for_this_task=budget,
-        per_run_time_limit=max(5, budget // 3),
+        # Half the budget per model run: on a loaded machine a third left the first model no time to finish.
+        per_run_time_limit=max(10, budget // 2),
         seed=int(request.get("seed", 1)) % (2**31 - 1) or 1,
         n_jobs=1,
         memory_limit=int(request.get("memory_limit_mb") or 3072),
@@ -56,15 +57,19 @@ def fit(workdir, request, data):
     started = time.perf_counter()
     automl.fit(data["X_train"], y, feat_type=feat_type)
     fit_seconds = time.perf_counter() - started
-    np.save(workdir / "scores.npy", scores(automl, data["X_eval"], request))
-    (workdir / "model").mkdir(exist_ok=True)
-    with open(workdir / "model" / "autosklearn.pkl", "wb") as fh:
-        pickle.dump(automl, fh)
     try:
         board = automl.leaderboard()
         leaderboard = json.loads(board.reset_index().to_json(orient="records"))
     except Exception:  # an ensemble of one model has an empty leaderboard in some versions
-        leaderboard = []
+        board, leaderboard = None, []
+    if board is not None and ("type" not in board or board["type"].isna().all()):
+        # Only auto-sklearn's dummy predictor: every real run crashed or ran out of time.
+        raise RuntimeError(f"no model finished within time_left_for_this_task={budget} s "
+                           f"(per_run_time_limit={kwargs['per_run_time_limit']} s); raise the budget")
+    np.save(workdir / "scores.npy", scores(automl, data["X_eval"], request))
+    (workdir / "model").mkdir(exist_ok=True)
+    with open(workdir / "model" / "autosklearn.pkl", "wb") as fh:
+        pickle.dump(automl, fh)
     return {"fit_seconds": fit_seconds, "n_models": len(leaderboard), "leaderboard": leaderboard, "best_model": ""}
 
 
