@@ -15,7 +15,7 @@ import numpy as np
 
 from budgets.cost import CostModel
 from budgets.searchers import Observation, Searcher
-from budgets.space import SearchSpace
+from budgets.space import FloatParam, IntParam, SearchSpace, is_active
 
 __all__ = ["TPESearcher", "BOHBSearcher"]
 
@@ -26,6 +26,14 @@ def _optuna():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
+
+
+def _suggest(trial: Any, param: Any) -> Any:
+    if isinstance(param, FloatParam):
+        return trial.suggest_float(param.name, param.low, param.high, log=param.log)
+    if isinstance(param, IntParam):
+        return trial.suggest_int(param.name, param.low, param.high, log=param.log)
+    return trial.suggest_categorical(param.name, list(param.choices))
 
 
 def _budget_step(budget: float) -> int:
@@ -92,11 +100,18 @@ class _OptunaBacked(Searcher):
     def _make_sampler(self):
         optuna = _optuna()
         options = dict(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True)
+        if self.space.conditional:
+            # group=True: TPE models each family's parameters on the trials where they were active.
+            options["group"] = True
         if not self.cost_aware:
             return optuna.samplers.TPESampler(**options)
         sampler = _cost_aware_sampler_class()(log_cost=self._log_cost, **options)
         sampler.distributions = self._distributions
         return sampler
+
+    def _distributions_of(self, config: dict[str, Any]) -> dict[str, Any]:
+        # A conditional space's trial holds only its active parameters; Optuna wants exactly those.
+        return {name: self._distributions[name] for name in config}
 
     def _log_cost(self, configs: list[dict[str, Any]]) -> np.ndarray:
         costs = [(o.config, o.cost) for o in self.observations if o.cost is not None]
@@ -120,7 +135,15 @@ class _OptunaBacked(Searcher):
         out = []
         self._prepare_ask(study)
         for _ in range(count):
-            trial = study.ask(self._distributions)
+            if self.space.conditional:
+                # Define-by-run: parents first (the space's order), then only the parameters they activate.
+                trial = study.ask()
+                config: dict[str, Any] = {}
+                for param in self.space.params:
+                    if is_active(param, config):
+                        config[param.name] = _suggest(trial, param)
+            else:
+                trial = study.ask(self._distributions)
             out.append(dict(trial.params))
             # Tell FAIL at once: the pending proposal must not linger as RUNNING in the model.
             study.tell(trial, state=_optuna().trial.TrialState.FAIL)
@@ -166,7 +189,7 @@ class TPESearcher(_OptunaBacked):
                     state=state,
                     value=value,
                     params=dict(config),
-                    distributions=self._distributions,
+                    distributions=self._distributions_of(config),
                     intermediate_values=intermediate,
                 )
             )
@@ -237,7 +260,7 @@ class BOHBSearcher(_OptunaBacked):
                     state=optuna.trial.TrialState.FAIL if o.failed else optuna.trial.TrialState.COMPLETE,
                     value=None if o.failed else float(o.score),
                     params=dict(o.config),
-                    distributions=self._distributions,
+                    distributions=self._distributions_of(o.config),
                 )
                 for o in pending
                 if self.space.contains(o.config)

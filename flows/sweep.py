@@ -672,7 +672,11 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None) -> dict[str, 
     except BaseException:
         sweep.close()
         raise
-    return sweep.run(runtime)
+    result = sweep.run(runtime)
+    # After the sweep, not in the trial loop: refit the winner of a tabular sweep into run_dir/best_model.
+    from tasks.best_model import save_best_model
+
+    return save_best_model(cfg, str(sweep.run_dir), result)
 
 
 def runtime_of(config: SweepConfig) -> Runtime:

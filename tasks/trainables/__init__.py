@@ -18,6 +18,12 @@ _MODULES = {
     "torch_mlp": "tasks.trainables.torch_mlp",
     "yahpo_lcbench": "tasks.trainables.yahpo_lcbench",
     "noop": "tasks.trainables.noop",
+    "hgb": "tasks.trainables.sklearn_models",
+    "random_forest": "tasks.trainables.sklearn_models",
+    "linear": "tasks.trainables.sklearn_models",
+    "autogluon": "tasks.trainables.autogluon",
+    "autosklearn": "tasks.trainables.autosklearn",
+    "mixed": "tasks.trainables.mixed",
 }
 
 ENTRY_POINT_GROUP = "rungflow.trainables"
