@@ -270,8 +270,12 @@ def plot(cells: Sequence[CompareCell], methods: Sequence[str], path: Path, cap_f
     spare = list(axes.flat)[len(instances):]
     for ax in spare:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    spare[0].legend(handles, labels, loc="center", fontsize=10)
+    # A method may have no curve on the first panel (no 52-epoch result yet): collect labels from all.
+    legend: dict[str, Any] = {}
+    for ax in list(axes.flat)[:len(instances)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    spare[0].legend(list(legend.values()), list(legend), loc="center", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
