@@ -201,7 +201,9 @@ def markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
         )
     lines += [
         "",
-        f"Total wall time {meta['wall_seconds']:.0f} s; 1-min load average {meta['loadavg_before'][0]:.1f} before, "
+        f"Total wall time {meta['wall_seconds']:.0f} s"
+        + (f" ({len(meta['parts'])} processes side by side, their results.json merged)" if len(meta.get("parts", [])) > 1 else "")
+        + f"; 1-min load average {meta['loadavg_before'][0]:.1f} before, "
         f"{meta['loadavg_after'][0]:.1f} after (a shared machine: wall times are not comparable across methods, "
         f"GPU-hours are); peak RSS {meta['peak_rss_mb']:.0f} MB; {meta['machine']}; {meta['versions']}.",
         "",
@@ -312,10 +314,14 @@ def _load(paths: Sequence[Path]) -> tuple[list[CompareCell], dict[str, Any]]:
             c = _cell_from_dict(d)
             cells[(c.instance, c.seed)] = c
         m = data["meta"]
+        # A merged file names the runs it came from; a run's own file names itself.
+        sources = m.get("parts") or [str(path.resolve())]
         if not meta:
             meta = dict(m)
-        else:  # several processes' runs: sum their wall time, keep the worst load
-            meta["wall_seconds"] += m["wall_seconds"]
+            meta["parts"] = list(sources)
+        else:  # parts run side by side in several processes: the longest is the wall time
+            meta["wall_seconds"] = max(meta["wall_seconds"], m["wall_seconds"])
+            meta["parts"] = list(dict.fromkeys([*meta["parts"], *sources]))
             meta["loadavg_after"] = max(meta["loadavg_after"], m["loadavg_after"])
             meta["peak_rss_mb"] = max(meta["peak_rss_mb"], m["peak_rss_mb"])
             meta["methods"] = list(dict.fromkeys([*meta["methods"], *m["methods"]]))
