@@ -257,7 +257,7 @@ def plot(cells: Sequence[CompareCell], methods: Sequence[str], path: Path, cap_f
                 ax.step(xs, ys, where="post", color=color, linestyle=style, label=name)
                 lows.append(float(np.percentile(ys, 10)))
         target = median([c.target for c in cs])
-        ax.axhline(target, color="#c53030", linewidth=0.8, linestyle=(0, (1, 3)), label="target (median B − 0.5)")
+        ax.axhline(target, color="#1a202c", linewidth=0.8, linestyle=(0, (1, 3)), label="target (median B − 0.5)")
         ax.axvline(cap_fraction, color="#4a5568", linewidth=0.8, label=f"cap ({cap_fraction:g}·G)")
         top = max(c.best_full for c in cs)
         highs = [b for c in cs for r in c.runs.values() for _, b in r.curve[-1:]]
@@ -325,7 +325,7 @@ def _load(paths: Sequence[Path]) -> tuple[list[CompareCell], dict[str, Any]]:
             meta["loadavg_after"] = max(meta["loadavg_after"], m["loadavg_after"])
             meta["peak_rss_mb"] = max(meta["peak_rss_mb"], m["peak_rss_mb"])
             meta["methods"] = list(dict.fromkeys([*meta["methods"], *m["methods"]]))
-    ordered = sorted(cells.values(), key=lambda c: (c.instance, c.seed))
+    ordered = sorted(cells.values(), key=lambda c: (int(c.instance) if c.instance.isdigit() else 0, c.instance, c.seed))
     meta["instances"] = list(dict.fromkeys(c.instance for c in ordered))
     meta["seeds"] = sorted({c.seed for c in ordered})
     return ordered, meta
