@@ -1,4 +1,4 @@
-"""``python -m bench efficiency|overhead|costaware|stopping|all``: the benchmark entry point.
+"""``python -m bench efficiency|overhead|compare|costaware|stopping|automl|all``: the benchmark entry point.
 
 The environment is prepared (quiet Prefect, isolated Prefect home) before anything imports
 prefect, which is why the command modules are imported only after :func:`quiet_env`.
@@ -16,7 +16,7 @@ from bench.common import quiet_env
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench import automl, costaware, efficiency, overhead, stopping  # none imports prefect at module level
+    from bench import automl, compare, costaware, efficiency, overhead, stopping  # none imports prefect at module level
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     stopping.add_arguments(p)
     p = sub.add_parser("automl", help="mixed-family sweep vs AutoGluon alone, same wall-clock, on bundled datasets")
     automl.add_arguments(p)
+    p = sub.add_parser("compare", help="rungflow vs Ray Tune vs Optuna on LCBench under the same GPU-hour cap")
+    compare.add_arguments(p)
     p = sub.add_parser("all", help="efficiency then overhead, with the issue's defaults")
     p.add_argument("--out", type=Path, default=Path("bench/out"), help="parent of efficiency/ and overhead/")
     return parser
@@ -38,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Re-rendering starts no Prefect server, so it needs no Prefect home of its own.
-    quiet_env(isolated_prefect_home=not getattr(args, "render_only", False))
-    from bench import automl, costaware, efficiency, overhead, stopping
+    quiet_env(isolated_prefect_home=getattr(args, "render_only", None) in (None, False))
+    from bench import automl, compare, costaware, efficiency, overhead, stopping
 
     t0 = time.perf_counter()
     if args.command == "automl":
@@ -52,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         costaware.run(args)
     elif args.command == "stopping":
         stopping.run(args)
+    elif args.command == "compare":
+        compare.run(args)
     else:
         # Each part gets its own Prefect server (started and stopped inside its run()).
         parser = build_parser()
