@@ -115,7 +115,7 @@ class Sweep:
             budget=budget,
             trainable_kind=self.config.trainable.kind,
             trainable_options=self.config.trainable.options,
-            checkpoint_dir=str((self.run_dir / "checkpoints").resolve()),
+            checkpoint_dir=self.config.storage.checkpoint_location(self.run_dir),
             resume_from_rung=resume_from_rung,
             gpus=rt.gpus_per_trial,
             seed=self.config.search.seed,
