@@ -11,6 +11,9 @@ _MODULES = {
     "torch_mlp": "tasks.trainables.torch_mlp",
     "yahpo_lcbench": "tasks.trainables.yahpo_lcbench",
     "noop": "tasks.trainables.noop",
+    "hgb": "tasks.trainables.sklearn_models",
+    "random_forest": "tasks.trainables.sklearn_models",
+    "linear": "tasks.trainables.sklearn_models",
 }
 
 __all__ = ["get_trainable_class", "known_kinds", "Trainable", "TrainRequest", "TrainOutcome", "TrainableError"]

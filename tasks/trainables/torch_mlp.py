@@ -1,4 +1,4 @@
-"""A PyTorch MLP on a scikit-learn bundled dataset: a real, seconds-scale trainable that resumes from checkpoints."""
+"""A PyTorch MLP on any table (classification or regression): a real, seconds-scale trainable that resumes from checkpoints."""
 
 from __future__ import annotations
 
@@ -6,15 +6,19 @@ import functools
 import hashlib
 import io
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from budgets.space import FloatParam, IntParam, SearchSpace
-from tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
+from tasks.data import Dataset, DataSpec
+from tasks.models import TorchMLPModel, score_predictions
+from tasks.trainables.base import TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
+from tasks.trainables.tabular import FamilyFit, TabularTrainable
 
 __all__ = ["TorchMLPOptions", "TorchMLPTrainable"]
 
@@ -23,41 +27,68 @@ _CHECKPOINT_FORMAT = 1
 
 
 class TorchMLPOptions(TrainableOptions):
-    """Which bundled dataset to fit and how to split it."""
+    """The table to fit: ``data`` (any table, see :class:`tasks.data.DataSpec`), or the older shorthand
+    ``dataset`` + ``val_fraction`` + ``data_seed`` for a bundled scikit-learn dataset (digits by default)."""
 
-    dataset: Literal["digits", "breast_cancer", "wine", "iris"] = "digits"
+    data: DataSpec | None = None
+    dataset: Literal["digits", "breast_cancer", "wine", "iris"] | None = None
     val_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     data_seed: int = 0
 
+    @model_validator(mode="after")
+    def _one_source(self) -> "TorchMLPOptions":
+        if self.data is not None and self.dataset is not None:
+            raise ValueError("give either data (any table) or dataset (a bundled one), not both")
+        return self
+
+    def spec(self) -> DataSpec:
+        if self.data is not None:
+            return self.data
+        return DataSpec(source=f"sklearn:{self.dataset or 'digits'}", validation_fraction=self.val_fraction, seed=self.data_seed)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Normalised CPU tensors and the statistics a saved model needs to normalise new rows the same way."""
+
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    x_va: torch.Tensor
+    y_va: torch.Tensor
+    n_out: int
+    stats: dict[str, torch.Tensor]
+
+
+def normalise(x: np.ndarray, median: Any, mean: Any, std: Any) -> torch.Tensor:
+    """Missing values to the train median, then standardised with train statistics (float32)."""
+    median, mean, std = (np.asarray(v, dtype=np.float64) for v in (median, mean, std))
+    x = np.where(np.isnan(x), median, x)
+    return torch.from_numpy(((x - mean) / std).astype(np.float32))
+
 
 @functools.lru_cache(maxsize=8)
-def _load_split(dataset: str, val_fraction: float, data_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Standardised CPU tensors (x_train, y_train, x_val, y_val, n_classes), cached so a worker's later trials skip the load."""
-    from sklearn import datasets
-    from sklearn.model_selection import train_test_split
-
-    loaders = {
-        "digits": datasets.load_digits,
-        "breast_cancer": datasets.load_breast_cancer,
-        "wine": datasets.load_wine,
-        "iris": datasets.load_iris,
-    }
-    x, y = loaders[dataset](return_X_y=True)
-    try:
-        x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=val_fraction, stratify=y, random_state=data_seed)
-    except ValueError as exc:
-        raise TrainableError(f"trainable.options.val_fraction={val_fraction} cannot split {dataset!r} stratified: {exc}") from exc
+def _prepare(dataset: Dataset) -> _Prepared:
+    """Cached per dataset so a worker's later trials skip the work."""
+    x_tr = np.asarray(dataset.X_train, dtype=np.float64)
     # Statistics from the train part only, so validation stays unseen.
-    mean = x_tr.mean(axis=0)
-    std = x_tr.std(axis=0)
+    median = np.nan_to_num(np.nanmedian(x_tr, axis=0)) if np.isnan(x_tr).any() else np.zeros(x_tr.shape[1])
+    filled = np.where(np.isnan(x_tr), median, x_tr)
+    mean = filled.mean(axis=0)
+    std = filled.std(axis=0)
     std[std == 0] = 1.0  # constant pixels in digits
-    return (
-        torch.from_numpy(((x_tr - mean) / std).astype(np.float32)),
-        torch.from_numpy(y_tr.astype(np.int64)),
-        torch.from_numpy(((x_va - mean) / std).astype(np.float32)),
-        torch.from_numpy(y_va.astype(np.int64)),
-        int(y.max()) + 1,
-    )
+    if dataset.task == "classification":
+        y_tr, y_va = torch.from_numpy(dataset.y_train.astype(np.int64)), torch.from_numpy(dataset.y_valid.astype(np.int64))
+        y_mean, y_std, n_out = 0.0, 1.0, dataset.n_classes
+    else:
+        y_mean, y_std = float(dataset.y_train.mean()), float(dataset.y_train.std() or 1.0)
+        y_tr = torch.from_numpy(((dataset.y_train - y_mean) / y_std).astype(np.float32))
+        y_va = torch.from_numpy(dataset.y_valid.astype(np.float64))
+        n_out = 1
+    stats = {
+        "median": torch.from_numpy(median), "mean": torch.from_numpy(mean), "std": torch.from_numpy(std),
+        "y_mean": torch.tensor(y_mean, dtype=torch.float64), "y_std": torch.tensor(y_std, dtype=torch.float64),
+    }
+    return _Prepared(normalise(dataset.X_train, median, mean, std), y_tr, normalise(dataset.X_valid, median, mean, std), y_va, n_out, stats)
 
 
 def _derive_seed(*parts: Any) -> int:
@@ -96,8 +127,8 @@ class _MLP(nn.Module):
 
 
 @register
-class TorchMLPTrainable(Trainable):
-    """MLP classifier trained with AdamW for ``budget`` epochs; the score is validation accuracy in [0, 1]."""
+class TorchMLPTrainable(TabularTrainable):
+    """MLP trained with AdamW for ``budget`` epochs; the score is validation accuracy in [0, 1] (R² for regression)."""
 
     kind: ClassVar[str] = "torch_mlp"
     metric: ClassVar[str] = "val_accuracy"
@@ -107,6 +138,9 @@ class TorchMLPTrainable(Trainable):
     default_budget: ClassVar[tuple[float, float]] = (1, 27)
     Options: ClassVar[type[TrainableOptions]] = TorchMLPOptions
     options: TorchMLPOptions
+
+    def data_spec(self) -> DataSpec:
+        return self.options.spec()
 
     def default_space(self) -> SearchSpace:
         return SearchSpace(
@@ -122,25 +156,45 @@ class TorchMLPTrainable(Trainable):
 
     def train(self, request: TrainRequest) -> TrainOutcome:
         """Train from the checkpoint's epoch (or scratch) up to ``round(request.budget)`` epochs."""
+        dataset = self.dataset()
+        run = self._run(request.config, request.budget, dataset, request.device,
+                        _derive_seed(request.seed, request.trial_id), request.checkpoint)
+        metrics = {**run.metrics, "epochs_trained_total": float(run.budget_reached)}
+        return TrainOutcome(
+            score=metrics["val_score"],
+            budget_reached=run.budget_reached,
+            budget_trained=run.budget_trained,
+            checkpoint=run.checkpoint,
+            metrics=metrics,
+            gpu_seconds=None,
+        )
+
+    def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
+        run = self._run(config, budget, dataset, device, _derive_seed(seed, "fit"), checkpoint)
+        if not math.isfinite(run.metrics["val_score"]):
+            raise TrainableError(f"torch_mlp: training diverged (loss {run.metrics['train_loss']}); lower lr")
+        return FamilyFit(run.model, run.budget_reached, run.budget_trained, run.checkpoint, {"train_loss": run.metrics["train_loss"]})
+
+    def _run(self, config: Mapping[str, Any], budget: float, dataset: Dataset, device_name: str, base_seed: int,
+             checkpoint: bytes | None) -> FamilyFit:
         # Many trials share a couple of cores; intra-op threads would only oversubscribe them.
         torch.set_num_threads(1)
-        device = torch.device(request.device if request.device.startswith("cuda") and torch.cuda.is_available() else "cpu")
-        cfg = _read_config(request.config)
-        opts = self.options
+        device = torch.device(device_name if device_name.startswith("cuda") and torch.cuda.is_available() else "cpu")
+        cfg = _read_config(config)
+        classify = dataset.task == "classification"
+        prepared = _prepare(dataset)
         # Cached tensors are shared by every trial in the process: read them, never write in place.
-        x_tr, y_tr, x_va, y_va, n_classes = _load_split(opts.dataset, opts.val_fraction, opts.data_seed)
-        x_tr, y_tr, x_va, y_va = x_tr.to(device), y_tr.to(device), x_va.to(device), y_va.to(device)
+        x_tr, y_tr, x_va = prepared.x_tr.to(device), prepared.y_tr.to(device), prepared.x_va.to(device)
 
-        base_seed = _derive_seed(request.seed, request.trial_id)
         init_gen = torch.Generator().manual_seed(base_seed)
-        model = _MLP(x_tr.shape[1], n_classes, cfg["hidden_units"], cfg["num_layers"], cfg["dropout"], init_gen).to(device)
+        model = _MLP(x_tr.shape[1], prepared.n_out, cfg["hidden_units"], cfg["num_layers"], cfg["dropout"], init_gen).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
         epoch, train_loss = 0, float("nan")
-        if request.checkpoint is not None:
-            epoch, train_loss = _restore(request.checkpoint, model, optimizer, device)
+        if checkpoint is not None:
+            epoch, train_loss = _restore(checkpoint, model, optimizer, device)
 
-        target = max(int(round(request.budget)), 0)
+        target = max(int(round(budget)), 0)
         start = epoch
         perm_gen = torch.Generator()
         drop_gen = torch.Generator(device=device)
@@ -156,7 +210,11 @@ class TorchMLPTrainable(Trainable):
             total = torch.zeros((), device=device)
             for i in range(0, n, batch):
                 idx = order[i : i + batch]
-                loss = nn.functional.cross_entropy(model(x_tr[idx], drop_gen), y_tr[idx])
+                out = model(x_tr[idx], drop_gen)
+                if classify:
+                    loss = nn.functional.cross_entropy(out, y_tr[idx])
+                else:
+                    loss = nn.functional.mse_loss(out[:, 0], y_tr[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -165,19 +223,26 @@ class TorchMLPTrainable(Trainable):
             diverged = not math.isfinite(train_loss)
             epoch += 1
 
+        metrics: dict[str, float] = {"train_loss": train_loss}
         if diverged:
-            score = float("nan")  # the caller records a non-finite score as a failed trial
+            metrics["val_score"] = float("nan")  # the caller records a non-finite score as a failed trial
         else:
             model.eval()
             with torch.no_grad():
-                score = float((model(x_va).argmax(dim=1) == y_va).float().mean())
-        return TrainOutcome(
-            score=score,
-            budget_reached=float(epoch),
-            budget_trained=float(epoch - start),
-            checkpoint=None if diverged else _save(model, optimizer, epoch, train_loss),
-            metrics={"val_accuracy": score, "train_loss": train_loss, "epochs_trained_total": float(epoch)},
-            gpu_seconds=None,
+                out = model(x_va)
+            if classify:
+                score = float((out.argmax(dim=1).cpu() == prepared.y_va).float().mean())
+                metrics.update(val_score=score, val_accuracy=score)
+            else:
+                pred = out[:, 0].double().cpu() * prepared.stats["y_std"] + prepared.stats["y_mean"]
+                metrics.update(score_predictions("regression", dataset.y_valid, pred.numpy()))
+        arch = {"n_in": int(x_tr.shape[1]), "n_out": prepared.n_out, "hidden_units": cfg["hidden_units"],
+                "num_layers": cfg["num_layers"], "dropout": cfg["dropout"]}
+        state = {**prepared.stats, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+        fitted = TorchMLPModel(state, arch, family=self.kind, encoding=dataset.encoding(), config=dict(config), budget=float(epoch))
+        return FamilyFit(
+            fitted, float(epoch), float(epoch - start),
+            None if diverged else _save(model, optimizer, epoch, train_loss), metrics,
         )
 
 

@@ -1,0 +1,185 @@
+"""scikit-learn families: histogram gradient boosting, random forest, and logistic/ridge regression.
+
+Budgets are the model's own growth knob, so a promoted trial continues rather than restarts:
+boosting iterations (``max_iter`` with ``warm_start``) and trees (``n_estimators`` with
+``warm_start``). The linear family has no such knob and takes the percentage of training rows as
+its budget, refitting from scratch each rung (it is cheap). Checkpoints are skops bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from tasks.data import Dataset
+from tasks.models import SklearnModel, skops_loads
+from tasks.trainables.base import TrainableError, register
+from tasks.trainables.tabular import FamilyFit, TabularTrainable, number
+
+__all__ = ["HGBTrainable", "RandomForestTrainable", "LinearTrainable"]
+
+
+def _dumps(estimator: Any) -> bytes:
+    import skops.io as sio
+
+    return sio.dumps(estimator)
+
+
+def _resume(checkpoint: bytes | None, kind: str) -> Any:
+    if checkpoint is None:
+        return None
+    try:
+        return skops_loads(checkpoint)
+    except Exception as exc:
+        raise TrainableError(f"{kind}: cannot resume from checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _model(estimator: Any, kind: str, dataset: Dataset, config: Mapping[str, Any], budget: float) -> SklearnModel:
+    return SklearnModel(estimator, family=kind, encoding=dataset.encoding(), config=dict(config), budget=budget)
+
+
+@register
+class HGBTrainable(TabularTrainable):
+    """HistGradientBoosting; budget = boosting iterations, continued with ``warm_start``."""
+
+    kind: ClassVar[str] = "hgb"
+    budget_unit: ClassVar[str] = "boosting iterations"
+    integer_budget: ClassVar[bool] = True
+    default_budget: ClassVar[tuple[float, float]] = (10, 270)
+
+    def default_space(self) -> SearchSpace:
+        return SearchSpace(
+            (
+                FloatParam("learning_rate", 0.01, 0.5, log=True),
+                IntParam("max_leaf_nodes", 4, 128, log=True),
+                IntParam("min_samples_leaf", 2, 64, log=True),
+                FloatParam("l2_regularization", 1e-6, 10.0, log=True),
+                FloatParam("max_features", 0.3, 1.0),
+            )
+        )
+
+    def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
+        from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+        target = max(int(round(budget)), 1)
+        est = _resume(checkpoint, self.kind)
+        start = 0 if est is None else int(est.n_iter_)
+        if est is None:
+            # Columns with few categories go in as native categoricals (HGB allows at most max_bins=255).
+            mask = [name in dataset.categories and len(dataset.categories[name]) <= 255 for name in dataset.feature_names]
+            params = dict(
+                learning_rate=number(config, "learning_rate", 0.1, self.kind),
+                max_leaf_nodes=number(config, "max_leaf_nodes", 31, self.kind, int),
+                min_samples_leaf=number(config, "min_samples_leaf", 20, self.kind, int),
+                l2_regularization=number(config, "l2_regularization", 0.0, self.kind),
+                max_features=number(config, "max_features", 1.0, self.kind),
+                # Early stopping would end a rung short of its budget and make resumes differ from scratch runs.
+                early_stopping=False,
+                warm_start=True,
+                categorical_features=mask if any(mask) else None,
+                random_state=seed,
+            )
+            cls = HistGradientBoostingClassifier if dataset.task == "classification" else HistGradientBoostingRegressor
+            try:
+                est = cls(max_iter=target, **params)
+            except (TypeError, ValueError) as exc:
+                raise TrainableError(f"{self.kind}: bad config {dict(config)}: {exc}") from None
+        if target > start or start == 0:
+            est.set_params(max_iter=max(target, start))
+            est.fit(dataset.X_train, dataset.y_train)
+        reached = int(est.n_iter_)
+        return FamilyFit(_model(est, self.kind, dataset, config, reached), reached, reached - start, _dumps(est))
+
+
+@register
+class RandomForestTrainable(TabularTrainable):
+    """Random forest; budget = trees, grown with ``warm_start``."""
+
+    kind: ClassVar[str] = "random_forest"
+    budget_unit: ClassVar[str] = "trees"
+    integer_budget: ClassVar[bool] = True
+    default_budget: ClassVar[tuple[float, float]] = (4, 108)
+
+    def default_space(self) -> SearchSpace:
+        return SearchSpace(
+            (
+                IntParam("max_depth", 2, 32, log=True),
+                IntParam("min_samples_leaf", 1, 16, log=True),
+                FloatParam("max_features", 0.1, 1.0),
+                CategoricalParam("bootstrap", (True, False)),
+            )
+        )
+
+    def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+        target = max(int(round(budget)), 1)
+        est = _resume(checkpoint, self.kind)
+        start = 0 if est is None else len(est.estimators_)
+        if est is None:
+            cls = RandomForestClassifier if dataset.task == "classification" else RandomForestRegressor
+            try:
+                est = cls(
+                    n_estimators=target,
+                    max_depth=number(config, "max_depth", None, self.kind, int),
+                    min_samples_leaf=number(config, "min_samples_leaf", 1, self.kind, int),
+                    max_features=number(config, "max_features", 1.0, self.kind),
+                    bootstrap=bool(config.get("bootstrap", True)),
+                    warm_start=True,
+                    random_state=seed,
+                    n_jobs=1,  # trials already fill the cores
+                )
+            except (TypeError, ValueError) as exc:
+                raise TrainableError(f"{self.kind}: bad config {dict(config)}: {exc}") from None
+        if target > start:
+            est.set_params(n_estimators=target)
+            est.fit(dataset.X_train, dataset.y_train)
+        reached = len(est.estimators_)
+        return FamilyFit(_model(est, self.kind, dataset, config, reached), reached, reached - start, _dumps(est))
+
+
+@register
+class LinearTrainable(TabularTrainable):
+    """Logistic regression (classification) or ridge (regression) after median imputation and scaling.
+
+    Budget = percent of the training rows (a seeded stratified subsample), refitted from scratch.
+    """
+
+    kind: ClassVar[str] = "linear"
+    budget_unit: ClassVar[str] = "percent of training rows"
+    integer_budget: ClassVar[bool] = True
+    default_budget: ClassVar[tuple[float, float]] = (10, 100)
+
+    def default_space(self) -> SearchSpace:
+        return SearchSpace((FloatParam("C", 1e-3, 1e3, log=True),))
+
+    def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import LogisticRegression, Ridge
+        from sklearn.model_selection import train_test_split
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        percent = float(min(max(budget, 1.0), 100.0))
+        c = number(config, "C", 1.0, self.kind)
+        if not c or c <= 0:
+            raise TrainableError(f"{self.kind}: config C={c!r} must be positive")
+        x, y = dataset.X_train, dataset.y_train
+        if percent < 100:
+            stratify = y if dataset.task == "classification" else None
+            try:
+                x, _, y, _ = train_test_split(x, y, train_size=percent / 100.0, stratify=stratify, random_state=seed)
+            except ValueError:  # too few rows per class for a stratified subsample: take the whole set
+                x, y = dataset.X_train, dataset.y_train
+        if dataset.task == "classification":
+            head: Any = LogisticRegression(C=c, max_iter=2000)
+            if len(np.unique(y)) < dataset.n_classes:
+                x, y = dataset.X_train, dataset.y_train  # every class must be seen, or predict_proba loses a column
+        else:
+            head = Ridge(alpha=1.0 / c)
+        est = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(), head)
+        est.fit(x, y)
+        return FamilyFit(_model(est, self.kind, dataset, config, percent), percent, percent, None,
+                         {"train_rows": float(len(y))})

@@ -1,0 +1,96 @@
+"""The shared shape of tabular model families: data from ``options.data``, a fit that also yields a model.
+
+A family implements :meth:`TabularTrainable.fit_to_budget` once; :meth:`~TabularTrainable.train`
+(the sweep's call, with checkpoints) and :meth:`~TabularTrainable.fit` (one model from scratch, for
+``fit_model`` and the saved winner) are both built on it, so the model a sweep saves is the model
+its trials scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Mapping
+
+from tasks.data import DataError, Dataset, DataSpec, load_dataset
+from tasks.models import FittedModel
+from tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest
+
+__all__ = ["TabularOptions", "TabularTrainable", "FamilyFit", "trial_seed"]
+
+
+class TabularOptions(TrainableOptions):
+    """``data``: the table, label, task and split (see :class:`tasks.data.DataSpec`)."""
+
+    data: DataSpec
+
+
+def trial_seed(seed: int, trial_id: str) -> int:
+    """A stable 31-bit seed per (sweep seed, trial): scikit-learn's random_state takes at most 2**32 - 1."""
+    digest = hashlib.blake2b(repr((seed, trial_id)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**31 - 1)
+
+
+@dataclass
+class FamilyFit:
+    """What one family's fit returns: the model, how far it got, and what to resume from next time."""
+
+    model: FittedModel
+    budget_reached: float
+    budget_trained: float
+    checkpoint: bytes | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+class TabularTrainable(Trainable):
+    """A model family on a tabular dataset; the score is ``val_score`` (accuracy, or R² for regression)."""
+
+    metric: ClassVar[str] = "val_score"
+    mode: ClassVar[Literal["max", "min"]] = "max"
+    Options: ClassVar[type[TrainableOptions]] = TabularOptions
+
+    def data_spec(self) -> DataSpec:
+        return self.options.data  # type: ignore[attr-defined]
+
+    def dataset(self) -> Dataset:
+        try:
+            return load_dataset(self.data_spec())
+        except DataError as exc:
+            raise TrainableError(f"trainable.options.{exc}") from None
+
+    @abstractmethod
+    def fit_to_budget(self, config: Mapping[str, Any], budget: float, dataset: Dataset, *, device: str, seed: int,
+                      checkpoint: bytes | None = None) -> FamilyFit:
+        """Train ``config`` up to ``budget`` (continuing from ``checkpoint`` when given); never evaluates."""
+
+    def train(self, request: TrainRequest) -> TrainOutcome:
+        dataset = self.dataset()
+        fit = self.fit_to_budget(request.config, request.budget, dataset, device=request.device,
+                                 seed=trial_seed(request.seed, request.trial_id), checkpoint=request.checkpoint)
+        metrics = {**fit.model.evaluate(dataset), **fit.metrics}
+        return TrainOutcome(
+            score=metrics["val_score"],
+            budget_reached=fit.budget_reached,
+            budget_trained=fit.budget_trained,
+            checkpoint=fit.checkpoint,
+            metrics=metrics,
+        )
+
+    def fit(self, config: Mapping[str, Any], budget: float, dataset: Dataset, *, device: str = "cpu", seed: int = 0) -> FittedModel:
+        """One model from scratch at ``budget``; its ``metrics`` are the validation metrics."""
+        fit = self.fit_to_budget(config, budget, dataset, device=device, seed=seed)
+        fit.model.metrics = {**fit.model.evaluate(dataset), **fit.metrics}
+        fit.model.budget = fit.budget_reached
+        return fit.model
+
+
+def number(config: Mapping[str, Any], key: str, default: float, kind: str, cast=float) -> Any:
+    """``config[key]`` (or the default) as a number, with an error naming the family and key."""
+    value = config.get(key, default)
+    if value is None:
+        return None
+    try:
+        return cast(round(value)) if cast is int else cast(value)
+    except (TypeError, ValueError):
+        raise TrainableError(f"{kind}: config value {key}={value!r} must be a number") from None
