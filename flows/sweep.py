@@ -367,10 +367,19 @@ def _flow_run_name() -> str:
 
 
 @flow(name="rungflow-sweep", flow_run_name=_flow_run_name, log_prints=True, persist_result=False)
-def sweep_flow(config: dict[str, Any], run_dir: str | None = None) -> dict[str, Any]:
-    """A budget-capped Hyperband/ASHA sweep; ``config`` is the validated sweep config as a dict."""
+def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A budget-capped Hyperband/ASHA sweep; ``config`` is the validated sweep config as a dict.
+
+    ``warm_start``: ``{"observations": [{trial_id, config, budget, score}], "enqueue": [config, ...]}``
+    from an earlier study of the same problem (see :meth:`budgets.searchers.Searcher.warm_start`).
+    """
     cfg = validate(config)
     sweep = Sweep.create(cfg, run_dir)
+    if warm_start:
+        sweep.searcher.warm_start(
+            [Observation(o["trial_id"], o["config"], float(o["budget"]), o["score"]) for o in warm_start.get("observations", [])],
+            enqueue=warm_start.get("enqueue", []),
+        )
     sweep.artifacts = SweepArtifacts(cfg.name)
     rt = cfg.runtime
     runtime = make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
@@ -378,10 +387,10 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None) -> dict[str, 
     return sweep.run(runtime)
 
 
-def run_sweep(config: SweepConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+def run_sweep(config: SweepConfig, run_dir: str | Path | None = None, warm_start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a sweep as a Prefect flow on the configured runtime; returns the result dict."""
     rt = config.runtime
     runtime = make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
                            cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent)
     flow_with_runner = sweep_flow.with_options(task_runner=runtime.task_runner)
-    return flow_with_runner(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None)
+    return flow_with_runner(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None, warm_start)
