@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from pathlib import Path
@@ -66,7 +67,7 @@ class RetrainConfig(BaseModel):
     promote_margin: float = Field(0.0, ge=0.0, description="the challenger must beat the champion by more than this")
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
     allow_schema_change: bool = False
-    run_root: str = "runs/retrain"
+    run_root: str = Field(default_factory=lambda: os.environ.get("RUNGFLOW_RUNS") or "runs/retrain")
 
     @field_validator("name")
     @classmethod
@@ -336,7 +337,7 @@ def _flow_run_name() -> str:
     from prefect.runtime import flow_run
 
     config = flow_run.parameters.get("config")
-    name = config.get("name") if isinstance(config, Mapping) else Path(str(config)).stem
+    name = config.get("name") if isinstance(config, Mapping) else Path(str(config)).stem.removeprefix("retrain-")
     return f"retrain-{name}"
 
 
