@@ -1,4 +1,4 @@
-"""``python -m bench efficiency|overhead|all``: the benchmark entry point.
+"""``python -m bench efficiency|overhead|warmstart|all``: the benchmark entry point.
 
 The environment is prepared (quiet Prefect, isolated Prefect home) before anything imports
 prefect, which is why the command modules are imported only after :func:`quiet_env`.
@@ -16,7 +16,7 @@ from bench.common import quiet_env
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench import efficiency, overhead  # neither imports prefect at module level
+    from bench import efficiency, overhead, warmstart  # none imports prefect at module level
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     efficiency.add_arguments(p)
     p = sub.add_parser("overhead", help="orchestration overhead per no-op trial vs plain Ray and Ray Tune")
     overhead.add_arguments(p)
+    p = sub.add_parser("warmstart", help="week 2's GPU-hours to reach week 1's quality, warm-started vs cold")
+    warmstart.add_arguments(p)
     p = sub.add_parser("all", help="efficiency then overhead, with the issue's defaults")
     p.add_argument("--out", type=Path, default=Path("bench/out"), help="parent of efficiency/ and overhead/")
     return parser
@@ -40,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         efficiency.run(args)
     elif args.command == "overhead":
         overhead.run(args)
+    elif args.command == "warmstart":
+        from bench import warmstart
+
+        warmstart.run(args)
     else:
         # Each part gets its own Prefect server (started and stopped inside its run()).
         parser = build_parser()

@@ -296,7 +296,10 @@ class S3Config(_Strict):
         """``location`` (s3://bucket/prefix) with these settings in its query, for workers that get only a string."""
         from tasks.s3 import parse_s3_url
 
-        return parse_s3_url(location, **self.model_dump()).url()
+        # Only values that differ from the defaults: options already in the URL's query must not be reset to them
+        # (a config dumped and validated again has every field set, so exclude_unset is not enough).
+        changed = {k: v for k, v in self.model_dump().items() if v != type(self).model_fields[k].default}
+        return parse_s3_url(location, **changed).url()
 
 
 class StorageConfig(_Strict):

@@ -163,7 +163,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
             f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
             "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
             "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-s3.config={home / 's3.json'}", "-master.volumeSizeLimitMB=64", "-volume.max=8"]
+            f"-s3.config={home / 's3.json'}",
+            # Every bucket is a collection that grows its own volumes: many small volume slots, so tests never run out.
+            "-master.volumeSizeLimitMB=16", "-volume.max=200"]
     log_path = home / "weed.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=home)

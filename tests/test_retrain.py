@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from prefect.states import State
 
-from flows.retrain import RetrainError, retrain_flow
+from flows.retrain import RetrainError, decide, retrain_flow
 from tasks.registry import CorruptArtifact, ModelRegistry
 
 pytestmark = pytest.mark.slow
@@ -38,6 +38,14 @@ def weeks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def last_week(prefect_server: str, tmp_path_factory: pytest.TempPathFactory, weeks) -> Path:
+    """A registry holding one finished week, for the schema check of the bad-input cases."""
+    root = tmp_path_factory.mktemp("last-week")
+    retrain_flow(config(root, weeks["week1"]))
+    return root
+
+
 def config(tmp_path: Path, source: Path | str, registry: str | None = None, **extra) -> dict:
     return {
         "name": "cancer", "data": {"source": str(source), "label": "target"},
@@ -62,33 +70,37 @@ def test_two_weeks_warm_start_champion_and_challenger(prefect_server: str, tmp_p
     first = retrain_flow(config(tmp_path, weeks["week1"]))
     assert first["decision"] == {**first["decision"], "promoted": True, "version": "v0001"}
     assert first["warm_start"]["from_run"] is None and first["spent"]["gpu_hours"] > 0
-    second = retrain_flow(config(tmp_path, weeks["week1"]), str(weeks["week2"]))
+    # Week 2 from this week's file, warm-started; a margin no challenger can clear: registered, not promoted.
+    second = retrain_flow(config(tmp_path, weeks["week1"], promote_margin=1.0), str(weeks["week2"]))
     assert second["warm_start"] == {"from_run": first["run_id"], "priors": first["sweep"]["trials"] + 1, "enqueued": 3}
     ev = second["evaluation"]
     assert ev["champion_version"] == "v0001" and ev["champion"] is not None and ev["held_out_rows"] > 50
-    # Promotion follows the rule exactly, whichever way the scores fell.
-    assert second["decision"]["promoted"] == (ev["challenger"] - ev["champion"] > 0.0)
+    assert second["decision"]["promoted"] is False and "not above margin 1" in second["decision"]["reason"]
     registry = ModelRegistry(str(tmp_path / "registry"))
-    assert registry.versions("cancer") == ["v0001", "v0002"]
-    # A margin no challenger can clear: registered, not promoted, production unchanged.
-    production = registry.production("cancer")
-    third = retrain_flow(config(tmp_path, weeks["week2"], promote_margin=1.0))
-    assert third["decision"]["promoted"] is False and registry.production("cancer") == production
-    assert "not above margin 1" in third["decision"]["reason"]
-    stored = registry.get_json("cancer", "runs", third["run_id"])
-    assert stored["spent"] == third["spent"] and stored["evaluation"]["challenger"] == third["evaluation"]["challenger"]
+    assert registry.versions("cancer") == ["v0001", "v0002"] and registry.production("cancer") == "v0001"
+    stored = registry.get_json("cancer", "runs", second["run_id"])
+    assert stored["spent"] == second["spent"] and stored["evaluation"]["challenger"] == ev["challenger"]
+    assert stored["spent"]["gpu_hours"] == pytest.approx(stored["sweep"]["gpu_hours"] + stored["retrain"]["gpu_hours"])
     # The decision is on the Prefect server as a markdown artifact.
     artifacts = {a["key"]: a for a in httpx.post(f"{prefect_server}/artifacts/latest/filter", json={}).json()}
-    assert artifacts["cancer-retrain"]["type"] == "markdown" and third["run_id"] in artifacts["cancer-retrain"]["data"]
+    assert artifacts["cancer-retrain"]["type"] == "markdown" and second["run_id"] in artifacts["cancer-retrain"]["data"]
 
-    # A corrupt production artifact is refused; the run says so and promotes the challenger.
-    weights = next((tmp_path / f"registry/models/cancer/{production}/files").glob("model.skops"))
+    # A corrupt production artifact is refused; the next run says so and promotes its challenger.
+    weights = next((tmp_path / "registry/models/cancer/v0001/files").glob("model.skops"))
     weights.write_bytes(b"not the model")
     with pytest.raises(CorruptArtifact, match="does not match its SHA-256"):
         registry.load_model("cancer")
-    fourth = retrain_flow(config(tmp_path, weeks["week2"]))
-    assert "does not match its SHA-256" in fourth["evaluation"]["champion_error"]
-    assert fourth["decision"]["promoted"] and registry.production("cancer") == fourth["decision"]["version"]
+    third = retrain_flow(config(tmp_path, weeks["week2"], promote_margin=1.0))
+    assert "does not match its SHA-256" in third["evaluation"]["champion_error"]
+    assert third["decision"]["promoted"] and registry.production("cancer") == "v0003"
+
+
+def test_promotion_rule() -> None:
+    base = {"champion_version": "v0001", "champion_error": None}
+    assert decide({**base, "challenger": 0.95, "champion": 0.94}, 0.005)[0]
+    assert not decide({**base, "challenger": 0.944, "champion": 0.94}, 0.005)[0]
+    assert not decide({**base, "challenger": 0.94, "champion": 0.94}, 0.0)[0]
+    assert decide({"champion_version": None, "challenger": 0.5, "champion": None}, 0.1) == (True, "no production model yet")
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -97,13 +109,12 @@ def test_two_weeks_warm_start_champion_and_challenger(prefect_server: str, tmp_p
     ("empty", "the table is empty"),
     ("new_column", "the schema changed since run"),
 ])
-def test_bad_input_fails_the_run_with_one_line_and_records_nothing(prefect_server: str, tmp_path: Path, weeks,
+def test_bad_input_fails_the_run_with_one_line_and_records_nothing(last_week: Path, tmp_path: Path, weeks,
                                                                     case: str, expected: str) -> None:
-    retrain_flow(config(tmp_path, weeks["week1"]))  # last week, for the schema check
-    registry = ModelRegistry(str(tmp_path / "registry"))
+    registry = ModelRegistry(str(last_week / "registry"))
     runs_before = registry.keys("cancer", "runs")
     source = tmp_path / "nope.csv" if case == "missing" else weeks[case]
-    message = _failed_message(retrain_flow, config(tmp_path, source))
+    message = _failed_message(retrain_flow, config(last_week, source))
     assert expected in message and "\n" not in message
     if case == "new_column":
         assert "new columns ['extra']" in message and "missing columns ['mean area']" in message

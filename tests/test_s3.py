@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -76,3 +77,66 @@ def test_a_write_during_an_outage_backs_off_and_lands_when_the_server_returns(s3
         s3_server.resume()
     assert time.monotonic() - t0 >= 2.5
     assert store.get("late.bin")[0] == b"still arrives"
+
+
+def _sweep(tmp_path: Path, checkpoints: str, **overrides):
+    cfg = sweep_config(tmp_path, name="s3-sweep", storage={"run_dir": str(tmp_path / "run"), "checkpoints": checkpoints},
+                       **overrides)
+    return validate(cfg)
+
+
+@pytest.mark.slow
+def test_sweep_checkpoints_in_s3_ride_out_a_stopped_server(prefect_server: str, s3_server, tmp_path: Path) -> None:
+    from flows.sweep import run_sweep
+
+    s3_server.client().create_bucket(Bucket="rungflow-ckpt")
+    cfg = _sweep(tmp_path, s3_server.url("rungflow-ckpt", "sweeps", read_timeout=1, outage_seconds=60),
+                 trainable={"kind": "noop", "options": {"sleep_seconds": 0.3}})
+    # The server stops 1 s into the sweep and comes back 4 s later.
+    pause, resume = threading.Timer(1.0, s3_server.pause), threading.Timer(5.0, s3_server.resume)
+    pause.start()
+    resume.start()
+    try:
+        result = run_sweep(cfg, tmp_path / "run")
+    finally:
+        pause.join()
+        resume.join()  # never leave the shared server stopped
+        s3_server.resume()
+    assert result["stop_reason"] == "schedule_complete"
+    assert result["ledger"]["trials_failed"] == 0 and len(result["events"]) == 22
+    # Some trial's checkpoint write waited out the stop (trials sleep 0.3 s; the stop lasted 4 s).
+    assert max(e["wall_seconds"] for e in result["events"]) >= 2.5
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="rungflow-ckpt", Prefix="sweeps/run/")["Contents"]]
+    assert "sweeps/run/t0000/rung-0.ckpt" in keys and len(keys) == 22
+    # Promoted trials resumed from their S3 checkpoints: each trained only the budget it added.
+    resumed = [e for e in result["events"] if e["rung"] > 0]
+    assert resumed and all(e["budget_trained"] < e["budget"] for e in resumed)
+
+
+@pytest.mark.slow
+def test_sweep_with_s3_gone_for_good_fails_its_trials_clearly_and_keeps_the_ledger(prefect_server: str, s3_server,
+                                                                                   tmp_path: Path) -> None:
+    from flows.sweep import run_sweep
+
+    cfg = _sweep(tmp_path, s3_server.url("rungflow-ckpt", "gone", connect_timeout=0.5, read_timeout=0.5, outage_seconds=1.5),
+                 scheduler={"kind": "fifo", "min_budget": 1, "max_budget": 1}, search={"algorithm": "random", "num_trials": 4})
+    s3_server.pause()
+    try:
+        result = run_sweep(cfg, tmp_path / "run")
+    finally:
+        s3_server.resume()
+    errors = [e["error"] for e in result["events"]]
+    assert len(errors) == 4 and all("unreachable" in e and s3_server.endpoint in e for e in errors)
+    # Every trial is on the ledger, billed, with its error: nothing already recorded is lost.
+    ledger = [json.loads(line) for line in (tmp_path / "run/ledger.jsonl").read_text().splitlines()]
+    charged = [r["record"] for r in ledger if "record" in r]
+    assert sorted(r["trial_id"] for r in charged) == ["t0000", "t0001", "t0002", "t0003"]
+    assert all(r["status"] == "failed" and "unreachable" in r["error"] for r in charged)
+
+
+def test_checkpoint_location_keeps_url_options_through_a_config_round_trip(tmp_path: Path) -> None:
+    cfg = validate(sweep_config(tmp_path, storage={"run_dir": str(tmp_path / "run"), "checkpoints": "s3://b/p?read_timeout=0.5",
+                                                   "s3": {"endpoint_url": "http://127.0.0.1:9", "outage_seconds": 7}}))
+    again = validate(cfg.model_dump(mode="json"))  # what sweep_flow receives
+    settings = parse_s3_url(again.storage.checkpoint_location(tmp_path / "run"))
+    assert (settings.read_timeout, settings.outage_seconds, settings.endpoint_url, settings.prefix) == (0.5, 7, "http://127.0.0.1:9", "p/run")
