@@ -2,7 +2,7 @@
 
 Protocol (per seed): week 1 is a cold retrain on the first part of a drifting table; week 2 runs
 twice on the second part (shifted rows, a small synthetic drift): once warm-started from week 1's
-study (its best configurations enqueued first, all its observations as priors) and once cold (a
+study (its best configurations trained first at the full budget, all its observations as priors) and once cold (a
 fresh registry). Target = week 1's best full-budget validation score − ``tolerance``. Reported:
 GPU-hours (billed as the sweep bills: wall-clock × GPUs per trial) and epochs trained until week 2's
 full-budget incumbent first reaches the target, and warm ÷ cold. Both week-2 runs of a seed run
@@ -78,7 +78,16 @@ def reach(events: Sequence[Mapping[str, Any]], full_budget: float, target: float
 
 
 def _events(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return json.loads((Path(record["sweep"]["run_dir"]) / "result.json").read_text())["events"]
+    """The run's billed events in order: the warm rung's (if any), then the sweep's, GPU-hours cumulated across both."""
+    events: list[dict[str, Any]] = []
+    offset = 0.0
+    for run_dir in ((record["warm_start"].get("rung") or {}).get("run_dir"), record["sweep"]["run_dir"]):
+        if not run_dir:
+            continue
+        part = json.loads((Path(run_dir) / "result.json").read_text())["events"]
+        events += [{**e, "cumulative_gpu_hours": e["cumulative_gpu_hours"] + offset} for e in part]
+        offset += part[-1]["cumulative_gpu_hours"] if part else 0.0
+    return events
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:

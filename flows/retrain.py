@@ -4,13 +4,15 @@ One flow run (``rungflow-retrain``):
 
 1. ``load_week``: read this week's table (CSV/Parquet, local or ``s3://``), check its columns
    against last week's run (new or missing columns stop the run, naming them), split it.
-2. ``run_sweep``: a budget-capped sweep (:mod:`flows.sweep`) whose searcher is warm-started from
-   last week's study: last week's best configurations are enqueued first and all its observations
-   are priors, so a problem that changed little costs far less the second week.
-3. ``retrain_winner``: the sweep's best configuration trained from scratch at the full budget.
-4. ``evaluate_models``: challenger and production model (the champion) scored on the same held-out
+2. The warm rung: last week's best configurations trained at the full budget on this week's data.
+   If one still reaches last week's quality (within ``warm_start.tolerance``) the problem is
+   stable and the sweep's caps shrink to ``warm_start.stable_budget_fraction``.
+3. ``run_sweep``: a budget-capped sweep (:mod:`flows.sweep`) whose searcher is warm-started with
+   last week's observations and the warm rung's as priors.
+4. ``retrain_winner``: the best configuration trained from scratch at the full budget.
+5. ``evaluate_models``: challenger and production model (the champion) scored on the same held-out
    rows; the challenger is promoted only if it beats the champion by more than ``promote_margin``.
-5. Everything spent, found and decided goes to the registry (``runs/<run_id>.json``, and the study
+6. Everything spent, found and decided goes to the registry (``runs/<run_id>.json``, and the study
    for next week's warm start under ``studies/``) and to a Prefect markdown artifact.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -49,10 +52,21 @@ class SchemaChanged(DataError):
 
 
 class WarmStartConfig(BaseModel):
+    """How much of last week's study this week starts from.
+
+    ``top_k`` best configurations of last week are first trained at the full budget on this week's
+    data (the *warm rung*). If one of them is within ``tolerance`` of last week's best score, the
+    problem is stable and the exploratory sweep gets only ``stable_budget_fraction`` of its budget
+    caps (0 skips it); otherwise the sweep runs with its full caps. Either way its searcher starts
+    from last week's observations and the warm rung's as priors.
+    """
+
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    top_k: int = Field(3, ge=0, description="last week's best configurations enqueued first")
+    top_k: int = Field(3, ge=0, description="last week's best configurations trained first, at the full budget")
+    tolerance: float = Field(0.005, ge=0.0, description="a stable problem reaches last week's best score minus this")
+    stable_budget_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of the sweep's caps when stable")
 
 
 class RetrainConfig(BaseModel):
@@ -159,14 +173,48 @@ def warm_start_from(registry: ModelRegistry, name: str, previous: dict[str, Any]
             best_per_trial[o["trial_id"]] = o
     ranked = sorted(best_per_trial.values(), key=lambda o: (-o["budget"], -sign * o["score"]))
     enqueue = [o["config"] for o in ranked[:top_k]]
-    return {"observations": study["observations"], "enqueue": enqueue, "from_run": previous["run_id"]}
+    last_best = ranked[0]["score"] if ranked else None
+    return {"observations": study["observations"], "enqueue": enqueue, "from_run": previous["run_id"], "last_best": last_best}
 
 
-def study_of(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+def warm_rung_config(sweep_config: SweepConfig, count: int, run_dir: Path) -> SweepConfig:
+    """The sweep config that trains ``count`` enqueued configurations at the full budget, nothing else."""
+    _, hi = sweep_config.budget_range()
+    raw = sweep_config.model_dump(mode="json")
+    raw["name"] = f"{sweep_config.name}-warm"
+    raw["scheduler"] = {"kind": "fifo", "min_budget": hi, "max_budget": hi}
+    raw["search"] = {"algorithm": "random", "seed": sweep_config.search.seed, "num_trials": count}
+    raw["storage"] = {**raw["storage"], "run_dir": str(run_dir)}
+    return validate(raw)
+
+
+def scaled_budget(sweep_config: SweepConfig, fraction: float) -> SweepConfig:
+    """``sweep_config`` with its GPU-hour and money caps multiplied by ``fraction``."""
+    raw = sweep_config.model_dump(mode="json")
+    for key in ("max_gpu_hours", "max_cost"):
+        if raw["budget"].get(key) is not None:
+            raw["budget"][key] = raw["budget"][key] * fraction
+    raw["budget"]["window_gpu_hours"] = None if raw["budget"].get("window_gpu_hours") is None else min(
+        raw["budget"]["window_gpu_hours"], raw["budget"].get("max_gpu_hours") or math.inf)
+    return validate(raw)
+
+
+def study_of(result: Mapping[str, Any] | None, prefix: str = "") -> list[dict[str, Any]]:
+    """A sweep's results as observations (``prefix`` keeps trial ids of two sweeps apart)."""
+    if not result:
+        return []
     trials = result.get("trials", {})
-    return [{"trial_id": e["trial_id"], "config": trials.get(e["trial_id"], {}), "budget": e["budget"],
+    return [{"trial_id": prefix + e["trial_id"], "config": trials.get(e["trial_id"], {}), "budget": e["budget"],
              "score": e["score"] if e["status"] == "completed" else None}
             for e in result.get("events", []) if e["status"] != "cancelled"]
+
+
+def _better(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, mode: str) -> Mapping[str, Any] | None:
+    """The better of two ``best`` entries: higher budget first, then score (the leaderboard's order)."""
+    if a is None or b is None:
+        return a or b
+    sign = 1.0 if mode == "max" else -1.0
+    return a if (a["budget"], sign * a["score"]) >= (b["budget"], sign * b["score"]) else b
 
 
 @task(name="retrain-winner", cache_policy=NO_CACHE, persist_result=False)
@@ -245,7 +293,8 @@ def markdown_of(record: Mapping[str, Any]) -> str:
         "| | value |", "|---|---|",
         f"| data | `{record['data']['source']}` ({record['data']['rows']} rows, fingerprint `{record['data']['fingerprint'][:12]}`) |",
         f"| warm start | {record['warm_start']['from_run'] or 'none (cold)'}: {record['warm_start']['priors']} priors, "
-        f"{record['warm_start']['enqueued']} enqueued |",
+        f"{record['warm_start']['enqueued']} trained first at full budget; "
+        f"{'stable problem: sweep budget scaled down' if record['warm_start']['stable'] else 'full sweep budget'} |",
         f"| sweep | {sw['trials']} trials, stop: {sw['stop_reason']}, best {sw['best_score']} |",
         f"| spent | {record['spent']['gpu_hours']:.4g} GPU-hours (sweep {sw['gpu_hours']:.4g}, retrain "
         f"{record['retrain']['gpu_hours']:.4g}), cost {record['spent']['cost']:.4g} |",
@@ -277,31 +326,55 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
     warm = (warm_start_from(registry, cfg.name, previous, cfg.warm_start.top_k, sweep_config.mode())
             if cfg.warm_start.enabled and schema_same else None)
 
-    result = run_sweep(sweep_config, run_dir / "sweep", warm_start=warm)
+    mode = sweep_config.mode()
+    sign = 1.0 if mode == "max" else -1.0
+    rung: dict[str, Any] | None = None
+    stable = False
+    if warm and warm["enqueue"]:
+        rung = run_sweep(warm_rung_config(sweep_config, len(warm["enqueue"]), run_dir / "warm-rung"), run_dir / "warm-rung",
+                         warm_start={"observations": [], "enqueue": warm["enqueue"]})
+        found = (rung.get("best") or {}).get("score")
+        stable = (found is not None and warm["last_best"] is not None
+                  and sign * found >= sign * warm["last_best"] - cfg.warm_start.tolerance)
+        warm = {**warm, "observations": warm["observations"] + study_of(rung, "warm-")}
+        if stable:
+            sweep_config = scaled_budget(sweep_config, cfg.warm_start.stable_budget_fraction)
+    skip = stable and cfg.warm_start.stable_budget_fraction == 0.0
+    result = None if skip else run_sweep(sweep_config, run_dir / "sweep", warm_start=warm)
     study_key = run_id
-    registry.put_json(cfg.name, "studies", study_key, {"run_id": run_id, "observations": study_of(result),
-                                                        "mode": sweep_config.mode(), "metric": result["metric"]})
-    best = result.get("best")
+    registry.put_json(cfg.name, "studies", study_key, {"run_id": run_id, "mode": mode,
+                                                        "observations": study_of(rung, "warm-") + study_of(result)})
+    best = _better((rung or {}).get("best"), (result or {}).get("best"), mode)
     if best is None:
-        errors = [e["error"] for e in result.get("events", []) if e.get("error")]
-        raise RetrainError(f"run {run_id}: the sweep finished no trial ({result['ledger']['trials_failed']} failed; first "
-                           f"error: {errors[0] if errors else result.get('stop_detail')}); the ledger is in {run_dir / 'sweep'}")
+        events = (rung or {}).get("events", []) + (result or {}).get("events", [])
+        errors = [e["error"] for e in events if e.get("error")]
+        raise RetrainError(f"run {run_id}: the sweep finished no trial ({len(errors)} failed; first error: "
+                           f"{errors[0] if errors else 'none'}); the ledger is in {run_dir}")
 
     retrained = retrain_winner(sweep_config, best["config"], dataset, run_dir / "challenger")
     evaluation = evaluate_models(registry, cfg.name, retrained["dir"], dataset)
     promoted, reason = decide(evaluation, cfg.promote_margin)
-    sweep_spent = result["ledger"]
+    empty = {"trials_started": 0, "gpu_hours": 0.0, "cost": 0.0}
+    sweep_spent = result["ledger"] if result else empty
+    rung_spent = rung["ledger"] if rung else empty
     record: dict[str, Any] = {
         "run_id": run_id, "name": cfg.name, "started_at": started,
         "data": {"source": spec.source, "rows": int(len(dataset.y_train) + len(dataset.y_valid)),
                  "fingerprint": dataset.fingerprint, "schema": dict(dataset.schema), "task": dataset.task},
         "warm_start": {"from_run": warm["from_run"] if warm else None,
-                       "priors": len(warm["observations"]) if warm else 0, "enqueued": len(warm["enqueue"]) if warm else 0},
-        "sweep": {"run_dir": str(run_dir / "sweep"), "trials": sweep_spent["trials_started"], "gpu_hours": sweep_spent["gpu_hours"],
-                  "cost": sweep_spent["cost"], "stop_reason": result["stop_reason"], "best_score": best["score"],
-                  "best_config": best["config"], "best_budget": best["budget"], "anytime": result["anytime"]},
+                       "priors": len(warm["observations"]) if warm else 0, "enqueued": len(warm["enqueue"]) if warm else 0,
+                       "last_best": warm["last_best"] if warm else None, "stable": stable,
+                       "rung": None if rung is None else {"run_dir": str(run_dir / "warm-rung"), "trials": rung_spent["trials_started"],
+                                                          "gpu_hours": rung_spent["gpu_hours"], "cost": rung_spent["cost"],
+                                                          "best_score": (rung.get("best") or {}).get("score")}},
+        "sweep": {"run_dir": None if result is None else str(run_dir / "sweep"), "trials": sweep_spent["trials_started"],
+                  "gpu_hours": sweep_spent["gpu_hours"], "cost": sweep_spent["cost"],
+                  "max_gpu_hours": sweep_config.budget.max_gpu_hours,
+                  "stop_reason": result["stop_reason"] if result else "skipped: stable problem", "best_score": best["score"],
+                  "best_config": best["config"], "best_budget": best["budget"]},
         "retrain": {k: retrained[k] for k in ("budget", "wall_seconds", "gpu_hours", "cost")},
-        "spent": {"gpu_hours": sweep_spent["gpu_hours"] + retrained["gpu_hours"], "cost": sweep_spent["cost"] + retrained["cost"]},
+        "spent": {"gpu_hours": rung_spent["gpu_hours"] + sweep_spent["gpu_hours"] + retrained["gpu_hours"],
+                  "cost": rung_spent["cost"] + sweep_spent["cost"] + retrained["cost"]},
         "evaluation": evaluation,
         "study": study_key,
     }

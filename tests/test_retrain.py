@@ -72,7 +72,11 @@ def test_two_weeks_warm_start_champion_and_challenger(prefect_server: str, tmp_p
     assert first["warm_start"]["from_run"] is None and first["spent"]["gpu_hours"] > 0
     # Week 2 from this week's file, warm-started; a margin no challenger can clear: registered, not promoted.
     second = retrain_flow(config(tmp_path, weeks["week1"], promote_margin=1.0), str(weeks["week2"]))
-    assert second["warm_start"] == {"from_run": first["run_id"], "priors": first["sweep"]["trials"] + 1, "enqueued": 3}
+    warm = second["warm_start"]
+    assert (warm["from_run"], warm["enqueued"], warm["rung"]["trials"]) == (first["run_id"], 3, 3)
+    # Priors: last week's results (5 trials, 6 trial-rungs) and this week's warm rung (3 full-budget trials).
+    assert warm["priors"] == first["sweep"]["trials"] + 1 + 3 and warm["last_best"] == first["sweep"]["best_score"]
+    assert warm["stable"] == (warm["rung"]["best_score"] >= warm["last_best"] - 0.005)
     ev = second["evaluation"]
     assert ev["champion_version"] == "v0001" and ev["champion"] is not None and ev["held_out_rows"] > 50
     assert second["decision"]["promoted"] is False and "not above margin 1" in second["decision"]["reason"]
@@ -80,7 +84,8 @@ def test_two_weeks_warm_start_champion_and_challenger(prefect_server: str, tmp_p
     assert registry.versions("cancer") == ["v0001", "v0002"] and registry.production("cancer") == "v0001"
     stored = registry.get_json("cancer", "runs", second["run_id"])
     assert stored["spent"] == second["spent"] and stored["evaluation"]["challenger"] == ev["challenger"]
-    assert stored["spent"]["gpu_hours"] == pytest.approx(stored["sweep"]["gpu_hours"] + stored["retrain"]["gpu_hours"])
+    assert stored["spent"]["gpu_hours"] == pytest.approx(
+        warm["rung"]["gpu_hours"] + stored["sweep"]["gpu_hours"] + stored["retrain"]["gpu_hours"])
     # The decision is on the Prefect server as a markdown artifact.
     artifacts = {a["key"]: a for a in httpx.post(f"{prefect_server}/artifacts/latest/filter", json={}).json()}
     assert artifacts["cancer-retrain"]["type"] == "markdown" and second["run_id"] in artifacts["cancer-retrain"]["data"]
