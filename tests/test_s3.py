@@ -89,25 +89,33 @@ def _sweep(tmp_path: Path, checkpoints: str, **overrides):
 def test_sweep_checkpoints_in_s3_ride_out_a_stopped_server(prefect_server: str, s3_server, tmp_path: Path) -> None:
     from flows.sweep import run_sweep
 
-    s3_server.client().create_bucket(Bucket="rungflow-ckpt")
+    client = s3_server.client()
+    client.create_bucket(Bucket="rungflow-ckpt")
     cfg = _sweep(tmp_path, s3_server.url("rungflow-ckpt", "sweeps", read_timeout=1, outage_seconds=60),
-                 trainable={"kind": "noop", "options": {"sleep_seconds": 0.3}})
-    # The server stops 1 s into the sweep and comes back 4 s later.
-    pause, resume = threading.Timer(1.0, s3_server.pause), threading.Timer(5.0, s3_server.resume)
-    pause.start()
-    resume.start()
+                 trainable={"kind": "noop", "options": {"sleep_seconds": 0.3}},
+                 scheduler={"kind": "hyperband", "min_budget": 1, "max_budget": 3, "eta": 3})
+
+    def stop_after_first_checkpoint() -> None:
+        # The server stops once the sweep has written its first checkpoint, for 4 s.
+        while not client.list_objects_v2(Bucket="rungflow-ckpt", Prefix="sweeps/").get("KeyCount"):
+            time.sleep(0.1)
+        s3_server.pause()
+        time.sleep(4.0)
+        s3_server.resume()
+
+    outage = threading.Thread(target=stop_after_first_checkpoint, daemon=True)
+    outage.start()
     try:
         result = run_sweep(cfg, tmp_path / "run")
     finally:
-        pause.join()
-        resume.join()  # never leave the shared server stopped
-        s3_server.resume()
+        outage.join(timeout=30)
+        s3_server.resume()  # never leave the shared server stopped
     assert result["stop_reason"] == "schedule_complete"
-    assert result["ledger"]["trials_failed"] == 0 and len(result["events"]) == 22
+    assert result["ledger"]["trials_failed"] == 0 and len(result["events"]) == 6
     # Some trial's checkpoint write waited out the stop (trials sleep 0.3 s; the stop lasted 4 s).
     assert max(e["wall_seconds"] for e in result["events"]) >= 2.5
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket="rungflow-ckpt", Prefix="sweeps/run/")["Contents"]]
-    assert "sweeps/run/t0000/rung-0.ckpt" in keys and len(keys) == 22
+    assert "sweeps/run/t0000/rung-0.ckpt" in keys and len(keys) == 6
     # Promoted trials resumed from their S3 checkpoints: each trained only the budget it added.
     resumed = [e for e in result["events"] if e["rung"] > 0]
     assert resumed and all(e["budget_trained"] < e["budget"] for e in resumed)
