@@ -130,7 +130,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 def _ratio(warm: float | None, cold: float | None, cold_total: float) -> float | None:
     if warm is None:
-        return math.inf
+        return None if cold is None else math.inf  # neither reached: no ratio
     denominator = cold if cold is not None else cold_total
     return warm / denominator if denominator > 0 else None
 
@@ -143,11 +143,11 @@ def markdown(rows: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> str
     ]
     for r in rows:
         w, c = r["warm"], r["cold"]
-        bound = "" if r["cold_reached"] else " (≤, cold never reached)"
+        bound = "" if r["cold_reached"] or not r["warm_reached"] else " (≤, cold never reached)"
         lines.append(
             f"| {r['seed']} | {r['week1_best']:.4f} | {r['target']:.4f} | {fmt(w['gpu_hours'], '.5f', 'not reached')} | "
-            f"{fmt(c['gpu_hours'], '.5f', 'not reached')} | {fmt(r['ratio_gpu_hours'], '.3f')}{bound} | {fmt(w['epochs'], '.0f')} | "
-            f"{fmt(c['epochs'], '.0f')} | {fmt(r['ratio_epochs'], '.3f')} | {fmt(w['final_best'], '.4f')} | {fmt(c['final_best'], '.4f')} |"
+            f"{fmt(c['gpu_hours'], '.5f', 'not reached')} | {fmt(r['ratio_gpu_hours'], '.3f', 'n/a')}{bound} | {fmt(w['epochs'], '.0f')} | "
+            f"{fmt(c['epochs'], '.0f')} | {fmt(r['ratio_epochs'], '.3f', 'n/a')} | {fmt(w['final_best'], '.4f')} | {fmt(c['final_best'], '.4f')} |"
         )
     lines.append(f"| **median** | | | | | **{fmt(median([r['ratio_gpu_hours'] for r in rows]), '.3f')}** | | | "
                  f"**{fmt(median([r['ratio_epochs'] for r in rows]), '.3f')}** | | |")
