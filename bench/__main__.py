@@ -16,7 +16,7 @@ from bench.common import quiet_env
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench import efficiency, overhead, warmstart  # none imports prefect at module level
+    from bench import automl, efficiency, overhead, warmstart  # none imports prefect at module level
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_arguments(p)
     p = sub.add_parser("warmstart", help="week 2's GPU-hours to reach week 1's quality, warm-started vs cold")
     warmstart.add_arguments(p)
+    p = sub.add_parser("automl", help="mixed-family sweep vs AutoGluon alone, same wall-clock, on bundled datasets")
+    automl.add_arguments(p)
     p = sub.add_parser("all", help="efficiency then overhead, with the issue's defaults")
     p.add_argument("--out", type=Path, default=Path("bench/out"), help="parent of efficiency/ and overhead/")
     return parser
@@ -35,10 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Re-rendering starts no Prefect server, so it needs no Prefect home of its own.
     quiet_env(isolated_prefect_home=not getattr(args, "render_only", False))
-    from bench import efficiency, overhead
+    from bench import automl, efficiency, overhead
 
     t0 = time.perf_counter()
-    if args.command == "efficiency":
+    if args.command == "automl":
+        automl.run(args)
+    elif args.command == "efficiency":
         efficiency.run(args)
     elif args.command == "overhead":
         overhead.run(args)

@@ -31,6 +31,7 @@ class FloatParam:
     low: float
     high: float
     log: bool = False
+    when: "Condition" = ()
 
     def __post_init__(self) -> None:
         _check_bounds(self.name, self.low, self.high, self.log)
@@ -57,6 +58,7 @@ class IntParam:
     low: int
     high: int
     log: bool = False
+    when: "Condition" = ()
 
     def __post_init__(self) -> None:
         if int(self.low) != self.low or int(self.high) != self.high:
@@ -90,6 +92,7 @@ class IntParam:
 class CategoricalParam:
     name: str
     choices: tuple[Any, ...]
+    when: "Condition" = ()
 
     def __post_init__(self) -> None:
         if len(self.choices) == 0:
@@ -108,6 +111,28 @@ class CategoricalParam:
 
 
 Param = FloatParam | IntParam | CategoricalParam
+
+# A parameter's activation condition: ((parent, allowed values), ...), all of which must hold; () = always active.
+Condition = tuple[tuple[str, tuple[Any, ...]], ...]
+
+
+def is_active(param: Param, config: Mapping[str, Any]) -> bool:
+    """Whether ``param`` is active given the values already chosen in ``config`` (parents come first)."""
+    return all(parent in config and config[parent] in allowed for parent, allowed in param.when)
+
+
+def _condition_from(name: str, raw: Any) -> Condition:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping) or not raw:
+        raise SpaceError(f"space.{name}.when: expected a mapping of parent parameter to its value(s), e.g. when: {{family: hgb}}")
+    out = []
+    for parent, values in raw.items():
+        allowed = tuple(values) if isinstance(values, Sequence) and not isinstance(values, str) else (values,)
+        if not allowed:
+            raise SpaceError(f"space.{name}.when.{parent}: empty list of values; give the value(s) that activate {name}")
+        out.append((str(parent), allowed))
+    return tuple(out)
 
 
 def _check_bounds(name: str, low: float, high: float, log: bool) -> None:
@@ -134,10 +159,42 @@ class SearchSpace:
         if duplicates:
             raise SpaceError(f"space: parameter names repeat: {duplicates}; give each parameter once")
         object.__setattr__(self, "_by_name", {p.name: p for p in self.params})
+        seen: dict[str, Param] = {}
+        for p in self.params:
+            for parent, allowed in p.when:
+                if parent == p.name:
+                    raise SpaceError(f"space.{p.name}.when: a parameter cannot depend on itself")
+                if parent not in self._by_name:
+                    raise SpaceError(f"space.{p.name}.when: unknown parent {parent!r}; condition on a categorical declared in the space")
+                if parent not in seen:
+                    raise SpaceError(f"space.{p.name}.when: parent {parent!r} must be declared before {p.name!r}; move it up")
+                parent_param = seen[parent]
+                if not isinstance(parent_param, CategoricalParam):
+                    raise SpaceError(f"space.{p.name}.when: parent {parent!r} must be categorical, it is {type(parent_param).__name__}")
+                unknown = [v for v in allowed if v not in parent_param.choices]
+                if unknown:
+                    raise SpaceError(
+                        f"space.{p.name}.when.{parent}: {unknown} not among {parent}'s choices {list(parent_param.choices)}; fix the value"
+                    )
+            seen[p.name] = p
+        if self.conditional:
+            # A condition that can never hold leaves the parameter dead: almost certainly a typo.
+            for p in self.params:
+                if p.when and not any(is_active(p, c) for c in _parent_assignments(self, p)):
+                    raise SpaceError(f"space.{p.name}.when: can never be active (its parents' conditions exclude each other)")
 
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.params]
+
+    @property
+    def conditional(self) -> bool:
+        """Whether some parameter is active only for some values of another (e.g. a model family's knobs)."""
+        return any(p.when for p in self.params)
+
+    def active(self, config: Mapping[str, Any]) -> list[Param]:
+        """The parameters active for ``config`` (in declaration order)."""
+        return [p for p in self.params if is_active(p, config)]
 
     def __getitem__(self, name: str) -> Param:
         return self._by_name[name]
@@ -146,18 +203,46 @@ class SearchSpace:
         return len(self.params)
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
-        return {p.name: p.sample(rng) for p in self.params}
+        """One configuration; inactive parameters are left out (and draw nothing from ``rng``)."""
+        config: dict[str, Any] = {}
+        for p in self.params:
+            if is_active(p, config):
+                config[p.name] = p.sample(rng)
+        return config
 
     def contains(self, config: Mapping[str, Any]) -> bool:
-        return set(config) == set(self._by_name) and all(p.contains(config[p.name]) for p in self.params)
+        """Whether ``config`` sets exactly the active parameters, each to a valid value."""
+        chosen: dict[str, Any] = {}
+        for p in self.params:
+            if is_active(p, chosen):
+                if p.name not in config or not p.contains(config[p.name]):
+                    return False
+                chosen[p.name] = config[p.name]
+        return set(config) == set(chosen)
 
     def grid(self, points_per_numeric: int) -> list[dict[str, Any]]:
-        """The Cartesian grid, numeric parameters cut into ``points_per_numeric`` values, in a fixed order."""
-        axes: list[list[tuple[str, Any]]] = [[(p.name, v) for v in p.grid(points_per_numeric)] for p in self.params]
+        """The grid, numeric parameters cut into ``points_per_numeric`` values, in a fixed order.
+
+        In a conditional space each branch is its own Cartesian grid: a parameter varies only in the
+        configurations where it is active.
+        """
         configs: list[dict[str, Any]] = [{}]
-        for axis in axes:
-            configs = [{**c, k: v} for c in configs for k, v in axis]
+        for p in self.params:
+            values = p.grid(points_per_numeric)
+            configs = [{**c, p.name: v} for c in configs for v in values] if not p.when else [
+                out for c in configs for out in ([{**c, p.name: v} for v in values] if is_active(p, c) else [c])
+            ]
         return configs
+
+    def describe(self) -> str:
+        """One line per parameter, conditional ones indented under the condition that activates them."""
+        lines = []
+        for p in self.params:
+            spec = self.to_dict()[p.name]
+            body = ", ".join(f"{k}={v}" for k, v in spec.items() if k not in ("type", "when"))
+            cond = " and ".join(f"{k} in {list(v)}" if len(v) > 1 else f"{k}={v[0]}" for k, v in p.when)
+            lines.append(f"{'  ' if p.when else ''}{p.name}: {spec['type']} {body}{f'  (when {cond})' if cond else ''}")
+        return "\n".join(lines)
 
     def to_optuna(self) -> dict[str, Any]:
         """Optuna distributions for each parameter (imported lazily: the rest of the core does not need optuna)."""
@@ -185,9 +270,10 @@ class SearchSpace:
                     f"space.{name}: expected a mapping like {{type: float, low: 0.001, high: 0.1, log: true}}, got {p!r}"
                 )
             kind = p.get("type")
-            extra = set(p) - {"type", "low", "high", "log", "choices"}
+            extra = set(p) - {"type", "low", "high", "log", "choices", "when"}
             if extra:
-                raise SpaceError(f"space.{name}: unknown keys {sorted(extra)}; allowed: type, low, high, log, choices")
+                raise SpaceError(f"space.{name}: unknown keys {sorted(extra)}; allowed: type, low, high, log, choices, when")
+            when = _condition_from(name, p.get("when"))
             if kind in ("float", "int"):
                 if "low" not in p or "high" not in p:
                     raise SpaceError(f"space.{name}: {kind} parameter needs both 'low' and 'high'")
@@ -197,14 +283,14 @@ class SearchSpace:
                     raise SpaceError(f"space.{name}: low/high must be numbers, got low={p['low']!r}, high={p['high']!r}") from None
                 log = bool(p.get("log", False))
                 if kind == "float":
-                    params.append(FloatParam(name, low, high, log))
+                    params.append(FloatParam(name, low, high, log, when))
                 else:
-                    params.append(IntParam(name, int(low) if low.is_integer() else low, int(high) if high.is_integer() else high, log))  # type: ignore[arg-type]
+                    params.append(IntParam(name, int(low) if low.is_integer() else low, int(high) if high.is_integer() else high, log, when))  # type: ignore[arg-type]
             elif kind == "categorical":
                 choices = p.get("choices")
                 if not isinstance(choices, Sequence) or isinstance(choices, str):
                     raise SpaceError(f"space.{name}: categorical needs a list under 'choices', got {choices!r}")
-                params.append(CategoricalParam(name, tuple(choices)))
+                params.append(CategoricalParam(name, tuple(choices), when))
             else:
                 raise SpaceError(f"space.{name}: unknown type {kind!r}; use one of float, int, categorical")
         return cls(tuple(params))
@@ -216,4 +302,26 @@ class SearchSpace:
                 out[p.name] = {"type": "categorical", "choices": list(p.choices)}
             else:
                 out[p.name] = {"type": "float" if isinstance(p, FloatParam) else "int", "low": p.low, "high": p.high, "log": p.log}
+            if p.when:
+                out[p.name]["when"] = {k: list(v) if len(v) > 1 else v[0] for k, v in p.when}
         return out
+
+
+def _parent_assignments(space: SearchSpace, param: Param) -> list[dict[str, Any]]:
+    """Every combination of the choices of ``param``'s ancestors that are themselves reachable."""
+    ancestors: set[str] = set()
+    frontier = [parent for parent, _ in param.when]
+    while frontier:
+        name = frontier.pop()
+        if name not in ancestors:
+            ancestors.add(name)
+            frontier.extend(parent for parent, _ in space[name].when)
+    assignments: list[dict[str, Any]] = [{}]
+    for p in space.params:
+        if p is param:
+            break
+        if p.name in ancestors and isinstance(p, CategoricalParam):
+            assignments = [
+                out for a in assignments for out in ([{**a, p.name: v} for v in p.choices] if is_active(p, a) else [a])
+            ]
+    return assignments

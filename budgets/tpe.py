@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from budgets.searchers import Observation, Searcher
-from budgets.space import SearchSpace
+from budgets.space import FloatParam, IntParam, SearchSpace, is_active
 
 __all__ = ["TPESearcher", "BOHBSearcher"]
 
@@ -24,6 +24,14 @@ def _optuna():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
+
+
+def _suggest(trial: Any, param: Any) -> Any:
+    if isinstance(param, FloatParam):
+        return trial.suggest_float(param.name, param.low, param.high, log=param.log)
+    if isinstance(param, IntParam):
+        return trial.suggest_int(param.name, param.low, param.high, log=param.log)
+    return trial.suggest_categorical(param.name, list(param.choices))
 
 
 def _budget_step(budget: float) -> int:
@@ -44,7 +52,13 @@ class _OptunaBacked(Searcher):
 
     def _make_sampler(self):
         optuna = _optuna()
-        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True)
+        # group=True: TPE models each family's parameters on the trials where they were active.
+        conditional = {"group": True} if self.space.conditional else {}
+        return optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True, **conditional)
+
+    def _distributions_of(self, config: dict[str, Any]) -> dict[str, Any]:
+        # A conditional space's trial holds only its active parameters; Optuna wants exactly those.
+        return {name: self._distributions[name] for name in config}
 
     def _new_study(self):
         optuna = _optuna()
@@ -54,7 +68,15 @@ class _OptunaBacked(Searcher):
     def _ask(self, study, count: int) -> list[dict[str, Any]]:
         out = []
         for _ in range(count):
-            trial = study.ask(self._distributions)
+            if self.space.conditional:
+                # Define-by-run: parents first (the space's order), then only the parameters they activate.
+                trial = study.ask()
+                config: dict[str, Any] = {}
+                for param in self.space.params:
+                    if is_active(param, config):
+                        config[param.name] = _suggest(trial, param)
+            else:
+                trial = study.ask(self._distributions)
             out.append(dict(trial.params))
             # Tell FAIL at once: the pending proposal must not linger as RUNNING in the model.
             study.tell(trial, state=_optuna().trial.TrialState.FAIL)
@@ -100,7 +122,7 @@ class TPESearcher(_OptunaBacked):
                     state=state,
                     value=value,
                     params=dict(config),
-                    distributions=self._distributions,
+                    distributions=self._distributions_of(config),
                     intermediate_values=intermediate,
                 )
             )
@@ -184,7 +206,7 @@ class BOHBSearcher(_OptunaBacked):
                     state=optuna.trial.TrialState.FAIL if o.failed else optuna.trial.TrialState.COMPLETE,
                     value=None if o.failed else float(o.score),
                     params=dict(o.config),
-                    distributions=self._distributions,
+                    distributions=self._distributions_of(o.config),
                 )
                 for o in pending
                 if self.space.contains(o.config)

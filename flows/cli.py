@@ -165,6 +165,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if best:
         lines.append(f"best: {best['trial_id']} score {best['score']:.4f} at budget {best['budget']:g}; config "
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in best["config"].items()))
+    saved = result.get("best_model")
+    if saved and saved.get("path"):
+        lines.append(f"best model: {saved['family']} saved to {saved['path']} "
+                     f"(val_score {saved['metrics'].get('val_score', float('nan')):.4f}); load it with rungflow.load_model(RUN_DIR)")
+    elif saved and saved.get("error"):
+        lines.append(f"best model: not saved ({saved['error']})")
     if result.get("runtime", {}).get("note"):
         lines.append(f"note: {result['runtime']['note']}")
     return lines

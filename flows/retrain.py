@@ -234,6 +234,17 @@ def retrain_winner(sweep_config: SweepConfig, config: dict[str, Any], dataset: D
             "cost": gpu_hours * sweep_config.budget.price_per_gpu_hour, "dir": str(out_dir)}
 
 
+def reuse_best_model(result: Mapping[str, Any] | None, best: Mapping[str, Any], sweep_config: SweepConfig) -> dict[str, Any] | None:
+    """The sweep's own refit of ``best`` (``best_model/``) when it was made at the full budget; billed like a trial."""
+    saved = (result or {}).get("best_model") or {}
+    _, hi = sweep_config.budget_range()
+    if not saved.get("path") or saved.get("error") or saved.get("trial_id") != best["trial_id"] or float(saved.get("budget", -1)) < hi - 1e-9:
+        return None
+    gpu_hours = float(saved.get("refit_seconds", 0.0)) * sweep_config.runtime.gpus_per_trial / 3600.0
+    return {"budget": hi, "wall_seconds": saved.get("refit_seconds", 0.0), "gpu_hours": gpu_hours,
+            "cost": gpu_hours * sweep_config.budget.price_per_gpu_hour, "dir": saved["path"], "reused": True}
+
+
 def held_out_score(model: Any, dataset: Dataset) -> float:
     """Accuracy (classification) or R² (regression) on ``dataset``'s held-out rows, from raw columns.
 
@@ -351,7 +362,9 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
         raise RetrainError(f"run {run_id}: the sweep finished no trial ({len(errors)} failed; first error: "
                            f"{errors[0] if errors else 'none'}); the ledger is in {run_dir}")
 
-    retrained = retrain_winner(sweep_config, best["config"], dataset, run_dir / "challenger")
+    retrained = reuse_best_model(rung if best is (rung or {}).get("best") else result, best, sweep_config)
+    if retrained is None:
+        retrained = retrain_winner(sweep_config, best["config"], dataset, run_dir / "challenger")
     evaluation = evaluate_models(registry, cfg.name, retrained["dir"], dataset)
     promoted, reason = decide(evaluation, cfg.promote_margin)
     empty = {"trials_started": 0, "gpu_hours": 0.0, "cost": 0.0}

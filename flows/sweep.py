@@ -384,7 +384,11 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
     rt = cfg.runtime
     runtime = make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
                            cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent)
-    return sweep.run(runtime)
+    result = sweep.run(runtime)
+    # After the sweep, not in the trial loop: refit the winner of a tabular sweep into run_dir/best_model.
+    from tasks.best_model import save_best_model
+
+    return save_best_model(cfg, str(sweep.run_dir), result)
 
 
 def run_sweep(config: SweepConfig, run_dir: str | Path | None = None, warm_start: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -361,9 +361,10 @@ class SweepConfig(_Strict):
             raise ValueError(f"space: trainable {self.trainable.kind!r} has no default space; give one under 'space'")
         if self.space is not None:
             try:
-                SearchSpace.from_dict(self.space)
+                space = SearchSpace.from_dict(self.space)
             except SpaceError as exc:
                 raise ValueError(str(exc)) from None
+            trainable_cls(self.trainable.options).check_space(space)
         lo, hi = self.budget_range()
         if trainable_cls.integer_budget:
             for key, value in (("min_budget", lo), ("max_budget", hi)):

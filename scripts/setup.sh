@@ -10,3 +10,12 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch is pinned to the CPU build in pyproject.toml; an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# AutoGluon needs pyarrow>=23, the main env pins 19: it gets its own env, cached outside the clone
+# (~70 s to build on 2 cores; skipped when cached). RUNGFLOW_SKIP_AUTOGLUON=1 leaves it out (its tests then skip).
+if [ "${RUNGFLOW_SKIP_AUTOGLUON:-0}" != 1 ]; then
+  bash scripts/autogluon-env.sh
+fi
+# auto-sklearn compiles scikit-learn 0.24 from source (~25 min on 2 cores): built only on request, then cached.
+if [ "${RUNGFLOW_BUILD_AUTOSKLEARN:-0}" = 1 ]; then
+  bash scripts/autosklearn-env.sh
+fi

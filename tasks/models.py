@@ -14,7 +14,6 @@ fitted at, its validation metrics) and the backend's own files:
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from abc import ABC, abstractmethod

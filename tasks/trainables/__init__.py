@@ -14,6 +14,9 @@ _MODULES = {
     "hgb": "tasks.trainables.sklearn_models",
     "random_forest": "tasks.trainables.sklearn_models",
     "linear": "tasks.trainables.sklearn_models",
+    "autogluon": "tasks.trainables.autogluon",
+    "autosklearn": "tasks.trainables.autosklearn",
+    "mixed": "tasks.trainables.mixed",
 }
 
 __all__ = ["get_trainable_class", "known_kinds", "Trainable", "TrainRequest", "TrainOutcome", "TrainableError"]

@@ -85,6 +85,9 @@ class Trainable(ABC):
         """The space searched when the config gives none; None if the family has no sensible default."""
         return None
 
+    def check_space(self, space: SearchSpace) -> None:
+        """Raise ValueError (one line naming the parameter and the fix) if ``space`` cannot drive this trainable."""
+
     def estimate_gpu_seconds(self, config: Mapping[str, Any], budget_from: float, budget_to: float) -> float | None:
         """Predicted cost of training ``config`` from ``budget_from`` to ``budget_to``, for plans; None if unknown."""
         return None

@@ -8,6 +8,7 @@ its budget, refitting from scratch each rung (it is cheap). Checkpoints are skop
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
@@ -181,5 +182,7 @@ class LinearTrainable(TabularTrainable):
             head = Ridge(alpha=1.0 / c)
         est = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(), head)
         est.fit(x, y)
-        return FamilyFit(_model(est, self.kind, dataset, config, percent), percent, percent, None,
+        # A marker, not a resume point: a promoted trial refits (cheap), and the sweep sees a checkpoint.
+        marker = json.dumps({"family": self.kind, "percent": percent}).encode()
+        return FamilyFit(_model(est, self.kind, dataset, config, percent), percent, percent, marker,
                          {"train_rows": float(len(y))})

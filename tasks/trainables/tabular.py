@@ -66,9 +66,11 @@ class TabularTrainable(Trainable):
 
     def train(self, request: TrainRequest) -> TrainOutcome:
         dataset = self.dataset()
-        fit = self.fit_to_budget(request.config, request.budget, dataset, device=request.device,
-                                 seed=trial_seed(request.seed, request.trial_id), checkpoint=request.checkpoint)
-        metrics = {**fit.model.evaluate(dataset), **fit.metrics}
+        with _one_thread():
+            fit = self.fit_to_budget(request.config, request.budget, dataset, device=request.device,
+                                     seed=self.seed_for(request.seed, request.trial_id), checkpoint=request.checkpoint)
+            metrics = {**fit.model.evaluate(dataset), **fit.metrics}
+        self.discard(fit.model)
         return TrainOutcome(
             score=metrics["val_score"],
             budget_reached=fit.budget_reached,
@@ -77,12 +79,28 @@ class TabularTrainable(Trainable):
             metrics=metrics,
         )
 
+    def seed_for(self, seed: int, trial_id: str) -> int:
+        """The seed a trial trains with; ``fit(seed=seed_for(...))`` refits exactly the trial's model."""
+        return trial_seed(seed, trial_id)
+
+    def discard(self, model: FittedModel) -> None:
+        """Release what a trial's model holds outside memory (files) once it is scored."""
+
     def fit(self, config: Mapping[str, Any], budget: float, dataset: Dataset, *, device: str = "cpu", seed: int = 0) -> FittedModel:
         """One model from scratch at ``budget``; its ``metrics`` are the validation metrics."""
-        fit = self.fit_to_budget(config, budget, dataset, device=device, seed=seed)
-        fit.model.metrics = {**fit.model.evaluate(dataset), **fit.metrics}
+        with _one_thread():
+            fit = self.fit_to_budget(config, budget, dataset, device=device, seed=seed)
+            fit.model.metrics = {**fit.model.evaluate(dataset), **fit.metrics}
         fit.model.budget = fit.budget_reached
         return fit.model
+
+
+def _one_thread():
+    """One BLAS/OpenMP thread per trial: trials already fill the cores, and HGB's OpenMP threads spin
+    hard on a loaded machine (a 4 s fit took 30 s with the cores shared)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
 
 
 def number(config: Mapping[str, Any], key: str, default: float, kind: str, cast=float) -> Any:

@@ -158,7 +158,7 @@ class TorchMLPTrainable(TabularTrainable):
         """Train from the checkpoint's epoch (or scratch) up to ``round(request.budget)`` epochs."""
         dataset = self.dataset()
         run = self._run(request.config, request.budget, dataset, request.device,
-                        _derive_seed(request.seed, request.trial_id), request.checkpoint)
+                        self.seed_for(request.seed, request.trial_id), request.checkpoint)
         metrics = {**run.metrics, "epochs_trained_total": float(run.budget_reached)}
         return TrainOutcome(
             score=metrics["val_score"],
@@ -169,8 +169,11 @@ class TorchMLPTrainable(TabularTrainable):
             gpu_seconds=None,
         )
 
+    def seed_for(self, seed: int, trial_id: str) -> int:
+        return _derive_seed(seed, trial_id)
+
     def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
-        run = self._run(config, budget, dataset, device, _derive_seed(seed, "fit"), checkpoint)
+        run = self._run(config, budget, dataset, device, seed, checkpoint)
         if not math.isfinite(run.metrics["val_score"]):
             raise TrainableError(f"torch_mlp: training diverged (loss {run.metrics['train_loss']}); lower lr")
         return FamilyFit(run.model, run.budget_reached, run.budget_trained, run.checkpoint, {"train_loss": run.metrics["train_loss"]})
@@ -231,7 +234,8 @@ class TorchMLPTrainable(TabularTrainable):
             with torch.no_grad():
                 out = model(x_va)
             if classify:
-                score = float((out.argmax(dim=1).cpu() == prepared.y_va).float().mean())
+                # float64 so the score equals the exact fraction a saved model's evaluate() reports.
+                score = float((out.argmax(dim=1).cpu() == prepared.y_va).double().mean())
                 metrics.update(val_score=score, val_accuracy=score)
             else:
                 pred = out[:, 0].double().cpu() * prepared.stats["y_std"] + prepared.stats["y_mean"]
