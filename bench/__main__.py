@@ -1,4 +1,4 @@
-"""``python -m bench efficiency|overhead|compare|costaware|stopping|automl|all``: the benchmark entry point.
+"""``python -m bench efficiency|overhead|compare|costaware|stopping|automl|warmstart|all``: the benchmark entry point.
 
 The environment is prepared (quiet Prefect, isolated Prefect home) before anything imports
 prefect, which is why the command modules are imported only after :func:`quiet_env`.
@@ -16,7 +16,7 @@ from bench.common import quiet_env
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench import automl, compare, costaware, efficiency, overhead, stopping  # none imports prefect at module level
+    from bench import automl, compare, costaware, efficiency, overhead, stopping, warmstart  # none imports prefect at module level
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     costaware.add_arguments(p)
     p = sub.add_parser("stopping", help="our stop rules vs Ray Tune's plateau stopper and Optuna's Terminator on LCBench")
     stopping.add_arguments(p)
+    p = sub.add_parser("warmstart", help="week 2's GPU-hours to reach week 1's quality, warm-started vs cold")
+    warmstart.add_arguments(p)
     p = sub.add_parser("automl", help="mixed-family sweep vs AutoGluon alone, same wall-clock, on bundled datasets")
     automl.add_arguments(p)
     p = sub.add_parser("compare", help="rungflow vs Ray Tune vs Optuna on LCBench under the same GPU-hour cap")
@@ -56,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stopping.run(args)
     elif args.command == "compare":
         compare.run(args)
+    elif args.command == "warmstart":
+        from bench import warmstart
+
+        warmstart.run(args)
     else:
         # Each part gets its own Prefect server (started and stopped inside its run()).
         parser = build_parser()

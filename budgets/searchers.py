@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import numpy as np
 
@@ -62,6 +62,8 @@ class Searcher(ABC):
         self.mode = mode
         self.max_budget = max_budget
         self.observations: list[Observation] = []
+        self.priors: list[Observation] = []
+        self._enqueued: list[dict[str, Any]] = []
 
     @abstractmethod
     def suggest(self, count: int) -> list[dict[str, Any]]:
@@ -70,6 +72,23 @@ class Searcher(ABC):
     def observe(self, observation: Observation) -> None:
         """Called once per trial per rung, in a deterministic order, as soon as the result is known."""
         self.observations.append(observation)
+
+    def warm_start(self, observations: Iterable[Observation] = (), enqueue: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Called once, before the first :meth:`suggest`, with an earlier study of the same problem.
+
+        ``enqueue``: configurations proposed first, in order (Optuna's ``enqueue_trial`` semantics),
+        e.g. last week's best. ``observations``: that study's results, kept in :attr:`priors`, which
+        model-based searchers fit on beside their own (their trial ids get a ``prior-`` prefix so they
+        never merge with this study's trials). Configurations outside the space are dropped.
+        """
+        self.priors = [Observation(f"prior-{o.trial_id}", dict(o.config), o.budget, o.score)
+                       for o in observations if self.space.contains(o.config)]
+        self._enqueued = [dict(c) for c in enqueue if self.space.contains(c)]
+
+    def _pop_enqueued(self, count: int) -> list[dict[str, Any]]:
+        """Up to ``count`` enqueued configurations, removed from the queue: what suggest returns first."""
+        out, self._enqueued = self._enqueued[:count], self._enqueued[count:]
+        return out
 
 
 class RandomSearcher(Searcher):
@@ -82,7 +101,8 @@ class RandomSearcher(Searcher):
         self._rng = np.random.default_rng(self.seed)
 
     def suggest(self, count: int) -> list[dict[str, Any]]:
-        return [self.space.sample(self._rng) for _ in range(count)]
+        out = self._pop_enqueued(count)
+        return out + [self.space.sample(self._rng) for _ in range(count - len(out))]
 
 
 class GridSearcher(Searcher):
@@ -102,9 +122,10 @@ class GridSearcher(Searcher):
         return len(self._grid)
 
     def suggest(self, count: int) -> list[dict[str, Any]]:
-        out = self._grid[self._next : self._next + count]
+        first = self._pop_enqueued(count)
+        out = self._grid[self._next : self._next + count - len(first)]
         self._next += len(out)
-        return out
+        return first + out
 
 
 def _tpe_searchers() -> dict[str, type[Searcher]]:

@@ -168,7 +168,7 @@ class TPESearcher(_OptunaBacked):
         optuna = _optuna()
         study = self._new_study()
         latest: dict[str, list[Observation]] = {}
-        for obs in self.observations:
+        for obs in [*self.priors, *self.observations]:
             latest.setdefault(obs.trial_id, []).append(obs)
         frozen = []
         for history in latest.values():
@@ -197,10 +197,17 @@ class TPESearcher(_OptunaBacked):
         self._study = study
         self._dirty = False
 
+    def warm_start(self, observations=(), enqueue=()) -> None:
+        super().warm_start(observations, enqueue)
+        self._dirty = True
+
     def suggest(self, count: int) -> list[dict[str, Any]]:
+        out = self._pop_enqueued(count)
+        if len(out) == count:
+            return out
         if self._dirty or self._study is None:
             self._rebuild()
-        return self._ask(self._study, count)
+        return out + self._ask(self._study, count - len(out))
 
 
 class BOHBSearcher(_OptunaBacked):
@@ -237,6 +244,12 @@ class BOHBSearcher(_OptunaBacked):
         super().observe(observation)
         self._by_budget.setdefault(round(observation.budget, 9), []).append(observation)
 
+    def warm_start(self, observations=(), enqueue=()) -> None:
+        super().warm_start(observations, enqueue)
+        # Priors join the per-budget model data before any of this study's results, as if observed first.
+        for prior in self.priors:
+            self._by_budget.setdefault(round(prior.budget, 9), []).append(prior)
+
     def model_budget(self) -> float | None:
         """The budget whose results the next model-based proposal is fitted on (None: not enough yet)."""
         usable = [
@@ -271,8 +284,8 @@ class BOHBSearcher(_OptunaBacked):
 
     def suggest(self, count: int) -> list[dict[str, Any]]:
         budget = self.model_budget()
-        out: list[dict[str, Any]] = []
-        for _ in range(count):
+        out: list[dict[str, Any]] = self._pop_enqueued(count)
+        for _ in range(count - len(out)):
             if budget is None or self._rng.random() < self.random_fraction:
                 out.append(self.space.sample(self._rng))
             else:

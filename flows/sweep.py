@@ -196,7 +196,7 @@ class Sweep:
             budget=budget,
             trainable_kind=self.config.trainable.kind,
             trainable_options=self.config.trainable.options,
-            checkpoint_dir=str((self.run_dir / "checkpoints").resolve()),
+            checkpoint_dir=self.config.storage.checkpoint_location(self.run_dir),
             resume_from_rung=resume_from_rung,
             gpus=rt.gpus_per_trial,
             seed=self.config.search.seed,
@@ -661,11 +661,20 @@ TRIAL_THREADS = 256
 
 @flow(name="rungflow-sweep", flow_run_name=_flow_run_name, log_prints=True, persist_result=False,
       task_runner=ThreadPoolTaskRunner(max_workers=TRIAL_THREADS))
-def sweep_flow(config: dict[str, Any], run_dir: str | None = None) -> dict[str, Any]:
-    """A budget-capped Hyperband/ASHA sweep; ``config`` is the validated sweep config as a dict."""
+def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A budget-capped Hyperband/ASHA sweep; ``config`` is the validated sweep config as a dict.
+
+    ``warm_start``: ``{"observations": [{trial_id, config, budget, score}], "enqueue": [config, ...]}``
+    from an earlier study of the same problem (see :meth:`budgets.searchers.Searcher.warm_start`).
+    """
     install_log_redaction()
     cfg = validate(config)
     sweep = Sweep.create(cfg, run_dir)
+    if warm_start:
+        sweep.searcher.warm_start(
+            [Observation(o["trial_id"], o["config"], float(o["budget"]), o["score"]) for o in warm_start.get("observations", [])],
+            enqueue=warm_start.get("enqueue", []),
+        )
     sweep.artifacts = SweepArtifacts(cfg.name)
     try:
         runtime = runtime_of(cfg)
@@ -687,6 +696,6 @@ def runtime_of(config: SweepConfig) -> Runtime:
                         memory_per_trial_gb=rt.memory_per_trial_gb)
 
 
-def run_sweep(config: SweepConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+def run_sweep(config: SweepConfig, run_dir: str | Path | None = None, warm_start: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a sweep as a Prefect flow on the configured runtime; returns the result dict."""
-    return sweep_flow(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None)
+    return sweep_flow(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None, warm_start)

@@ -297,9 +297,84 @@ class RuntimeConfig(_Strict):
         return v
 
 
+_CREDENTIAL_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key", "secret_key",
+                    "access_key_id", "secret_access_key", "password", "token")
+
+
+class S3Config(_Strict):
+    """How to reach an S3-compatible store. Credentials are not accepted here: see :mod:`tasks.s3`."""
+
+    endpoint_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8333; None: AWS_ENDPOINT_URL or AWS")
+    region: str | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 5
+    outage_seconds: float = 300.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            for key in data:
+                if str(key).lower() in _CREDENTIAL_KEYS:
+                    raise ValueError(
+                        f"{key}: credentials never go in config files; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                        "in the environment or use an AWS profile (AWS_PROFILE)"
+                    )
+        return data
+
+    @field_validator("connect_timeout", "read_timeout", "outage_seconds")
+    @classmethod
+    def _positive_seconds(cls, v: float) -> float:
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError("must be a positive number of seconds")
+        return v
+
+    @field_validator("max_attempts")
+    @classmethod
+    def _attempts(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1 (1 = no botocore retries)")
+        return v
+
+    def url(self, location: str) -> str:
+        """``location`` (s3://bucket/prefix) with these settings in its query, for workers that get only a string."""
+        from tasks.s3 import parse_s3_url
+
+        # Only values that differ from the defaults: options already in the URL's query must not be reset to them
+        # (a config dumped and validated again has every field set, so exclude_unset is not enough).
+        changed = {k: v for k, v in self.model_dump().items() if v != type(self).model_fields[k].default}
+        return parse_s3_url(location, **changed).url()
+
+
 class StorageConfig(_Strict):
     run_dir: str | None = None
     optuna_url: str | None = Field(default=None, description="Optuna storage; default sqlite in the run directory")
+    checkpoints: str | None = Field(default=None, description="checkpoint store: a directory or s3://bucket/prefix; "
+                                                              "default RUN_DIR/checkpoints")
+    s3: S3Config = Field(default_factory=S3Config)
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _location(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith("s3://"):
+            from tasks.s3 import S3Error, parse_s3_url
+
+            try:
+                parse_s3_url(v)
+            except S3Error as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    def checkpoint_location(self, run_dir: Path) -> str:
+        """Where a sweep in ``run_dir`` keeps checkpoints; an S3 store gets one prefix per run directory."""
+        if self.checkpoints is None:
+            return str((run_dir / "checkpoints").resolve())
+        if self.checkpoints.startswith("s3://"):
+            base = self.s3.url(self.checkpoints)
+            path, _, query = base.partition("?")
+            return f"{path.rstrip('/')}/{slug(run_dir.resolve().name)}" + (f"?{query}" if query else "")
+        return str(Path(self.checkpoints).resolve())
 
 
 class SweepConfig(_Strict):

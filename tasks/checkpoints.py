@@ -3,6 +3,9 @@
 A train task saves what the trainable returned and the next rung's task loads it, so a promoted
 trial resumes where it stopped. A corrupt or missing checkpoint is reported (None plus a warning
 from the caller), never a crash: the trial then restarts from scratch.
+
+Two stores: a local directory (the default) and S3 (``s3://bucket/prefix``, see :mod:`tasks.s3`),
+chosen by :func:`open_store` from the location string, so a Ray worker needs only that string.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["CheckpointStore", "LocalCheckpointStore", "CorruptCheckpoint", "open_store"]
+__all__ = ["CheckpointStore", "LocalCheckpointStore", "S3CheckpointStore", "CorruptCheckpoint", "open_store"]
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -68,8 +71,43 @@ class LocalCheckpointStore:
         return data
 
 
-def open_store(location: str) -> CheckpointStore:
-    """The store at ``location``: a local directory (S3 URLs are handled by the S3 store when configured)."""
-    if location.startswith("s3://"):
-        raise ValueError("storage: s3:// checkpoint stores are not configured in this build; use a local directory")
+class S3CheckpointStore:
+    """``s3://bucket/prefix/<trial_id>/rung-<k>.ckpt``, one PUT per checkpoint with its SHA-256 in the metadata.
+
+    A PUT is all-or-nothing, so a reader sees the previous checkpoint or the new one; the checksum
+    travels with the object and is verified on every load. An unreachable endpoint is retried with
+    backoff (:class:`tasks.s3.S3Store`) and then raises :class:`tasks.s3.S3Unavailable`.
+    """
+
+    def __init__(self, location: str) -> None:
+        from tasks.s3 import S3Store
+
+        self.store = S3Store.from_url(location)
+        self.root = location
+
+    def _name(self, trial_id: str, rung: int) -> str:
+        return f"{trial_id}/rung-{rung}.ckpt"
+
+    def save(self, trial_id: str, rung: int, data: bytes) -> str:
+        name = self._name(trial_id, rung)
+        self.store.put(name, data, metadata={"sha256": hashlib.sha256(data).hexdigest()})
+        return f"s3://{self.store.settings.bucket}/{self.store.key(name)}"
+
+    def load(self, trial_id: str, rung: int) -> bytes | None:
+        from tasks.s3 import S3NotFound
+
+        name = self._name(trial_id, rung)
+        try:
+            data, metadata = self.store.get(name)
+        except S3NotFound:
+            return None
+        if metadata.get("sha256") != hashlib.sha256(data).hexdigest():
+            raise CorruptCheckpoint(f"checkpoint {self.store.where(name)} does not match its checksum")
+        return data
+
+
+def open_store(location: str | Path) -> CheckpointStore:
+    """The store at ``location``: ``s3://bucket/prefix[?endpoint_url=...]`` or a local directory."""
+    if str(location).startswith("s3://"):
+        return S3CheckpointStore(str(location))
     return LocalCheckpointStore(location)

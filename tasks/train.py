@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from budgets.ledger import TrialStatus
 from rungflow.redact import redact
-from tasks.checkpoints import CorruptCheckpoint, LocalCheckpointStore
+from tasks.checkpoints import CorruptCheckpoint, open_store
 from tasks.trainables import Trainable, TrainRequest, get_trainable_class
 
 __all__ = ["TrialSpec", "TrialResult", "run_trial", "train_trial", "attempt_stamp_name"]
@@ -193,7 +193,7 @@ def _run_trial(spec: TrialSpec) -> TrialResult:
     _stamp(spec, started)
     worker = _worker_id()
     device = _device(spec.gpus)
-    store = LocalCheckpointStore(spec.checkpoint_dir)
+    store = open_store(spec.checkpoint_dir)
     checkpoint: bytes | None = None
     warning: str | None = None
     if spec.resume_from_rung is not None:

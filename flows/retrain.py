@@ -1,0 +1,441 @@
+"""The weekly retrain: this week's data → warm-started budget-capped sweep → full-budget winner → champion vs challenger.
+
+One flow run (``rungflow-retrain``):
+
+1. ``load_week``: read this week's table (CSV/Parquet, local or ``s3://``), check its columns
+   against last week's run (new or missing columns stop the run, naming them), split it.
+2. The warm rung: last week's best configurations trained at the full budget on this week's data.
+   If one still reaches last week's quality (within ``warm_start.tolerance``) the problem is
+   stable and the sweep's caps shrink to ``warm_start.stable_budget_fraction``.
+3. ``run_sweep``: a budget-capped sweep (:mod:`flows.sweep`) whose searcher is warm-started with
+   last week's observations and the warm rung's as priors.
+4. ``retrain_winner``: the best configuration trained from scratch at the full budget.
+5. ``evaluate_models``: challenger and production model (the champion) scored on the same held-out
+   rows; the challenger is promoted only if it beats the champion by more than ``promote_margin``.
+6. Everything spent, found and decided goes to the registry (``runs/<run_id>.json``, and the study
+   for next week's warm start under ``studies/``) and to a Prefect markdown artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rungflow.config import ConfigError, SweepConfig, _one_line, slug, validate
+from tasks.data import DataError, Dataset, DataSpec, load_dataset
+from tasks.registry import ModelRegistry, RegistryError, default_registry
+from tasks.s3 import S3Error
+
+__all__ = ["RetrainConfig", "RetrainError", "SchemaChanged", "retrain_flow", "load_retrain_config", "run_retrain"]
+
+log = logging.getLogger("rungflow.retrain")
+
+
+class RetrainError(RuntimeError):
+    """A retrain that cannot go on; ``str()`` is one line saying what and the fix. Nothing recorded is lost."""
+
+
+class SchemaChanged(DataError):
+    """This week's columns differ from last week's."""
+
+
+class WarmStartConfig(BaseModel):
+    """How much of last week's study this week starts from.
+
+    ``top_k`` best configurations of last week are first trained at the full budget on this week's
+    data (the *warm rung*). If one of them is within ``tolerance`` of last week's best score, the
+    problem is stable and the exploratory sweep gets only ``stable_budget_fraction`` of its budget
+    caps (0 skips it); otherwise the sweep runs with its full caps. Either way its searcher starts
+    from last week's observations and the warm rung's as priors.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    top_k: int = Field(3, ge=0, description="last week's best configurations trained first, at the full budget")
+    tolerance: float = Field(0.005, ge=0.0, description="a stable problem reaches last week's best score minus this")
+    stable_budget_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of the sweep's caps when stable")
+
+
+class RetrainConfig(BaseModel):
+    """A weekly retrain: the model's name in the registry, the data, the sweep, and the promotion rule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="the model's name in the registry, e.g. churn-weekly")
+    data: dict[str, Any] = Field(description="tasks.data.DataSpec fields: source, label, task, validation_fraction, seed")
+    sweep: dict[str, Any] = Field(description="a sweep config without name, trainable.options.data and storage.run_dir")
+    registry: str = Field(default_factory=default_registry, description="a directory or s3://bucket/prefix")
+    promote_margin: float = Field(0.0, ge=0.0, description="the challenger must beat the champion by more than this")
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
+    allow_schema_change: bool = False
+    run_root: str = Field(default_factory=lambda: os.environ.get("RUNGFLOW_RUNS") or "runs/retrain")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not name or slug(name) != name.lower():
+            raise ValueError(f"{name!r}: use lowercase letters, digits and dashes, e.g. digits-weekly")
+        return name
+
+    def data_spec(self, source: str | None = None) -> DataSpec:
+        return DataSpec.parse({**self.data, **({"source": source} if source else {})})
+
+    def sweep_config(self, spec: DataSpec, run_dir: Path, run_id: str) -> SweepConfig:
+        raw = json.loads(json.dumps(self.sweep))
+        raw["name"] = f"{self.name}-{run_id}"
+        trainable = raw.setdefault("trainable", {})
+        trainable.setdefault("options", {})["data"] = spec.model_dump(mode="json")
+        raw.setdefault("storage", {})["run_dir"] = str(run_dir)
+        try:
+            return validate(raw)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep.{exc}" if not str(exc).startswith("sweep.") else str(exc)) from None
+
+
+def load_retrain_config(config: str | Path | Mapping[str, Any]) -> RetrainConfig:
+    """A validated :class:`RetrainConfig` from a YAML path or a mapping; errors are one-line ``ConfigError``."""
+    if isinstance(config, Mapping):
+        data: Any = dict(config)
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"retrain config {str(path)!r} does not exist; pass a YAML like deployments/retrain-digits.yaml")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"retrain config {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError("retrain config must be a mapping with name, data and sweep")
+    try:
+        return RetrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+# --- steps ----------------------------------------------------------------------------------------
+def last_run(registry: ModelRegistry, name: str) -> dict[str, Any] | None:
+    """The most recent run record of ``name`` (run ids sort by time), or None in the first week."""
+    keys = registry.keys(name, "runs")
+    return registry.get_json(name, "runs", keys[-1]) if keys else None
+
+
+def check_schema(schema: Mapping[str, str], previous: Mapping[str, Any] | None, source: str) -> None:
+    """Raise :class:`SchemaChanged` naming the columns that appeared or disappeared since ``previous``."""
+    if not previous or not previous.get("data", {}).get("schema"):
+        return
+    before = previous["data"]["schema"]
+    new = sorted(set(schema) - set(before))
+    missing = sorted(set(before) - set(schema))
+    if new or missing:
+        parts = ([f"new columns {new}"] if new else []) + ([f"missing columns {missing}"] if missing else [])
+        raise SchemaChanged(
+            f"data.source = {source!r}: the schema changed since run {previous['run_id']}: {'; '.join(parts)}; fix the "
+            "export, or set allow_schema_change: true to retrain without last week's study"
+        )
+
+
+@task(name="load-week", cache_policy=NO_CACHE, persist_result=False)
+def load_week(spec: DataSpec, previous: dict[str, Any] | None, allow_schema_change: bool) -> Dataset:
+    """This week's table, split; its columns checked against last week's."""
+    dataset = load_dataset(spec)
+    if not allow_schema_change:
+        check_schema(dataset.schema, previous, spec.source)
+    return dataset
+
+
+def warm_start_from(registry: ModelRegistry, name: str, previous: dict[str, Any] | None, top_k: int,
+                    mode: str) -> dict[str, Any] | None:
+    """Last week's observations and its ``top_k`` configurations (best at the highest budget reached first)."""
+    if previous is None or not previous.get("study"):
+        return None
+    study = registry.get_json(name, "studies", previous["study"])
+    if not study or not study.get("observations"):
+        return None
+    observations = [o for o in study["observations"] if o.get("score") is not None]
+    sign = 1.0 if mode == "max" else -1.0
+    best_per_trial: dict[str, dict[str, Any]] = {}
+    for o in observations:
+        held = best_per_trial.get(o["trial_id"])
+        if held is None or (o["budget"], sign * o["score"]) > (held["budget"], sign * held["score"]):
+            best_per_trial[o["trial_id"]] = o
+    ranked = sorted(best_per_trial.values(), key=lambda o: (-o["budget"], -sign * o["score"]))
+    enqueue = [o["config"] for o in ranked[:top_k]]
+    last_best = ranked[0]["score"] if ranked else None
+    return {"observations": study["observations"], "enqueue": enqueue, "from_run": previous["run_id"], "last_best": last_best}
+
+
+def warm_rung_config(sweep_config: SweepConfig, count: int, run_dir: Path) -> SweepConfig:
+    """The sweep config that trains ``count`` enqueued configurations at the full budget, nothing else."""
+    _, hi = sweep_config.budget_range()
+    raw = sweep_config.model_dump(mode="json")
+    raw["name"] = f"{sweep_config.name}-warm"
+    raw["scheduler"] = {"kind": "fifo", "min_budget": hi, "max_budget": hi}
+    raw["search"] = {"algorithm": "random", "seed": sweep_config.search.seed, "num_trials": count}
+    raw["storage"] = {**raw["storage"], "run_dir": str(run_dir)}
+    return validate(raw)
+
+
+def scaled_budget(sweep_config: SweepConfig, fraction: float) -> SweepConfig:
+    """``sweep_config`` with its GPU-hour and money caps multiplied by ``fraction``."""
+    raw = sweep_config.model_dump(mode="json")
+    for key in ("max_gpu_hours", "max_cost"):
+        if raw["budget"].get(key) is not None:
+            raw["budget"][key] = raw["budget"][key] * fraction
+    raw["budget"]["window_gpu_hours"] = None if raw["budget"].get("window_gpu_hours") is None else min(
+        raw["budget"]["window_gpu_hours"], raw["budget"].get("max_gpu_hours") or math.inf)
+    return validate(raw)
+
+
+def study_of(result: Mapping[str, Any] | None, prefix: str = "") -> list[dict[str, Any]]:
+    """A sweep's results as observations (``prefix`` keeps trial ids of two sweeps apart)."""
+    if not result:
+        return []
+    trials = result.get("trials", {})
+    return [{"trial_id": prefix + e["trial_id"], "config": trials.get(e["trial_id"], {}), "budget": e["budget"],
+             "score": e["score"] if e["status"] == "completed" else None}
+            for e in result.get("events", []) if e["status"] != "cancelled"]
+
+
+def _better(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, mode: str) -> Mapping[str, Any] | None:
+    """The better of two ``best`` entries: higher budget first, then score (the leaderboard's order)."""
+    if a is None or b is None:
+        return a or b
+    sign = 1.0 if mode == "max" else -1.0
+    return a if (a["budget"], sign * a["score"]) >= (b["budget"], sign * b["score"]) else b
+
+
+@task(name="retrain-winner", cache_policy=NO_CACHE, persist_result=False)
+def retrain_winner(sweep_config: SweepConfig, config: dict[str, Any], dataset: Dataset, out_dir: Path) -> dict[str, Any]:
+    """The winning configuration from scratch at the full budget, saved to ``out_dir``; billed like a trial."""
+    from tasks.models import fit_model, save_model
+
+    _, max_budget = sweep_config.budget_range()
+    gpus = sweep_config.runtime.gpus_per_trial
+    t0 = time.perf_counter()
+    model = fit_model(sweep_config.trainable.kind, sweep_config.trainable.options, config, max_budget, dataset,
+                      seed=sweep_config.search.seed)
+    wall = time.perf_counter() - t0
+    save_model(model, out_dir)
+    gpu_hours = wall * gpus / 3600.0
+    return {"budget": max_budget, "wall_seconds": wall, "gpu_hours": gpu_hours,
+            "cost": gpu_hours * sweep_config.budget.price_per_gpu_hour, "dir": str(out_dir)}
+
+
+def reuse_best_model(result: Mapping[str, Any] | None, best: Mapping[str, Any], sweep_config: SweepConfig) -> dict[str, Any] | None:
+    """The sweep's own refit of ``best`` (``best_model/``) when it was made at the full budget; billed like a trial."""
+    saved = (result or {}).get("best_model") or {}
+    _, hi = sweep_config.budget_range()
+    if not saved.get("path") or saved.get("error") or saved.get("trial_id") != best["trial_id"] or float(saved.get("budget", -1)) < hi - 1e-9:
+        return None
+    gpu_hours = float(saved.get("refit_seconds", 0.0)) * sweep_config.runtime.gpus_per_trial / 3600.0
+    return {"budget": hi, "wall_seconds": saved.get("refit_seconds", 0.0), "gpu_hours": gpu_hours,
+            "cost": gpu_hours * sweep_config.budget.price_per_gpu_hour, "dir": saved["path"], "reused": True}
+
+
+def held_out_score(model: Any, dataset: Dataset) -> float:
+    """Accuracy (classification) or R² (regression) on ``dataset``'s held-out rows, from raw columns.
+
+    Raw columns, not the encoded matrix: last week's model encodes with its own categories, so both
+    models see exactly the same rows and each encodes them as it was trained to.
+    """
+    _, valid = dataset.frames()
+    features = valid.drop(columns=[dataset.label])
+    pred = model.predict(features)
+    if dataset.task == "classification":
+        assert dataset.classes is not None
+        truth = np.asarray(dataset.classes, dtype=object)[dataset.y_valid]
+        return float(np.mean([str(p) == str(t) for p, t in zip(pred, truth)]))
+    y = np.asarray(dataset.y_valid, dtype=np.float64)
+    total = float(((y - y.mean()) ** 2).sum())
+    return 1.0 - float(((y - np.asarray(pred, dtype=np.float64)) ** 2).sum()) / total if total > 0 else 0.0
+
+
+@task(name="evaluate-models", cache_policy=NO_CACHE, persist_result=False)
+def evaluate_models(registry: ModelRegistry, name: str, challenger_dir: str, dataset: Dataset) -> dict[str, Any]:
+    """Challenger and champion on the same held-out split; a corrupt or missing champion is reported, not loaded."""
+    from tasks.models import load_model
+
+    out: dict[str, Any] = {"metric": "accuracy" if dataset.task == "classification" else "r2",
+                           "held_out_rows": int(len(dataset.y_valid)),
+                           "challenger": held_out_score(load_model(challenger_dir), dataset),
+                           "champion": None, "champion_version": registry.production(name), "champion_error": None}
+    if out["champion_version"] is not None:
+        try:
+            out["champion"] = held_out_score(registry.load_model(name), dataset)
+        except Exception as exc:  # a corrupt or unloadable champion cannot defend its title; say why
+            out["champion_error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def decide(evaluation: Mapping[str, Any], margin: float) -> tuple[bool, str]:
+    """Promote when there is no usable champion, or the challenger beats it by more than ``margin``."""
+    challenger, champion = evaluation["challenger"], evaluation["champion"]
+    if evaluation["champion_version"] is None:
+        return True, "no production model yet"
+    if champion is None:
+        return True, f"production {evaluation['champion_version']} could not be evaluated ({evaluation['champion_error']})"
+    gain = challenger - champion
+    if gain > margin:
+        return True, f"challenger {challenger:.4f} beats champion {champion:.4f} by {gain:+.4f} > margin {margin:g}"
+    return False, f"challenger {challenger:.4f} vs champion {champion:.4f}: {gain:+.4f} is not above margin {margin:g}"
+
+
+def markdown_of(record: Mapping[str, Any]) -> str:
+    ev, sw, dec = record["evaluation"], record["sweep"], record["decision"]
+    champion = "—" if ev["champion"] is None else f"{ev['champion']:.4f}"
+    lines = [
+        f"# Retrain {record['name']} — run {record['run_id']}",
+        "",
+        f"**Decision:** {'promoted ' + dec['version'] if dec['promoted'] else 'kept ' + str(ev['champion_version'])} — {dec['reason']}",
+        "",
+        "| | value |", "|---|---|",
+        f"| data | `{record['data']['source']}` ({record['data']['rows']} rows, fingerprint `{record['data']['fingerprint'][:12]}`) |",
+        f"| warm start | {record['warm_start']['from_run'] or 'none (cold)'}: {record['warm_start']['priors']} priors, "
+        f"{record['warm_start']['enqueued']} trained first at full budget; "
+        f"{'stable problem: sweep budget scaled down' if record['warm_start']['stable'] else 'full sweep budget'} |",
+        f"| sweep | {sw['trials']} trials, stop: {sw['stop_reason']}, best {sw['best_score']} |",
+        f"| spent | {record['spent']['gpu_hours']:.4g} GPU-hours (sweep {sw['gpu_hours']:.4g}, retrain "
+        f"{record['retrain']['gpu_hours']:.4g}), cost {record['spent']['cost']:.4g} |",
+        f"| held-out {ev['metric']} | challenger {ev['challenger']:.4f}, champion {champion} ({ev['held_out_rows']} rows) |",
+    ]
+    return "\n".join(lines)
+
+
+# --- the flow -------------------------------------------------------------------------------------
+def _new_run_id() -> str:
+    # Sortable by time, so the latest run is the last key.
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """The retrain's body (called by :func:`retrain_flow`); returns the run record."""
+    from flows.sweep import run_sweep
+
+    cfg = load_retrain_config(config)
+    spec = cfg.data_spec(data_source)
+    registry = ModelRegistry(cfg.registry)
+    run_id = run_id or _new_run_id()
+    run_dir = Path(cfg.run_root) / cfg.name / run_id
+    started = time.time()
+    previous = last_run(registry, cfg.name)
+    dataset = load_week(spec, previous, cfg.allow_schema_change)
+    sweep_config = cfg.sweep_config(spec, run_dir / "sweep", run_id)
+    schema_same = previous is not None and set(previous.get("data", {}).get("schema", {})) == set(dataset.schema)
+    warm = (warm_start_from(registry, cfg.name, previous, cfg.warm_start.top_k, sweep_config.mode())
+            if cfg.warm_start.enabled and schema_same else None)
+
+    mode = sweep_config.mode()
+    sign = 1.0 if mode == "max" else -1.0
+    rung: dict[str, Any] | None = None
+    stable = False
+    if warm and warm["enqueue"]:
+        rung = run_sweep(warm_rung_config(sweep_config, len(warm["enqueue"]), run_dir / "warm-rung"), run_dir / "warm-rung",
+                         warm_start={"observations": [], "enqueue": warm["enqueue"]})
+        found = (rung.get("best") or {}).get("score")
+        stable = (found is not None and warm["last_best"] is not None
+                  and sign * found >= sign * warm["last_best"] - cfg.warm_start.tolerance)
+        warm = {**warm, "observations": warm["observations"] + study_of(rung, "warm-")}
+        if stable:
+            sweep_config = scaled_budget(sweep_config, cfg.warm_start.stable_budget_fraction)
+    skip = stable and cfg.warm_start.stable_budget_fraction == 0.0
+    result = None if skip else run_sweep(sweep_config, run_dir / "sweep", warm_start=warm)
+    study_key = run_id
+    registry.put_json(cfg.name, "studies", study_key, {"run_id": run_id, "mode": mode,
+                                                        "observations": study_of(rung, "warm-") + study_of(result)})
+    best = _better((rung or {}).get("best"), (result or {}).get("best"), mode)
+    if best is None:
+        events = (rung or {}).get("events", []) + (result or {}).get("events", [])
+        errors = [e["error"] for e in events if e.get("error")]
+        raise RetrainError(f"run {run_id}: the sweep finished no trial ({len(errors)} failed; first error: "
+                           f"{errors[0] if errors else 'none'}); the ledger is in {run_dir}")
+
+    retrained = reuse_best_model(rung if best is (rung or {}).get("best") else result, best, sweep_config)
+    if retrained is None:
+        retrained = retrain_winner(sweep_config, best["config"], dataset, run_dir / "challenger")
+    evaluation = evaluate_models(registry, cfg.name, retrained["dir"], dataset)
+    promoted, reason = decide(evaluation, cfg.promote_margin)
+    empty = {"trials_started": 0, "gpu_hours": 0.0, "cost": 0.0}
+    sweep_spent = result["ledger"] if result else empty
+    rung_spent = rung["ledger"] if rung else empty
+    record: dict[str, Any] = {
+        "run_id": run_id, "name": cfg.name, "started_at": started,
+        "data": {"source": spec.source, "rows": int(len(dataset.y_train) + len(dataset.y_valid)),
+                 "fingerprint": dataset.fingerprint, "schema": dict(dataset.schema), "task": dataset.task},
+        "warm_start": {"from_run": warm["from_run"] if warm else None,
+                       "priors": len(warm["observations"]) if warm else 0, "enqueued": len(warm["enqueue"]) if warm else 0,
+                       "last_best": warm["last_best"] if warm else None, "stable": stable,
+                       "rung": None if rung is None else {"run_dir": str(run_dir / "warm-rung"), "trials": rung_spent["trials_started"],
+                                                          "gpu_hours": rung_spent["gpu_hours"], "cost": rung_spent["cost"],
+                                                          "best_score": (rung.get("best") or {}).get("score")}},
+        "sweep": {"run_dir": None if result is None else str(run_dir / "sweep"), "trials": sweep_spent["trials_started"],
+                  "gpu_hours": sweep_spent["gpu_hours"], "cost": sweep_spent["cost"],
+                  "max_gpu_hours": sweep_config.budget.max_gpu_hours,
+                  "stop_reason": result["stop_reason"] if result else "skipped: stable problem", "best_score": best["score"],
+                  "best_config": best["config"], "best_budget": best["budget"]},
+        "retrain": {k: retrained[k] for k in ("budget", "wall_seconds", "gpu_hours", "cost")},
+        "spent": {"gpu_hours": rung_spent["gpu_hours"] + sweep_spent["gpu_hours"] + retrained["gpu_hours"],
+                  "cost": rung_spent["cost"] + sweep_spent["cost"] + retrained["cost"]},
+        "evaluation": evaluation,
+        "study": study_key,
+    }
+    version = registry.register(
+        cfg.name, retrained["dir"], config={"trainable": sweep_config.trainable.kind, **best["config"]},
+        metrics={"held_out_" + evaluation["metric"]: evaluation["challenger"], "sweep_score": best["score"]},
+        cost=record["spent"], data_fingerprint=dataset.fingerprint, extra={"run_id": run_id},
+    )
+    if promoted:
+        registry.promote(cfg.name, version, reason=reason)
+    record["decision"] = {"promoted": promoted, "version": version, "reason": reason, "margin": cfg.promote_margin,
+                          "production": version if promoted else evaluation["champion_version"]}
+    record["finished_at"] = time.time()
+    # The run record last: a run without one did not finish, and next week warm-starts from the one before.
+    registry.put_json(cfg.name, "runs", run_id, record)
+    (run_dir / "record.json").write_text(json.dumps(record, indent=2, default=str))
+    _publish(record)
+    log.info("retrain %s run %s: %s", cfg.name, run_id, reason)
+    return record
+
+
+def _publish(record: Mapping[str, Any]) -> None:
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(key=f"{slug(record['name'])}-retrain", markdown=markdown_of(record),
+                                 description=f"retrain {record['name']} run {record['run_id']}")
+    except Exception as exc:  # outside a flow run or with the API down: the registry record already holds it all
+        log.warning("retrain artifact not published: %s", exc)
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config")
+    name = config.get("name") if isinstance(config, Mapping) else Path(str(config)).stem.removeprefix("retrain-")
+    return f"retrain-{name}"
+
+
+@flow(name="rungflow-retrain", flow_run_name=_flow_run_name, log_prints=True, persist_result=False)
+def retrain_flow(config: str | dict[str, Any], data_source: str | None = None) -> dict[str, Any]:
+    """Weekly retrain: warm-started budget-capped sweep, full-budget winner, champion/challenger promotion.
+
+    ``config``: a retrain YAML path (relative to the working directory) or the config as a mapping;
+    ``data_source``: this week's table, overriding ``data.source`` (e.g. ``s3://bucket/week-47.parquet``).
+    """
+    try:
+        return run_retrain(config, data_source)
+    except (ConfigError, DataError, RegistryError, RetrainError, S3Error) as exc:
+        # One line in the flow run's state message; the traceback adds nothing for bad input.
+        raise RetrainError(str(exc)) from None
