@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rungflow.config import ConfigError, validate
-from tasks.checkpoints import CorruptCheckpoint, LocalCheckpointStore, S3CheckpointStore, open_store
+from tasks.checkpoints import CorruptCheckpoint, S3CheckpointStore, open_store
 from tasks.s3 import S3Error, S3NotFound, S3Store, S3Unavailable, parse_s3_url
 from tests.conftest import free_port, sweep_config
 
