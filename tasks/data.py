@@ -116,7 +116,9 @@ def _s3_client():
     import boto3
 
     # boto3 reads AWS_ENDPOINT_URL itself from 1.28 on; passing it keeps older clients pointed the same way.
-    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    # A fresh session, not boto3's default one: that caches the first credentials it resolved for the
+    # life of the process, so rotated keys in the environment would never be seen.
+    return boto3.session.Session().client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
 
 def _split_s3(source: str) -> tuple[str, str]:

@@ -153,7 +153,8 @@ class SeaweedS3:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+        # A fresh session: boto3's default one keeps whatever credentials an earlier test resolved.
+        return boto3.session.Session().client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
 
 
 def _weed_binary() -> str:

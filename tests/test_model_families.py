@@ -120,7 +120,7 @@ def test_s3_csv_and_parquet_read_through_boto3(request, mixed_csv) -> None:
 
     import boto3
 
-    client = boto3.client("s3")
+    client = boto3.session.Session().client("s3")
     client.create_bucket(Bucket="rungflow-data-8")
     client.put_object(Bucket="rungflow-data-8", Key="t/table.csv", Body=mixed_csv.read_bytes())
     buf = io.BytesIO()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -52,7 +53,10 @@ def test_put_get_list_and_checkpoint_checksums(s3_server) -> None:
         ckpt.load("t0001", 0)
 
 
-def test_unreachable_endpoint_fails_fast_with_one_clear_line() -> None:
+def test_unreachable_endpoint_fails_fast_with_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Some credentials must be there, or botocore refuses before it tries the network.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID", "unreachable-test"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY", "unreachable-test"))
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     store = S3Store.from_url(f"s3://bucket/p?endpoint_url={endpoint}&connect_timeout=0.5&max_attempts=2&outage_seconds=1.5")
     t0 = time.monotonic()
