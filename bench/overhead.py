@@ -108,7 +108,7 @@ def rungflow_trials(kind: str, n: int, run_dir: Path) -> Measurement:
     return _measurement(f"rungflow-{kind}", n, wall, trainable, extra)
 
 
-def _ui_catch_up(flow_run_name: str, n: int, task_prefix: str = "train-", limit_s: float = 600.0) -> tuple[int, float]:
+def _ui_catch_up(flow_run_name: str, n: int, task_prefix: str = "train-", limit_s: float = 90.0) -> tuple[int, float]:
     """(train task runs the Prefect API shows for the latest flow run of that name, seconds it took to show n)."""
     import httpx
 
