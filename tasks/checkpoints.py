@@ -29,6 +29,21 @@ class CheckpointStore(Protocol):
     def load(self, trial_id: str, rung: int) -> bytes | None: ...
 
 
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class LocalCheckpointStore:
     """``root/<trial_id>/rung-<k>.ckpt`` plus a ``.sha256`` sidecar, each written via temp file + rename."""
 
@@ -38,19 +53,7 @@ class LocalCheckpointStore:
     def _path(self, trial_id: str, rung: int) -> Path:
         return self.root / trial_id / f"rung-{rung}.ckpt"
 
-    @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    _atomic_write = staticmethod(lambda path, data: atomic_write(path, data))
 
     def save(self, trial_id: str, rung: int, data: bytes) -> str:
         path = self._path(trial_id, rung)

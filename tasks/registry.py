@@ -20,11 +20,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Protocol
+
+from tasks.checkpoints import atomic_write
 
 __all__ = ["ModelRegistry", "RegistryError", "CorruptArtifact", "load_model", "default_registry"]
 
@@ -55,18 +56,7 @@ class _LocalBackend:
         self.root = root
 
     def put(self, name: str, data: bytes) -> None:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)  # atomic: readers see the old file or the new one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.root / name, data)  # readers see the old file or the new one
 
     def get(self, name: str) -> bytes | None:
         path = self.root / name

@@ -20,6 +20,7 @@ behave as on the GPU machine the config was written for.
 from __future__ import annotations
 
 import ctypes
+from abc import ABC, abstractmethod
 import logging
 import os
 import queue
@@ -53,7 +54,7 @@ def _key(spec: TrialSpec) -> tuple[str, int]:
 
 
 @dataclass
-class Runtime:
+class Runtime(ABC):
     """Where trials run. ``execute`` is called from the trial's Prefect task thread and never raises."""
 
     kind: str
@@ -65,9 +66,9 @@ class Runtime:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+    @abstractmethod
     def execute(self, spec: TrialSpec) -> TrialResult:
         """Run one trial (with retries where the runtime owns them); the result says how it ended."""
-        raise NotImplementedError
 
     def cancel(self, specs: list[TrialSpec], reason: str) -> None:
         """Stop these trials: queued ones never start, running ones stop where the runtime can stop them."""
