@@ -135,6 +135,10 @@ def ensure_prefect_api() -> Any:
         return None
     from prefect.server.api.server import SubprocessASGIServer
 
+    from tasks.ui_sync import recommended_server_settings
+
+    for name, value in recommended_server_settings().items():
+        os.environ.setdefault(name, value)
     server = SubprocessASGIServer()
     server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
     os.environ["PREFECT_API_URL"] = server.api_url

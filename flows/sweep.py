@@ -28,6 +28,7 @@ import os
 import queue
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -47,6 +48,7 @@ from tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
 from tasks.runtime import Runtime, make_runtime, use_runtime
 from tasks.stages import gate_trials, promote_survivors, suggest_trials
 from tasks.train import TrialResult, TrialSpec, attempt_stamp_name, train_trial
+from tasks.ui_sync import RecordedTaskRuns
 
 __all__ = ["Sweep", "sweep_flow", "run_sweep", "set_reporter", "HEARTBEAT_SECONDS"]
 
@@ -93,6 +95,7 @@ class Sweep:
     runtime_note: str = ""
     slots: int = 1
     artifacts: Any = None
+    recorded: RecordedTaskRuns | None = None
     started_at: float = field(default_factory=time.time)
     _last_write: float = 0.0
     # Resume: finished records still to replay per (trial, rung), with their position in the ledger.
@@ -344,15 +347,25 @@ class Sweep:
         replayed, specs, stopped = self.replay_stage(specs)
         if stopped or not specs:
             return replayed
-        for spec in specs:
-            self.dispatching(spec)
-        fault_point("dispatch")
         done: "queue.Queue[Any]" = queue.Queue()
-        futures = train_trial.map(specs)
-        pending = {}
-        for future, spec in zip(futures, specs):
+        waiting = deque(specs)
+        pending: dict[int, tuple[Any, TrialSpec]] = {}
+        # Submitted, not yet finished: enough to keep every slot busy while the next trials' task runs are set
+        # up, and no more, so a 10,000-trial rung neither floods the Prefect API nor holds 10,000 futures.
+        window = 2 * runtime.slots + 8
+
+        def submit_next() -> None:
+            spec = waiting.popleft()
+            if self.recorded is not None:
+                self.recorded.wait_for_server()
+            self.dispatching(spec)
+            future = train_trial.submit(spec)
             pending[id(future)] = (future, spec)
             future.add_done_callback(lambda _f, fut=future: done.put(fut))
+
+        while waiting and len(pending) < window:
+            submit_next()
+        fault_point("dispatch")
         results: list[TrialResult] = list(replayed)
         cancelling = False
         while pending:
@@ -361,14 +374,19 @@ class Sweep:
                 continue
             _, spec = pending.pop(id(future))
             results.append(self._result_of(future, spec))
+            if self.recorded is not None:
+                self.recorded.task_run_finished()
             self.charge_all(results[-1])
-            if not cancelling and pending and self.controller.settings.on_cap == "cancel":
+            if not cancelling and (pending or waiting) and self.controller.settings.on_cap == "cancel":
                 check = self.controller.check_in_flight(self.ledger, stage=f"bracket {spec.bracket} rung {spec.rung}")
                 if check.stop:
                     self._record_decision(check)
                     cancelling = True
-                    # The runtime stops what it can; every trial still comes back, billed for what it used.
-                    runtime.cancel([s for _, s in pending.values()], check.detail)
+                    # The runtime stops what it can; every trial still comes back (its task run Cancelled),
+                    # billed for what it used; those not yet submitted come back at once.
+                    runtime.cancel([s for _, s in pending.values()] + list(waiting), check.detail)
+            while waiting and len(pending) < window:
+                submit_next()
         return results
 
     def _result_of(self, future: Any, spec: TrialSpec) -> TrialResult:
@@ -470,6 +488,8 @@ class Sweep:
                 if replayed is not None:
                     future: Any = _Finished(replayed)
                 else:
+                    if self.recorded is not None:
+                        self.recorded.wait_for_server()
                     self.dispatching(spec)
                     future = train_trial.submit(spec)
                 in_flight[id(future)] = (future, spec)
@@ -481,6 +501,8 @@ class Sweep:
                 continue
             _, spec = in_flight.pop(id(future))
             result = self._result_of(future, spec)
+            if self.recorded is not None and not isinstance(future, _Finished):
+                self.recorded.task_run_finished()
             self.charge_all(result)
             fault_point("asha-result")
             finished += 1
@@ -676,6 +698,7 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
             enqueue=warm_start.get("enqueue", []),
         )
     sweep.artifacts = SweepArtifacts(cfg.name)
+    sweep.recorded = RecordedTaskRuns.for_current_flow_run(cfg.ui.max_unrecorded_task_runs)
     try:
         runtime = runtime_of(cfg)
     except BaseException:

@@ -377,6 +377,19 @@ class StorageConfig(_Strict):
         return str(Path(self.checkpoints).resolve())
 
 
+class UiConfig(_Strict):
+    max_unrecorded_task_runs: int | None = Field(
+        default=1000, description="hold back new trials while more finished task runs than this are missing from the "
+                                  "Prefect API, so the UI shows every trial; null: never wait")
+
+    @field_validator("max_unrecorded_task_runs")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"must be at least 1, got {value}; use null to never wait for the Prefect API")
+        return value
+
+
 class SweepConfig(_Strict):
     name: str
     trainable: TrainableConfig
@@ -387,6 +400,7 @@ class SweepConfig(_Strict):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
 
     @field_validator("name")
     @classmethod
@@ -468,7 +482,7 @@ class SweepConfig(_Strict):
 
 # Sections a resumed sweep may change: caps and where trials run. Everything else decides which
 # trials exist and in what order, so a resume that changed it would not replay the sweep that ran.
-RESUMABLE: tuple[str, ...] = ("budget", "runtime", "storage")
+RESUMABLE: tuple[str, ...] = ("budget", "runtime", "storage", "ui")
 
 
 def resume_conflicts(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -180,6 +180,8 @@ def build_result(sweep: "Sweep", final: bool = False) -> dict[str, Any]:
         "anytime": [{"gpu_hours": p.gpu_hours, "budget": p.budget, "best": p.score} for p in curve],
         "events": events_of(records),
         "utilisation": utilisation(records, sweep.slots),
+        # How long the sweep held back new trials for the Prefect API to record finished ones (tasks/ui_sync.py).
+        "ui_sync": sweep.recorded.summary() if sweep.recorded is not None else None,
         "started_at": sweep.started_at,
         "elapsed_seconds": (max((r.finished_at for r in records), default=sweep.started_at) - sweep.started_at),
     }
