@@ -16,7 +16,7 @@ import os
 import re
 from typing import Any
 
-__all__ = ["MASK", "secret_values", "redact", "redact_json", "RedactingFilter", "install_log_redaction"]
+__all__ = ["MASK", "is_secret_name", "secret_values", "redact", "redact_json", "RedactingFilter", "install_log_redaction"]
 
 MASK = "***"
 # Names of environment variables that hold credentials; matched case-insensitively.
@@ -27,10 +27,15 @@ _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^\s:/@]+:)(?P<pw>[^\
 _MIN_LEN = 6
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable of this name holds a credential."""
+    return bool(_SECRET_NAME.search(name))
+
+
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     """Credential values in the environment, longest first (so a secret containing another is masked whole)."""
     env = os.environ if environ is None else environ
-    values = {v for k, v in env.items() if _SECRET_NAME.search(k) and v and len(v) >= _MIN_LEN}
+    values = {v for k, v in env.items() if is_secret_name(k) and v and len(v) >= _MIN_LEN}
     return sorted(values, key=len, reverse=True)
 
 

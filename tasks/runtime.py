@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from budgets.ledger import TrialStatus
+from rungflow.redact import is_secret_name
 from tasks.train import TrialResult, TrialSpec, run_trial
 
 __all__ = ["Runtime", "ThreadRuntime", "RayRuntime", "make_runtime", "active_runtime", "use_runtime"]
@@ -345,12 +346,19 @@ class use_runtime:
         self.runtime.close()
 
 
-def _ray_env() -> dict[str, str]:
-    # Workers get the flow's Prefect and rungflow settings (a trainable may log through Prefect, and
-    # with no API URL a worker importing Prefect would start an ephemeral server of its own).
-    env = {k: v for k, v in os.environ.items() if k.startswith("PREFECT_") or k.startswith("RUNGFLOW_")}
-    env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    return env
+def _ray_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The flow's Prefect and rungflow settings for the workers, credentials left out.
+
+    Workers import Prefect (with no API URL one would start an ephemeral server of its own), but
+    never call its API: trials report back through Ray. A runtime_env is stored in Ray's GCS and
+    shown by ``ray list actors --detail`` and the dashboard, so an API key or auth string put there
+    would leak to anyone who can read the cluster.
+    """
+    env = os.environ if environ is None else environ
+    forwarded = {k: v for k, v in env.items()
+                 if (k.startswith("PREFECT_") or k.startswith("RUNGFLOW_")) and not is_secret_name(k)}
+    forwarded.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    return forwarded
 
 
 def make_runtime(kind: str, *, address: str | None, gpus_per_trial: float, cpus_per_trial: float,

@@ -145,3 +145,15 @@ def test_no_credential_in_run_dir_output_or_prefect_logs(prefect_server: str, pl
     assert "S3 refused key ***" in text, "the trial failures should be logged to Prefect, redacted"
     leaks += [f"prefect logs: {s}" for s in secrets if s in text]
     assert not leaks, leaks
+
+
+def test_ray_workers_get_prefect_settings_but_no_credentials() -> None:
+    from tasks.runtime import _ray_env
+
+    env = _ray_env({"PREFECT_API_URL": "http://127.0.0.1:4200/api", "PREFECT_API_KEY": "pnu_0123456789abcdef",
+                    "PREFECT_API_AUTH_STRING": "admin:hunter22", "RUNGFLOW_FAULT_AT": "gate:2",
+                    "RUNGFLOW_S3_SECRET_ACCESS_KEY": "abcdefghij", "AWS_SECRET_ACCESS_KEY": "abcdefghij",
+                    "HOME": "/root"})
+    # A runtime_env is readable by anyone who can list the cluster's actors: only non-secret settings go there.
+    assert env == {"PREFECT_API_URL": "http://127.0.0.1:4200/api", "RUNGFLOW_FAULT_AT": "gate:2",
+                   "PREFECT_LOGGING_LEVEL": "WARNING"}
