@@ -98,6 +98,8 @@ def rungflow_trials(kind: str, n: int, run_dir: Path) -> Measurement:
         "flow_teardown_ms": (returned_at - last) * 1000.0,  # from the last trial's end to run_sweep returning
         "workers": len({e["worker"] for e in events}),
         "worker_gap_ms_median": statistics.median(gaps) * 1000.0 if gaps else None,
+        # Seconds the sweep held back new trials until the Prefect API had recorded finished ones (tasks/ui_sync.py).
+        "ui_wait_s": (result.get("ui_sync") or {}).get("waited_seconds"),
     }
     # Not part of the measured wall: wait until the Prefect server has recorded every trial's task run
     # (the UI is fed by events the server digests after the flow returns). It says whether the UI
@@ -375,13 +377,14 @@ def markdown(measurements: Sequence[Measurement], meta: Mapping[str, Any]) -> st
                   "and on Ray the idle gap between one worker's consecutive trials (Ray dispatch + Prefect's task engine).", "",
                   "| method | N | in-worker outside trainable (ms/trial) | set-up before first trial (ms) | "
                   "after last trial (ms) | first→last trial (s) | worker processes | Ray worker gap between trials (ms, median) | "
-                  "completed train task runs in the Prefect API | seconds until all were there |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "sweep waited for the API (s) | completed train task runs in the Prefect API | seconds until all were there |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for m in rf:
             e = m.extra
             lines.append(f"| {m.method} | {m.trials} | {e['in_worker_outside_trainable_ms']:.2f} | {e['flow_setup_ms']:.0f} | "
                          f"{e['flow_teardown_ms']:.0f} | {e['first_to_last_trial_s']:.1f} | {e['workers']} | "
-                         f"{fmt(e['worker_gap_ms_median'], '.0f')} | {e.get('ui_task_runs', '-')} | "
+                         f"{fmt(e['worker_gap_ms_median'], '.0f')} | {fmt(e.get('ui_wait_s'), '.1f')} | "
+                         f"{e.get('ui_task_runs', '-')} | "
                          f"{fmt(e.get('ui_catch_up_s'), '.0f')} |")
     s = meta["startup_seconds"]
     lines += ["", "Start-up (excluded above): " + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in s.items())

@@ -340,6 +340,15 @@ class Sweep:
             self.charge(lost)
         self.charge(result)
 
+    def submit(self, spec: TrialSpec, done: "queue.Queue[Any]") -> Any:
+        """Start the spec's train task run (once the Prefect API has caught up); its future lands on ``done``."""
+        if self.recorded is not None:
+            self.recorded.wait_for_server()
+        self.dispatching(spec)
+        future = train_trial.submit(spec)
+        future.add_done_callback(lambda _f: done.put(future))
+        return future
+
     def run_stage(self, runtime: Runtime, specs: list[TrialSpec]) -> list[TrialResult]:
         """Run specs concurrently; after each result, check the hard caps and cancel the rest if one is hit."""
         if not specs:
@@ -356,12 +365,8 @@ class Sweep:
 
         def submit_next() -> None:
             spec = waiting.popleft()
-            if self.recorded is not None:
-                self.recorded.wait_for_server()
-            self.dispatching(spec)
-            future = train_trial.submit(spec)
+            future = self.submit(spec, done)
             pending[id(future)] = (future, spec)
-            future.add_done_callback(lambda _f, fut=future: done.put(fut))
 
         while waiting and len(pending) < window:
             submit_next()
@@ -487,13 +492,10 @@ class Sweep:
                 replayed = self.replayed(spec)
                 if replayed is not None:
                     future: Any = _Finished(replayed)
+                    future.add_done_callback(lambda _f, fut=future: done.put(fut))
                 else:
-                    if self.recorded is not None:
-                        self.recorded.wait_for_server()
-                    self.dispatching(spec)
-                    future = train_trial.submit(spec)
+                    future = self.submit(spec, done)
                 in_flight[id(future)] = (future, spec)
-                future.add_done_callback(lambda _f, fut=future: done.put(fut))
             if not in_flight:
                 break
             future = done.get()
