@@ -138,7 +138,7 @@ class Sweep:
             elapsed_before = float(last.get("elapsed_before", 0.0)) + max(0.0, last_alive - float(last["started_at"]))
             first_start = float(ledger.sessions[0]["started_at"])
         # A deadline counts the time the sweep ran, not the time it lay dead before the resume.
-        controller = BudgetController(settings, mode=mode, clock=clock, started_at=now - elapsed_before)
+        controller = BudgetController(settings, mode=mode, clock=clock, started_at=now - elapsed_before, full_budget=hi)
         write_json_atomic_config(config_path, config)
         sweep = cls(config, run_dir, searcher, scheduler, ledger, controller, mode, lo, hi, started_at=first_start)
         sweep.resumed, sweep._lock = resumed, lock
