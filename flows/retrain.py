@@ -97,9 +97,16 @@ class RetrainConfig(BaseModel):
     def data_spec(self, source: str | None = None) -> DataSpec:
         return DataSpec.parse({**self.data, **({"source": source} if source else {})})
 
-    def sweep_config(self, spec: DataSpec, run_dir: Path, run_id: str) -> SweepConfig:
+    def sweep_config(self, spec: DataSpec, run_dir: Path, run_id: str, week: int = 0) -> SweepConfig:
+        """The sweep of the ``week``-th run (0: the first): its search seed moves on by one a week.
+
+        With last week's seed, a model-based searcher's random start-up proposals would repeat
+        last week's configurations, whose results this week's warm start already holds.
+        """
         raw = json.loads(json.dumps(self.sweep))
         raw["name"] = f"{self.name}-{run_id}"
+        search = raw.setdefault("search", {})
+        search["seed"] = int(search.get("seed", 0)) + week
         trainable = raw.setdefault("trainable", {})
         trainable.setdefault("options", {})["data"] = spec.model_dump(mode="json")
         raw.setdefault("storage", {})["run_dir"] = str(run_dir)
@@ -370,7 +377,7 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
     started = time.time()
     previous = last_run(registry, cfg.name)
     dataset = load_week(spec, previous, cfg.allow_schema_change)
-    sweep_config = cfg.sweep_config(spec, run_dir / "sweep", run_id)
+    sweep_config = cfg.sweep_config(spec, run_dir / "sweep", run_id, week=len(registry.keys(cfg.name, "runs")))
     schema_same = previous is not None and set(previous.get("data", {}).get("schema", {})) == set(dataset.schema)
     warm = (warm_start_from(registry, cfg.name, previous, cfg.warm_start.top_k, sweep_config.mode())
             if cfg.warm_start.enabled and schema_same else None)
