@@ -15,7 +15,10 @@ its observations as priors) and cold (no study):
   replaced by another class: last week's quality is out of reach, the warm rung misses, and the
   week searches in full.
 
-Target = week 1's best full-budget validation score − ``tolerance``. Reported: GPU-hours (billed
+Target = week 1's best full-budget validation score − ``tolerance`` (default 0.02: the best of ~17
+configurations on one 1,600-row split is lucky by about a point, and two weeks' splits differ by
+about 1.4 points, binomial). The same runs are also scored against ``--also-tolerance`` (0.01).
+Reported: GPU-hours (billed
 as the sweep bills: wall-clock × GPUs per trial) and epochs trained until week 2's full-budget
 incumbent first reaches the target, the whole run's spend (what the week costs), and warm ÷ cold.
 The epoch counts do not depend on machine load; GPU-hours do, alike for the two runs of a pair.
@@ -101,7 +104,8 @@ def make_weeks(out: Path, dataset: str, rows: int, drift_angle: float, label_noi
 
 def retrain_config(args: argparse.Namespace, source: Path, registry: Path, runs: Path, seed: int, warm: bool) -> dict[str, Any]:
     return {
-        "name": "warmstart", "data": {"source": str(source), "label": "target", "seed": 0, "validation_fraction": 0.25},
+        "name": "warmstart", "data": {"source": str(source), "label": "target", "seed": 0,
+                 "validation_fraction": args.validation_fraction},
         "registry": str(registry), "run_root": str(runs),
         "warm_start": {"enabled": warm, "top_k": args.top_k, "tolerance": args.tolerance,
                        "stable_budget_fraction": args.stable_fraction},
@@ -170,6 +174,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
         records = {side: retrain_flow(retrain_config(args, weeks[kind], registries[side], work / f"runs-{kind}-{side}", seed,
                                                      warm=side == "warm")) for side in ("warm", "cold")}
         w, c = (reach(records[side], args.max_epochs, target) for side in ("warm", "cold"))
+        w2, c2 = (reach(records[side], args.max_epochs, week1_best - args.also_tolerance) for side in ("warm", "cold"))
         ws = records["warm"]["warm_start"]
         row = {
             "kind": kind, "seed": seed, "week1_best": week1_best, "target": target, "warm": w, "cold": c,
@@ -182,6 +187,9 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
             "ratio_run_gpu_hours": w["run_gpu_hours"] / c["run_gpu_hours"] if c["run_gpu_hours"] > 0 else None,
             "ratio_run_epochs": w["run_epochs"] / c["run_epochs"] if c["run_epochs"] > 0 else None,
             "cold_reached": c["gpu_hours"] is not None, "warm_reached": w["gpu_hours"] is not None,
+            "also": {"tolerance": args.also_tolerance, "warm": w2, "cold": c2,
+                     "ratio_gpu_hours": _ratio(w2["gpu_hours"], c2["gpu_hours"], c2["run_gpu_hours"]),
+                     "ratio_epochs": _ratio(w2["epochs"], c2["epochs"], c2["run_epochs"])},
         }
         print(f"seed {seed} {kind}: week-1 best {week1_best:.4f}; warm rung {row['verdict']} after {row['rung_trials']}; "
               f"warm {fmt(w['gpu_hours'], '.5f')} GPU-h / {fmt(w['epochs'], '.0f')} epochs, cold {fmt(c['gpu_hours'], '.5f')} / "
@@ -209,27 +217,34 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{fmt(r['ratio_run_gpu_hours'], '.3f')} / {fmt(r['ratio_run_epochs'], '.3f')} | "
             f"{fmt(w['held_out'], '.4f')} / {fmt(c['held_out'], '.4f')} |"
         )
+    also = rows[0]["also"]["tolerance"] if rows else 0.0
     lines += ["", "| week 2 | seeds | warm rung stable | median warm ÷ cold to target (GPU-h) | (epochs) | "
-              "median whole run (GPU-h) | (epochs) | seeds ≤ 0.40 (GPU-h) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for kind in sorted({r["kind"] for r in rows}, key=lambda k: (k not in KINDS, k)) + ["all"]:
+              "median whole run (GPU-h) | (epochs) | seeds ≤ 0.40 (GPU-h) | "
+              f"target week-1 best − {also:g}: median (GPU-h) / reached warm, cold |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind in sorted({r["kind"] for r in rows}, key=KINDS.index) + ["all"]:
         part = [r for r in rows if kind in ("all", r["kind"])]
         ok = sum(1 for r in part if r["ratio_gpu_hours"] is not None and r["ratio_gpu_hours"] <= 0.4)
         lines.append(
             f"| {kind} | {len(part)} | {sum(r['verdict'] == 'stable' for r in part)}/{len(part)} | "
             f"**{fmt(median([r['ratio_gpu_hours'] for r in part]), '.3f')}** | {fmt(median([r['ratio_epochs'] for r in part]), '.3f')} | "
             f"{fmt(median([r['ratio_run_gpu_hours'] for r in part]), '.3f')} | {fmt(median([r['ratio_run_epochs'] for r in part]), '.3f')} | "
-            f"{ok}/{len(part)} |")
+            f"{ok}/{len(part)} | {fmt(median([r['also']['ratio_gpu_hours'] for r in part]), '.3f', 'n/a')} / "
+            f"{sum(r['also']['warm']['gpu_hours'] is not None for r in part)}, "
+            f"{sum(r['also']['cold']['gpu_hours'] is not None for r in part)} |")
     return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="synthetic", choices=["synthetic", "digits", "breast_cancer", "wine"])
-    p.add_argument("--rows", type=int, default=6000, help="synthetic: rows in all (two weeks of half each)")
+    p.add_argument("--rows", type=int, default=8000, help="synthetic: rows in all (two weeks of half each)")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="which kinds of week 2 to run")
     p.add_argument("--drift-angle", type=float, default=45.0, help="drift: degrees each feature pair is rotated by")
     p.add_argument("--label-noise", type=float, default=0.15, help="noisier: share of week 2's labels replaced")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--tolerance", type=float, default=0.01, help="target = week-1 best − tolerance (also the flow's)")
+    p.add_argument("--tolerance", type=float, default=0.02, help="target = week-1 best − tolerance (also the flow's)")
+    p.add_argument("--also-tolerance", type=float, default=0.01, help="the same runs scored against this tolerance too")
+    p.add_argument("--validation-fraction", type=float, default=0.4, help="each week's held-out share")
     p.add_argument("--stable-fraction", type=float, default=0.25, help="the flow's warm_start.stable_budget_fraction")
     p.add_argument("--searcher", default="tpe", choices=["tpe", "bohb", "random"])
     p.add_argument("--scheduler", default="hyperband", choices=["hyperband", "sha", "asha"])
