@@ -129,7 +129,9 @@ def reach(record: Mapping[str, Any], full_budget: float, target: float) -> dict[
         epochs += float(e.get("budget_trained") or 0.0)
         if gpu_hours is not None and at is None and e["cumulative_gpu_hours"] >= gpu_hours - 1e-15:
             at = epochs
-    return {"gpu_hours": gpu_hours, "epochs": at, "run_gpu_hours": record["spent"]["gpu_hours"], "run_epochs": epochs,
+    # The whole run: trials, the winner's full-budget fit, and a sweep refit that lost the week to the warm rung.
+    run_epochs = epochs + float(record["retrain"]["budget"]) + float((record["sweep"].get("unused_refit") or {}).get("budget", 0.0))
+    return {"gpu_hours": gpu_hours, "epochs": at, "run_gpu_hours": record["spent"]["gpu_hours"], "run_epochs": run_epochs,
             "final_best": curve[-1].best if curve else None, "held_out": record["evaluation"]["challenger"]}
 
 

@@ -392,7 +392,8 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
     if warm and warm["enqueue"]:
         target = None if warm["last_best"] is None else warm["last_best"] - sign * cfg.warm_start.tolerance
         rung = run_sweep(warm_rung_config(sweep_config, len(warm["enqueue"]), run_dir / "warm-rung", target),
-                         run_dir / "warm-rung", warm_start={"observations": [], "enqueue": warm["enqueue"]})
+                         run_dir / "warm-rung", warm_start={"observations": [], "enqueue": warm["enqueue"]},
+                         refit=False)  # its winner is refitted only if it wins the week (retrain_winner)
         stable = rung.get("stop_reason") == "target_score"
         warm = {**warm, "observations": warm["observations"] + study_of(rung, "warm-")}
     explore = cfg.warm_start.stable_budget_fraction * (reference or full_caps or 0.0) if stable else None
@@ -416,6 +417,13 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
     retrained = reuse_best_model(rung if best is (rung or {}).get("best") else result, best, sweep_config)
     if retrained is None:
         retrained = retrain_winner(sweep_config, best["config"], dataset, run_dir / "challenger")
+    # The sweep's own refit of a winner that lost the week to the warm rung was spent all the same.
+    saved = (result or {}).get("best_model") or {}
+    unused_refit = None
+    if saved.get("refit_seconds") and saved.get("path") != retrained["dir"]:
+        hours = float(saved["refit_seconds"]) * sweep_config.runtime.gpus_per_trial / 3600.0
+        unused_refit = {"budget": float(saved.get("budget", 0.0)), "gpu_hours": hours,
+                        "cost": hours * sweep_config.budget.price_per_gpu_hour}
     evaluation = evaluate_models(registry, cfg.name, retrained["dir"], dataset)
     promoted, reason = decide(evaluation, cfg.promote_margin)
     empty = {"trials_started": 0, "gpu_hours": 0.0, "cost": 0.0}
@@ -438,10 +446,11 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
                   "gpu_hours": sweep_spent["gpu_hours"], "cost": sweep_spent["cost"],
                   "max_gpu_hours": sweep_config.budget.max_gpu_hours, "full_max_gpu_hours": full_caps,
                   "stop_reason": result["stop_reason"] if result else "skipped: stable problem", "best_score": best["score"],
-                  "best_config": best["config"], "best_budget": best["budget"]},
+                  "best_config": best["config"], "best_budget": best["budget"], "unused_refit": unused_refit},
         "retrain": {k: retrained[k] for k in ("budget", "wall_seconds", "gpu_hours", "cost")},
-        "spent": {"gpu_hours": rung_spent["gpu_hours"] + sweep_spent["gpu_hours"] + retrained["gpu_hours"],
-                  "cost": rung_spent["cost"] + sweep_spent["cost"] + retrained["cost"]},
+        "spent": {"gpu_hours": rung_spent["gpu_hours"] + sweep_spent["gpu_hours"] + retrained["gpu_hours"]
+                  + (unused_refit or {}).get("gpu_hours", 0.0),
+                  "cost": rung_spent["cost"] + sweep_spent["cost"] + retrained["cost"] + (unused_refit or {}).get("cost", 0.0)},
         "evaluation": evaluation,
         "study": study_key,
     }

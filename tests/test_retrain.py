@@ -87,7 +87,8 @@ def test_two_weeks_warm_start_champion_and_challenger(prefect_server: str, tmp_p
     stored = registry.get_json("cancer", "runs", second["run_id"])
     assert stored["spent"] == second["spent"] and stored["evaluation"]["challenger"] == ev["challenger"]
     assert stored["spent"]["gpu_hours"] == pytest.approx(
-        warm["rung"]["gpu_hours"] + stored["sweep"]["gpu_hours"] + stored["retrain"]["gpu_hours"])
+        warm["rung"]["gpu_hours"] + stored["sweep"]["gpu_hours"] + stored["retrain"]["gpu_hours"]
+        + (stored["sweep"]["unused_refit"] or {}).get("gpu_hours", 0.0))
     # The decision is on the Prefect server as a markdown artifact.
     artifacts = {a["key"]: a for a in httpx.post(f"{prefect_server}/artifacts/latest/filter", json={}).json()}
     assert artifacts["cancer-retrain"]["type"] == "markdown" and second["run_id"] in artifacts["cancer-retrain"]["data"]
@@ -144,6 +145,7 @@ def test_warm_rung_stops_at_last_weeks_quality_on_a_stable_week_and_a_drifted_we
     assert [e["score"] >= warm["target"] for e in completed] == [False] * (len(completed) - 1) + [True]
     assert _trial_configs(warm["rung"]["run_dir"])[:len(completed)] == ranked[:len(completed)]
     assert warm["rung"]["trials"] == len(completed) and warm["reference_gpu_hours"] == first["sweep"]["gpu_hours"]
+    assert not (Path(warm["rung"]["run_dir"]) / "best_model").exists()  # refitted only if it wins the week
     assert stable["sweep"]["max_gpu_hours"] == pytest.approx(0.5 * first["sweep"]["gpu_hours"]) == warm["explore_gpu_hours"]
     assert stable["sweep"]["full_max_gpu_hours"] == 1.0
     artifacts = {a["key"]: a for a in httpx.post(f"{prefect_server}/artifacts/latest/filter", json={}).json()}
