@@ -16,7 +16,9 @@ answers with a :class:`BudgetDecision` that the flow carries out and records. Th
   lucky early score that the true curve has not caught up with yet cannot stop a sweep that is
   still improving;
 * the forecast stop (``stop_rule="forecast"``): the gain the next stage can be expected to buy,
-  per GPU-hour it is predicted to cost, is below the threshold.
+  per GPU-hour it is predicted to cost, is below the threshold;
+* the target stop (``target_score``): a result at the full budget is good enough already, so
+  nothing more is worth buying (e.g. a weekly retrain whose warm rung matches last week's quality).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class StopReason(StrEnum):
     MAX_GPU_HOURS = "max_gpu_hours"
     MAX_COST = "max_cost"
     DEADLINE = "deadline"
+    TARGET = "target_score"
     CANCELLED = "cancelled"
 
 
@@ -74,6 +77,7 @@ class BudgetSettings:
     stop_rule: Literal["window", "forecast"] = "window"
     noisy: bool = False
     on_cap: Literal["finish", "cancel"] = "cancel"
+    target_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -237,9 +241,11 @@ class BudgetController:
         mode: Mode = "max",
         clock: Callable[[], float] = time.time,
         started_at: float | None = None,
+        full_budget: float | None = None,
     ) -> None:
         self.settings = settings
         self.mode = mode
+        self.full_budget = full_budget
         self.clock = clock
         self.started_at = started_at if started_at is not None else clock()
         self.below_threshold_checks = 0
@@ -279,9 +285,27 @@ class BudgetController:
             return StopReason.DEADLINE, f"{self.clock() - self.started_at:.0f} s elapsed, deadline {s.deadline_seconds:.0f} s"
         return None
 
+    def target_reached(self, ledger: Ledger) -> tuple[StopReason, str] | None:
+        """Whether a result at the full budget (the highest reached, if unknown) reaches ``target_score``.
+
+        Only full-budget results count: a low-fidelity score is a forecast, not a model one can ship.
+        """
+        target = self.settings.target_score
+        if target is None:
+            return None
+        ok = [r for r in ledger.records if r.ok]
+        if not ok:
+            return None
+        full = self.full_budget if self.full_budget is not None else max(r.budget for r in ok)
+        sign = 1.0 if self.mode == "max" else -1.0
+        for r in ok:
+            if r.budget >= full - 1e-9 and sign * float(r.score) >= sign * target - 1e-12:  # type: ignore[arg-type]
+                return StopReason.TARGET, f"trial {r.trial_id} scored {float(r.score):.4g} at the full budget, target {target:.4g}"  # type: ignore[arg-type]
+        return None
+
     def check_in_flight(self, ledger: Ledger, stage: str = "in-flight") -> BudgetDecision:
-        """Called as trials finish mid-stage: only hard caps apply (the gain rule waits for the stage)."""
-        cap = self.hard_cap_reached(ledger)
+        """Called as trials finish mid-stage: hard caps and the target apply (the gain rule waits for the stage)."""
+        cap = self.hard_cap_reached(ledger) or self.target_reached(ledger)
         if cap is not None:
             return self._decision(Action.STOP, str(cap[0]), stage, ledger, detail=cap[1])
         return self._decision(Action.CONTINUE, None, stage, ledger)
@@ -308,7 +332,7 @@ class BudgetController:
         best = curve[-1].score if curve else None
         figures: dict[str, Any] = {"best": best, "next_stage_gpu_hours": next_stage_gpu_hours}
         note = ""
-        cap = self.hard_cap_reached(ledger, next_stage_gpu_hours or 0.0)
+        cap = self.target_reached(ledger) or self.hard_cap_reached(ledger, next_stage_gpu_hours or 0.0)
         if cap is not None:
             return self._decision(Action.STOP, str(cap[0]), stage, ledger, detail=cap[1], **figures)
         if s.min_gain_per_gpu_hour is None:

@@ -4,9 +4,12 @@ One flow run (``rungflow-retrain``):
 
 1. ``load_week``: read this week's table (CSV/Parquet, local or ``s3://``), check its columns
    against last week's run (new or missing columns stop the run, naming them), split it.
-2. The warm rung: last week's best configurations trained at the full budget on this week's data.
-   If one still reaches last week's quality (within ``warm_start.tolerance``) the problem is
-   stable and the sweep's caps shrink to ``warm_start.stable_budget_fraction``.
+2. The warm rung: last week's best configurations trained at the full budget on this week's data,
+   best first and one at a time, until one reaches last week's quality (its best score minus
+   ``warm_start.tolerance``; the budget controller's target stop). If one does, the problem is
+   stable: the sweep only explores, capped at ``warm_start.stable_budget_fraction`` of the last
+   full search's GPU-hours (0 skips it). If none does, the week has drifted and the sweep runs
+   with its full caps.
 3. ``run_sweep``: a budget-capped sweep (:mod:`flows.sweep`) whose searcher is warm-started with
    last week's observations and the warm rung's as priors.
 4. ``retrain_winner``: the best configuration trained from scratch at the full budget.
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 import uuid
@@ -54,19 +56,21 @@ class SchemaChanged(DataError):
 class WarmStartConfig(BaseModel):
     """How much of last week's study this week starts from.
 
-    ``top_k`` best configurations of last week are first trained at the full budget on this week's
-    data (the *warm rung*). If one of them is within ``tolerance`` of last week's best score, the
-    problem is stable and the exploratory sweep gets only ``stable_budget_fraction`` of its budget
-    caps (0 skips it); otherwise the sweep runs with its full caps. Either way its searcher starts
+    Up to ``top_k`` of last week's best configurations are trained at the full budget on this
+    week's data, best first and one at a time (the *warm rung*), until one scores within
+    ``tolerance`` of last week's best. Then the problem is stable and the exploratory sweep gets
+    ``stable_budget_fraction`` of the GPU-hours the last full search spent (0 skips it); otherwise
+    the week has drifted and the sweep runs with its full caps. Either way its searcher starts
     from last week's observations and the warm rung's as priors.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    top_k: int = Field(3, ge=0, description="last week's best configurations trained first, at the full budget")
+    top_k: int = Field(3, ge=0, description="last week's best configurations tried first, at the full budget, best first")
     tolerance: float = Field(0.005, ge=0.0, description="a stable problem reaches last week's best score minus this")
-    stable_budget_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of the sweep's caps when stable")
+    stable_budget_fraction: float = Field(
+        0.25, ge=0.0, le=1.0, description="a stable week's sweep: this share of the last full search's GPU-hours")
 
 
 class RetrainConfig(BaseModel):
@@ -93,9 +97,16 @@ class RetrainConfig(BaseModel):
     def data_spec(self, source: str | None = None) -> DataSpec:
         return DataSpec.parse({**self.data, **({"source": source} if source else {})})
 
-    def sweep_config(self, spec: DataSpec, run_dir: Path, run_id: str) -> SweepConfig:
+    def sweep_config(self, spec: DataSpec, run_dir: Path, run_id: str, week: int = 0) -> SweepConfig:
+        """The sweep of the ``week``-th run (0: the first): its search seed moves on by one a week.
+
+        With last week's seed, a model-based searcher's random start-up proposals would repeat
+        last week's configurations, whose results this week's warm start already holds.
+        """
         raw = json.loads(json.dumps(self.sweep))
         raw["name"] = f"{self.name}-{run_id}"
+        search = raw.setdefault("search", {})
+        search["seed"] = int(search.get("seed", 0)) + week
         trainable = raw.setdefault("trainable", {})
         trainable.setdefault("options", {})["data"] = spec.model_dump(mode="json")
         raw.setdefault("storage", {})["run_dir"] = str(run_dir)
@@ -177,26 +188,45 @@ def warm_start_from(registry: ModelRegistry, name: str, previous: dict[str, Any]
     return {"observations": study["observations"], "enqueue": enqueue, "from_run": previous["run_id"], "last_best": last_best}
 
 
-def warm_rung_config(sweep_config: SweepConfig, count: int, run_dir: Path) -> SweepConfig:
-    """The sweep config that trains ``count`` enqueued configurations at the full budget, nothing else."""
+def warm_rung_config(sweep_config: SweepConfig, count: int, run_dir: Path, target: float | None) -> SweepConfig:
+    """The sweep config that trains ``count`` enqueued configurations at the full budget, best first, one at a time.
+
+    One slot, so the order holds and nothing runs beside the configuration that reaches ``target``
+    (the budget controller's target stop ends the rung there); one rung, so no trial is cut short.
+    """
     _, hi = sweep_config.budget_range()
     raw = sweep_config.model_dump(mode="json")
     raw["name"] = f"{sweep_config.name}-warm"
-    raw["scheduler"] = {"kind": "fifo", "min_budget": hi, "max_budget": hi}
+    raw["scheduler"] = {"kind": "asha", "min_budget": hi, "max_budget": hi, "eta": sweep_config.scheduler.eta}
     raw["search"] = {"algorithm": "random", "seed": sweep_config.search.seed, "num_trials": count}
+    raw["runtime"] = {**raw["runtime"], "max_concurrent": 1}
+    raw["budget"] = {**raw["budget"], "target_score": target, "min_gain_per_gpu_hour": None}
     raw["storage"] = {**raw["storage"], "run_dir": str(run_dir)}
     return validate(raw)
 
 
-def scaled_budget(sweep_config: SweepConfig, fraction: float) -> SweepConfig:
-    """``sweep_config`` with its GPU-hour and money caps multiplied by ``fraction``."""
+def explore_budget(sweep_config: SweepConfig, gpu_hours: float) -> SweepConfig:
+    """``sweep_config`` capped at ``gpu_hours`` (or its own cap, if lower); its money cap scaled alike."""
     raw = sweep_config.model_dump(mode="json")
-    for key in ("max_gpu_hours", "max_cost"):
-        if raw["budget"].get(key) is not None:
-            raw["budget"][key] = raw["budget"][key] * fraction
-    raw["budget"]["window_gpu_hours"] = None if raw["budget"].get("window_gpu_hours") is None else min(
-        raw["budget"]["window_gpu_hours"], raw["budget"].get("max_gpu_hours") or math.inf)
+    budget = raw["budget"]
+    cap = budget.get("max_gpu_hours")
+    budget["max_gpu_hours"] = gpu_hours if cap is None else min(cap, gpu_hours)
+    if budget.get("max_cost") is not None and cap:
+        budget["max_cost"] = budget["max_cost"] * budget["max_gpu_hours"] / cap
+    for key in ("window_gpu_hours", "min_gpu_hours"):
+        if budget.get(key) is not None:
+            budget[key] = min(budget[key], budget["max_gpu_hours"])
     return validate(raw)
+
+
+def search_reference(previous: Mapping[str, Any] | None) -> float | None:
+    """GPU-hours of the last full search (a stable week's short sweep does not reset the reference)."""
+    if previous is None:
+        return None
+    warm = previous.get("warm_start") or {}
+    if warm.get("reference_gpu_hours") is not None:
+        return float(warm["reference_gpu_hours"])
+    return float(previous.get("sweep", {}).get("gpu_hours") or 0.0) or None
 
 
 def study_of(result: Mapping[str, Any] | None, prefix: str = "") -> list[dict[str, Any]]:
@@ -293,6 +323,23 @@ def decide(evaluation: Mapping[str, Any], margin: float) -> tuple[bool, str]:
     return False, f"challenger {challenger:.4f} vs champion {champion:.4f}: {gain:+.4f} is not above margin {margin:g}"
 
 
+def warm_line(warm: Mapping[str, Any]) -> str:
+    """What the warm rung tried and what it concluded, in one line."""
+    if not warm.get("from_run"):
+        return "none (cold)"
+    rung = warm.get("rung")
+    head = f"from {warm['from_run']}, {warm['priors']} priors"
+    if not rung:
+        return head + "; no configuration of last week's to retry"
+    target = "—" if warm.get("target") is None else f"{warm['target']:.4f}"
+    tried = f"{rung['trials']} of last week's {warm['enqueued']} best retrained at the full budget (target {target})"
+    if warm["stable"]:
+        verdict = f"stable: the sweep only explored, capped at {warm['explore_gpu_hours'] or 0.0:.4g} GPU-h"
+    else:
+        verdict = f"drifted (best {rung['best_score']}): full sweep"
+    return f"{head}; {tried}; {verdict}"
+
+
 def markdown_of(record: Mapping[str, Any]) -> str:
     ev, sw, dec = record["evaluation"], record["sweep"], record["decision"]
     champion = "—" if ev["champion"] is None else f"{ev['champion']:.4f}"
@@ -303,9 +350,7 @@ def markdown_of(record: Mapping[str, Any]) -> str:
         "",
         "| | value |", "|---|---|",
         f"| data | `{record['data']['source']}` ({record['data']['rows']} rows, fingerprint `{record['data']['fingerprint'][:12]}`) |",
-        f"| warm start | {record['warm_start']['from_run'] or 'none (cold)'}: {record['warm_start']['priors']} priors, "
-        f"{record['warm_start']['enqueued']} trained first at full budget; "
-        f"{'stable problem: sweep budget scaled down' if record['warm_start']['stable'] else 'full sweep budget'} |",
+        f"| warm start | {warm_line(record['warm_start'])} |",
         f"| sweep | {sw['trials']} trials, stop: {sw['stop_reason']}, best {sw['best_score']} |",
         f"| spent | {record['spent']['gpu_hours']:.4g} GPU-hours (sweep {sw['gpu_hours']:.4g}, retrain "
         f"{record['retrain']['gpu_hours']:.4g}), cost {record['spent']['cost']:.4g} |",
@@ -332,7 +377,7 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
     started = time.time()
     previous = last_run(registry, cfg.name)
     dataset = load_week(spec, previous, cfg.allow_schema_change)
-    sweep_config = cfg.sweep_config(spec, run_dir / "sweep", run_id)
+    sweep_config = cfg.sweep_config(spec, run_dir / "sweep", run_id, week=len(registry.keys(cfg.name, "runs")))
     schema_same = previous is not None and set(previous.get("data", {}).get("schema", {})) == set(dataset.schema)
     warm = (warm_start_from(registry, cfg.name, previous, cfg.warm_start.top_k, sweep_config.mode())
             if cfg.warm_start.enabled and schema_same else None)
@@ -341,17 +386,24 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
     sign = 1.0 if mode == "max" else -1.0
     rung: dict[str, Any] | None = None
     stable = False
+    target = None
+    reference = search_reference(previous)
+    full_caps = sweep_config.budget.max_gpu_hours
     if warm and warm["enqueue"]:
-        rung = run_sweep(warm_rung_config(sweep_config, len(warm["enqueue"]), run_dir / "warm-rung"), run_dir / "warm-rung",
-                         warm_start={"observations": [], "enqueue": warm["enqueue"]})
-        found = (rung.get("best") or {}).get("score")
-        stable = (found is not None and warm["last_best"] is not None
-                  and sign * found >= sign * warm["last_best"] - cfg.warm_start.tolerance)
+        target = None if warm["last_best"] is None else warm["last_best"] - sign * cfg.warm_start.tolerance
+        rung = run_sweep(warm_rung_config(sweep_config, len(warm["enqueue"]), run_dir / "warm-rung", target),
+                         run_dir / "warm-rung", warm_start={"observations": [], "enqueue": warm["enqueue"]},
+                         refit=False)  # its winner is refitted only if it wins the week (retrain_winner)
+        stable = rung.get("stop_reason") == "target_score"
         warm = {**warm, "observations": warm["observations"] + study_of(rung, "warm-")}
-        if stable:
-            sweep_config = scaled_budget(sweep_config, cfg.warm_start.stable_budget_fraction)
-    skip = stable and cfg.warm_start.stable_budget_fraction == 0.0
-    result = None if skip else run_sweep(sweep_config, run_dir / "sweep", warm_start=warm)
+    explore = cfg.warm_start.stable_budget_fraction * (reference or full_caps or 0.0) if stable else None
+    if explore:
+        sweep_config = explore_budget(sweep_config, explore)
+    # Last week's configurations were trained this week at the full budget: priors now, not to be trained again.
+    sweep_warm = {**warm, "enqueue": []} if warm and rung else warm
+    result = None if stable and not explore else run_sweep(sweep_config, run_dir / "sweep", warm_start=sweep_warm)
+    if not stable and result is not None:
+        reference = result["ledger"]["gpu_hours"]  # this week searched in full: the next stable week's yardstick
     study_key = run_id
     registry.put_json(cfg.name, "studies", study_key, {"run_id": run_id, "mode": mode,
                                                         "observations": study_of(rung, "warm-") + study_of(result)})
@@ -365,6 +417,13 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
     retrained = reuse_best_model(rung if best is (rung or {}).get("best") else result, best, sweep_config)
     if retrained is None:
         retrained = retrain_winner(sweep_config, best["config"], dataset, run_dir / "challenger")
+    # The sweep's own refit of a winner that lost the week to the warm rung was spent all the same.
+    saved = (result or {}).get("best_model") or {}
+    unused_refit = None
+    if saved.get("refit_seconds") and saved.get("path") != retrained["dir"]:
+        hours = float(saved["refit_seconds"]) * sweep_config.runtime.gpus_per_trial / 3600.0
+        unused_refit = {"budget": float(saved.get("budget", 0.0)), "gpu_hours": hours,
+                        "cost": hours * sweep_config.budget.price_per_gpu_hour}
     evaluation = evaluate_models(registry, cfg.name, retrained["dir"], dataset)
     promoted, reason = decide(evaluation, cfg.promote_margin)
     empty = {"trials_started": 0, "gpu_hours": 0.0, "cost": 0.0}
@@ -376,18 +435,22 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
                  "fingerprint": dataset.fingerprint, "schema": dict(dataset.schema), "task": dataset.task},
         "warm_start": {"from_run": warm["from_run"] if warm else None,
                        "priors": len(warm["observations"]) if warm else 0, "enqueued": len(warm["enqueue"]) if warm else 0,
-                       "last_best": warm["last_best"] if warm else None, "stable": stable,
+                       "last_best": warm["last_best"] if warm else None, "target": target, "stable": stable,
+                       "reference_gpu_hours": reference,
+                       "explore_gpu_hours": explore,
                        "rung": None if rung is None else {"run_dir": str(run_dir / "warm-rung"), "trials": rung_spent["trials_started"],
                                                           "gpu_hours": rung_spent["gpu_hours"], "cost": rung_spent["cost"],
-                                                          "best_score": (rung.get("best") or {}).get("score")}},
+                                                          "best_score": (rung.get("best") or {}).get("score"),
+                                                          "stop_reason": rung.get("stop_reason")}},
         "sweep": {"run_dir": None if result is None else str(run_dir / "sweep"), "trials": sweep_spent["trials_started"],
                   "gpu_hours": sweep_spent["gpu_hours"], "cost": sweep_spent["cost"],
-                  "max_gpu_hours": sweep_config.budget.max_gpu_hours,
+                  "max_gpu_hours": sweep_config.budget.max_gpu_hours, "full_max_gpu_hours": full_caps,
                   "stop_reason": result["stop_reason"] if result else "skipped: stable problem", "best_score": best["score"],
-                  "best_config": best["config"], "best_budget": best["budget"]},
+                  "best_config": best["config"], "best_budget": best["budget"], "unused_refit": unused_refit},
         "retrain": {k: retrained[k] for k in ("budget", "wall_seconds", "gpu_hours", "cost")},
-        "spent": {"gpu_hours": rung_spent["gpu_hours"] + sweep_spent["gpu_hours"] + retrained["gpu_hours"],
-                  "cost": rung_spent["cost"] + sweep_spent["cost"] + retrained["cost"]},
+        "spent": {"gpu_hours": rung_spent["gpu_hours"] + sweep_spent["gpu_hours"] + retrained["gpu_hours"]
+                  + (unused_refit or {}).get("gpu_hours", 0.0),
+                  "cost": rung_spent["cost"] + sweep_spent["cost"] + retrained["cost"] + (unused_refit or {}).get("cost", 0.0)},
         "evaluation": evaluation,
         "study": study_key,
     }

@@ -141,7 +141,7 @@ class Sweep:
             elapsed_before = float(last.get("elapsed_before", 0.0)) + max(0.0, last_alive - float(last["started_at"]))
             first_start = float(ledger.sessions[0]["started_at"])
         # A deadline counts the time the sweep ran, not the time it lay dead before the resume.
-        controller = BudgetController(settings, mode=mode, clock=clock, started_at=now - elapsed_before)
+        controller = BudgetController(settings, mode=mode, clock=clock, started_at=now - elapsed_before, full_budget=hi)
         write_json_atomic_config(config_path, config)
         sweep = cls(config, run_dir, searcher, scheduler, ledger, controller, mode, lo, hi, started_at=first_start)
         sweep.resumed, sweep._lock = resumed, lock
@@ -685,11 +685,13 @@ TRIAL_THREADS = 256
 
 @flow(name="rungflow-sweep", flow_run_name=_flow_run_name, log_prints=True, persist_result=False,
       task_runner=ThreadPoolTaskRunner(max_workers=TRIAL_THREADS))
-def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: dict[str, Any] | None = None) -> dict[str, Any]:
+def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: dict[str, Any] | None = None,
+               refit: bool = True) -> dict[str, Any]:
     """A budget-capped Hyperband/ASHA sweep; ``config`` is the validated sweep config as a dict.
 
     ``warm_start``: ``{"observations": [{trial_id, config, budget, score}], "enqueue": [config, ...]}``
     from an earlier study of the same problem (see :meth:`budgets.searchers.Searcher.warm_start`).
+    ``refit=False`` skips refitting the winner into ``best_model/`` (a caller that may not need it).
     """
     install_log_redaction()
     cfg = validate(config)
@@ -707,6 +709,8 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
         sweep.close()
         raise
     result = sweep.run(runtime)
+    if not refit:
+        return result
     # After the sweep, not in the trial loop: refit the winner of a tabular sweep into run_dir/best_model.
     from tasks.best_model import save_best_model
 
@@ -721,6 +725,7 @@ def runtime_of(config: SweepConfig) -> Runtime:
                         memory_per_trial_gb=rt.memory_per_trial_gb)
 
 
-def run_sweep(config: SweepConfig, run_dir: str | Path | None = None, warm_start: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_sweep(config: SweepConfig, run_dir: str | Path | None = None, warm_start: dict[str, Any] | None = None,
+              refit: bool = True) -> dict[str, Any]:
     """Run a sweep as a Prefect flow on the configured runtime; returns the result dict."""
-    return sweep_flow(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None, warm_start)
+    return sweep_flow(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None, warm_start, refit)

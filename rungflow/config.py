@@ -172,6 +172,14 @@ class BudgetConfig(_Strict):
     stop_rule: Literal["window", "forecast"] = "window"
     noisy: bool = Field(default=False, description="scores vary from seed to seed: a rise of the top results' level also counts as gain")
     on_cap: Literal["finish", "cancel"] = "cancel"
+    target_score: float | None = Field(default=None, description="stop once a full-budget result reaches this score")
+
+    @field_validator("target_score")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite score; remove the key to search until another rule stops")
+        return v
 
     @field_validator("max_gpu_hours", "max_cost", "window_gpu_hours")
     @classmethod
@@ -232,6 +240,7 @@ class BudgetConfig(_Strict):
             stop_rule=self.stop_rule,
             noisy=self.noisy,
             on_cap=self.on_cap,
+            target_score=self.target_score,
         )
 
 

@@ -391,3 +391,19 @@ def test_patience_counts_distinct_evidence_not_repeated_checks() -> None:
     assert held.gain_per_gpu_hour is None and held.below_threshold_checks == 1 and not held.stop
     ledger.charge(record(7, 0.45, budget=9.0))  # the bracket's full-budget result: no better
     assert ctl.check_before_stage(ledger, stage="b2-r0").stop
+
+
+# --- target stop ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, scores, target", [("max", (0.80, 0.93), 0.90), ("min", (0.30, 0.08), 0.10)])
+def test_target_score_stops_at_the_first_full_budget_result_that_reaches_it(mode: str, scores, target: float) -> None:
+    ctl = BudgetController(BudgetSettings(target_score=target), mode=mode, clock=FakeClock(), full_budget=9.0)  # type: ignore[arg-type]
+    good_low_fidelity = 0.99 if mode == "max" else 0.01
+    ledger = ledger_of(record(0, good_low_fidelity, budget=3.0), record(1, scores[0]))
+    # A low-fidelity score past the target is a forecast, not a model: no stop.
+    assert not ctl.check_before_stage(ledger, stage="s1").stop and not ctl.check_in_flight(ledger).stop
+    ledger.charge(record(2, scores[1]))
+    for decision in (ctl.check_in_flight(ledger), ctl.check_before_stage(ledger, stage="s2")):
+        assert decision.stop and decision.reason == "target_score" == StopReason.TARGET
+        assert "t002" in decision.detail and f"{target:.4g}" in decision.detail
