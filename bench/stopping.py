@@ -336,6 +336,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
     p.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     p.add_argument("--iterations", type=int, default=12, help="Hyperband iterations of each full run")
+    p.add_argument("--noise-std", type=float, default=0.0,
+                   help="synthetic seed-to-seed noise on every accuracy (points; trainable.options.noise_std); 0: none")
     p.add_argument("--out", type=Path, default=Path("bench/out/stopping"))
     p.add_argument("--max-concurrent", type=int, default=2, help="thread runtime slots")
     p.add_argument("--replay-only", action="store_true",
@@ -354,8 +356,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"stopping: Prefect API up in {startup:.1f} s", flush=True)
         for instance in args.instances:
             for seed in args.seeds:
+                options: dict[str, Any] = {"instance": instance}
+                if args.noise_std > 0:
+                    options["noise_std"] = args.noise_std
                 cfg = run_config(
-                    f"bench-stopping-{instance}-s{seed}", trainable={"kind": "yahpo_lcbench", "options": {"instance": instance}},
+                    f"bench-stopping-{instance}-s{seed}", trainable={"kind": "yahpo_lcbench", "options": options},
                     algorithm="bohb", seed=seed,
                     scheduler={"kind": "hyperband", "min_budget": 1, "max_budget": LCBENCH_MAX_EPOCH, "eta": 3,
                                "iterations": args.iterations},

@@ -163,6 +163,27 @@ def test_lcbench_noisy_without_noisy_model_is_a_clear_error(lcbench) -> None:
         noisy.train(TrainRequest("y6", LC_CONFIG, 5))
 
 
+def test_lcbench_synthetic_noise_is_seeded_gaussian_around_the_clean_score(lcbench) -> None:
+    noisy = get_trainable_class("yahpo_lcbench")({"noise_std": 0.5})
+    clean = lcbench.train(TrainRequest("y9", LC_CONFIG, 20, seed=1)).score
+    out = noisy.train(TrainRequest("y9", LC_CONFIG, 20, seed=1))
+    assert out.metrics["val_accuracy_clean"] == clean and out.metrics["val_accuracy"] == out.score != clean
+    # Deterministic per (seed, trial, epoch): a rerun and a resumed trial see the same draw.
+    assert noisy.train(TrainRequest("y9", LC_CONFIG, 20, seed=1)).score == out.score
+    at5 = noisy.train(TrainRequest("y9", LC_CONFIG, 5, seed=1))
+    assert noisy.train(TrainRequest("y9", LC_CONFIG, 20, seed=1, checkpoint=at5.checkpoint)).score == out.score
+    draws = np.array([noisy.train(TrainRequest(f"n{i}", LC_CONFIG, 20, seed=1)).score for i in range(300)]) - clean
+    assert abs(draws.mean()) < 0.1 and 0.4 < draws.std() < 0.6
+
+
+def test_lcbench_noise_options_are_checked() -> None:
+    cls = get_trainable_class("yahpo_lcbench")
+    with pytest.raises(ValidationError, match="zero or more"):
+        cls({"noise_std": -0.1})
+    with pytest.raises(ValidationError, match="either noisy .* or noise_std"):
+        cls({"noisy": True, "noise_std": 0.5})
+
+
 def test_lcbench_unknown_instance_lists_valid_ones() -> None:
     with pytest.raises(ValidationError, match="unknown LCBench instance '42'.*3945"):
         get_trainable_class("yahpo_lcbench")({"instance": "42"})
