@@ -172,6 +172,8 @@ class BudgetConfig(_Strict):
     stop_rule: Literal["window", "forecast"] = "window"
     noisy: bool = Field(default=False, description="scores vary from seed to seed: a rise of the top results' level also counts as gain")
     on_cap: Literal["finish", "cancel"] = "cancel"
+    window_iterations: int | None = Field(
+        default=1, description="window in whole Hyperband iterations when window_gpu_hours is not set; patience then counts iterations")
 
     @field_validator("max_gpu_hours", "max_cost", "window_gpu_hours")
     @classmethod
@@ -202,10 +204,10 @@ class BudgetConfig(_Strict):
             raise ValueError("must be a positive duration, e.g. 3600 or '4h'")
         return v
 
-    @field_validator("patience", "top_k")
+    @field_validator("patience", "top_k", "window_iterations")
     @classmethod
-    def _at_least_one(cls, v: int) -> int:
-        if v < 1:
+    def _at_least_one(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
             raise ValueError("must be at least 1")
         return v
 
@@ -232,6 +234,7 @@ class BudgetConfig(_Strict):
             stop_rule=self.stop_rule,
             noisy=self.noisy,
             on_cap=self.on_cap,
+            window_iterations=self.window_iterations,
         )
 
 

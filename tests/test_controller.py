@@ -391,3 +391,93 @@ def test_patience_counts_distinct_evidence_not_repeated_checks() -> None:
     assert held.gain_per_gpu_hour is None and held.below_threshold_checks == 1 and not held.stop
     ledger.charge(record(7, 0.45, budget=9.0))  # the bracket's full-budget result: no better
     assert ctl.check_before_stage(ledger, stage="b2-r0").stop
+
+
+# --- the window in Hyperband iterations ----------------------------------------------------------------
+
+
+def hyperband_run(ctl: BudgetController, tops: list[float], *, pass_bracket: bool = True) -> list:
+    """One bracket per score: 1 GPU-h at budget 3 (score − 1), then 1 GPU-h at budget 9 (the score).
+
+    The controller is asked before every stage, as the flow does, with the stage's bracket.
+    """
+    ledger, decisions = ledger_of(), []
+    for b, top in enumerate(tops):
+        for rung, budget, score in ((0, 3.0, top - 1.0), (1, 9.0, top)):
+            d = ctl.check_before_stage(ledger, stage=f"bracket {b} rung {rung}", bracket=b if pass_bracket else None)
+            decisions.append(d)
+            if d.stop:
+                return decisions
+            ledger.charge(SpendRecord(trial_id=f"t{b}-{rung}", bracket=b, rung=rung, budget=budget, score=score,
+                                      status=TrialStatus.COMPLETED, gpu_seconds=3600.0, gpus=1.0, cost=PRICE,
+                                      started_at=0.0, finished_at=1.0))
+    return decisions
+
+
+def iteration_controller(**settings) -> BudgetController:
+    settings = {"min_gain_per_gpu_hour": 0.1, "brackets_per_iteration": 2, **settings}
+    return controller(**settings)[0]
+
+
+def test_iteration_window_stops_after_patience_flat_iterations_and_counts_each_once() -> None:
+    # Two brackets (4 GPU-h) an iteration. Iteration 1 gains 2 points (0.5/GPU-h), 2 and 3 none.
+    ctl = iteration_controller(patience=2)
+    decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 4, 4, 9, 9])
+    assert decisions[-1].stop and decisions[-1].stage == "bracket 8 rung 0"  # the first stage of iteration 4
+    assert decisions[-1].spent_gpu_hours == pytest.approx(16.0)
+    assert decisions[-1].best == 4 and "2 completed iterations" in decisions[-1].detail
+    # Warm-up: no verdict before two iterations are complete.
+    assert all(d.gain_per_gpu_hour is None for d in decisions[:8])
+    assert "completed iterations the window needs" in decisions[0].detail
+    # Iteration 1's verdict at every stage of iteration 2, iteration 2's (counted once) during iteration 3.
+    assert [d.gain_per_gpu_hour for d in decisions[8:]] == pytest.approx([0.5] * 4 + [0.0] * 5)
+    assert [d.below_threshold_checks for d in decisions[8:]] == [0] * 4 + [1] * 4 + [2]
+
+
+def test_iteration_window_does_not_stop_on_a_flat_stretch_shorter_than_patience() -> None:
+    # Flat for one iteration (a single dip below the threshold), then climbing again: never stops.
+    ctl = iteration_controller(patience=2)
+    decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 5, 6, 6, 6, 7, 8])
+    assert not any(d.stop for d in decisions)
+    assert max(d.below_threshold_checks for d in decisions) == 1
+
+
+def test_iteration_window_sees_progress_that_a_short_window_misses() -> None:
+    # Four brackets an iteration; only the last bracket of each iteration finds a better model (the
+    # late climbs of LCBench 7593): +1 point per 8 GPU-h iteration, 0.125/GPU-h, above 0.1.
+    tops = [float(i // 4 + (i % 4 == 3)) for i in range(24)]
+    short, _ = controller(min_gain_per_gpu_hour=0.1, window_gpu_hours=2.0, patience=2)
+    assert hyperband_run(short, tops)[-1].stop  # two flat 2-GPU-h windows inside one iteration
+    ctl = iteration_controller(patience=2, brackets_per_iteration=4)
+    decisions = hyperband_run(ctl, tops)
+    assert not any(d.stop for d in decisions)
+    assert decisions[-1].gain_per_gpu_hour == pytest.approx(0.125)
+    # A bigger window in iterations, and patience 1: the same verdicts.
+    ctl = iteration_controller(patience=1, brackets_per_iteration=4, window_iterations=2)
+    assert not any(d.stop for d in hyperband_run(ctl, tops))
+
+
+def test_iteration_window_without_the_stage_bracket_waits_for_the_next_iteration_to_start() -> None:
+    # Without the bracket the controller cannot tell a finished iteration from one about to start,
+    # so the verdict comes one stage later: at the second stage of iteration 4.
+    ctl = iteration_controller(patience=2)
+    decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 4, 4, 9, 9], pass_bracket=False)
+    assert decisions[-1].stop and decisions[-1].stage == "bracket 8 rung 1"
+
+
+def test_iteration_window_gives_way_to_a_window_in_gpu_hours_and_to_schedulers_without_iterations() -> None:
+    tops = [1, 2, 3, 4, 4, 4, 4, 4, 9, 9]
+    fixed = iteration_controller(patience=2, window_gpu_hours=2.0)
+    assert hyperband_run(fixed, tops)[-1].stage == "bracket 6 rung 0"  # two flat 2-GPU-h windows
+    asha = iteration_controller(patience=2, brackets_per_iteration=None)  # window: a third of the spend
+    assert "iteration" not in hyperband_run(asha, tops)[-1].detail
+
+
+def test_iteration_window_in_noisy_mode_takes_the_level_gain_too() -> None:
+    # The record stays flat after a lucky 10 in iteration 1, but the level of the results keeps rising.
+    tops = [1, 10, 3, 4, 5, 6, 7, 8, 9, 9.5, 9.8, 9.9]
+    plain = iteration_controller(patience=2)
+    assert hyperband_run(plain, tops)[-1].stop
+    noisy = iteration_controller(patience=2, noisy=True)
+    decisions = hyperband_run(noisy, tops)
+    assert not any(d.stop for d in decisions) and "level" in decisions[-1].detail
