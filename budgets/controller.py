@@ -6,9 +6,12 @@ answers with a :class:`BudgetDecision` that the flow carries out and records. Th
 * hard caps: ``max_gpu_hours``, ``max_cost``, a wall-clock ``deadline``; a stage whose predicted
   cost would cross a cap is not started;
 * the marginal-gain stop: the improvement of the incumbent (best score at the highest fidelity
-  reached, averaged over the top ``top_k`` so one lucky noisy evaluation cannot carry it) over the
-  last ``window_gpu_hours`` of spend, per GPU-hour, is below ``min_gain_per_gpu_hour`` for
-  ``patience`` consecutive checks after a warm-up of ``min_gpu_hours``. Only checks with new
+  reached, averaged over the top ``top_k`` so one lucky noisy evaluation cannot carry it) over a
+  trailing window of spend, per GPU-hour, is below ``min_gain_per_gpu_hour`` for ``patience``
+  consecutive verdicts after a warm-up of ``min_gpu_hours``. Under Hyperband and successive
+  halving the window is, by default, the last ``window_iterations`` complete iterations (every
+  bracket once), judged once per completed iteration, so patience counts iterations; with
+  ``window_gpu_hours`` set (or under ASHA) it is that much spend, judged before every stage. Only checks with new
   evidence count: a window with no spend at the highest fidelity (a bracket still on its lower
   rungs) and a check with no new result there since the last counted one neither count nor reset
   the patience. With ``noisy=True`` a rise
