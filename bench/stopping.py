@@ -152,9 +152,38 @@ class Step:
     entry_budget: float  # the rung the trial entered at (its bracket's first)
     entry_rank: int  # its rank among the trials that entered with it
     entry_size: int
+    origin: str = ""  # BOHB's uniform random draw or its model (see proposal_origins)
 
 
-def incumbent_steps(records: Sequence[Any], brackets_per_iteration: int) -> list[Step]:
+def proposal_origins(records: Sequence[Any], trials: dict[str, dict[str, Any]], config: Any) -> dict[str, str]:
+    """Which proposals BOHB drew uniformly at random ("random") and which from its model ("model").
+
+    Replays the searcher's own random stream (``budgets.tpe.BOHBSearcher.suggest``): the first
+    bracket's proposals come before any result (all random); after that each proposal draws u and is
+    random when u < random_fraction. Every proposal labelled random must equal the configuration the
+    sweep recorded, or nothing is claimed (empty).
+    """
+    import numpy as np
+
+    if config.search.algorithm != "bohb":
+        return {}
+    space = config.search_space()
+    fraction = config.search.random_fraction if config.search.random_fraction is not None else 1.0 / 3.0
+    rng = np.random.default_rng(config.search.seed + 7919)
+    first = {r.trial_id for r in records if r.bracket == 0 and r.rung == 0}
+    origins: dict[str, str] = {}
+    for trial_id in sorted(trials):  # ids are given in proposal order
+        if trial_id not in first and rng.random() >= fraction:
+            origins[trial_id] = "model"
+            continue
+        sample = space.sample(rng)
+        if any(abs(float(sample[k]) - float(v)) > 1e-9 for k, v in trials[trial_id].items()):
+            return {}
+        origins[trial_id] = "random"
+    return origins
+
+
+def incumbent_steps(records: Sequence[Any], brackets_per_iteration: int, origins: dict[str, str] | None = None) -> list[Step]:
     """Every rise of the incumbent, with the bracket, iteration, and entry rank of the trial that made it."""
     from collections import defaultdict
 
@@ -172,7 +201,8 @@ def incumbent_steps(records: Sequence[Any], brackets_per_iteration: int) -> list
             entered = sorted((x for x in stage[(f.bracket, f.rung)] if x.ok), key=lambda x: -x.score)
             rank = next(i for i, x in enumerate(entered, 1) if x.trial_id == r.trial_id)
             steps.append(Step(spent, spent / total, r.bracket, r.bracket // brackets_per_iteration, r.trial_id,
-                              r.score, 0.0 if best is None else r.score - best, f.budget, rank, len(entered)))
+                              r.score, 0.0 if best is None else r.score - best, f.budget, rank, len(entered),
+                              (origins or {}).get(r.trial_id, "")))
             best = r.score
     return steps
 
@@ -322,7 +352,7 @@ def replay(run_dir: Path, rules: Sequence[str], seed: int, instance: str = "") -
                 outcomes[rule] = outcome
     saved, at = oracle(records)
     return Cell(instance, seed, total, final_best, float("nan"), outcomes, grid, saved, at,
-                incumbent_steps(records, scheduler.brackets_per_iteration or 1),
+                incumbent_steps(records, scheduler.brackets_per_iteration or 1, proposal_origins(records, trials, config)),
                 float(config.trainable.options.get("noise_std", 0.0)))
 
 
@@ -410,10 +440,11 @@ def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[s
             f"{c.outcomes[r].saved:.0%} / {fmt(c.outcomes[r].regret)}" for r in rules) + " |")
     lines += ["", "## Where the incumbent rose", "",
               "Each rise of the best accuracy at 52 epochs: GPU-h (share of the run), bracket, Hyperband iteration, the "
-              "trial's entry budget and its rank among the trials that entered its bracket with it.", ""]
+              "trial's origin (BOHB's random draw or its model), entry budget and rank among the trials that entered its "
+              "bracket with it.", ""]
     for c in cells:
         rises = "; ".join(f"{st.gpu_hours:.1f} h ({st.share:.0%}) it{st.iteration} b{st.bracket} +{st.gain:.2f} "
-                          f"[{st.entry_budget:g} ep, #{st.entry_rank}/{st.entry_size}]" for st in c.steps[1:])
+                          f"[{st.origin or '?'}, {st.entry_budget:g} ep, #{st.entry_rank}/{st.entry_size}]" for st in c.steps[1:])
         lines.append(f"- {c.instance}/s{c.seed} (first {c.steps[0].score:.2f} at {c.steps[0].gpu_hours:.1f} h, final "
                      f"{c.steps[-1].score:.2f}): {rises}")
     if trade:
