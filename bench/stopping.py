@@ -6,10 +6,11 @@ Protocol (per instance and seed):
   through the flow users run; its ledger is the sequence of results every rule is shown;
 * each rule is replayed on that sequence, seeing exactly what it would have seen live:
 
-  - ``rungflow window``: :class:`budgets.controller.BudgetController`, checked before every stage
-    (the flow's own check points), marginal gain over a trailing window;
-  - ``rungflow window p4``: the same with ``patience=4``;
-  - ``rungflow window noisy``: the same with ``noisy=True`` (level gain as well as record gain);
+  - ``rungflow window …``: :class:`budgets.controller.BudgetController`, checked before every
+    stage (the flow's own check points, with the stage's bracket), with the budget config's
+    defaults (window: the last complete Hyperband iteration, patience 2 iterations) and the
+    variants in ``OURS`` (patience 1 or 3, a two-iteration window, ``noisy``, last session's
+    fixed 0.5 GPU-h window);
   - ``rungflow forecast``: ``stop_rule="forecast"`` with :func:`budgets.forecast.stage_forecast`
     and the flow's cost-per-unit prediction, as ``Sweep.decide`` computes them;
   - ``ray plateau``: Ray Tune's own ``ExperimentPlateauStopper``, called on every reported result
@@ -19,7 +20,9 @@ Protocol (per instance and seed):
 
 * figures: GPU-hours spent when the rule stops (the whole run's when it never does), the share of
   the full run's GPU-hours saved, and the regret at the stop: the full run's final best accuracy at
-  52 epochs minus the best at 52 epochs when the rule stopped.
+  52 epochs minus the best at 52 epochs when the rule stopped (with ``--noise-std``, the noise-free
+  accuracies of the two incumbents, each the best *reported* result); per run, the oracle: the most
+  any rule could have saved with regret ≤ 0.2, and where the incumbent's rises came from.
 
 Replaying our controller on the full run's ledger gives the same decisions a live run makes up to
 its stop (same seed, same proposals: ``tests/test_flow.py`` checks this), so one run per cell is
@@ -61,6 +64,7 @@ TERMINATOR_MIN_TRIALS = 20
 OURS: dict[str, dict[str, Any]] = {
     "rungflow window": {},
     "rungflow window noisy": {"noisy": True},
+    "rungflow window p1": {"patience": 1},
     "rungflow window p3": {"patience": 3},
     "rungflow window 2it": {"window_iterations": 2, "patience": 1},
     "rungflow window 0.5h": {"window_gpu_hours": 0.5, "min_gpu_hours": 0.5},
@@ -307,6 +311,22 @@ def terminator_bounds(records: Sequence[Any], trials: dict[str, dict[str, Any]],
     return bounds
 
 
+def _cached_bounds(run_dir: Path, compute: Callable[[], list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Optuna's regret bounds for a finished run, kept next to its ledger: a GP fit per full-budget
+    result is most of a replay's time, and the bounds depend on the ledger alone."""
+    import optuna
+
+    cache = run_dir / "terminator_bounds.json"
+    key = {"optuna": optuna.__version__, "min_n_trials": TERMINATOR_MIN_TRIALS, "ledger_bytes": (run_dir / "ledger.jsonl").stat().st_size}
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        if data.get("key") == key:
+            return [(int(u), float(b)) for u, b in data["bounds"]]
+    bounds = compute()
+    write_json(cache, {"key": key, "bounds": bounds})
+    return bounds
+
+
 def terminator_stop(bounds: Sequence[tuple[int, float]], error: float) -> tuple[int | None, str]:
     for upto, bound in bounds:
         if bound < error:
@@ -337,7 +357,7 @@ def replay(run_dir: Path, rules: Sequence[str], seed: int, instance: str = "") -
             return replay_plateau(records, setting)
         if rule == "optuna terminator":
             if bounds is None:
-                bounds = terminator_bounds(records, trials, config.search_space())
+                bounds = _cached_bounds(run_dir, lambda: terminator_bounds(records, trials, config.search_space()))
             return terminator_stop(bounds, setting)
         return replay_controller(records, scheduler, rule=rule, seed=seed, min_gain=setting)
 
