@@ -80,6 +80,8 @@ class BudgetSettings:
     # The window in whole Hyperband iterations (used when window_gpu_hours is not set and the
     # scheduler has iterations); patience then counts completed iterations.
     window_iterations: int | None = 1
+    # When the window is judged: once per completed iteration, or sliding, once per completed bracket.
+    verdict_every: Literal["iteration", "bracket"] = "iteration"
     # Filled in from the scheduler, not by users: Hyperband s_max + 1, successive halving 1, else None.
     brackets_per_iteration: int | None = None
 
@@ -367,11 +369,14 @@ class BudgetController:
         overlapping checks on the same evidence count once (None: every check counts)."""
         s = self.settings
         assert s.min_gain_per_gpu_hour is not None
-        unit = "completed iterations" if evidence is not None and evidence[0] == "iteration" else "consecutive checks"
+        if evidence is not None and evidence[0] == "bracket":
+            unit = "completed brackets" if s.verdict_every == "bracket" else "completed iterations"
+        else:
+            unit = "consecutive checks"
         if gain < s.min_gain_per_gpu_hour:
             if evidence is not None and evidence == self._counted_evidence:
                 # Checks before every stage overlap: patience counts distinct evidence, not checks.
-                what = "iteration completed" if evidence[0] == "iteration" else "result at the highest fidelity"
+                what = "bracket completed" if evidence[0] == "bracket" else "result at the highest fidelity"
                 detail = (f"gain {gain:.4g}/GPU-h{note} below threshold, no new {what} since "
                           f"the last check ({self.below_threshold_checks}/{s.patience})")
                 return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
@@ -397,39 +402,41 @@ class BudgetController:
 
     def _check_iterations(self, ledger: Ledger, stage: str, bracket: int | None,
                           figures: dict[str, Any]) -> BudgetDecision:
-        """The window rule judged once per completed Hyperband iteration, over the last ``window_iterations``.
+        """The window rule over the last ``window_iterations`` whole Hyperband iterations of brackets.
 
         Why: each Hyperband bracket is an independent sample of the space, and one iteration runs
         every bracket once; a window shorter than that judges one or two brackets, and a sweep whose
         incumbent rises once an iteration reads flat for most of its checks. The figures are those of
-        the completed iterations only, so every check within the next iteration sees the same
-        evidence, and it counts once toward ``patience``.
+        complete brackets only (``verdict_every``: the window ends at the last completed iteration,
+        or slides along by whole brackets), so every check until the next one completes sees the
+        same evidence, and it counts once toward ``patience``.
         """
         s = self.settings
         per = s.brackets_per_iteration
         assert per is not None and s.window_iterations is not None
         records = ledger.records
-        if bracket is None:  # without the stage's bracket, the latest iteration seen is still running
+        if bracket is None:  # without the stage's bracket, the latest bracket seen is still running
             bracket = max((r.bracket for r in records), default=0)
-        completed = bracket // per
-        need = s.window_iterations + 1  # the window and an incumbent before it
-        if completed < need:
-            detail = f"{completed} of the {need} completed iterations the window needs"
+        step = per if s.verdict_every == "iteration" else 1
+        completed = (bracket // step) * step  # brackets 0 … completed − 1 are complete, in whole steps
+        span = s.window_iterations * per
+        if completed < span + 1:  # the window and a bracket before it, for the incumbent it started from
+            detail = f"{completed} of the {span + 1} completed brackets the window needs"
             return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
         last = completed - 1
-        done = [r for r in records if r.bracket // per <= last]
-        window = sum(r.gpu_hours for r in done if r.bracket // per > last - s.window_iterations)
+        done = [r for r in records if r.bracket <= last]
+        window = sum(r.gpu_hours for r in done if r.bracket > last - span)
         gain = window_gain(incumbent_curve(done, self.mode, top_k=s.top_k), window, self.mode)
-        note = f" (iterations {last - s.window_iterations + 1}–{last}, {window:.4g} GPU-h)"
+        where = f"brackets {last - span + 1}–{last}, {window:.4g} GPU-h"
+        note = f" ({where})"
         if s.noisy:
             level = level_gain(done, window, self.mode, top_k=s.top_k)
             if level is not None:
-                note = (f" (iterations {last - s.window_iterations + 1}–{last}, {window:.4g} GPU-h; record "
-                        f"{'-' if gain is None else format(gain, '.4g')}, level {level:.4g})")
+                note = f" ({where}; record {'-' if gain is None else format(gain, '.4g')}, level {level:.4g})"
                 gain = level if gain is None else max(gain, level)
         figures["gain"] = gain
         if gain is None:
             self.below_threshold_checks = 0
             detail = "the highest fidelity changed inside the window: the sweep is still climbing the rungs"
             return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
-        return self._judge(ledger, stage, gain, note, ("iteration", last), figures)
+        return self._judge(ledger, stage, gain, note, ("bracket", last), figures)

@@ -174,6 +174,8 @@ class BudgetConfig(_Strict):
     on_cap: Literal["finish", "cancel"] = "cancel"
     window_iterations: int | None = Field(
         default=1, description="window in whole Hyperband iterations when window_gpu_hours is not set; patience then counts iterations")
+    verdict_every: Literal["iteration", "bracket"] = Field(
+        default="iteration", description="judge the iteration window once per completed iteration, or sliding, once per completed bracket")
 
     @field_validator("max_gpu_hours", "max_cost", "window_gpu_hours")
     @classmethod
@@ -235,6 +237,7 @@ class BudgetConfig(_Strict):
             noisy=self.noisy,
             on_cap=self.on_cap,
             window_iterations=self.window_iterations,
+            verdict_every=self.verdict_every,
         )
 
 

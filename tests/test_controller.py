@@ -428,7 +428,7 @@ def test_iteration_window_stops_after_patience_flat_iterations_and_counts_each_o
     assert decisions[-1].best == 4 and "2 completed iterations" in decisions[-1].detail
     # Warm-up: no verdict before two iterations are complete.
     assert all(d.gain_per_gpu_hour is None for d in decisions[:8])
-    assert "completed iterations the window needs" in decisions[0].detail
+    assert "completed brackets the window needs" in decisions[0].detail
     # Iteration 1's verdict at every stage of iteration 2, iteration 2's (counted once) during iteration 3.
     assert [d.gain_per_gpu_hour for d in decisions[8:]] == pytest.approx([0.5] * 4 + [0.0] * 5)
     assert [d.below_threshold_checks for d in decisions[8:]] == [0] * 4 + [1] * 4 + [2]
