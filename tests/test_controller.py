@@ -481,3 +481,22 @@ def test_iteration_window_in_noisy_mode_takes_the_level_gain_too() -> None:
     noisy = iteration_controller(patience=2, noisy=True)
     decisions = hyperband_run(noisy, tops)
     assert not any(d.stop for d in decisions) and "level" in decisions[-1].detail
+
+
+def test_sliding_iteration_window_judges_every_completed_bracket() -> None:
+    # Converged in bracket 2, the first of iteration 1: the sliding window (one iteration, judged per
+    # bracket) sees brackets 3–4 flat and stops before bracket 5; verdicts per iteration see iteration
+    # 1 rise and wait for iteration 2 to end.
+    tops = [1, 2, 3, 3, 3, 3, 3, 3, 3, 3]
+    sliding = iteration_controller(patience=1, verdict_every="bracket")
+    decisions = hyperband_run(sliding, tops)
+    assert decisions[-1].stop and decisions[-1].stage == "bracket 5 rung 0"
+    assert decisions[-1].spent_gpu_hours == pytest.approx(10.0) and "1 completed brackets" in decisions[-1].detail
+    aligned = iteration_controller(patience=1)
+    assert hyperband_run(aligned, tops)[-1].stage == "bracket 6 rung 0"
+    # A rise once an iteration, anywhere in it, keeps every one-iteration window above the threshold.
+    climbing = [float(i // 4 + (i % 4 == 3)) for i in range(24)]
+    sliding = iteration_controller(patience=1, verdict_every="bracket", brackets_per_iteration=4)
+    decisions = hyperband_run(sliding, climbing)
+    assert not any(d.stop for d in decisions)
+    assert min(d.gain_per_gpu_hour for d in decisions if d.gain_per_gpu_hour is not None) == pytest.approx(0.125)
