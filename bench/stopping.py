@@ -496,6 +496,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int, default=2, help="thread runtime slots")
     p.add_argument("--replay-only", action="store_true",
                    help="run no sweep: replay the rules on the ledgers already in OUT/runs (e.g. after changing a rule)")
+    p.add_argument("--keep-finished", action="store_true",
+                   help="replay, not rerun, the runs already finished in OUT/runs (a grid extended or resumed)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -521,12 +523,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     runtime=runtime,
                 )
                 run_dir = out / "runs" / str(instance) / f"seed{seed}"
-                if args.replay_only:
-                    result_file = run_dir / "result.json"
-                    if not result_file.is_file() or json.loads(result_file.read_text()).get("status") != "finished":
+                result_file = run_dir / "result.json"
+                finished = result_file.is_file() and json.loads(result_file.read_text()).get("status") == "finished"
+                if args.replay_only or (args.keep_finished and finished):
+                    if not finished:
                         print(f"  {instance} seed {seed}: no finished run in {run_dir}; skipped", flush=True)
                         continue
-                    wall = float("nan")
+                    wall = float(json.loads(result_file.read_text()).get("elapsed_seconds", float("nan")))
                 else:
                     _, wall = _run(cfg, run_dir)
                 cell = replay(run_dir, args.rules, seed, str(instance))
