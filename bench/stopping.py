@@ -68,7 +68,9 @@ OURS: dict[str, dict[str, Any]] = {
     "rungflow window p3": {"patience": 3},
     "rungflow window 2it": {"window_iterations": 2, "patience": 1},
     "rungflow slide p1": {"verdict_every": "bracket", "patience": 1},
+    "rungflow slide p2": {"verdict_every": "bracket", "patience": 2},
     "rungflow slide p3": {"verdict_every": "bracket", "patience": 3},
+    "rungflow slide p4": {"verdict_every": "bracket", "patience": 4},
     "rungflow slide p5": {"verdict_every": "bracket", "patience": 5},
     "rungflow window 0.5h": {"window_gpu_hours": 0.5, "min_gpu_hours": 0.5},
     "rungflow window 0.5h p4": {"window_gpu_hours": 0.5, "min_gpu_hours": 0.5, "patience": 4},
@@ -76,7 +78,7 @@ OURS: dict[str, dict[str, Any]] = {
 }
 RULES: tuple[str, ...] = (*OURS, "ray plateau", "optuna terminator")
 # Each rule's main knob, swept for the trade-off table (the replays are offline, so this is cheap).
-OUR_GRID = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)  # min_gain_per_gpu_hour
+OUR_GRID = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)  # min_gain_per_gpu_hour
 GRID: dict[str, tuple[float, ...]] = {
     **{rule: OUR_GRID for rule in OURS},
     "ray plateau": (0.02, 0.05, 0.1, 0.2, 0.5),  # std of the top 10
