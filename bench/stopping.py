@@ -8,9 +8,9 @@ Protocol (per instance and seed):
 
   - ``rungflow window …``: :class:`budgets.controller.BudgetController`, checked before every
     stage (the flow's own check points, with the stage's bracket), with the budget config's
-    defaults (window: the last complete Hyperband iteration, patience 2 iterations) and the
-    variants in ``OURS`` (patience 1 or 3, a two-iteration window, ``noisy``, last session's
-    fixed 0.5 GPU-h window);
+    defaults (window: the last Hyperband iteration's worth of complete brackets, judged as each
+    bracket completes, patience 2) and the variants in ``OURS`` (patience 1 or 3, verdicts once
+    per iteration, ``noisy``, last session's fixed 0.5 GPU-h window);
   - ``rungflow forecast``: ``stop_rule="forecast"`` with :func:`budgets.forecast.stage_forecast`
     and the flow's cost-per-unit prediction, as ``Sweep.decide`` computes them;
   - ``ray plateau``: Ray Tune's own ``ExperimentPlateauStopper``, called on every reported result
@@ -59,21 +59,16 @@ PLATEAU = {"std": 0.1, "top": 10, "patience": 0}  # accuracy points; Tune's defa
 TERMINATOR_ERROR = 0.2  # accuracy points: the error the regret bound is compared with
 TERMINATOR_MIN_TRIALS = 20
 
-# Our rule's variants: budget-config keys on top of the defaults (window: one Hyperband iteration,
-# patience 2 iterations). "0.5h" is last session's fixed window of 0.5 GPU-h with 0.5 GPU-h warm-up.
+# Our rule's variants: budget-config keys on top of the defaults (window: one Hyperband iteration's
+# brackets, sliding by whole brackets, patience 2 brackets). "0.5h" is last session's fixed window of
+# 0.5 GPU-h with 0.5 GPU-h warm-up.
 OURS: dict[str, dict[str, Any]] = {
     "rungflow window": {},
     "rungflow window noisy": {"noisy": True},
     "rungflow window p1": {"patience": 1},
     "rungflow window p3": {"patience": 3},
-    "rungflow window 2it": {"window_iterations": 2, "patience": 1},
-    "rungflow slide p1": {"verdict_every": "bracket", "patience": 1},
-    "rungflow slide p2": {"verdict_every": "bracket", "patience": 2},
-    "rungflow slide p3": {"verdict_every": "bracket", "patience": 3},
-    "rungflow slide p4": {"verdict_every": "bracket", "patience": 4},
-    "rungflow slide p5": {"verdict_every": "bracket", "patience": 5},
+    "rungflow window per-iteration": {"verdict_every": "iteration"},
     "rungflow window 0.5h": {"window_gpu_hours": 0.5, "min_gpu_hours": 0.5},
-    "rungflow window 0.5h p4": {"window_gpu_hours": 0.5, "min_gpu_hours": 0.5, "patience": 4},
     "rungflow forecast": {"stop_rule": "forecast", "min_gpu_hours": 0.5},
 }
 RULES: tuple[str, ...] = (*OURS, "ray plateau", "optuna terminator")

@@ -9,8 +9,9 @@ answers with a :class:`BudgetDecision` that the flow carries out and records. Th
   reached, averaged over the top ``top_k`` so one lucky noisy evaluation cannot carry it) over a
   trailing window of spend, per GPU-hour, is below ``min_gain_per_gpu_hour`` for ``patience``
   consecutive verdicts after a warm-up of ``min_gpu_hours``. Under Hyperband and successive
-  halving the window is, by default, the last ``window_iterations`` complete iterations (every
-  bracket once), judged once per completed iteration, so patience counts iterations; with
+  halving the window is, by default, the spend of the last ``window_iterations`` iterations' worth of
+  complete brackets (every bracket size once), sliding: judged once per completed bracket, so
+  patience counts brackets (``verdict_every="iteration"``: once per completed iteration); with
   ``window_gpu_hours`` set (or under ASHA) it is that much spend, judged before every stage. Only checks with new
   evidence count: a window with no spend at the highest fidelity (a bracket still on its lower
   rungs) and a check with no new result there since the last counted one neither count nor reset
@@ -80,8 +81,8 @@ class BudgetSettings:
     # The window in whole Hyperband iterations (used when window_gpu_hours is not set and the
     # scheduler has iterations); patience then counts completed iterations.
     window_iterations: int | None = 1
-    # When the window is judged: once per completed iteration, or sliding, once per completed bracket.
-    verdict_every: Literal["iteration", "bracket"] = "iteration"
+    # When the window is judged: sliding, once per completed bracket, or once per completed iteration.
+    verdict_every: Literal["bracket", "iteration"] = "bracket"
     # Filled in from the scheduler, not by users: Hyperband s_max + 1, successive halving 1, else None.
     brackets_per_iteration: int | None = None
 

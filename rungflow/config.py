@@ -173,9 +173,9 @@ class BudgetConfig(_Strict):
     noisy: bool = Field(default=False, description="scores vary from seed to seed: a rise of the top results' level also counts as gain")
     on_cap: Literal["finish", "cancel"] = "cancel"
     window_iterations: int | None = Field(
-        default=1, description="window in whole Hyperband iterations when window_gpu_hours is not set; patience then counts iterations")
-    verdict_every: Literal["iteration", "bracket"] = Field(
-        default="iteration", description="judge the iteration window once per completed iteration, or sliding, once per completed bracket")
+        default=1, description="window in whole Hyperband iterations when window_gpu_hours is not set (Hyperband, successive halving)")
+    verdict_every: Literal["bracket", "iteration"] = Field(
+        default="bracket", description="judge the iteration window sliding, once per completed bracket, or once per completed iteration")
 
     @field_validator("max_gpu_hours", "max_cost", "window_gpu_hours")
     @classmethod

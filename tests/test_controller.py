@@ -415,7 +415,7 @@ def hyperband_run(ctl: BudgetController, tops: list[float], *, pass_bracket: boo
 
 
 def iteration_controller(**settings) -> BudgetController:
-    settings = {"min_gain_per_gpu_hour": 0.1, "brackets_per_iteration": 2, **settings}
+    settings = {"min_gain_per_gpu_hour": 0.1, "brackets_per_iteration": 2, "verdict_every": "iteration", **settings}
     return controller(**settings)[0]
 
 
@@ -494,9 +494,24 @@ def test_sliding_iteration_window_judges_every_completed_bracket() -> None:
     assert decisions[-1].spent_gpu_hours == pytest.approx(10.0) and "1 completed brackets" in decisions[-1].detail
     aligned = iteration_controller(patience=1)
     assert hyperband_run(aligned, tops)[-1].stage == "bracket 6 rung 0"
+    # The default is the sliding window.
+    assert BudgetSettings().verdict_every == "bracket" and BudgetSettings().window_iterations == 1
     # A rise once an iteration, anywhere in it, keeps every one-iteration window above the threshold.
     climbing = [float(i // 4 + (i % 4 == 3)) for i in range(24)]
     sliding = iteration_controller(patience=1, verdict_every="bracket", brackets_per_iteration=4)
     decisions = hyperband_run(sliding, climbing)
     assert not any(d.stop for d in decisions)
     assert min(d.gain_per_gpu_hour for d in decisions if d.gain_per_gpu_hour is not None) == pytest.approx(0.125)
+
+
+def test_sliding_window_does_not_stop_on_a_flat_stretch_shorter_than_patience() -> None:
+    # Defaults: one iteration (2 brackets) sliding, patience 2. Flat for exactly one iteration
+    # (brackets 4–5), then rising: one verdict below the threshold, never a stop.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, brackets_per_iteration=2)
+    decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 5, 6, 7, 8])
+    assert not any(d.stop for d in decisions)
+    assert [d.below_threshold_checks for d in decisions if d.stage.endswith("rung 0")][4:] == [0, 0, 1, 0, 0, 0]
+    # Flat one bracket longer: stopped at the second flat verdict.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, brackets_per_iteration=2)
+    decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 4, 6, 7, 8])
+    assert decisions[-1].stop and decisions[-1].stage == "bracket 7 rung 0" and "2 completed brackets" in decisions[-1].detail
