@@ -421,8 +421,12 @@ class BudgetController:
         step = per if s.verdict_every == "iteration" else 1
         completed = (bracket // step) * step  # brackets 0 … completed − 1 are complete, in whole steps
         span = s.window_iterations * per
-        if completed < span + 1:  # the window and a bracket before it, for the incumbent it started from
-            detail = f"{completed} of the {span + 1} completed brackets the window needs"
+        # The window and an iteration before it: the first iteration's incumbent is one bracket's
+        # survivor, picked before the searcher had a model of the top fidelity, and a window judged
+        # against it read flat while LCBench 126025 and 7593 sweeps were about to rise 7–11 points.
+        need = span + per
+        if completed < need:
+            detail = f"{completed} of the {need} completed brackets the window needs"
             return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
         last = completed - 1
         done = [r for r in records if r.bracket <= last]

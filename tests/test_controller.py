@@ -515,3 +515,15 @@ def test_sliding_window_does_not_stop_on_a_flat_stretch_shorter_than_patience() 
     ctl, _ = controller(min_gain_per_gpu_hour=0.1, brackets_per_iteration=2)
     decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 4, 6, 7, 8])
     assert decisions[-1].stop and decisions[-1].stage == "bracket 7 rung 0" and "2 completed brackets" in decisions[-1].detail
+
+
+def test_sliding_window_waits_for_an_iteration_before_the_window() -> None:
+    # Flat for the whole first iteration and one bracket more, then a big rise: the window needs an
+    # iteration before it, so the first verdict comes before bracket 4 (2 brackets an iteration) and
+    # sees the rise of bracket 3.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, brackets_per_iteration=2)
+    decisions = hyperband_run(ctl, [1, 1, 1, 9, 9.5, 10, 10.5, 11])
+    assert not any(d.stop for d in decisions)
+    first = next(d for d in decisions if d.gain_per_gpu_hour is not None)
+    assert first.stage == "bracket 4 rung 0" and first.gain_per_gpu_hour == pytest.approx(8 / 4)
+    assert "3 of the 4 completed brackets" in decisions[6].detail
