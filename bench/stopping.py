@@ -467,6 +467,24 @@ def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[s
                           f"[{st.origin or '?'}, {st.entry_budget:g} ep, #{st.entry_rank}/{st.entry_size}]" for st in c.steps[1:])
         lines.append(f"- {c.instance}/s{c.seed} (first {c.steps[0].score:.2f} at {c.steps[0].gpu_hours:.1f} h, final "
                      f"{c.steps[-1].score:.2f}): {rises}")
+    ours = "rungflow window"
+    if ours in rules:
+        lines += ["", f"## {ours} against each rule, run by run, at equal loss", "",
+                  "both ≤ 0.2: runs where both lost at most 0.2 points, and in how many of them ours spent less / the same "
+                  "(±1 % of the run) / more; only ours, only theirs: runs where just one of the two stayed within 0.2.", "",
+                  "| rule | both ≤ 0.2 | ours spent less / same / more | median saved, ours vs theirs | only ours ≤ 0.2 | only theirs ≤ 0.2 |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for other in rules:
+            if other == ours:
+                continue
+            pairs = [(c.outcomes[ours], c.outcomes[other]) for c in cells]
+            ok = lambda o: o.regret is not None and o.regret <= 0.2 + 1e-9  # noqa: E731
+            both = [(a, b) for a, b in pairs if ok(a) and ok(b)]
+            less = sum(1 for a, b in both if a.saved > b.saved + 0.01)
+            more = sum(1 for a, b in both if a.saved < b.saved - 0.01)
+            lines.append(f"| {other} | {len(both)}/{len(pairs)} | {less} / {len(both) - less - more} / {more} | "
+                         f"{fmt(median([a.saved for a, _ in both]), '.0%')} vs {fmt(median([b.saved for _, b in both]), '.0%')} | "
+                         f"{sum(1 for a, b in pairs if ok(a) and not ok(b))} | {sum(1 for a, b in pairs if ok(b) and not ok(a))} |")
     if trade:
         lines += ["", "## Every setting, all runs pooled", "",
                   "**bold**: the setting with the largest mean saving among those where no run lost more than 0.2 points.", "",
