@@ -6,9 +6,13 @@ answers with a :class:`BudgetDecision` that the flow carries out and records. Th
 * hard caps: ``max_gpu_hours``, ``max_cost``, a wall-clock ``deadline``; a stage whose predicted
   cost would cross a cap is not started;
 * the marginal-gain stop: the improvement of the incumbent (best score at the highest fidelity
-  reached, averaged over the top ``top_k`` so one lucky noisy evaluation cannot carry it) over the
-  last ``window_gpu_hours`` of spend, per GPU-hour, is below ``min_gain_per_gpu_hour`` for
-  ``patience`` consecutive checks after a warm-up of ``min_gpu_hours``. Only checks with new
+  reached, averaged over the top ``top_k`` so one lucky noisy evaluation cannot carry it) over a
+  trailing window of spend, per GPU-hour, is below ``min_gain_per_gpu_hour`` for ``patience``
+  consecutive verdicts after a warm-up of ``min_gpu_hours``. Under Hyperband and successive
+  halving the window is, by default, the spend of the last ``window_iterations`` iterations' worth of
+  complete brackets (every bracket size once), sliding: judged once per completed bracket, so
+  patience counts brackets (``verdict_every="iteration"``: once per completed iteration); with
+  ``window_gpu_hours`` set (or under ASHA) it is that much spend, judged before every stage. Only checks with new
   evidence count: a window with no spend at the highest fidelity (a bracket still on its lower
   rungs) and a check with no new result there since the last counted one neither count nor reset
   the patience. With ``noisy=True`` a rise
@@ -78,6 +82,13 @@ class BudgetSettings:
     noisy: bool = False
     on_cap: Literal["finish", "cancel"] = "cancel"
     target_score: float | None = None
+    # The window in whole Hyperband iterations (used when window_gpu_hours is not set and the
+    # scheduler has iterations); patience then counts completed iterations.
+    window_iterations: int | None = 1
+    # When the window is judged: sliding, once per completed bracket, or once per completed iteration.
+    verdict_every: Literal["bracket", "iteration"] = "bracket"
+    # Filled in from the scheduler, not by users: Hyperband s_max + 1, successive halving 1, else None.
+    brackets_per_iteration: int | None = None
 
 
 @dataclass(frozen=True)
@@ -250,7 +261,7 @@ class BudgetController:
         self.started_at = started_at if started_at is not None else clock()
         self.below_threshold_checks = 0
         self.checks = 0
-        self._counted_evidence: int | None = None
+        self._counted_evidence: Any = None  # what the last counted check was measured on
 
     def _decision(self, action: Action, reason: str | None, stage: str, ledger: Ledger, **figures: Any) -> BudgetDecision:
         now = self.clock()
@@ -319,12 +330,15 @@ class BudgetController:
         expected_gain: float | None = None,
         forecast_gpu_hours: float | None = None,
         forecast_detail: str = "",
+        bracket: int | None = None,
     ) -> BudgetDecision:
         """Called before every stage.
 
         ``expected_gain`` (metric units) feeds the forecast rule: the gain that spending
         ``forecast_gpu_hours`` (default: the next stage's predicted GPU-hours) is expected to buy,
-        e.g. the rest of a bracket (:func:`budgets.forecast.forecast_gain`).
+        e.g. the rest of a bracket (:func:`budgets.forecast.forecast_gain`). ``bracket``: the index
+        of the bracket the stage belongs to (synchronous schedulers), which tells the iteration
+        window when an iteration is complete.
         """
         self.checks += 1
         s = self.settings
@@ -350,6 +364,8 @@ class BudgetController:
             else:
                 gain = max(0.0, expected_gain) / spend
                 note = f" ({forecast_detail}, {spend:.4g} GPU-h)" if forecast_detail else ""
+        elif self._iteration_mode():
+            return self._check_iterations(ledger, stage, bracket, figures)
         else:
             window = s.window_gpu_hours if s.window_gpu_hours is not None else max(s.min_gpu_hours, spent / 3)
             if not top_fidelity_in_window(ledger.records, window):
@@ -369,19 +385,32 @@ class BudgetController:
             detail = ("the highest fidelity changed inside the window: the sweep is still climbing the rungs"
                       if s.stop_rule == "window" else "no forecast yet: a rung step or entry budget without enough results")
             return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
+        evidence = ("record", _last_top_fidelity_record(ledger.records)) if s.stop_rule == "window" else None
+        return self._judge(ledger, stage, gain, note, evidence, figures)
+
+    def _judge(self, ledger: Ledger, stage: str, gain: float, note: str, evidence: Any,
+               figures: dict[str, Any]) -> BudgetDecision:
+        """Count ``gain`` against the threshold; ``evidence`` identifies what it was measured on, so
+        overlapping checks on the same evidence count once (None: every check counts)."""
+        s = self.settings
+        assert s.min_gain_per_gpu_hour is not None
+        if evidence is not None and evidence[0] == "bracket":
+            unit = "completed brackets" if s.verdict_every == "bracket" else "completed iterations"
+        else:
+            unit = "consecutive checks"
         if gain < s.min_gain_per_gpu_hour:
-            latest = _last_top_fidelity_record(ledger.records)
-            if s.stop_rule == "window" and latest == self._counted_evidence:
+            if evidence is not None and evidence == self._counted_evidence:
                 # Checks before every stage overlap: patience counts distinct evidence, not checks.
-                detail = (f"gain {gain:.4g}/GPU-h{note} below threshold, no new result at the highest fidelity since "
+                what = "bracket completed" if evidence[0] == "bracket" else "result at the highest fidelity"
+                detail = (f"gain {gain:.4g}/GPU-h{note} below threshold, no new {what} since "
                           f"the last check ({self.below_threshold_checks}/{s.patience})")
                 return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
-            self._counted_evidence = latest
+            self._counted_evidence = evidence
             self.below_threshold_checks += 1
             if self.below_threshold_checks >= s.patience:
                 detail = (
                     f"gain {gain:.4g}/GPU-h{note} below {s.min_gain_per_gpu_hour:.4g}/GPU-h "
-                    f"for {self.below_threshold_checks} consecutive checks"
+                    f"for {self.below_threshold_checks} {unit}"
                 )
                 return self._decision(Action.STOP, str(StopReason.MIN_GAIN), stage, ledger, detail=detail, **figures)
             detail = f"gain {gain:.4g}/GPU-h{note} below threshold ({self.below_threshold_checks}/{s.patience})"
@@ -391,3 +420,52 @@ class BudgetController:
             Action.CONTINUE, None, stage, ledger, detail=f"gain {gain:.4g}/GPU-h{note} at or above threshold", **figures
         )
 
+    def _iteration_mode(self) -> bool:
+        s = self.settings
+        return (s.stop_rule == "window" and s.window_gpu_hours is None and s.window_iterations is not None
+                and s.brackets_per_iteration is not None)
+
+    def _check_iterations(self, ledger: Ledger, stage: str, bracket: int | None,
+                          figures: dict[str, Any]) -> BudgetDecision:
+        """The window rule over the last ``window_iterations`` whole Hyperband iterations of brackets.
+
+        Why: each Hyperband bracket is an independent sample of the space, and one iteration runs
+        every bracket once; a window shorter than that judges one or two brackets, and a sweep whose
+        incumbent rises once an iteration reads flat for most of its checks. The figures are those of
+        complete brackets only (``verdict_every``: the window ends at the last completed iteration,
+        or slides along by whole brackets), so every check until the next one completes sees the
+        same evidence, and it counts once toward ``patience``.
+        """
+        s = self.settings
+        per = s.brackets_per_iteration
+        assert per is not None and s.window_iterations is not None
+        records = ledger.records
+        if bracket is None:  # without the stage's bracket, the latest bracket seen is still running
+            bracket = max((r.bracket for r in records), default=0)
+        step = per if s.verdict_every == "iteration" else 1
+        completed = (bracket // step) * step  # brackets 0 … completed − 1 are complete, in whole steps
+        span = s.window_iterations * per
+        # The window and an iteration before it: the first iteration's incumbent is one bracket's
+        # survivor, picked before the searcher had a model of the top fidelity, and a window judged
+        # against it read flat while LCBench 126025 and 7593 sweeps were about to rise 7–11 points.
+        need = span + per
+        if completed < need:
+            detail = f"{completed} of the {need} completed brackets the window needs"
+            return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
+        last = completed - 1
+        done = [r for r in records if r.bracket <= last]
+        window = sum(r.gpu_hours for r in done if r.bracket > last - span)
+        gain = window_gain(incumbent_curve(done, self.mode, top_k=s.top_k), window, self.mode)
+        where = f"brackets {last - span + 1}–{last}, {window:.4g} GPU-h"
+        note = f" ({where})"
+        if s.noisy:
+            level = level_gain(done, window, self.mode, top_k=s.top_k)
+            if level is not None:
+                note = f" ({where}; record {'-' if gain is None else format(gain, '.4g')}, level {level:.4g})"
+                gain = level if gain is None else max(gain, level)
+        figures["gain"] = gain
+        if gain is None:
+            self.below_threshold_checks = 0
+            detail = "the highest fidelity changed inside the window: the sweep is still climbing the rungs"
+            return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
+        return self._judge(ledger, stage, gain, note, ("bracket", last), figures)

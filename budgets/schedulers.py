@@ -89,6 +89,16 @@ class SyncScheduler:
     def num_trials(self) -> int:
         return sum(b.num_trials for b in self.brackets)
 
+    @property
+    def brackets_per_iteration(self) -> int | None:
+        """Brackets in one iteration (every bracket size once): Hyperband s_max + 1, successive halving 1,
+        FIFO None (a single bracket is no repeated sample of the space)."""
+        if self.kind == SchedulerKind.HYPERBAND:
+            return len({b.s for b in self.brackets})
+        if self.kind == SchedulerKind.SHA:
+            return 1
+        return None
+
 
 def FIFOScheduler(*, num_trials: int, max_budget: float, min_budget: float | None = None, eta: float = 3) -> SyncScheduler:
     """Every trial to the full budget: one rung, no early stopping (the full-budget baseline)."""

@@ -21,6 +21,7 @@ from its previous rung's checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -125,6 +126,8 @@ class Sweep:
         # A missing dataset fails the flow now, naming the fix, not as a sweep of failed trials.
         config.trainable_class()(config.trainable.options).check()
         settings = config.budget.settings()
+        if isinstance(scheduler, SyncScheduler):
+            settings = dataclasses.replace(settings, brackets_per_iteration=scheduler.brackets_per_iteration)
         ledger_path, config_path = run_dir / "ledger.jsonl", run_dir / "config.json"
         # One process per run directory: a second one would bill the first one's running trials as interrupted.
         lock = lock_run_dir(run_dir)
@@ -245,8 +248,10 @@ class Sweep:
         forecast = None
         if settings.stop_rule == "forecast" and settings.min_gain_per_gpu_hour is not None:
             forecast = self.forecast(stage)
+        match = re.fullmatch(r"bracket (\d+) rung \d+", stage)
         decision = self.controller.check_before_stage(
             self.ledger, stage=stage, next_stage_gpu_hours=self.predicted_gpu_hours(units),
+            bracket=int(match.group(1)) if match else None,
             expected_gain=forecast.expected_gain if forecast is not None else None,
             forecast_gpu_hours=self.predicted_gpu_hours(forecast.budget_units) if forecast is not None else None,
             forecast_detail=forecast.detail if forecast is not None else "",

@@ -180,6 +180,10 @@ class BudgetConfig(_Strict):
         if v is not None and not math.isfinite(v):
             raise ValueError("must be a finite score; remove the key to search until another rule stops")
         return v
+    window_iterations: int | None = Field(
+        default=1, description="window in whole Hyperband iterations when window_gpu_hours is not set (Hyperband, successive halving)")
+    verdict_every: Literal["bracket", "iteration"] = Field(
+        default="bracket", description="judge the iteration window sliding, once per completed bracket, or once per completed iteration")
 
     @field_validator("max_gpu_hours", "max_cost", "window_gpu_hours")
     @classmethod
@@ -210,10 +214,10 @@ class BudgetConfig(_Strict):
             raise ValueError("must be a positive duration, e.g. 3600 or '4h'")
         return v
 
-    @field_validator("patience", "top_k")
+    @field_validator("patience", "top_k", "window_iterations")
     @classmethod
-    def _at_least_one(cls, v: int) -> int:
-        if v < 1:
+    def _at_least_one(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
             raise ValueError("must be at least 1")
         return v
 
@@ -241,6 +245,8 @@ class BudgetConfig(_Strict):
             noisy=self.noisy,
             on_cap=self.on_cap,
             target_score=self.target_score,
+            window_iterations=self.window_iterations,
+            verdict_every=self.verdict_every,
         )
 
 

@@ -86,6 +86,9 @@ BAD_CASES = [
     pytest.param(["budget.max_cost=-5"], "budget.max_cost", "-5", id="negative-max_cost"),
     pytest.param(["budget.patience=0"], "budget.patience", "0", id="patience-zero"),
     pytest.param(["budget.top_k=0"], "budget.top_k", "0", id="top_k-zero"),
+    pytest.param(["budget.window_iterations=0"], "budget.window_iterations", "0", id="window_iterations-zero"),
+    pytest.param(["trainable.kind=yahpo_lcbench", "trainable.options.noise_std=-1"], "trainable.options.noise_std", "-1",
+                 id="negative-noise_std"),
     pytest.param(["budget.min_gain_per_gpu_hour=-0.5"], "budget.min_gain_per_gpu_hour", "-0.5", id="negative-gain"),
     pytest.param(["budget.max_gpu_hours=2", "budget.window_gpu_hours=5"], "budget.window_gpu_hours", "5",
                  id="window-larger-than-cap"),
@@ -292,9 +295,10 @@ def test_budget_settings_round_trip() -> None:
     config = validate(
         with_("budget.max_gpu_hours=4", "budget.max_cost=20", "budget.min_gain_per_gpu_hour=0.01",
               "budget.window_gpu_hours=1", "budget.patience=3", "budget.top_k=2", "budget.stop_rule=forecast",
-              "budget.on_cap=finish", "budget.min_gpu_hours=0.5")
+              "budget.on_cap=finish", "budget.min_gpu_hours=0.5", "budget.window_iterations=2")
     )
     s = config.budget.settings()
+    assert s.window_iterations == 2 and validate(with_()).budget.settings().window_iterations == 1
     assert (s.max_gpu_hours, s.max_cost, s.min_gain_per_gpu_hour, s.window_gpu_hours) == (4, 20, 0.01, 1)
     assert (s.patience, s.top_k, s.stop_rule, s.on_cap, s.min_gpu_hours) == (3, 2, "forecast", "finish", 0.5)
 

@@ -407,3 +407,139 @@ def test_target_score_stops_at_the_first_full_budget_result_that_reaches_it(mode
     for decision in (ctl.check_in_flight(ledger), ctl.check_before_stage(ledger, stage="s2")):
         assert decision.stop and decision.reason == "target_score" == StopReason.TARGET
         assert "t002" in decision.detail and f"{target:.4g}" in decision.detail
+
+
+# --- the window in Hyperband iterations ----------------------------------------------------------------
+
+
+def hyperband_run(ctl: BudgetController, tops: list[float], *, pass_bracket: bool = True) -> list:
+    """One bracket per score: 1 GPU-h at budget 3 (score − 1), then 1 GPU-h at budget 9 (the score).
+
+    The controller is asked before every stage, as the flow does, with the stage's bracket.
+    """
+    ledger, decisions = ledger_of(), []
+    for b, top in enumerate(tops):
+        for rung, budget, score in ((0, 3.0, top - 1.0), (1, 9.0, top)):
+            d = ctl.check_before_stage(ledger, stage=f"bracket {b} rung {rung}", bracket=b if pass_bracket else None)
+            decisions.append(d)
+            if d.stop:
+                return decisions
+            ledger.charge(SpendRecord(trial_id=f"t{b}-{rung}", bracket=b, rung=rung, budget=budget, score=score,
+                                      status=TrialStatus.COMPLETED, gpu_seconds=3600.0, gpus=1.0, cost=PRICE,
+                                      started_at=0.0, finished_at=1.0))
+    return decisions
+
+
+def iteration_controller(**settings) -> BudgetController:
+    settings = {"min_gain_per_gpu_hour": 0.1, "brackets_per_iteration": 2, "verdict_every": "iteration", **settings}
+    return controller(**settings)[0]
+
+
+def test_iteration_window_stops_after_patience_flat_iterations_and_counts_each_once() -> None:
+    # Two brackets (4 GPU-h) an iteration. Iteration 1 gains 2 points (0.5/GPU-h), 2 and 3 none.
+    ctl = iteration_controller(patience=2)
+    decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 4, 4, 9, 9])
+    assert decisions[-1].stop and decisions[-1].stage == "bracket 8 rung 0"  # the first stage of iteration 4
+    assert decisions[-1].spent_gpu_hours == pytest.approx(16.0)
+    assert decisions[-1].best == 4 and "2 completed iterations" in decisions[-1].detail
+    # Warm-up: no verdict before two iterations are complete.
+    assert all(d.gain_per_gpu_hour is None for d in decisions[:8])
+    assert "completed brackets the window needs" in decisions[0].detail
+    # Iteration 1's verdict at every stage of iteration 2, iteration 2's (counted once) during iteration 3.
+    assert [d.gain_per_gpu_hour for d in decisions[8:]] == pytest.approx([0.5] * 4 + [0.0] * 5)
+    assert [d.below_threshold_checks for d in decisions[8:]] == [0] * 4 + [1] * 4 + [2]
+
+
+def test_iteration_window_does_not_stop_on_a_flat_stretch_shorter_than_patience() -> None:
+    # Flat for one iteration (a single dip below the threshold), then climbing again: never stops.
+    ctl = iteration_controller(patience=2)
+    decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 5, 6, 6, 6, 7, 8])
+    assert not any(d.stop for d in decisions)
+    assert max(d.below_threshold_checks for d in decisions) == 1
+
+
+def test_iteration_window_sees_progress_that_a_short_window_misses() -> None:
+    # Four brackets an iteration; only the last bracket of each iteration finds a better model (the
+    # late climbs of LCBench 7593): +1 point per 8 GPU-h iteration, 0.125/GPU-h, above 0.1.
+    tops = [float(i // 4 + (i % 4 == 3)) for i in range(24)]
+    short, _ = controller(min_gain_per_gpu_hour=0.1, window_gpu_hours=2.0, patience=2)
+    assert hyperband_run(short, tops)[-1].stop  # two flat 2-GPU-h windows inside one iteration
+    ctl = iteration_controller(patience=2, brackets_per_iteration=4)
+    decisions = hyperband_run(ctl, tops)
+    assert not any(d.stop for d in decisions)
+    assert decisions[-1].gain_per_gpu_hour == pytest.approx(0.125)
+    # A bigger window in iterations, and patience 1: the same verdicts.
+    ctl = iteration_controller(patience=1, brackets_per_iteration=4, window_iterations=2)
+    assert not any(d.stop for d in hyperband_run(ctl, tops))
+
+
+def test_iteration_window_without_the_stage_bracket_waits_for_the_next_iteration_to_start() -> None:
+    # Without the bracket the controller cannot tell a finished iteration from one about to start,
+    # so the verdict comes one stage later: at the second stage of iteration 4.
+    ctl = iteration_controller(patience=2)
+    decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 4, 4, 9, 9], pass_bracket=False)
+    assert decisions[-1].stop and decisions[-1].stage == "bracket 8 rung 1"
+
+
+def test_iteration_window_gives_way_to_a_window_in_gpu_hours_and_to_schedulers_without_iterations() -> None:
+    tops = [1, 2, 3, 4, 4, 4, 4, 4, 9, 9]
+    fixed = iteration_controller(patience=2, window_gpu_hours=2.0)
+    assert hyperband_run(fixed, tops)[-1].stage == "bracket 6 rung 0"  # two flat 2-GPU-h windows
+    asha = iteration_controller(patience=2, brackets_per_iteration=None)  # window: a third of the spend
+    assert "iteration" not in hyperband_run(asha, tops)[-1].detail
+
+
+def test_iteration_window_in_noisy_mode_takes_the_level_gain_too() -> None:
+    # The record stays flat after a lucky 10 in iteration 1, but the level of the results keeps rising.
+    tops = [1, 10, 3, 4, 5, 6, 7, 8, 9, 9.5, 9.8, 9.9]
+    plain = iteration_controller(patience=2)
+    assert hyperband_run(plain, tops)[-1].stop
+    noisy = iteration_controller(patience=2, noisy=True)
+    decisions = hyperband_run(noisy, tops)
+    assert not any(d.stop for d in decisions) and "level" in decisions[-1].detail
+
+
+def test_sliding_iteration_window_judges_every_completed_bracket() -> None:
+    # Converged in bracket 2, the first of iteration 1: the sliding window (one iteration, judged per
+    # bracket) sees brackets 3–4 flat and stops before bracket 5; verdicts per iteration see iteration
+    # 1 rise and wait for iteration 2 to end.
+    tops = [1, 2, 3, 3, 3, 3, 3, 3, 3, 3]
+    sliding = iteration_controller(patience=1, verdict_every="bracket")
+    decisions = hyperband_run(sliding, tops)
+    assert decisions[-1].stop and decisions[-1].stage == "bracket 5 rung 0"
+    assert decisions[-1].spent_gpu_hours == pytest.approx(10.0) and "1 completed brackets" in decisions[-1].detail
+    aligned = iteration_controller(patience=1)
+    assert hyperband_run(aligned, tops)[-1].stage == "bracket 6 rung 0"
+    # The default is the sliding window.
+    assert BudgetSettings().verdict_every == "bracket" and BudgetSettings().window_iterations == 1
+    # A rise once an iteration, anywhere in it, keeps every one-iteration window above the threshold.
+    climbing = [float(i // 4 + (i % 4 == 3)) for i in range(24)]
+    sliding = iteration_controller(patience=1, verdict_every="bracket", brackets_per_iteration=4)
+    decisions = hyperband_run(sliding, climbing)
+    assert not any(d.stop for d in decisions)
+    assert min(d.gain_per_gpu_hour for d in decisions if d.gain_per_gpu_hour is not None) == pytest.approx(0.125)
+
+
+def test_sliding_window_does_not_stop_on_a_flat_stretch_shorter_than_patience() -> None:
+    # Defaults: one iteration (2 brackets) sliding, patience 2. Flat for exactly one iteration
+    # (brackets 4–5), then rising: one verdict below the threshold, never a stop.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, brackets_per_iteration=2)
+    decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 5, 6, 7, 8])
+    assert not any(d.stop for d in decisions)
+    assert [d.below_threshold_checks for d in decisions if d.stage.endswith("rung 0")][4:] == [0, 0, 1, 0, 0, 0]
+    # Flat one bracket longer: stopped at the second flat verdict.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, brackets_per_iteration=2)
+    decisions = hyperband_run(ctl, [1, 2, 3, 4, 4, 4, 4, 6, 7, 8])
+    assert decisions[-1].stop and decisions[-1].stage == "bracket 7 rung 0" and "2 completed brackets" in decisions[-1].detail
+
+
+def test_sliding_window_waits_for_an_iteration_before_the_window() -> None:
+    # Flat for the whole first iteration and one bracket more, then a big rise: the window needs an
+    # iteration before it, so the first verdict comes before bracket 4 (2 brackets an iteration) and
+    # sees the rise of bracket 3.
+    ctl, _ = controller(min_gain_per_gpu_hour=0.1, brackets_per_iteration=2)
+    decisions = hyperband_run(ctl, [1, 1, 1, 9, 9.5, 10, 10.5, 11])
+    assert not any(d.stop for d in decisions)
+    first = next(d for d in decisions if d.gain_per_gpu_hour is not None)
+    assert first.stage == "bracket 4 rung 0" and first.gain_per_gpu_hour == pytest.approx(8 / 4)
+    assert "3 of the 4 completed brackets" in decisions[6].detail

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -281,3 +282,13 @@ def test_marginal_gain_rule_stops_a_surrogate_sweep_and_records_why(prefect_serv
     # The spend up to the stop is the same spend the full run made: same seed, same proposals.
     keys = lambda r: {(e["trial_id"], e["rung"], e["score"]) for e in r["events"]}  # noqa: E731
     assert keys(stopped) <= keys(full)
+    # The default window, one Hyperband iteration's brackets (4 here), judged as each bracket completes:
+    # the stop comes before the first stage of a bracket, once the window and an iteration before it
+    # (8 brackets) are complete.
+    by_iteration = run_sweep(validate({**base, "budget": {"max_gpu_hours": 100, "min_gain_per_gpu_hour": 0.5,
+                                                          "patience": 1}}), tmp_path / "by-iteration")
+    last = by_iteration["decisions"][-1]
+    assert by_iteration["stop_reason"] == "min_gain_per_gpu_hour", last
+    match = re.fullmatch(r"bracket (\d+) rung 0", last["stage"])
+    assert match and int(match.group(1)) >= 8 and "completed brackets" in last["detail"], last
+    assert keys(by_iteration) <= keys(full)

@@ -163,6 +163,39 @@ def test_lcbench_noisy_without_noisy_model_is_a_clear_error(lcbench) -> None:
         noisy.train(TrainRequest("y6", LC_CONFIG, 5))
 
 
+def test_lcbench_synthetic_noise_is_seeded_gaussian_around_the_clean_score(lcbench) -> None:
+    noisy = get_trainable_class("yahpo_lcbench")({"noise_std": 0.5})
+    clean = lcbench.train(TrainRequest("y9", LC_CONFIG, 20, seed=1)).score
+    out = noisy.train(TrainRequest("y9", LC_CONFIG, 20, seed=1))
+    assert out.metrics["val_accuracy_clean"] == clean and out.metrics["val_accuracy"] == out.score != clean
+    # Deterministic per (seed, trial, epoch): a rerun and a resumed trial see the same draw.
+    assert noisy.train(TrainRequest("y9", LC_CONFIG, 20, seed=1)).score == out.score
+    at5 = noisy.train(TrainRequest("y9", LC_CONFIG, 5, seed=1))
+    assert noisy.train(TrainRequest("y9", LC_CONFIG, 20, seed=1, checkpoint=at5.checkpoint)).score == out.score
+    # std 0.5 at 50 %, 0.5·2√(p(1 − p)) at p: a binomial error's shape.
+    sigma = 0.5 * 2 * math.sqrt(clean / 100 * (1 - clean / 100))
+    draws = np.array([noisy.train(TrainRequest(f"n{i}", LC_CONFIG, 20, seed=1)).score for i in range(300)]) - clean
+    assert abs(draws.mean()) < 0.25 * sigma and 0.8 * sigma < draws.std() < 1.2 * sigma
+
+
+def test_synthetic_noise_shrinks_toward_certain_accuracies() -> None:
+    from tasks.trainables.yahpo_lcbench import synthetic_noise
+
+    spread = lambda acc: np.std([synthetic_noise(acc, 0.7, seed) - acc for seed in range(2000)])  # noqa: E731
+    assert spread(50.0) == pytest.approx(0.7, rel=0.1)
+    assert spread(85.0) == pytest.approx(0.5, rel=0.1)  # the bench's setting: 0.5 points at 85 %
+    assert spread(99.6) == pytest.approx(0.088, rel=0.1)
+    assert synthetic_noise(100.0, 0.7, 1) == 100.0 and 0.0 <= synthetic_noise(0.01, 5.0, 3) <= 100.0
+
+
+def test_lcbench_noise_options_are_checked() -> None:
+    cls = get_trainable_class("yahpo_lcbench")
+    with pytest.raises(ValidationError, match="zero or more"):
+        cls({"noise_std": -0.1})
+    with pytest.raises(ValidationError, match="either noisy .* or noise_std"):
+        cls({"noisy": True, "noise_std": 0.5})
+
+
 def test_lcbench_unknown_instance_lists_valid_ones() -> None:
     with pytest.raises(ValidationError, match="unknown LCBench instance '42'.*3945"):
         get_trainable_class("yahpo_lcbench")({"instance": "42"})
