@@ -111,11 +111,8 @@ def test_s3_source_unreachable_endpoint_is_a_clear_error(monkeypatch) -> None:
         DataSpec.parse({"source": "s3://bucket.csv", "label": "y"})
 
 
-def test_s3_csv_and_parquet_read_through_boto3(request, mixed_csv) -> None:
-    try:
-        request.getfixturevalue("s3_server")  # a real SeaweedFS S3 gateway; sets AWS_ENDPOINT_URL and keys
-    except pytest.FixtureLookupError:
-        pytest.skip("no s3_server fixture (SeaweedFS) in this checkout's tests/conftest.py")
+def test_s3_csv_and_parquet_read_through_boto3(s3_server, mixed_csv) -> None:
+    # s3_server: a real SeaweedFS S3 gateway; it sets AWS_ENDPOINT_URL and keys.
     import io
 
     import boto3
@@ -226,6 +223,7 @@ def test_autogluon_fits_in_seconds_keeps_its_leaderboard_and_round_trips(tmp_pat
     assert loaded.family == "autogluon" and loaded.leaderboard == model.leaderboard
 
 
+@pytest.mark.optional_env
 @pytest.mark.skipif(not AUTOSKLEARN.available(), reason=AUTOSKLEARN.missing_reason())
 def test_autosklearn_fits_in_its_own_environment_and_round_trips(tmp_path) -> None:
     model = fit_model("autosklearn", {"data": BC}, {}, 45)
