@@ -221,3 +221,9 @@ def fmt(x: float | None, spec: str = ".2f", none: str = "-") -> str:
     if isinstance(x, float) and math.isinf(x):
         return "∞" if x > 0 else "-∞"
     return format(x, spec)
+
+
+def wall_and_load(meta: Mapping[str, Any]) -> str:
+    """The footer every bench table carries: how long it ran and how loaded the machine was."""
+    return (f"Wall time {meta['wall_seconds']:.0f} s; 1-min load average {meta['loadavg_before'][0]:.2f} before, "
+            f"{meta['loadavg_after'][0]:.2f} after; {meta['machine']}.")

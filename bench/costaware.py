@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bench.common import LCBENCH_MAX_EPOCH, Point, first_reach, fmt, median, peak_rss_mb, prefect_api, run_config, write_json
+from bench.common import LCBENCH_MAX_EPOCH, Point, first_reach, fmt, median, peak_rss_mb, prefect_api, run_config, wall_and_load, write_json
 from bench.efficiency import BASELINE_TRIALS, CAP_FRACTION, TARGET_MARGIN, _metrics, _run
 
 __all__ = ["METHODS", "run", "add_arguments"]
@@ -169,8 +169,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
             f"{fmt(r['median_reach_fraction'], '.3f')} | {fmt(r['median_best'])} | {fmt(r['median_gap_to_B'])} | "
             f"{fmt(r['median_full_seconds'], '.0f')} | {fmt(r['median_trials'], '.0f')} |"
         )
-    lines += ["", f"Wall time {meta['wall_seconds']:.0f} s; 1-min load average {meta['loadavg_before'][0]:.2f} before, "
-              f"{meta['loadavg_after'][0]:.2f} after; {meta['machine']}.", ""]
+    lines += ["", wall_and_load(meta), ""]
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bench.common import LCBENCH_MAX_EPOCH, fmt, median, peak_rss_mb, prefect_api, run_config, write_json
+from bench.common import LCBENCH_MAX_EPOCH, fmt, median, peak_rss_mb, prefect_api, run_config, wall_and_load, write_json
 from bench.efficiency import _run
 
 __all__ = ["RULES", "run", "add_arguments", "replay"]
@@ -495,8 +495,7 @@ def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[s
             lines.append(f"| {name} | {KNOB[t['rule']]} {t['setting']:g} | {t['stopped']}/{t['runs']} | "
                          f"{fmt(t['mean_saved'], '.0%')} | {fmt(t['median_saved'], '.0%')} | {fmt(t['median_regret'])} | "
                          f"{fmt(t['max_regret'])} | {t['within']}/{t['runs']} | {t['met']}/{t['runs']} |")
-    lines += ["", f"Wall time {meta['wall_seconds']:.0f} s; 1-min load average {meta['loadavg_before'][0]:.2f} before, "
-              f"{meta['loadavg_after'][0]:.2f} after; {meta['machine']}.", ""]
+    lines += ["", wall_and_load(meta), ""]
     return "\n".join(lines)
 
 

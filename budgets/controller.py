@@ -372,13 +372,9 @@ class BudgetController:
                 # Neither counts nor resets: the lower rungs' results reach the top fidelity later.
                 detail = "no spend at the highest fidelity in the window: no evidence either way"
                 return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
-            gain = window_gain(curve, window, self.mode)
-            if s.noisy:
-                # Progress is a better record or a better level; either alone can be hidden by noise.
-                level = level_gain(ledger.records, window, self.mode, top_k=s.top_k)
-                if level is not None:
-                    note = f" (record {'-' if gain is None else format(gain, '.4g')}, level {level:.4g})"
-                    gain = level if gain is None else max(gain, level)
+            gain, both = self._record_or_level(ledger.records, window, window_gain(curve, window, self.mode))
+            if both:
+                note = f" ({both})"
         figures["gain"] = gain
         if gain is None:
             self.below_threshold_checks = 0
@@ -387,6 +383,18 @@ class BudgetController:
             return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
         evidence = ("record", _last_top_fidelity_record(ledger.records)) if s.stop_rule == "window" else None
         return self._judge(ledger, stage, gain, note, evidence, figures)
+
+    def _record_or_level(self, records: list[SpendRecord], window: float,
+                         gain: float | None) -> tuple[float | None, str]:
+        """With ``noisy``, progress is a better record or a better level: either alone can be hidden by
+        noise. Returns the gain to judge and, when the level was measured, both figures for the note."""
+        if not self.settings.noisy:
+            return gain, ""
+        level = level_gain(records, window, self.mode, top_k=self.settings.top_k)
+        if level is None:
+            return gain, ""
+        both = f"record {'-' if gain is None else format(gain, '.4g')}, level {level:.4g}"
+        return (level if gain is None else max(gain, level)), both
 
     def _judge(self, ledger: Ledger, stage: str, gain: float, note: str, evidence: Any,
                figures: dict[str, Any]) -> BudgetDecision:
@@ -457,12 +465,8 @@ class BudgetController:
         window = sum(r.gpu_hours for r in done if r.bracket > last - span)
         gain = window_gain(incumbent_curve(done, self.mode, top_k=s.top_k), window, self.mode)
         where = f"brackets {last - span + 1}–{last}, {window:.4g} GPU-h"
-        note = f" ({where})"
-        if s.noisy:
-            level = level_gain(done, window, self.mode, top_k=s.top_k)
-            if level is not None:
-                note = f" ({where}; record {'-' if gain is None else format(gain, '.4g')}, level {level:.4g})"
-                gain = level if gain is None else max(gain, level)
+        gain, both = self._record_or_level(done, window, gain)
+        note = f" ({where}; {both})" if both else f" ({where})"
         figures["gain"] = gain
         if gain is None:
             self.below_threshold_checks = 0
