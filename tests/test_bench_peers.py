@@ -20,6 +20,10 @@ peers = pytest.importorskip("bench.peers")
 
 INSTANCE = "3945"
 CAP_GPU_HOURS = 0.12  # ~75 epochs on 3945: a few trials, some pruned, in seconds
+# Ray Tune runs 2 trials at once, but one may report all its epochs while the other's worker is still loading
+# the surrogate; alone it can spend up to ~0.68 GPU-h on 3945 (52 epochs, the dearest of 400 random configs),
+# so under a smaller cap "at least 2 trials" depends on who starts first. Above it a second trial must report.
+TUNE_CAP_GPU_HOURS = 0.7
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def surrogate():
         pytest.skip(f"LCBench surrogate unavailable: {exc}")
 
 
-def _check_billing(run, surrogate, concurrency: int) -> None:
+def _check_billing(run, surrogate, concurrency: int, cap_gpu_hours: float = CAP_GPU_HOURS) -> None:
     by_trial: dict[str, list[dict]] = defaultdict(list)
     for e in run.events:
         by_trial[e["trial_id"]].append(e)
@@ -53,7 +57,7 @@ def _check_billing(run, surrogate, concurrency: int) -> None:
     assert cumulative == sorted(cumulative) and cumulative[-1] == pytest.approx(run.gpu_hours)
     # Stopped by the cap, and not much past it: at most one more epoch per trial running at once.
     assert run.stop_reason == "max_gpu_hours"
-    assert CAP_GPU_HOURS <= run.gpu_hours <= CAP_GPU_HOURS + concurrency * max_epoch_seconds / 3600
+    assert cap_gpu_hours <= run.gpu_hours <= cap_gpu_hours + concurrency * max_epoch_seconds / 3600
     # The pruner/scheduler did its job: some trial stopped before 52 epochs.
     assert any(len(v) < LCBENCH_MAX_EPOCH for v in by_trial.values()), f"{run.method}: no trial was pruned"
     assert run.best_config is not None and set(run.best_config) == set(config)
@@ -69,8 +73,8 @@ def test_optuna_bills_surrogate_time_and_stops_at_cap(method, surrogate):
 def test_ray_tune_bills_surrogate_time_and_stops_at_cap(method, surrogate, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    run = peers.run_peer(method, INSTANCE, 0, CAP_GPU_HOURS)
-    _check_billing(run, surrogate, concurrency=peers.CONCURRENCY)
+    run = peers.run_peer(method, INSTANCE, 0, TUNE_CAP_GPU_HOURS)
+    _check_billing(run, surrogate, concurrency=peers.CONCURRENCY, cap_gpu_hours=TUNE_CAP_GPU_HOURS)
     assert run.trials >= 2
 
 
