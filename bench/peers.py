@@ -76,6 +76,9 @@ class Ledger:
         self.seconds = 0.0
         self.events: list[dict[str, Any]] = []
         self.configs: dict[str, dict[str, Any]] = {}  # trial id -> config, so a bill can be checked against the surrogate
+        # Set by a peer's own stop rule (Tune's plateau stopper, Optuna's Terminator) when it ends the run.
+        self.stopped_by: str | None = None
+        self.stopped_at_gpu_hours: float | None = None
         self._lock = threading.Lock()
 
     @property
@@ -85,6 +88,15 @@ class Ledger:
     @property
     def exhausted(self) -> bool:
         return self.seconds >= self.cap_seconds
+
+    def mark_stopped(self, rule: str) -> None:
+        with self._lock:
+            if self.stopped_by is None:
+                self.stopped_by, self.stopped_at_gpu_hours = rule, self.seconds / 3600.0
+
+    @property
+    def stop_reason(self) -> str:
+        return self.stopped_by or ("max_gpu_hours" if self.exhausted else "finished")
 
     def bill(self, trial_id: str, epoch: int, score: float, seconds: float, config: Mapping[str, Any]) -> None:
         with self._lock:
@@ -126,27 +138,36 @@ def _ledger(token: str) -> Ledger:
     return peers._LEDGERS[token]
 
 
-def _tune_stopper(token: str) -> Any:
+def _tune_stopper(token: str, plateau: Mapping[str, Any] | None = None) -> Any:
     from ray.tune import Stopper
+    from ray.tune.stopper import ExperimentPlateauStopper
 
     class SurrogateSpendStopper(Stopper):
         """Bills each reported epoch's surrogate seconds; stops the whole experiment at the GPU-hour cap.
 
         Tune's own ``time_budget_s`` counts wall-clock, not what the trials would have cost on a GPU.
+        With ``plateau`` (``std``, ``top``, ``patience``), Tune's own ``ExperimentPlateauStopper`` sees
+        every reported result, as it would as the run's ``stop=``, and ends the experiment when it says so.
         """
 
         def __init__(self, token: str) -> None:
             self.token = token
+            self.plateau = None if plateau is None else ExperimentPlateauStopper(METRIC, mode="max", **plateau)
 
         def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
             ledger = _ledger(self.token)
-            if "epoch_seconds" in result:  # Tune's own bookkeeping results carry no metrics
-                ledger.bill(trial_id, int(result["epoch"]), float(result[METRIC]), float(result["epoch_seconds"]),
-                            result.get("config", {}))
+            if "epoch_seconds" not in result:  # Tune's own bookkeeping results carry no metrics
+                return False
+            ledger.bill(trial_id, int(result["epoch"]), float(result[METRIC]), float(result["epoch_seconds"]),
+                        result.get("config", {}))
+            if self.plateau is not None and self.plateau(trial_id, result):
+                ledger.mark_stopped("plateau")
+                return True
             return False  # ASHA decides per trial; the cap is stop_all's
 
         def stop_all(self) -> bool:
-            return _ledger(self.token).exhausted
+            ledger = _ledger(self.token)
+            return ledger.exhausted or ledger.stopped_by is not None
 
     return SurrogateSpendStopper(token)
 
@@ -185,8 +206,9 @@ def _tune_space(space: Any, search: str) -> tuple[dict[str, Any] | None, Any]:
 
 
 def run_ray_tune(instance: str, seed: int, cap_gpu_hours: float, *, search: str, max_trials: int = 100_000,
-                 storage: Path | None = None) -> PeerRun:
-    """Ray Tune ``Tuner.fit()``: ``search`` ("optuna": OptunaSearch with TPE; "random") + ASHAScheduler."""
+                 storage: Path | None = None, plateau: Mapping[str, Any] | None = None) -> PeerRun:
+    """Ray Tune ``Tuner.fit()``: ``search`` ("optuna": OptunaSearch with TPE; "random") + ASHAScheduler,
+    stopped at the cap or, with ``plateau``, by Tune's ``ExperimentPlateauStopper``."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -213,7 +235,7 @@ def run_ray_tune(instance: str, seed: int, cap_gpu_hours: float, *, search: str,
             num_samples=max_trials, max_concurrent_trials=CONCURRENCY, reuse_actors=True,
         ),
         run_config=tune.RunConfig(name=f"{search}-asha-{instance}-s{seed}", storage_path=str(tmp), verbose=0,
-                                  stop=_tune_stopper(token)),
+                                  stop=_tune_stopper(token, plateau)),
     )
     t0 = time.perf_counter()
     try:
@@ -237,10 +259,9 @@ def run_ray_tune(instance: str, seed: int, cap_gpu_hours: float, *, search: str,
         pass  # no trial reported anything before the cap
     return PeerRun(
         method=f"tune-{search}+asha", events=ledger.events, gpu_hours=ledger.gpu_hours, best_config=best_config,
-        best_reported=best_reported, best_epoch=best_epoch,
-        stop_reason="max_gpu_hours" if ledger.exhausted else "finished",
+        best_reported=best_reported, best_epoch=best_epoch, stop_reason=ledger.stop_reason,
         trials=len({e["trial_id"] for e in ledger.events}), wall_seconds=wall,
-        configs=ledger.configs,
+        configs=ledger.configs, extra={"stopped_at_gpu_hours": ledger.stopped_at_gpu_hours},
     )
 
 
@@ -260,8 +281,11 @@ def _start_ray() -> None:
 
 
 # --- Optuna -------------------------------------------------------------------------------------------
-def run_optuna(instance: str, seed: int, cap_gpu_hours: float, *, pruner: str, max_trials: int = 100_000) -> PeerRun:
-    """Optuna alone: ``study.optimize`` with TPE and ``pruner`` ("hyperband" or "sha"), one trial at a time."""
+def run_optuna(instance: str, seed: int, cap_gpu_hours: float, *, pruner: str, max_trials: int = 100_000,
+               terminator: Mapping[str, Any] | None = None) -> PeerRun:
+    """Optuna alone: ``study.optimize`` with TPE and ``pruner`` ("hyperband" or "sha"), one trial at a time,
+    stopped at the cap or, with ``terminator`` (``error``, ``min_n_trials``), by Optuna's own ``Terminator``
+    (GP regret bound against a static error), asked after every trial as ``TerminatorCallback`` asks."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -296,8 +320,11 @@ def run_optuna(instance: str, seed: int, cap_gpu_hours: float, *, pruner: str, m
         if ledger.exhausted:
             study.stop()
 
+    callbacks: list[Callable[[Any, Any], None]] = [stop_at_cap]
+    if terminator is not None:
+        callbacks.append(_terminator_callback(ledger, terminator))
     t0 = time.perf_counter()
-    study.optimize(objective, n_trials=max_trials, callbacks=[stop_at_cap], catch=())
+    study.optimize(objective, n_trials=max_trials, callbacks=callbacks, catch=())
     wall = time.perf_counter() - t0
     best_config, best_reported, best_epoch = None, None, None
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -313,10 +340,39 @@ def run_optuna(instance: str, seed: int, cap_gpu_hours: float, *, pruner: str, m
             best_reported = float(t.intermediate_values[best_epoch])
     return PeerRun(
         method=f"optuna-tpe+{pruner}", events=ledger.events, gpu_hours=ledger.gpu_hours, best_config=best_config,
-        best_reported=best_reported, best_epoch=best_epoch,
-        stop_reason="max_gpu_hours" if ledger.exhausted else "finished", trials=len(study.trials), wall_seconds=wall,
-        configs=ledger.configs,
+        best_reported=best_reported, best_epoch=best_epoch, stop_reason=ledger.stop_reason,
+        trials=len(study.trials), wall_seconds=wall, configs=ledger.configs,
+        extra={"stopped_at_gpu_hours": ledger.stopped_at_gpu_hours},
     )
+
+
+def _terminator_callback(ledger: Ledger, settings: Mapping[str, Any]) -> Callable[[Any, Any], None]:
+    """Optuna's ``TerminatorCallback`` (``should_terminate``, then ``study.stop()``), asked only after a COMPLETE trial.
+
+    Its verdict depends on the COMPLETE trials alone (the regret bound is a GP fit on them, seeded; the
+    error is static), so after a pruned trial it would repeat the last one: skipping those calls gives
+    the same stop and spares one GP fit per pruned trial (most of Hyperband's trials).
+    """
+    import warnings
+
+    import optuna
+    from optuna.terminator import RegretBoundEvaluator, StaticErrorEvaluator, Terminator
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")  # deprecated in 4.9, still Optuna's own rule
+    terminator = Terminator(
+        improvement_evaluator=RegretBoundEvaluator(seed=0), error_evaluator=StaticErrorEvaluator(float(settings["error"])),
+        min_n_trials=int(settings.get("min_n_trials", 20)),
+    )
+
+    def ask(study: Any, trial: Any) -> None:
+        if trial.state != optuna.trial.TrialState.COMPLETE or ledger.stopped_by is not None:
+            return
+        if terminator.should_terminate(study):
+            ledger.mark_stopped("terminator")
+            study.stop()
+
+    return ask
 
 
 def _suggest(trial: Any, name: str, dist: Any) -> Any:

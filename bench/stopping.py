@@ -95,6 +95,10 @@ class Outcome:
     saved: float  # share of the full run's GPU-hours
     regret: float | None  # full run's final best − best at the stop
     detail: str = ""
+    # At the user's price (MIN_GAIN points per GPU-h): what the spend after the stop bought, per GPU-h, and
+    # how far the stop falls short of the best stop in hindsight in (accuracy − price × GPU-h).
+    after_gain_per_gpu_hour: float | None = None
+    price_shortfall: float | None = None
 
 
 @dataclass
@@ -212,13 +216,38 @@ def incumbent_steps(records: Sequence[Any], brackets_per_iteration: int, origins
 
 
 def _outcome(rule: str, setting: float, records: Sequence[Any], stop_at: int | None, total: float, final_best: float,
-             detail: str = "") -> Outcome:
-    """``stop_at``: number of records spent when the rule stopped (None: never)."""
+             detail: str = "", hindsight: float | None = None, price: float = MIN_GAIN) -> Outcome:
+    """``stop_at``: number of records spent when the rule stopped (None: never); ``hindsight``: the run's
+    :func:`best_value_at_price` at ``price`` (computed here when not given)."""
     upto = len(records) if stop_at is None else stop_at
     spent = sum(r.gpu_seconds for r in records[:upto]) / 3600.0
     best = _best_at_top(records, upto)
+    after = None
+    if best is not None and total - spent > 1e-9:
+        after = (final_best - best) / (total - spent)
+    if hindsight is None:
+        hindsight = best_value_at_price(records, price)
+    shortfall = None if best is None else hindsight - (best - price * spent)
     return Outcome(rule, setting, stop_at is not None, spent, best, 1.0 - spent / total if total else 0.0,
-                   None if best is None else final_best - best, detail)
+                   None if best is None else final_best - best, detail, after, shortfall)
+
+
+def best_value_at_price(records: Sequence[Any], price: float) -> float:
+    """max over stop points of (best accuracy at 52 epochs − ``price`` × GPU-h spent): the stop a user who
+    values one accuracy point at 1/``price`` GPU-h would pick in hindsight.
+
+    The rule's threshold is that price: "stop once a GPU-hour buys less than ``price`` points". On a run
+    whose incumbent climbs late but slowly, stopping early loses points yet is the right call at that price;
+    the regret target alone cannot tell that from a premature stop, this can.
+    """
+    value, spent, best = -math.inf, 0.0, None
+    for i, r in enumerate(records):
+        spent += r.gpu_seconds / 3600.0
+        if r.ok and abs(r.budget - LCBENCH_MAX_EPOCH) < 1e-9 and (best is None or r.score > best.score):
+            best = r
+        if best is not None:
+            value = max(value, _clean(best) - price * spent)
+    return value
 
 
 def _stage_starts(records: Sequence[Any]) -> list[int]:
@@ -363,10 +392,11 @@ def replay(run_dir: Path, rules: Sequence[str], seed: int, instance: str = "") -
 
     outcomes: dict[str, Outcome] = {}
     grid: list[Outcome] = []
+    hindsight = best_value_at_price(records, MIN_GAIN)
     for rule in rules:
         for setting in sorted({*GRID[rule], DEFAULT_SETTING[rule]}):
             stop_at, detail = stop(rule, setting)
-            outcome = _outcome(rule, setting, records, stop_at, total, final_best, detail)
+            outcome = _outcome(rule, setting, records, stop_at, total, final_best, detail, hindsight)
             grid.append(outcome)
             if setting == DEFAULT_SETTING[rule]:
                 outcomes[rule] = outcome
@@ -394,6 +424,11 @@ def summarize(cells: Sequence[Cell], rules: Sequence[str]) -> list[dict[str, Any
                 # on the runs where ≥ 60 % at ≤ 0.2 was possible at all: how many this rule achieved
                 "met_where_reachable": sum(1 for c in cs if c.oracle_saved >= 0.6 and c.outcomes[rule].saved >= 0.6
                                            and c.outcomes[rule].regret is not None and c.outcomes[rule].regret <= 0.2 + 1e-9),
+                # at the user's price (MIN_GAIN): stops after which a GPU-hour bought less than the price
+                "stops_worth_it": sum(1 for o in outs if o.stopped and o.after_gain_per_gpu_hour is not None
+                                      and o.after_gain_per_gpu_hour <= MIN_GAIN + 1e-12),
+                "median_shortfall": median([math.inf if o.price_shortfall is None else o.price_shortfall for o in outs]),
+                "max_shortfall": max((math.inf if o.price_shortfall is None else o.price_shortfall for o in outs), default=None),
             })
     return rows
 
@@ -422,7 +457,7 @@ def tradeoff(cells: Sequence[Cell], rules: Sequence[str], max_loss: float = 0.2)
 
 
 def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[str, Any],
-             trade: Sequence[dict[str, Any]] = ()) -> str:
+             trade: Sequence[dict[str, Any]] = (), live: Sequence[Any] = ()) -> str:
     noise = meta.get("noise_std", 0.0)
     ours = "; ".join(f"{k}: {', '.join(f'{a}={b}' for a, b in v.items()) or 'config defaults'}" for k, v in OURS.items()
                      if k in meta["rules"])
@@ -451,6 +486,14 @@ def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[s
             f"{fmt(r['median_regret'])} | {fmt(r['max_regret'])} | {r['within_0.2']}/{r['runs']} | "
             f"{fmt(r['median_oracle'], '.0%')} | {r['met_where_reachable']}/{r['reachable']} |"
         )
+    lines += ["", f"## At the user's price: {MIN_GAIN} accuracy points per GPU-hour", "",
+              f"Our threshold is a price: a GPU-hour is worth spending while it buys at least {MIN_GAIN} points. "
+              "*worth stopping*: stops after which the rest of the run bought less than that per GPU-hour; *shortfall*: "
+              "(accuracy − price × GPU-h) of the best stop in hindsight minus the rule's, in accuracy points (0: the best "
+              "stop at this price; a rule that never stops pays the whole run).", "",
+              "| rule | stopped | worth stopping | median shortfall | max shortfall |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['rule']} | {r['stopped']}/{r['runs']} | {r['stops_worth_it']}/{r['stopped']} | "
+              f"{fmt(r['median_shortfall'])} | {fmt(r['max_shortfall'])} |" for r in rows if r["instance"] == "all"]
     rules = [r for r in meta["rules"]]
     lines += ["", "## Every run", "", "saved / regret per rule at its default setting; oracle as above.", "",
               "| run | GPU-h | final best | oracle | " + " | ".join(rules) + " |",
@@ -495,6 +538,10 @@ def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[s
             lines.append(f"| {name} | {KNOB[t['rule']]} {t['setting']:g} | {t['stopped']}/{t['runs']} | "
                          f"{fmt(t['mean_saved'], '.0%')} | {fmt(t['median_saved'], '.0%')} | {fmt(t['median_regret'])} | "
                          f"{fmt(t['max_regret'])} | {t['within']}/{t['runs']} | {t['met']}/{t['runs']} |")
+    if live:
+        from bench.stopping_live import live_markdown
+
+        lines += ["", live_markdown(cells, live)]
     lines += ["", wall_and_load(meta), ""]
     return "\n".join(lines)
 
@@ -510,12 +557,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int, default=2, help="thread runtime slots")
     p.add_argument("--replay-only", action="store_true",
                    help="run no sweep: replay the rules on the ledgers already in OUT/runs (e.g. after changing a rule)")
+    p.add_argument("--live-peers", action="store_true",
+                   help="also run Ray Tune and Optuna live on their own searches with their stop rules "
+                        "(bench.stopping_live), capped at each full sweep's GPU-hours; kept in OUT/live")
     p.add_argument("--keep-finished", action="store_true",
                    help="replay, not rerun, the runs already finished in OUT/runs (a grid extended or resumed)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out: Path = args.out
+    if args.live_peers and args.noise_std > 0:
+        raise SystemExit("stopping: --live-peers runs the peers on the noise-free surrogate; drop --noise-std or --live-peers")
     out.mkdir(parents=True, exist_ok=True)
     runtime = {"kind": "thread", "max_concurrent": args.max_concurrent}
     t0 = time.perf_counter()
@@ -558,11 +610,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "loadavg_after": list(os.getloadavg()), "peak_rss_mb": peak_rss_mb(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
+    live = []
+    if args.live_peers:
+        from bench.stopping_live import run_live
+
+        live = run_live(cells, out)
+        meta["wall_seconds"] = time.perf_counter() - t0
+        meta["loadavg_after"] = list(os.getloadavg())
     rows = summarize(cells, args.rules)
     trade = tradeoff(cells, args.rules)
-    data = {"meta": meta, "summary": rows, "tradeoff": trade, "cells": [asdict(c) for c in cells]}
+    data = {"meta": meta, "summary": rows, "tradeoff": trade, "cells": [asdict(c) for c in cells],
+            "live": [asdict(o) for o in live]}
     write_json(out / "results.json", data)
-    text = markdown(rows, cells, meta, trade)
+    text = markdown(rows, cells, meta, trade, live)
     (out / "results.md").write_text(text)
     print(text)
     print(f"stopping: wrote {out / 'results.json'}, {out / 'results.md'}", flush=True)
