@@ -296,7 +296,10 @@ def run_optuna(instance: str, seed: int, cap_gpu_hours: float, *, pruner: str, m
                                                 reduction_factor=REDUCTION_FACTOR)
     else:
         p = optuna.pruners.SuccessiveHalvingPruner(min_resource=GRACE_PERIOD, reduction_factor=REDUCTION_FACTOR)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=p)
+    # Named: HyperbandPruner puts a trial in a bracket by a hash of the study name and trial number, and
+    # an unnamed study gets a random name, so the same seed would give a different run each time.
+    study = optuna.create_study(study_name=f"lcbench-{instance}-s{seed}-{pruner}", direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=seed), pruner=p)
     ledger = Ledger(cap_gpu_hours)
 
     def objective(trial: Any) -> float:
