@@ -41,6 +41,7 @@ def _browser_or_skip():
 
 def test_sweep_is_watchable_in_the_prefect_ui(prefect_ui_server: str, tmp_path: Path) -> None:
     sync_playwright = _browser_or_skip()
+    from playwright.sync_api import expect
     api = prefect_ui_server
     ui = f"{urlsplit(api).scheme}://{urlsplit(api).netloc}"
     config = tmp_path / "sweep.yaml"
@@ -112,9 +113,12 @@ def test_sweep_is_watchable_in_the_prefect_ui(prefect_ui_server: str, tmp_path: 
             # The summary: best configuration, its cost, the stop reason.
             page.goto(f"{ui}/v2/artifacts/artifact/{latest[f'{KEY}-summary']}")
             page.get_by_role("heading", name=f"Sweep summary: {NAME}").wait_for()
-            text = page.locator("main").inner_text() if page.locator("main").count() else page.inner_text("body")
-            assert best in text and f"${result['best']['cost']:.2f}" in text and "max_gpu_hours" in text
-            assert f"would have cost {result['savings']['gpu_hours']:.4g} GPU-hours" in text
+            # The heading can paint before the rest of the markdown (CI once read the page in between):
+            # wait for each figure, as a user would, rather than reading the text once.
+            body = page.locator("main") if page.locator("main").count() else page.locator("body")
+            for figure in (best, f"${result['best']['cost']:.2f}", "max_gpu_hours",
+                           f"would have cost {result['savings']['gpu_hours']:.4g} GPU-hours"):
+                expect(body).to_contain_text(figure, timeout=45_000)
             page.screenshot(path=shots / "summary.png", full_page=True)
         finally:
             browser.close()
