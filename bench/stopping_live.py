@@ -80,6 +80,11 @@ class LiveOutcome:
     def stopped(self) -> bool:
         return self.stopped_by not in ("max_gpu_hours", "finished")
 
+    def net_at_price(self, price: float) -> float:
+        """Accuracy points gained over running the full sweep, for a user who pays ``price`` points per GPU-hour
+        (our threshold read as a price): the GPU-hours not spent, priced, minus the loss."""
+        return price * (self.cap_gpu_hours - self.gpu_hours) - self.loss
+
 
 def _best_at_full_budget(events: Sequence[dict[str, Any]]) -> float | None:
     full = [e["score"] for e in events if abs(float(e["budget"]) - LCBENCH_MAX_EPOCH) < 1e-9]
@@ -131,7 +136,11 @@ def _ours(cells: Sequence[Any]) -> list[LiveOutcome]:
     return rows
 
 
-def live_markdown(cells: Sequence[Any], live: Sequence[LiveOutcome], max_loss: float = 0.2) -> str:
+def live_markdown(cells: Sequence[Any], live: Sequence[LiveOutcome], max_loss: float = 0.2,
+                  price: float | None = None) -> str:
+    from bench.stopping import MIN_GAIN
+
+    price = MIN_GAIN if price is None else price
     ours = _ours(cells)
     everything = [*ours, *live]
     rules = list(dict.fromkeys(o.rule for o in everything))
@@ -141,8 +150,12 @@ def live_markdown(cells: Sequence[Any], live: Sequence[LiveOutcome], max_loss: f
         "Each peer runs its own search on the same objective with its stop rule attached, capped at the GPU-hours of "
         "the full Hyperband sweep of the same instance and seed; saved and loss are against that sweep run to the end "
         "(loss < 0: the peer's own search found better). Ours: the controller's stop on the full sweep.", "",
-        "| instance | rule | stopped | median saved | median loss | max loss | loss ≤ 0.2 | met (≥ 60 % saved, loss ≤ 0.2) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"*net at {price:g}/GPU-h*: the GPU-hours not spent priced at our threshold ({price:g} points per GPU-hour) "
+        "minus the loss, in accuracy points: how much better off than the full sweep a user who pays that price is "
+        "(0: no better; a peer that never stops scores 0 whatever it found).", "",
+        f"| instance | rule | stopped | median saved | median loss | max loss | loss ≤ 0.2 | met (≥ 60 % saved, loss ≤ 0.2) "
+        f"| median net at {price:g}/GPU-h | total net |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for scope in [*dict.fromkeys(c.instance for c in cells), "all"]:
         for rule in rules:
@@ -153,10 +166,12 @@ def live_markdown(cells: Sequence[Any], live: Sequence[LiveOutcome], max_loss: f
             lines.append(
                 f"| {'**all**' if scope == 'all' else scope} | {rule} | {sum(o.stopped for o in outs)}/{len(outs)} | "
                 f"{fmt(median([o.saved for o in outs]), '.0%')} | {fmt(median(losses))} | {fmt(max(losses))} | "
-                f"{sum(ok(o) for o in outs)}/{len(outs)} | {sum(ok(o) and o.saved >= 0.6 for o in outs)}/{len(outs)} |")
+                f"{sum(ok(o) for o in outs)}/{len(outs)} | {sum(ok(o) and o.saved >= 0.6 for o in outs)}/{len(outs)} | "
+                f"{fmt(median([o.net_at_price(price) for o in outs]))} | {fmt(sum(o.net_at_price(price) for o in outs))} |")
     lines += ["", "Run by run at equal loss (both within 0.2 of the full sweep's best): ours spent less / the same (±1 % of "
-              "the sweep) / more.", "", "| peer | both ≤ 0.2 | ours less / same / more | median saved, ours vs theirs |",
-              "|---|---:|---:|---:|"]
+              f"the sweep) / more; and on every run, at the price: ours ahead / level (±0.01 points) / behind.", "",
+              f"| peer | both ≤ 0.2 | ours less / same / more | median saved, ours vs theirs | at {price:g}/GPU-h: ours ahead / "
+              "level / behind |", "|---|---:|---:|---:|---:|"]
     by_cell = {(o.instance, o.seed): o for o in ours}
     for rule in rules:
         if rule == OURS:
@@ -165,6 +180,9 @@ def live_markdown(cells: Sequence[Any], live: Sequence[LiveOutcome], max_loss: f
         both = [(a, b) for a, b in pairs if ok(a) and ok(b)]
         less = sum(1 for a, b in both if a.saved > b.saved + 0.01)
         more = sum(1 for a, b in both if a.saved < b.saved - 0.01)
+        nets = [a.net_at_price(price) - b.net_at_price(price) for a, b in pairs]
+        ahead, behind = sum(d > 0.01 for d in nets), sum(d < -0.01 for d in nets)
         lines.append(f"| {rule} | {len(both)}/{len(pairs)} | {less} / {len(both) - less - more} / {more} | "
-                     f"{fmt(median([a.saved for a, _ in both]), '.0%')} vs {fmt(median([b.saved for _, b in both]), '.0%')} |")
+                     f"{fmt(median([a.saved for a, _ in both]), '.0%')} vs {fmt(median([b.saved for _, b in both]), '.0%')} | "
+                     f"{ahead} / {len(nets) - ahead - behind} / {behind} |")
     return "\n".join(lines)

@@ -118,3 +118,7 @@ def test_live_outcomes_are_judged_against_the_full_sweep_and_kept(tmp_path, monk
     text = stopping_live.live_markdown([cell], first)
     # Both within 0.2 points? Ours lost 0.3, so the pair does not count at equal loss.
     assert "| fake rule | 0/1 |" in text and "| **all** | fake rule | 1/1 | 75% | 0.20 |" in text
+    # At a price of 1 point per GPU-hour: the peer saved 7.5 GPU-h for 0.2 points (7.30), ours 7 for 0.3 (6.70).
+    assert live.net_at_price(1.0) == pytest.approx(7.3)
+    priced = stopping_live.live_markdown([cell], first, price=1.0)
+    assert "| 7.30 | 7.30 |" in priced and "| 6.70 | 6.70 |" in priced and priced.rstrip().endswith("| 0 / 0 / 1 |")
