@@ -220,7 +220,9 @@ def fmt(x: float | None, spec: str = ".2f", none: str = "-") -> str:
         return none
     if isinstance(x, float) and math.isinf(x):
         return "∞" if x > 0 else "-∞"
-    return format(x, spec)
+    text = format(x, spec)
+    # A hair below zero (a peer that overshot its cap by one epoch) reads as "-0%": zero is what it means.
+    return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text
 
 
 def wall_and_load(meta: Mapping[str, Any]) -> str:
