@@ -225,7 +225,26 @@ def fmt(x: float | None, spec: str = ".2f", none: str = "-") -> str:
     return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text
 
 
+# The libraries whose releases change what a bench measures: the same seed gave different BOHB sweeps
+# under Optuna 4.x and 5.0 (its TPE changed), so every table says which it ran with.
+MEASURED_LIBRARIES = ("optuna", "ray", "prefect", "numpy", "torch", "yahpo-gym", "onnxruntime")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in MEASURED_LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
 def wall_and_load(meta: Mapping[str, Any]) -> str:
-    """The footer every bench table carries: how long it ran and how loaded the machine was."""
+    """The footer every bench table carries: how long it ran, how loaded the machine was, with which libraries."""
+    versions = meta.get("versions") or library_versions()
     return (f"Wall time {meta['wall_seconds']:.0f} s; 1-min load average {meta['loadavg_before'][0]:.2f} before, "
-            f"{meta['loadavg_after'][0]:.2f} after; {meta['machine']}.")
+            f"{meta['loadavg_after'][0]:.2f} after; {meta['machine']}; "
+            + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bench.common import LCBENCH_MAX_EPOCH, fmt, median, peak_rss_mb, prefect_api, run_config, wall_and_load, write_json
+from bench.common import LCBENCH_MAX_EPOCH, fmt, library_versions, median, peak_rss_mb, prefect_api, run_config, wall_and_load, write_json
 from bench.efficiency import _run
 
 __all__ = ["RULES", "run", "add_arguments", "replay"]
@@ -609,6 +609,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "iterations": args.iterations, "noise_std": max([c.noise_std for c in cells], default=args.noise_std), "wall_seconds": time.perf_counter() - t0, "loadavg_before": list(load_before),
         "loadavg_after": list(os.getloadavg()), "peak_rss_mb": peak_rss_mb(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "versions": library_versions(),
     }
     live = []
     if args.live_peers:
