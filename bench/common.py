@@ -243,8 +243,8 @@ def library_versions() -> dict[str, str]:
 
 
 def wall_and_load(meta: Mapping[str, Any]) -> str:
-    """The footer every bench table carries: how long it ran, how loaded the machine was, with which libraries."""
-    versions = meta.get("versions") or library_versions()
+    """The footer every bench table carries: how long it ran, how loaded the machine was, with which libraries
+    (``meta["versions"]`` from :func:`library_versions`; results written before it was recorded have none)."""
+    libraries = "".join(f"; {name} {v}" for name, v in (meta.get("versions") or {}).items())
     return (f"Wall time {meta['wall_seconds']:.0f} s; 1-min load average {meta['loadavg_before'][0]:.2f} before, "
-            f"{meta['loadavg_after'][0]:.2f} after; {meta['machine']}; "
-            + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".")
+            f"{meta['loadavg_after'][0]:.2f} after; {meta['machine']}{libraries}.")

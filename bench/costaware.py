@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from bench.common import LCBENCH_MAX_EPOCH, Point, first_reach, fmt, median, peak_rss_mb, prefect_api, run_config, wall_and_load, write_json
+from bench.common import (LCBENCH_MAX_EPOCH, Point, first_reach, fmt, library_versions, median, peak_rss_mb, prefect_api,
+                          run_config, wall_and_load, write_json)
 from bench.efficiency import BASELINE_TRIALS, CAP_FRACTION, TARGET_MARGIN, _metrics, _run
 
 __all__ = ["METHODS", "run", "add_arguments"]
@@ -201,6 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - t0, "loadavg_before": list(load_before),
         "loadavg_after": list(os.getloadavg()), "peak_rss_mb": peak_rss_mb(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "versions": library_versions(),
     }
     rows = summarize(cells, args.methods)
     data = {"meta": meta, "summary": rows, "cells": [asdict(c) for c in cells]}

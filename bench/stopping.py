@@ -44,7 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from bench.common import LCBENCH_MAX_EPOCH, fmt, library_versions, median, peak_rss_mb, prefect_api, run_config, wall_and_load, write_json
+from bench.common import (LCBENCH_MAX_EPOCH, fmt, library_versions, median, peak_rss_mb, prefect_api, run_config,
+                          wall_and_load, write_json)
 from bench.efficiency import _run
 
 __all__ = ["RULES", "run", "add_arguments", "replay"]
@@ -541,7 +542,7 @@ def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[s
     if live:
         from bench.stopping_live import live_markdown
 
-        lines += ["", live_markdown(cells, live)]
+        lines += ["", live_markdown(cells, live, price=MIN_GAIN)]
     lines += ["", wall_and_load(meta), ""]
     return "\n".join(lines)
 

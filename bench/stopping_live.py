@@ -136,11 +136,8 @@ def _ours(cells: Sequence[Any]) -> list[LiveOutcome]:
     return rows
 
 
-def live_markdown(cells: Sequence[Any], live: Sequence[LiveOutcome], max_loss: float = 0.2,
-                  price: float | None = None) -> str:
-    from bench.stopping import MIN_GAIN
-
-    price = MIN_GAIN if price is None else price
+def live_markdown(cells: Sequence[Any], live: Sequence[LiveOutcome], *, price: float, max_loss: float = 0.2) -> str:
+    """``price``: our threshold (accuracy points per GPU-hour), at which each stop is valued against the full sweep."""
     ours = _ours(cells)
     everything = [*ours, *live]
     rules = list(dict.fromkeys(o.rule for o in everything))

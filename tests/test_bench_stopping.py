@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.common import LCBENCH_MAX_EPOCH
+from bench.common import LCBENCH_MAX_EPOCH, fmt, library_versions, wall_and_load
 from bench.stopping import _outcome, best_value_at_price, oracle
 from budgets.ledger import SpendRecord, TrialStatus
 
@@ -115,10 +115,23 @@ def test_live_outcomes_are_judged_against_the_full_sweep_and_kept(tmp_path, monk
     assert calls == [("3945", 1, 10.0)] and first == again
     live = first[0]
     assert live.saved == pytest.approx(0.75) and live.loss == pytest.approx(0.2) and live.stopped
-    text = stopping_live.live_markdown([cell], first)
+    text = stopping_live.live_markdown([cell], first, price=0.25)
     # Both within 0.2 points? Ours lost 0.3, so the pair does not count at equal loss.
     assert "| fake rule | 0/1 |" in text and "| **all** | fake rule | 1/1 | 75% | 0.20 |" in text
     # At a price of 1 point per GPU-hour: the peer saved 7.5 GPU-h for 0.2 points (7.30), ours 7 for 0.3 (6.70).
     assert live.net_at_price(1.0) == pytest.approx(7.3)
     priced = stopping_live.live_markdown([cell], first, price=1.0)
     assert "| 7.30 | 7.30 |" in priced and "| 6.70 | 6.70 |" in priced and priced.rstrip().endswith("| 0 / 0 / 1 |")
+
+
+def test_table_figures_and_footer():
+    # A peer that overshot its cap by one epoch saved a hair below zero: the table says 0%, not -0%.
+    assert fmt(-0.0001, ".0%") == "0%" and fmt(-1e-5) == "0.00"
+    assert fmt(-0.01) == "-0.01" and fmt(-0.5, ".0%") == "-50%" and fmt(-math.inf) == "-∞"
+    meta = {"wall_seconds": 96.0, "loadavg_before": [2.5], "loadavg_after": [3.25], "machine": "x86_64, 2 CPUs"}
+    assert wall_and_load(meta).endswith("x86_64, 2 CPUs.")  # results written before versions were recorded
+    versions = library_versions()
+    assert "optuna" in versions and "ray" in versions
+    footer = wall_and_load({**meta, "versions": versions})
+    assert footer.startswith("Wall time 96 s; 1-min load average 2.50 before, 3.25 after; x86_64, 2 CPUs; optuna ")
+    assert f"; optuna {versions['optuna']}" in footer and f"; ray {versions['ray']}" in footer and footer.endswith(".")
