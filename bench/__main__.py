@@ -9,14 +9,22 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from bench.common import quiet_env
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bench import automl, compare, costaware, efficiency, overhead, stopping, warmstart  # none imports prefect at module level
+    from bench import (  # none imports prefect at module level
+        automl,
+        compare,
+        costaware,
+        efficiency,
+        overhead,
+        stopping,
+        warmstart,
+    )
 
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

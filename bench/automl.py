@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _split(name: str, out: Path, seed: int) -> tuple[Path, Any]:
     from sklearn.model_selection import train_test_split
 
-    from tasks.data import read_table
+    from rungflow.tasks.data import read_table
 
     frame = read_table(f"sklearn:{name}")
     train, test = train_test_split(frame, test_size=0.25, stratify=frame["target"], random_state=seed)
@@ -51,9 +51,9 @@ def _accuracy(model: Any, test: Any) -> float:
 
 
 def run_dataset(name: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    from flows.sweep import run_sweep
     from rungflow.config import validate
-    from tasks.models import fit_model, load_model
+    from rungflow.flows.sweep import run_sweep
+    from rungflow.tasks.models import fit_model, load_model
 
     train_csv, test = _split(name, out, args.seed)
     data = {"source": str(train_csv), "label": "target", "seed": args.seed}

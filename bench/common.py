@@ -16,9 +16,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "quiet_env",
@@ -64,7 +65,7 @@ def quiet_env(isolated_prefect_home: bool = True) -> None:
 @contextlib.contextmanager
 def prefect_api() -> Iterator[float]:
     """Start the embedded Prefect server exactly as ``rungflow sweep`` does; yields its start-up seconds."""
-    from flows.cli import _flush_prefect_logs, check_prefect_api, ensure_prefect_api
+    from rungflow.flows.cli import _flush_prefect_logs, check_prefect_api, ensure_prefect_api
 
     t0 = time.perf_counter()
     server = ensure_prefect_api()

@@ -19,9 +19,10 @@ import math
 import os
 import platform
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from bench.common import (
     LCBENCH_MAX_EPOCH,

@@ -23,12 +23,24 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from bench.common import (LCBENCH_MAX_EPOCH, Point, first_reach, fmt, library_versions, median, peak_rss_mb, prefect_api,
-                          run_config, wall_and_load, write_json)
+from bench.common import (
+    LCBENCH_MAX_EPOCH,
+    Point,
+    first_reach,
+    fmt,
+    library_versions,
+    median,
+    peak_rss_mb,
+    prefect_api,
+    run_config,
+    wall_and_load,
+    write_json,
+)
 from bench.efficiency import BASELINE_TRIALS, CAP_FRACTION, TARGET_MARGIN, _metrics, _run
 
 __all__ = ["METHODS", "run", "add_arguments"]

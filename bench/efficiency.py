@@ -22,9 +22,10 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from bench.common import (
     LCBENCH_MAX_EPOCH,
@@ -92,8 +93,8 @@ class Cell:
 
 
 def _run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], float]:
-    from flows.sweep import run_sweep
     from rungflow.config import validate
+    from rungflow.flows.sweep import run_sweep
 
     t0 = time.perf_counter()
     result = run_sweep(validate(cfg), fresh_dir(run_dir))

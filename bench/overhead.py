@@ -23,9 +23,10 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from bench.common import fmt, fresh_dir, peak_rss_mb, prefect_api, run_config, write_json
 
@@ -56,8 +57,8 @@ def _measurement(method: str, n: int, wall: float, trainable: float, extra: Mapp
 # --- rungflow -----------------------------------------------------------------------------------------
 def rungflow_trials(kind: str, n: int, run_dir: Path) -> Measurement:
     """N noop trials through ``run_sweep``: fifo, one rung at budget 1, so every trial is one task run."""
-    from flows.sweep import run_sweep
     from rungflow.config import validate
+    from rungflow.flows.sweep import run_sweep
 
     cfg = run_config(
         f"bench-overhead-{kind}-{n}", trainable={"kind": "noop", "options": {"sleep_seconds": 0.0}},
@@ -211,7 +212,7 @@ def _start_local_ray() -> None:
     """
     import ray
 
-    from tasks.runtime import _ray_env, make_runtime
+    from rungflow.tasks.runtime import _ray_env, make_runtime
 
     ray.init(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": _ray_env()},
              include_dashboard=False, log_to_driver=True, ignore_reinit_error=True, logging_level=logging.WARNING)
@@ -278,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _, startup["first_flow_thread_s"] = _timed(
                     lambda: rungflow_trials("thread", WARMUP_TRIALS, runs / "warmup-thread"))
                 for n in sizes:
-                    record(lambda: rungflow_trials("thread", n, runs / f"thread-{n}"), f"rungflow-thread N={n}")
+                    record(lambda n=n: rungflow_trials("thread", n, runs / f"thread-{n}"), f"rungflow-thread N={n}")
             if any(m != "rungflow-thread" for m in args.methods):
                 _, startup["ray_init_s"] = _timed(_start_local_ray)
                 _quiet_ray_loggers()
@@ -295,7 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             f"(limit {args.ray_limit_seconds:.0f} s)")
                         print("  " + notes[-1], flush=True)
                         continue
-                    record(lambda: rungflow_trials("ray", n, runs / f"ray-{n}"), f"rungflow-ray N={n}")
+                    record(lambda n=n: rungflow_trials("ray", n, runs / f"ray-{n}"), f"rungflow-ray N={n}")
             if "prefect-ray" in args.methods:
                 _, startup["first_prefect_ray_s"] = _timed(lambda: prefect_ray_trials(WARMUP_TRIALS))
                 for n in sizes:
@@ -304,15 +305,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                      f"{n * 0.2 * args.repeats:.0f} s (limit {args.ray_limit_seconds:.0f} s)")
                         print("  " + notes[-1], flush=True)
                         continue
-                    record(lambda: prefect_ray_trials(n), f"prefect-ray N={n}")
+                    record(lambda n=n: prefect_ray_trials(n), f"prefect-ray N={n}")
             if "ray-remote" in args.methods:
                 _, startup["first_ray_remote_s"] = _timed(lambda: ray_remote_trials(WARMUP_TRIALS))
                 for n in sizes:
-                    record(lambda: ray_remote_trials(n), f"ray-remote N={n}")
+                    record(lambda n=n: ray_remote_trials(n), f"ray-remote N={n}")
             if "ray-tune" in args.methods:
                 _, startup["first_tune_s"] = _timed(lambda: ray_tune_trials(WARMUP_TRIALS, tune_storage))
                 for n in sizes:
-                    record(lambda: ray_tune_trials(n, tune_storage), f"ray-tune N={n}")
+                    record(lambda n=n: ray_tune_trials(n, tune_storage), f"ray-tune N={n}")
     finally:
         shutil.rmtree(tune_storage, ignore_errors=True)
         import sys

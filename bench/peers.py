@@ -20,9 +20,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from bench.common import LCBENCH_MAX_EPOCH
 
@@ -37,7 +38,7 @@ class Surrogate:
     """One LCBench instance's surrogate, stepped epoch by epoch with rungflow's billing rule."""
 
     def __init__(self, instance: str) -> None:
-        from tasks.trainables.yahpo_lcbench import LCBenchTrainable
+        from rungflow.tasks.trainables.yahpo_lcbench import LCBenchTrainable
 
         self.instance = str(instance)
         self._trainable = LCBenchTrainable({"instance": self.instance})
@@ -191,7 +192,7 @@ def _tune_space(space: Any, search: str) -> tuple[dict[str, Any] | None, Any]:
 
     if search == "optuna":
         return None, space.to_optuna()
-    from budgets.space import FloatParam, IntParam
+    from rungflow.budgets.space import FloatParam, IntParam
 
     params: dict[str, Any] = {}
     for p in space.params:

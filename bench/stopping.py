@@ -40,12 +40,22 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from bench.common import (LCBENCH_MAX_EPOCH, fmt, library_versions, median, peak_rss_mb, prefect_api, run_config,
-                          wall_and_load, write_json)
+from bench.common import (
+    LCBENCH_MAX_EPOCH,
+    fmt,
+    library_versions,
+    median,
+    peak_rss_mb,
+    prefect_api,
+    run_config,
+    wall_and_load,
+    write_json,
+)
 from bench.efficiency import _run
 
 __all__ = ["RULES", "run", "add_arguments", "replay"]
@@ -242,7 +252,7 @@ def best_value_at_price(records: Sequence[Any], price: float) -> float:
     the regret target alone cannot tell that from a premature stop, this can.
     """
     value, spent, best = -math.inf, 0.0, None
-    for i, r in enumerate(records):
+    for r in records:
         spent += r.gpu_seconds / 3600.0
         if r.ok and abs(r.budget - LCBENCH_MAX_EPOCH) < 1e-9 and (best is None or r.score > best.score):
             best = r
@@ -265,9 +275,9 @@ def _stage_starts(records: Sequence[Any]) -> list[int]:
 def replay_controller(records: Sequence[Any], scheduler: Any, *, rule: str, seed: int,
                       min_gain: float = MIN_GAIN) -> tuple[int | None, str]:
     """Where our controller stops this sequence, checked before each stage as ``Sweep.decide`` does."""
-    from budgets.controller import BudgetController
-    from budgets.forecast import stage_forecast
-    from budgets.ledger import Ledger
+    from rungflow.budgets.controller import BudgetController
+    from rungflow.budgets.forecast import stage_forecast
+    from rungflow.budgets.ledger import Ledger
     from rungflow.config import BudgetConfig
 
     settings = dataclasses.replace(BudgetConfig(min_gain_per_gpu_hour=min_gain, **OURS[rule]).settings(),
@@ -366,8 +376,8 @@ def terminator_stop(bounds: Sequence[tuple[int, float]], error: float) -> tuple[
 
 def replay(run_dir: Path, rules: Sequence[str], seed: int, instance: str = "") -> Cell:
     """Every rule on the ledger of one finished run, with the run's oracle and incumbent steps."""
-    from budgets.ledger import Ledger
-    from budgets.schedulers import make_scheduler
+    from rungflow.budgets.ledger import Ledger
+    from rungflow.budgets.schedulers import make_scheduler
     from rungflow.config import validate
 
     records = Ledger(run_dir / "ledger.jsonl").records

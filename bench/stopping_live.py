@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from bench.common import LCBENCH_MAX_EPOCH, fmt, median, write_json
 
@@ -166,7 +167,7 @@ def live_markdown(cells: Sequence[Any], live: Sequence[LiveOutcome], *, price: f
                 f"{sum(ok(o) for o in outs)}/{len(outs)} | {sum(ok(o) and o.saved >= 0.6 for o in outs)}/{len(outs)} | "
                 f"{fmt(median([o.net_at_price(price) for o in outs]))} | {fmt(sum(o.net_at_price(price) for o in outs))} |")
     lines += ["", "Run by run at equal loss (both within 0.2 of the full sweep's best): ours spent less / the same (±1 % of "
-              f"the sweep) / more; and on every run, at the price: ours ahead / level (±0.01 points) / behind.", "",
+              "the sweep) / more; and on every run, at the price: ours ahead / level (±0.01 points) / behind.", "",
               f"| peer | both ≤ 0.2 | ours less / same / more | median saved, ours vs theirs | at {price:g}/GPU-h: ours ahead / "
               "level / behind |", "|---|---:|---:|---:|---:|"]
     by_cell = {(o.instance, o.seed): o for o in ours}

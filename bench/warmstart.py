@@ -32,8 +32,9 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from bench.common import first_reach, fmt, incumbent_curve, median, prefect_api, write_json
 
@@ -156,7 +157,7 @@ def _ratio(warm: float | None, cold: float | None, cold_total: float) -> float |
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
-    from flows.retrain import retrain_flow
+    from rungflow.flows.retrain import retrain_flow
 
     work = args.out / f"seed-{seed}"
     shutil.rmtree(work, ignore_errors=True)
@@ -170,7 +171,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     for kind in args.kinds:
         t0 = time.perf_counter()
         registries = {side: work / f"registry-{kind}-{side}" for side in ("warm", "cold")}
-        for side, path in registries.items():
+        for path in registries.values():
             shutil.copytree(work / "registry", path)
         shutil.rmtree(registries["cold"] / "models" / "warmstart" / "studies")  # cold: no study to start from
         records = {side: retrain_flow(retrain_config(args, weeks[kind], registries[side], work / f"runs-{kind}-{side}", seed,

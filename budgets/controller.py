@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from budgets.ledger import IncumbentPoint, Ledger, SpendRecord, incumbent_curve
+from rungflow.budgets.ledger import IncumbentPoint, Ledger, SpendRecord, incumbent_curve
 
 __all__ = [
     "Action",

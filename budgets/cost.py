@@ -20,11 +20,12 @@ Pure numpy; the same observations give the same predictions.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from budgets.space import SearchSpace
+from rungflow.budgets.space import SearchSpace
 
 __all__ = ["CostModel", "encode"]
 
@@ -38,7 +39,7 @@ def encode(space: SearchSpace, config: Mapping[str, Any]) -> np.ndarray:
         if choices is not None:
             features.extend(1.0 if value == choice else 0.0 for choice in choices)
             continue
-        low, high, log = float(getattr(param, "low")), float(getattr(param, "high")), bool(getattr(param, "log", False))
+        low, high, log = float(param.low), float(param.high), bool(getattr(param, "log", False))
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
             features.append(0.5)  # absent (an inactive conditional parameter): the middle
             continue
@@ -61,7 +62,7 @@ class CostModel:
         self._coef: np.ndarray | None = None
         self._mean_log = 0.0
 
-    def fit(self, observations: Iterable[tuple[Mapping[str, Any], float]]) -> "CostModel":
+    def fit(self, observations: Iterable[tuple[Mapping[str, Any], float]]) -> CostModel:
         """Fit on (config, GPU-seconds per unit) pairs; non-positive or non-finite costs are skipped.
 
         Repeated results of one configuration (its rungs) are averaged in log space first, so a

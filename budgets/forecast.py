@@ -39,13 +39,14 @@ Pure numpy; the same inputs and seed give the same forecast.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
-from budgets.ledger import SpendRecord, TrialStatus
-from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, gate_rung
+from rungflow.budgets.ledger import SpendRecord, TrialStatus
+from rungflow.budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, gate_rung
 
 __all__ = [
     "RungScore",

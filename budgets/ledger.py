@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 __all__ = ["TrialStatus", "FINISHED", "SpendRecord", "StartMarker", "Ledger", "IncumbentPoint", "incumbent_curve"]
 
@@ -39,7 +40,7 @@ class TrialStatus(StrEnum):
 
 
 # Outcomes a resumed sweep takes as they are; cancelled and interrupted attempts run again.
-FINISHED: frozenset["TrialStatus"] = frozenset({TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.TIMEOUT})
+FINISHED: frozenset[TrialStatus] = frozenset({TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.TIMEOUT})
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class SpendRecord:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "SpendRecord":
+    def from_json(cls, data: Mapping[str, Any]) -> SpendRecord:
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         fields["status"] = TrialStatus(fields["status"])
         return cls(**fields)

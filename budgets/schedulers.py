@@ -9,11 +9,12 @@ Neither proposes configurations nor runs anything.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Sequence
+from typing import Literal
 
-from budgets.rungs import BracketPlan, RungPlan, bracket_plan, hyperband_plan, max_bracket_index, rung_budgets
+from rungflow.budgets.rungs import BracketPlan, RungPlan, bracket_plan, hyperband_plan, max_bracket_index, rung_budgets
 
 __all__ = [
     "RungDecision",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
-from budgets.space import SearchSpace
+from rungflow.budgets.space import SearchSpace
 
 __all__ = [
     "Observation",
@@ -129,7 +130,7 @@ class GridSearcher(Searcher):
 
 
 def _tpe_searchers() -> dict[str, type[Searcher]]:
-    from budgets.tpe import BOHBSearcher, TPESearcher
+    from rungflow.budgets.tpe import BOHBSearcher, TPESearcher
 
     return {"tpe": TPESearcher, "bohb": BOHBSearcher}
 

@@ -6,8 +6,9 @@ A space is plain data. Searchers read it; nothing here runs a trial.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class FloatParam:
     low: float
     high: float
     log: bool = False
-    when: "Condition" = ()
+    when: Condition = ()
 
     def __post_init__(self) -> None:
         _check_bounds(self.name, self.low, self.high, self.log)
@@ -58,7 +59,7 @@ class IntParam:
     low: int
     high: int
     log: bool = False
-    when: "Condition" = ()
+    when: Condition = ()
 
     def __post_init__(self) -> None:
         if int(self.low) != self.low or int(self.high) != self.high:
@@ -92,7 +93,7 @@ class IntParam:
 class CategoricalParam:
     name: str
     choices: tuple[Any, ...]
-    when: "Condition" = ()
+    when: Condition = ()
 
     def __post_init__(self) -> None:
         if len(self.choices) == 0:
@@ -259,7 +260,7 @@ class SearchSpace:
         return out
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Mapping[str, Any]]) -> "SearchSpace":
+    def from_dict(cls, spec: Mapping[str, Mapping[str, Any]]) -> SearchSpace:
         """Build from the YAML form ``{name: {type: float|int|categorical, low, high, log, choices}}``."""
         if not isinstance(spec, Mapping):
             raise SpaceError(f"space: expected a mapping of parameter name to its spec, got {type(spec).__name__}")

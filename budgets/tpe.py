@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from budgets.cost import CostModel
-from budgets.searchers import Observation, Searcher
-from budgets.space import FloatParam, IntParam, SearchSpace, is_active
+from rungflow.budgets.cost import CostModel
+from rungflow.budgets.searchers import Observation, Searcher
+from rungflow.budgets.space import FloatParam, IntParam, SearchSpace, is_active
 
 __all__ = ["TPESearcher", "BOHBSearcher"]
 

@@ -1,4 +1,4 @@
-"""Create the deployments of ``deployments/prefect.yaml`` on the Prefect API: ``python -m deployments.deploy``.
+"""Create the deployments of ``deployments/prefect.yaml`` on the Prefect API: ``python -m rungflow.deployments.deploy``.
 
 The same names, parameters, work pool and cron schedules (with timezone) as ``prefect deploy
 --prefect-file deployments/prefect.yaml --all``, which on prefect 3.8.8 with fastapi 0.154 creates
@@ -10,10 +10,10 @@ checkout (``working_dir`` job variable).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 
-from deployments.serve import HERE, deployment_specs
+from rungflow.deployments.serve import HERE, deployment_specs
 
 REPO = HERE.parent
 
@@ -25,7 +25,7 @@ def apply(names: Sequence[str] = (), working_dir: Path = REPO) -> dict[str, str]
     from prefect.exceptions import ObjectAlreadyExists
     from prefect.schedules import Cron
 
-    from flows.retrain import retrain_flow
+    from rungflow.flows.retrain import retrain_flow
 
     created: dict[str, str] = {}
     for spec in deployment_specs():
@@ -48,7 +48,7 @@ def apply(names: Sequence[str] = (), working_dir: Path = REPO) -> dict[str, str]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deployments.deploy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rungflow.deployments.deploy", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="deployments to create (default: all in prefect.yaml)")
     args = parser.parse_args(argv)
     for name, deployment_id in apply(args.names).items():

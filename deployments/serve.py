@@ -1,4 +1,4 @@
-"""Serve the weekly retrain deployments from this process, without a work pool: ``python -m deployments.serve``.
+"""Serve the weekly retrain deployments from this process, without a work pool: ``python -m rungflow.deployments.serve``.
 
 The deployments (names, parameters, cron schedules with their timezones) are read from
 ``deployments/prefect.yaml``, so the served ones and the work-pool ones never drift apart.
@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -25,7 +26,7 @@ def deployment_specs(prefect_file: Path = HERE / "prefect.yaml") -> list[dict[st
 def build(names: Sequence[str] = ()) -> list[Any]:
     from prefect.schedules import Cron
 
-    from flows.retrain import retrain_flow
+    from rungflow.flows.retrain import retrain_flow
 
     out = []
     for spec in deployment_specs():
@@ -38,7 +39,7 @@ def build(names: Sequence[str] = ()) -> list[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deployments.serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rungflow.deployments.serve", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="deployments to serve (default: all in prefect.yaml)")
     args = parser.parse_args(argv)
     # Relative config paths in the parameters are relative to the repository root.

@@ -11,8 +11,9 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -49,8 +50,8 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
     """Rows of (bracket, rung, budget, trials, units) and the total units and predicted GPU-hours."""
     import numpy as np
 
-    from budgets.rungs import BracketPlan, RungPlan
-    from budgets.schedulers import ASHAScheduler, make_scheduler
+    from rungflow.budgets.rungs import BracketPlan, RungPlan
+    from rungflow.budgets.schedulers import ASHAScheduler, make_scheduler
 
     lo, hi = config.budget_range()
     scheduler = make_scheduler(config.scheduler.kind, min_budget=lo, max_budget=hi, eta=config.scheduler.eta,
@@ -84,7 +85,7 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
 
 def _preflight(config) -> None:
     """The trainable's data is there: a missing dataset fails now, in one line, not as a sweep of failed trials."""
-    from tasks.trainables import TrainableError
+    from rungflow.tasks.trainables import TrainableError
 
     try:
         config.trainable_class()(config.trainable.options).check()
@@ -135,7 +136,7 @@ def ensure_prefect_api() -> Any:
         return None
     from prefect.server.api.server import SubprocessASGIServer
 
-    from tasks.ui_sync import recommended_server_settings
+    from rungflow.tasks.ui_sync import recommended_server_settings
 
     for name, value in recommended_server_settings().items():
         os.environ.setdefault(name, value)
@@ -166,7 +167,7 @@ def _api_lost(exc: BaseException) -> bool:
     """The sweep failed because the Prefect API went away (ours or Prefect's own call noticed first)."""
     import httpx
 
-    from tasks.artifacts import PrefectAPIUnreachable
+    from rungflow.tasks.artifacts import PrefectAPIUnreachable
 
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -269,8 +270,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _check_resumable(run_dir: Path, config) -> None:
-    from flows.sweep import check_resumable
     from rungflow.config import ConfigError
+    from rungflow.flows.sweep import check_resumable
 
     if not (run_dir / "config.json").exists():
         return
@@ -324,8 +325,8 @@ def _run(config) -> int:
     _preflight(config)
     if config.run_dir().is_dir():
         # The flow takes this lock for the whole sweep; asking first keeps the refusal to one line.
-        from flows.sweep import lock_run_dir
         from rungflow.config import ConfigError
+        from rungflow.flows.sweep import lock_run_dir
 
         try:
             lock_run_dir(config.run_dir()).close()
@@ -363,7 +364,7 @@ def _run(config) -> int:
 
 
 def _sweep(config) -> int:
-    from flows.sweep import run_sweep, set_reporter
+    from rungflow.flows.sweep import run_sweep, set_reporter
     from rungflow.results import plot_anytime
 
     progress = _Progress()

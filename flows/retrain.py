@@ -26,8 +26,9 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import yaml
@@ -36,9 +37,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rungflow.config import ConfigError, SweepConfig, _one_line, slug, validate
-from tasks.data import DataError, Dataset, DataSpec, load_dataset
-from tasks.registry import ModelRegistry, RegistryError, default_registry
-from tasks.s3 import S3Error
+from rungflow.tasks.data import DataError, Dataset, DataSpec, load_dataset
+from rungflow.tasks.registry import ModelRegistry, RegistryError, default_registry
+from rungflow.tasks.s3 import S3Error
 
 __all__ = ["RetrainConfig", "RetrainError", "SchemaChanged", "retrain_flow", "load_retrain_config", "run_retrain"]
 
@@ -79,7 +80,7 @@ class RetrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="the model's name in the registry, e.g. churn-weekly")
-    data: dict[str, Any] = Field(description="tasks.data.DataSpec fields: source, label, task, validation_fraction, seed")
+    data: dict[str, Any] = Field(description="rungflow.tasks.data.DataSpec fields: source, label, task, validation_fraction, seed")
     sweep: dict[str, Any] = Field(description="a sweep config without name, trainable.options.data and storage.run_dir")
     registry: str = Field(default_factory=default_registry, description="a directory or s3://bucket/prefix")
     promote_margin: float = Field(0.0, ge=0.0, description="the challenger must beat the champion by more than this")
@@ -250,7 +251,7 @@ def _better(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, mode: str)
 @task(name="retrain-winner", cache_policy=NO_CACHE, persist_result=False)
 def retrain_winner(sweep_config: SweepConfig, config: dict[str, Any], dataset: Dataset, out_dir: Path) -> dict[str, Any]:
     """The winning configuration from scratch at the full budget, saved to ``out_dir``; billed like a trial."""
-    from tasks.models import fit_model, save_model
+    from rungflow.tasks.models import fit_model, save_model
 
     _, max_budget = sweep_config.budget_range()
     gpus = sweep_config.runtime.gpus_per_trial
@@ -296,7 +297,7 @@ def held_out_score(model: Any, dataset: Dataset) -> float:
 @task(name="evaluate-models", cache_policy=NO_CACHE, persist_result=False)
 def evaluate_models(registry: ModelRegistry, name: str, challenger_dir: str, dataset: Dataset) -> dict[str, Any]:
     """Challenger and champion on the same held-out split; a corrupt or missing champion is reported, not loaded."""
-    from tasks.models import load_model
+    from rungflow.tasks.models import load_model
 
     out: dict[str, Any] = {"metric": "accuracy" if dataset.task == "classification" else "r2",
                            "held_out_rows": int(len(dataset.y_valid)),
@@ -367,7 +368,7 @@ def _new_run_id() -> str:
 
 def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None = None, run_id: str | None = None) -> dict[str, Any]:
     """The retrain's body (called by :func:`retrain_flow`); returns the run record."""
-    from flows.sweep import run_sweep
+    from rungflow.flows.sweep import run_sweep
 
     cfg = load_retrain_config(config)
     spec = cfg.data_spec(data_source)

@@ -24,32 +24,32 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import queue
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from budgets.controller import BudgetController, BudgetDecision, StopReason
-from budgets.forecast import Forecast, stage_forecast
-from budgets.ledger import Ledger, SpendRecord, StartMarker, TrialStatus
-from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, make_scheduler
-from budgets.searchers import Observation, Searcher, make_searcher
+from rungflow.budgets.controller import BudgetController, BudgetDecision, StopReason
+from rungflow.budgets.forecast import Forecast, stage_forecast
+from rungflow.budgets.ledger import Ledger, SpendRecord, StartMarker, TrialStatus
+from rungflow.budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, make_scheduler
+from rungflow.budgets.searchers import Observation, Searcher, make_searcher
 from rungflow.config import ConfigError, SweepConfig, resume_conflicts, validate
 from rungflow.faults import fault_point
 from rungflow.redact import install_log_redaction, redact, redact_json
-from tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
-from tasks.runtime import Runtime, make_runtime, use_runtime
-from tasks.stages import gate_trials, promote_survivors, suggest_trials
-from tasks.train import TrialResult, TrialSpec, attempt_stamp_name, train_trial
-from tasks.ui_sync import RecordedTaskRuns
+from rungflow.tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
+from rungflow.tasks.runtime import Runtime, make_runtime, use_runtime
+from rungflow.tasks.stages import gate_trials, promote_survivors, suggest_trials
+from rungflow.tasks.train import TrialResult, TrialSpec, attempt_stamp_name, train_trial
+from rungflow.tasks.ui_sync import RecordedTaskRuns
 
 __all__ = ["Sweep", "sweep_flow", "run_sweep", "set_reporter", "HEARTBEAT_SECONDS"]
 
@@ -107,7 +107,7 @@ class Sweep:
     _lock: Any = None
 
     @classmethod
-    def create(cls, config: SweepConfig, run_dir: str | Path | None = None, clock: Callable[[], float] = time.time) -> "Sweep":
+    def create(cls, config: SweepConfig, run_dir: str | Path | None = None, clock: Callable[[], float] = time.time) -> Sweep:
         """A new sweep in ``run_dir``, or the resumption of the one whose ledger is already there."""
         run_dir = Path(run_dir) if run_dir is not None else config.run_dir()
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -324,7 +324,7 @@ class Sweep:
                 if check.stop:
                     self._record_decision(check)
                     unreplayed = [(r, s) for r, s in found if r not in results]
-                    for r, s in unreplayed:  # billed already; their records stay as they were
+                    for r, _ in unreplayed:  # billed already; their records stay as they were
                         self.charge(r)
                         results.append(r)
                     for s in rest:
@@ -345,7 +345,7 @@ class Sweep:
             self.charge(lost)
         self.charge(result)
 
-    def submit(self, spec: TrialSpec, done: "queue.Queue[Any]") -> Any:
+    def submit(self, spec: TrialSpec, done: queue.Queue[Any]) -> Any:
         """Start the spec's train task run (once the Prefect API has caught up); its future lands on ``done``."""
         if self.recorded is not None:
             self.recorded.wait_for_server()
@@ -361,7 +361,7 @@ class Sweep:
         replayed, specs, stopped = self.replay_stage(specs)
         if stopped or not specs:
             return replayed
-        done: "queue.Queue[Any]" = queue.Queue()
+        done: queue.Queue[Any] = queue.Queue()
         waiting = deque(specs)
         pending: dict[int, tuple[Any, TrialSpec]] = {}
         # Submitted, not yet finished: enough to keep every slot busy while the next trials' task runs are set
@@ -469,7 +469,7 @@ class Sweep:
         assert isinstance(scheduler, ASHAScheduler)
         self.schedule.append({"bracket": 0, "s": len(scheduler.budgets) - 1, "asynchronous": True,
                               "rungs": [{"rung": i, "budget": b} for i, b in enumerate(scheduler.budgets)]})
-        done: "queue.Queue[Any]" = queue.Queue()
+        done: queue.Queue[Any] = queue.Queue()
         in_flight: dict[int, tuple[Any, TrialSpec]] = {}
         last_rung_of: dict[str, int] = {}
         checks_every = max(1, runtime.slots)
@@ -717,7 +717,7 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
     if not refit:
         return result
     # After the sweep, not in the trial loop: refit the winner of a tabular sweep into run_dir/best_model.
-    from tasks.best_model import save_best_model
+    from rungflow.tasks.best_model import save_best_model
 
     return save_best_model(cfg, str(sweep.run_dir), result)
 

@@ -1,39 +1,40 @@
 """rungflow: budget-capped AutoML sweeps as Prefect flows on Ray.
 
 The public entry points: load and validate a sweep config, run it, read its result back.
+
+Attributes load lazily (PEP 562), so ``import rungflow.budgets.rungs`` costs the standard library and
+numpy only, and Prefect, Ray and torch load when a sweep actually runs.
 """
 
 from __future__ import annotations
 
-from rungflow.config import ConfigError, SweepConfig, load_config
-from rungflow.results import load_result
+from importlib import import_module
+from typing import Any
 
-__all__ = ["ConfigError", "SweepConfig", "load_config", "load_result", "run_sweep", "load_model", "fit_model", "load_dataset"]
+# public name -> (module, attribute in it)
+_LAZY: dict[str, tuple[str, str]] = {
+    "ConfigError": ("rungflow.config", "ConfigError"),
+    "SweepConfig": ("rungflow.config", "SweepConfig"),
+    "load_config": ("rungflow.config", "load_config"),
+    "load_result": ("rungflow.results", "load_result"),
+    "run_sweep": ("rungflow.flows.sweep", "run_sweep"),
+    "load_model": ("rungflow.tasks.models", "load_model"),
+    "fit_model": ("rungflow.tasks.models", "fit_model"),
+    "load_dataset": ("rungflow.tasks.data", "load_dataset"),
+}
 
-
-def run_sweep(config: SweepConfig, run_dir=None):
-    """Run ``config`` as a Prefect flow (imported lazily: Prefect and Ray load only when a sweep runs)."""
-    from flows.sweep import run_sweep as _run
-
-    return _run(config, run_dir)
-
-
-def load_model(directory):
-    """The model saved by ``save_model`` in ``directory``, or the winner saved in a sweep's run directory."""
-    from tasks.models import load_model as _load
-
-    return _load(directory)
+__all__ = sorted(_LAZY)
 
 
-def fit_model(trainable_kind, options, config, budget, dataset=None, *, device="cpu", seed=0):
-    """Train one configuration from scratch at ``budget``; see :func:`tasks.models.fit_model`."""
-    from tasks.models import fit_model as _fit
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'rungflow' has no attribute {name!r}") from None
+    value = getattr(import_module(module), attribute)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
-    return _fit(trainable_kind, options, config, budget, dataset, device=device, seed=seed)
 
-
-def load_dataset(spec):
-    """The split, encoded dataset a ``data:`` block names; see :func:`tasks.data.load_dataset`."""
-    from tasks.data import load_dataset as _load
-
-    return _load(spec)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

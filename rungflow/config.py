@@ -6,16 +6,17 @@ import hashlib
 import math
 import re
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from budgets.controller import BudgetSettings
-from budgets.schedulers import SchedulerKind
-from budgets.searchers import SEARCHERS
-from budgets.space import SearchSpace, SpaceError
+from rungflow.budgets.controller import BudgetSettings
+from rungflow.budgets.schedulers import SchedulerKind
+from rungflow.budgets.searchers import SEARCHERS
+from rungflow.budgets.space import SearchSpace, SpaceError
 
 __all__ = ["SweepConfig", "ConfigError", "load_config", "apply_overrides", "parse_duration", "RESUMABLE", "resume_conflicts"]
 
@@ -47,7 +48,7 @@ class TrainableConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _known(cls, kind: str) -> str:
-        from tasks.trainables import known_kinds
+        from rungflow.tasks.trainables import known_kinds
 
         if kind not in known_kinds():
             raise ValueError(f"unknown trainable {kind!r}; use one of {', '.join(known_kinds())}")
@@ -104,7 +105,7 @@ class SearchConfig(_Strict):
         return n
 
     @model_validator(mode="after")
-    def _cost_aware_needs_tpe(self) -> "SearchConfig":
+    def _cost_aware_needs_tpe(self) -> SearchConfig:
         if self.cost_aware and self.algorithm not in ("tpe", "bohb"):
             raise ValueError(
                 f"search.cost_aware: only tpe and bohb rank candidates by cost, not {self.algorithm!r}; "
@@ -150,7 +151,7 @@ class SchedulerConfig(_Strict):
         return n
 
     @model_validator(mode="after")
-    def _ordered(self) -> "SchedulerConfig":
+    def _ordered(self) -> SchedulerConfig:
         if self.min_budget is not None and self.max_budget is not None and self.min_budget > self.max_budget:
             raise ValueError(
                 f"scheduler.min_budget ({self.min_budget:g}) is above scheduler.max_budget ({self.max_budget:g}); "
@@ -222,7 +223,7 @@ class BudgetConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _window_fits(self) -> "BudgetConfig":
+    def _window_fits(self) -> BudgetConfig:
         if self.window_gpu_hours is not None and self.max_gpu_hours is not None and self.window_gpu_hours > self.max_gpu_hours:
             raise ValueError(
                 f"budget.window_gpu_hours ({self.window_gpu_hours:g}) is larger than budget.max_gpu_hours "
@@ -282,7 +283,7 @@ class RuntimeConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _memory_needs_ray(self) -> "RuntimeConfig":
+    def _memory_needs_ray(self) -> RuntimeConfig:
         if self.memory_per_trial_gb is not None and self.kind != "ray":
             raise ValueError("runtime.memory_per_trial_gb needs runtime.kind: ray (threads share the flow's memory); "
                              "remove it or use the ray runtime")
@@ -354,7 +355,7 @@ class S3Config(_Strict):
 
     def url(self, location: str) -> str:
         """``location`` (s3://bucket/prefix) with these settings in its query, for workers that get only a string."""
-        from tasks.s3 import parse_s3_url
+        from rungflow.tasks.s3 import parse_s3_url
 
         # Only values that differ from the defaults: options already in the URL's query must not be reset to them
         # (a config dumped and validated again has every field set, so exclude_unset is not enough).
@@ -373,7 +374,7 @@ class StorageConfig(_Strict):
     @classmethod
     def _location(cls, v: str | None) -> str | None:
         if v is not None and v.startswith("s3://"):
-            from tasks.s3 import S3Error, parse_s3_url
+            from rungflow.tasks.s3 import S3Error, parse_s3_url
 
             try:
                 parse_s3_url(v)
@@ -425,8 +426,8 @@ class SweepConfig(_Strict):
         return name
 
     @model_validator(mode="after")
-    def _resolve(self) -> "SweepConfig":
-        from tasks.trainables import TrainableError
+    def _resolve(self) -> SweepConfig:
+        from rungflow.tasks.trainables import TrainableError
 
         try:
             trainable_cls = self.trainable_class()
@@ -465,7 +466,7 @@ class SweepConfig(_Strict):
 
     # Resolved views ---------------------------------------------------------------------------
     def trainable_class(self):
-        from tasks.trainables import get_trainable_class
+        from rungflow.tasks.trainables import get_trainable_class
 
         return get_trainable_class(self.trainable.kind)
 

@@ -10,14 +10,15 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from budgets.ledger import SpendRecord, incumbent_curve
-from budgets.schedulers import ASHAScheduler, SyncScheduler, rank_key
+from rungflow.budgets.ledger import SpendRecord, incumbent_curve
+from rungflow.budgets.schedulers import ASHAScheduler, SyncScheduler, rank_key
 
 if TYPE_CHECKING:
-    from flows.sweep import Sweep
+    from rungflow.flows.sweep import Sweep
 
 __all__ = ["build_result", "write_json_atomic", "leaderboard", "load_result", "plot_anytime", "anytime_png",
            "events_of", "planned_rungs", "savings", "counts", "TOP_N"]
@@ -141,7 +142,7 @@ def counts(board: list[dict[str, Any]]) -> dict[str, Any]:
             "by_budget": {f"{b:g}": n for b, n in sorted(by_budget.items())}}
 
 
-def build_result(sweep: "Sweep", final: bool = False) -> dict[str, Any]:
+def build_result(sweep: Sweep, final: bool = False) -> dict[str, Any]:
     records = sweep.ledger.records
     board = leaderboard(records, sweep.trials, sweep.mode)
     best_row = next((row for row in board if row["score"] is not None), None)

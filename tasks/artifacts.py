@@ -17,7 +17,8 @@ import base64
 import json
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from uuid import UUID
 
 from rungflow.config import slug

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -27,8 +28,8 @@ log = logging.getLogger("rungflow.best_model")
 
 def refit_best(config: SweepConfig, run_dir: Path, result: Mapping[str, Any]) -> dict[str, Any] | None:
     """Refit and save the winner; returns what result.json records about it (None: nothing to save)."""
-    from tasks.models import fit_model, save_model
-    from tasks.trainables.tabular import TabularTrainable
+    from rungflow.tasks.models import fit_model, save_model
+    from rungflow.tasks.trainables.tabular import TabularTrainable
 
     best = result.get("best") or {}
     if not best.get("trial_id") or not issubclass(config.trainable_class(), TabularTrainable):

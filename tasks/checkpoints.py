@@ -83,7 +83,7 @@ class S3CheckpointStore:
     """
 
     def __init__(self, location: str) -> None:
-        from tasks.s3 import S3Store
+        from rungflow.tasks.s3 import S3Store
 
         self.store = S3Store.from_url(location)
         self.root = location
@@ -97,7 +97,7 @@ class S3CheckpointStore:
         return f"s3://{self.store.settings.bucket}/{self.store.key(name)}"
 
     def load(self, trial_id: str, rung: int) -> bytes | None:
-        from tasks.s3 import S3NotFound
+        from rungflow.tasks.s3 import S3NotFound
 
         name = self._name(trial_id, rung)
         try:

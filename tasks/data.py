@@ -13,9 +13,10 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,7 @@ class DataSpec(BaseModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check(self) -> "DataSpec":
+    def _check(self) -> DataSpec:
         src = self.source.strip()
         if not src:
             raise ValueError("data.source is empty; give sklearn:breast_cancer, a .csv/.parquet path or s3://bucket/key.csv")
@@ -84,7 +85,7 @@ class DataSpec(BaseModel):
         return self.label or SKLEARN_LABEL
 
     @classmethod
-    def parse(cls, data: Any) -> "DataSpec":
+    def parse(cls, data: Any) -> DataSpec:
         """A spec from a mapping (or a spec), with pydantic errors turned into one-line :class:`DataError`."""
         if isinstance(data, DataSpec):
             return data

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tasks.data import Dataset, encode_frame
+from rungflow.tasks.data import Dataset, encode_frame
 
 __all__ = [
     "FittedModel", "SklearnModel", "TorchMLPModel", "ModelError", "fit_model", "save_model", "load_model",
@@ -131,7 +132,7 @@ class FittedModel(ABC):
 
     @classmethod
     @abstractmethod
-    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> "FittedModel": ...
+    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> FittedModel: ...
 
     def _kwargs(self) -> dict[str, Any]:
         return {"family": self.family, "encoding": self.encoding, "config": self.config, "budget": self.budget, "metrics": self.metrics}
@@ -158,7 +159,7 @@ class SklearnModel(FittedModel):
         (directory / "model.skops").write_bytes(sio.dumps(self.estimator))
 
     @classmethod
-    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> "SklearnModel":
+    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> SklearnModel:
         data = (directory / "model.skops").read_bytes()
         return cls(skops_loads(data, where=str(directory / "model.skops")), **_kwargs_of(manifest))
 
@@ -190,7 +191,7 @@ class TorchMLPModel(FittedModel):
     def _network(self):
         import torch
 
-        from tasks.trainables.torch_mlp import _MLP
+        from rungflow.tasks.trainables.torch_mlp import _MLP
 
         if self._module is None:
             gen = torch.Generator().manual_seed(0)
@@ -204,7 +205,7 @@ class TorchMLPModel(FittedModel):
     def _scores(self, x: np.ndarray) -> np.ndarray:
         import torch
 
-        from tasks.trainables.torch_mlp import normalise
+        from rungflow.tasks.trainables.torch_mlp import normalise
 
         xt = normalise(x, self.state["median"], self.state["mean"], self.state["std"])
         with torch.no_grad():
@@ -222,7 +223,7 @@ class TorchMLPModel(FittedModel):
         torch.save({k: v for k, v in self.state.items()}, directory / "weights.pt")
 
     @classmethod
-    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> "TorchMLPModel":
+    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> TorchMLPModel:
         import torch
 
         try:
@@ -239,13 +240,13 @@ def _kwargs_of(manifest: Mapping[str, Any]) -> dict[str, Any]:
 def _backends() -> dict[str, type[FittedModel]]:
     backends: dict[str, type[FittedModel]] = {"sklearn": SklearnModel, "torch": TorchMLPModel}
     try:
-        from tasks.trainables.autogluon import AutoGluonModel
+        from rungflow.tasks.trainables.autogluon import AutoGluonModel
 
         backends["autogluon"] = AutoGluonModel
     except ImportError:
         pass
     try:
-        from tasks.trainables.autosklearn import AutoSklearnModel
+        from rungflow.tasks.trainables.autosklearn import AutoSklearnModel
 
         backends["autosklearn"] = AutoSklearnModel
     except ImportError:
@@ -301,8 +302,8 @@ def fit_model(trainable_kind: str, options: Mapping[str, Any], config: Mapping[s
     ``dataset`` defaults to the one ``options["data"]`` names. The model's ``metrics`` are its
     validation metrics on ``dataset``.
     """
-    from tasks.trainables import get_trainable_class
-    from tasks.trainables.tabular import TabularTrainable
+    from rungflow.tasks.trainables import get_trainable_class
+    from rungflow.tasks.trainables.tabular import TabularTrainable
 
     cls = get_trainable_class(trainable_kind)
     trainable = cls(dict(options))

@@ -22,11 +22,12 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
-from tasks.checkpoints import atomic_write
+from rungflow.tasks.checkpoints import atomic_write
 
 __all__ = ["ModelRegistry", "RegistryError", "CorruptArtifact", "load_model", "default_registry"]
 
@@ -75,7 +76,7 @@ class _LocalBackend:
 
 class _S3Backend:
     def __init__(self, location: str) -> None:
-        from tasks.s3 import S3Store
+        from rungflow.tasks.s3 import S3Store
 
         self.store = S3Store.from_url(location)
         self._bucket_checked = False
@@ -87,7 +88,7 @@ class _S3Backend:
         self.store.put(name, data)
 
     def get(self, name: str) -> bytes | None:
-        from tasks.s3 import S3NotFound
+        from rungflow.tasks.s3 import S3NotFound
 
         try:
             return self.store.get(name)[0]
@@ -95,7 +96,7 @@ class _S3Backend:
             return None
 
     def list(self, prefix: str) -> list[str]:
-        from tasks.s3 import S3NotFound
+        from rungflow.tasks.s3 import S3NotFound
 
         try:
             return self.store.list(prefix)
@@ -274,7 +275,7 @@ class ModelRegistry:
 
     def load_model(self, name: str, version: str = "production") -> Any:
         """The :class:`tasks.models.FittedModel` of ``name`` at ``version`` (default: production)."""
-        from tasks.models import load_model as load_model_dir
+        from rungflow.tasks.models import load_model as load_model_dir
 
         return load_model_dir(self.fetch(name, version))
 

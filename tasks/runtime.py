@@ -20,18 +20,18 @@ behave as on the GPU machine the config was written for.
 from __future__ import annotations
 
 import ctypes
-from abc import ABC, abstractmethod
 import logging
 import os
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
-from budgets.ledger import TrialStatus
+from rungflow.budgets.ledger import TrialStatus
 from rungflow.redact import is_secret_name
-from tasks.train import TrialResult, TrialSpec, run_trial
+from rungflow.tasks.train import TrialResult, TrialSpec, run_trial
 
 __all__ = ["Runtime", "ThreadRuntime", "RayRuntime", "make_runtime", "active_runtime", "use_runtime"]
 
@@ -191,7 +191,7 @@ class RayRuntime(Runtime):
     ray_num_gpus: float = 0.0
     ray_num_cpus: float = 1.0
     memory_limit_bytes: int | None = None
-    _idle: "queue.Queue[Any]" = field(default_factory=queue.Queue)
+    _idle: queue.Queue[Any] = field(default_factory=queue.Queue)
     _actors: int = 0
     _running: dict[tuple[str, int], Any] = field(default_factory=dict)
 

@@ -20,8 +20,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 __all__ = ["S3Settings", "S3Store", "S3Error", "S3Unavailable", "S3NotFound", "parse_s3_url", "is_s3_url"]
@@ -78,7 +79,7 @@ class S3Settings:
                  if getattr(self, name) is not None and getattr(self, name) != getattr(defaults, name)}
         return f"s3://{self.bucket}/{path}" + (f"?{urlencode(query)}" if query else "")
 
-    def child(self, key: str) -> "S3Settings":
+    def child(self, key: str) -> S3Settings:
         """The same store one level down: ``prefix/key``."""
         return replace(self, prefix="/".join(p for p in (self.prefix.strip("/"), key.strip("/")) if p))
 
@@ -136,7 +137,8 @@ def _make_client(settings: S3Settings) -> Any:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, HTTPClientError
+    from botocore.exceptions import ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
 
     if isinstance(exc, (BotoConnectionError, HTTPClientError)):
         return True
@@ -175,7 +177,7 @@ class S3Store:
         self._client: Any = None
 
     @classmethod
-    def from_url(cls, url: str, **overrides: Any) -> "S3Store":
+    def from_url(cls, url: str, **overrides: Any) -> S3Store:
         return cls(parse_s3_url(url, **overrides))
 
     @property

@@ -6,13 +6,14 @@ beside each rung's mapped ``train`` runs. Each is a thin call into the pure core
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from budgets.schedulers import RungDecision, TrialScore, gate_rung
-from budgets.searchers import Observation, Searcher
+from rungflow.budgets.schedulers import RungDecision, TrialScore, gate_rung
+from rungflow.budgets.searchers import Observation, Searcher
 
 __all__ = ["suggest_trials", "gate_trials", "promote_survivors"]
 

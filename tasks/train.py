@@ -16,17 +16,18 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from budgets.ledger import TrialStatus
+from rungflow.budgets.ledger import TrialStatus
 from rungflow.redact import redact
-from tasks.checkpoints import CorruptCheckpoint, open_store
-from tasks.trainables import Trainable, TrainRequest, get_trainable_class
+from rungflow.tasks.checkpoints import CorruptCheckpoint, open_store
+from rungflow.tasks.trainables import Trainable, TrainRequest, get_trainable_class
 
 __all__ = ["TrialSpec", "TrialResult", "run_trial", "train_trial", "attempt_stamp_name"]
 
@@ -93,7 +94,7 @@ class TrialResult:
     # Log lines the trial emitted in its worker, replayed into the Prefect task run's logs by the flow.
     logs: tuple[tuple[int, str], ...] = ()
     # Earlier attempts of this (trial, rung) whose worker was lost; each is billed once.
-    lost_attempts: tuple["TrialResult", ...] = ()
+    lost_attempts: tuple[TrialResult, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -305,7 +306,7 @@ def train_trial(spec: TrialSpec) -> Any:
     """Train one trial to its rung's budget on the active runtime (threads or Ray actors)."""
     from prefect import get_run_logger
 
-    from tasks.runtime import active_runtime
+    from rungflow.tasks.runtime import active_runtime
 
     result = active_runtime().execute(spec)
     logger = get_run_logger()

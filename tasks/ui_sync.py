@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["RecordedTaskRuns", "TRAIN_TASK_PREFIX", "recommended_server_settings"]
 
@@ -57,7 +58,7 @@ class RecordedTaskRuns:
     _sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
 
     @classmethod
-    def for_current_flow_run(cls, max_unrecorded: int | None) -> "RecordedTaskRuns | None":
+    def for_current_flow_run(cls, max_unrecorded: int | None) -> RecordedTaskRuns | None:
         """None outside a flow run or when the check is switched off (``ui.max_unrecorded_task_runs``: null)."""
         if not max_unrecorded:
             return None

@@ -10,9 +10,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -20,16 +21,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-# CI installs everything these tests skip without (YAHPO data, Playwright, chromium, SeaweedFS, the
-# AutoGluon env): there a skip means a broken install, not a missing optional part, so with
-# RUNGFLOW_NO_SKIPS=1 (.ci/run) it fails. Only tests marked ``optional_env`` (auto-sklearn, built on request)
-# may still skip.
+# CI installs everything these tests skip without (YAHPO data, Playwright, chromium, SeaweedFS, AutoGluon,
+# the auto-sklearn env): there a skip means a broken install, not a missing optional part, so with
+# RUNGFLOW_NO_SKIPS=1 (.ci/run) it fails.
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
     strict = os.environ.get("RUNGFLOW_NO_SKIPS") == "1"
-    if strict and report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("optional_env") is None:
+    if strict and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped where nothing may be (RUNGFLOW_NO_SKIPS=1): {reason}"
@@ -225,7 +225,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
                 break
             except Exception:
                 if time.time() > deadline:
-                    raise RuntimeError(f"weed server did not serve S3 within 90 s; see {log_path}")
+                    raise RuntimeError(f"weed server did not serve S3 within 90 s; see {log_path}") from None
                 time.sleep(0.5)
         yield server
     finally:

@@ -16,12 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from budgets.ledger import SpendRecord, TrialStatus
-from flows.sweep import Sweep
+from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.config import SLUG_MAX, slug, validate
+from rungflow.flows.sweep import Sweep
 from rungflow.results import TOP_N, build_result
-from tasks.artifacts import (artifact_keys, decision_markdown, leaderboard_description, leaderboard_rows,
-                             plot_markdown, summary_markdown)
+from rungflow.tasks.artifacts import (
+    artifact_keys,
+    decision_markdown,
+    leaderboard_description,
+    leaderboard_rows,
+    plot_markdown,
+    summary_markdown,
+)
 from tests.conftest import sweep_config
 
 KEY = re.compile(r"^[a-z0-9-]+$")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import rungflow
-from flows.sweep import run_sweep
 from rungflow.config import load_config
-from tasks.data import load_dataset
+from rungflow.flows.sweep import run_sweep
+from rungflow.tasks.data import load_dataset
 
 pytestmark = pytest.mark.slow
 

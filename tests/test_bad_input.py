@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from rungflow.flows.cli import main
 from tests.conftest import REPO
 
 GOOD = "name: bad-input\ntrainable: {kind: noop}\nscheduler: {kind: hyperband, min_budget: 1, max_budget: 9, eta: 3}\n"
@@ -123,6 +123,6 @@ def test_as_users_run_it_in_a_subprocess(tmp_path: Path) -> None:
     config.write_text("name: [unclosed\n")
     for args, expected in ((["nonsense"], "invalid choice"), (["plan", str(config)], "not valid YAML"),
                            (["resume", str(tmp_path)], "config.json does not exist")):
-        run = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+        run = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", *args], cwd=REPO, capture_output=True, text=True,
                              timeout=120)
         _check(run.returncode, run.stderr, expected)

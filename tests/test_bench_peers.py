@@ -15,7 +15,7 @@ import pytest
 from bench.common import LCBENCH_MAX_EPOCH, incumbent_curve
 from bench.compare import score_events
 
-pytest.importorskip("yahpo_gym")
+pytest.importorskip("onnxruntime")
 peers = pytest.importorskip("bench.peers")
 
 INSTANCE = "3945"

@@ -14,7 +14,7 @@ import pytest
 
 from bench.common import LCBENCH_MAX_EPOCH, fmt, library_versions, wall_and_load
 from bench.stopping import _outcome, best_value_at_price, oracle
-from budgets.ledger import SpendRecord, TrialStatus
+from rungflow.budgets.ledger import SpendRecord, TrialStatus
 
 TOP = float(LCBENCH_MAX_EPOCH)
 
@@ -59,7 +59,7 @@ peers = pytest.importorskip("bench.peers")
 
 @pytest.fixture(scope="module")
 def surrogate():
-    pytest.importorskip("yahpo_gym")
+    pytest.importorskip("onnxruntime")
     try:
         return peers.Surrogate("3945")
     except Exception as exc:  # no YAHPO data on this machine

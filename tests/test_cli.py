@@ -14,7 +14,7 @@ GOOD = "name: cli\ntrainable: {kind: noop}\nscheduler: {kind: hyperband, min_bud
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rungflow.flows.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
 
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from budgets.searchers import make_searcher
-from budgets.space import SearchSpace
+from rungflow.budgets.searchers import make_searcher
+from rungflow.budgets.space import SearchSpace
 from rungflow.config import ConfigError, SweepConfig, apply_overrides, load_config, parse_duration, validate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from budgets.controller import Action, BudgetController, BudgetSettings, StopReason, window_gain
-from budgets.ledger import Ledger, SpendRecord, TrialStatus, incumbent_curve
+from rungflow.budgets.controller import Action, BudgetController, BudgetSettings, StopReason, window_gain
+from rungflow.budgets.ledger import Ledger, SpendRecord, TrialStatus, incumbent_curve
 
 PRICE = 2.0
 

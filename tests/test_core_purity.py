@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = sorted(
-    "budgets" if p.name == "__init__.py" else f"budgets.{p.stem}" for p in (REPO / "budgets").glob("*.py")
+    "rungflow.budgets" if p.name == "__init__.py" else f"rungflow.budgets.{p.stem}" for p in (REPO / "budgets").glob("*.py")
 )
 FORBIDDEN = ("prefect", "ray", "torch", "optuna")
 ALLOWED_THIRD_PARTY = {"numpy"}
@@ -38,8 +38,8 @@ def _import_in_fresh_interpreter(module: str) -> dict[str, str]:
 
 
 def test_every_budgets_module_is_listed() -> None:
-    assert {"budgets.space", "budgets.searchers", "budgets.tpe", "budgets.rungs", "budgets.schedulers",
-            "budgets.ledger", "budgets.controller"} <= set(MODULES)
+    assert {"rungflow.budgets.space", "rungflow.budgets.searchers", "rungflow.budgets.tpe", "rungflow.budgets.rungs", "rungflow.budgets.schedulers",
+            "rungflow.budgets.ledger", "rungflow.budgets.controller"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from budgets.cost import CostModel, encode
-from budgets.searchers import Observation, make_searcher
-from budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from rungflow.budgets.cost import CostModel, encode
+from rungflow.budgets.searchers import Observation, make_searcher
+from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from rungflow.config import ConfigError, validate
 from tests.conftest import sweep_config
 
@@ -105,9 +105,9 @@ def test_cost_aware_is_refused_for_searchers_that_cannot_use_it(tmp_path) -> Non
 
 
 def test_the_sweep_tells_the_searcher_what_each_result_cost_per_budget_unit(tmp_path) -> None:
-    from budgets.ledger import TrialStatus
-    from flows.sweep import Sweep
-    from tasks.train import TrialResult
+    from rungflow.budgets.ledger import TrialStatus
+    from rungflow.flows.sweep import Sweep
+    from rungflow.tasks.train import TrialResult
 
     cfg = validate(sweep_config(tmp_path, search={"algorithm": "tpe", "cost_aware": True}))
     sweep = Sweep.create(cfg, tmp_path / "run")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from tasks.registry import ModelRegistry
+from rungflow.tasks.registry import ModelRegistry
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_prefect_yaml_declares_weekly_cron_with_timezone_and_process_pool() -> N
 
 def test_deployment_runs_on_a_process_worker_and_its_schedule_is_weekly(prefect_server: str, tmp_path: Path) -> None:
     env = _env(prefect_server, tmp_path)
-    subprocess.run([sys.executable, "-m", "deployments.deploy", "weekly-breast-cancer"], cwd=REPO, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "rungflow.deployments.deploy", "weekly-breast-cancer"], cwd=REPO, env=env, check=True,
                    timeout=180, capture_output=True)
     deployment = _deployment(prefect_server)
     assert deployment["work_pool_name"] == "rungflow-process"
@@ -105,7 +105,7 @@ def test_deployment_runs_on_a_process_worker_and_its_schedule_is_weekly(prefect_
 
 def test_serve_registers_the_same_deployments_without_a_work_pool(prefect_server: str, tmp_path: Path) -> None:
     env = _env(prefect_server, tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "deployments.serve", "weekly-digits-mlp"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "rungflow.deployments.serve", "weekly-digits-mlp"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 120

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.sweep import run_sweep
 from rungflow.config import validate
+from rungflow.flows.sweep import run_sweep
 from tests.conftest import REPO, free_port, sweep_config
 
 pytestmark = pytest.mark.slow
@@ -243,19 +243,19 @@ def test_cli_sweep_and_report(prefect_server: str, tmp_path: Path) -> None:
     )
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
     out = tmp_path / "run"
-    run = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", str(config), "--out", str(out),
+    run = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "sweep", str(config), "--out", str(out),
                           "--set", "scheduler.eta=3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "leaderboard" in run.stdout and "schedule_complete" in run.stdout
-    report = subprocess.run([sys.executable, "-m", "flows.cli", "report", str(out)], cwd=REPO, env=env,
+    report = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "report", str(out)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr
     assert "t00" in report.stdout and (out / "anytime.png").stat().st_size > 1000
 
 
 def test_marginal_gain_rule_stops_a_surrogate_sweep_and_records_why(prefect_server: str, tmp_path: Path) -> None:
-    pytest.importorskip("yahpo_gym")
-    from tasks.trainables.yahpo_lcbench import LCBenchTrainable  # noqa: F401  (data path checked below)
+    pytest.importorskip("onnxruntime")
+    from rungflow.tasks.trainables.yahpo_lcbench import LCBenchTrainable  # noqa: F401  (data path checked below)
 
     base = sweep_config(
         tmp_path, name="lcbench-stop",

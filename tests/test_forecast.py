@@ -8,10 +8,10 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from budgets.controller import BudgetController, BudgetSettings
-import budgets.forecast as forecast_module
-from budgets.forecast import RungScore, entry_scores, forecast_gain, score_changes
-from budgets.ledger import Ledger, SpendRecord, TrialStatus
+import rungflow.budgets.forecast as forecast_module
+from rungflow.budgets.controller import BudgetController, BudgetSettings
+from rungflow.budgets.forecast import RungScore, entry_scores, forecast_gain, score_changes
+from rungflow.budgets.ledger import Ledger, SpendRecord, TrialStatus
 
 
 def curve(trial: str, points: dict[float, float | None]) -> list[RungScore]:
@@ -153,8 +153,8 @@ def _spend(trial: str, bracket: int, rung: int, budget: float, score: float | No
 
 
 def test_stage_forecast_takes_the_gates_survivors_and_the_brackets_rest() -> None:
-    from budgets.forecast import stage_forecast
-    from budgets.schedulers import ASHAScheduler, HyperbandScheduler
+    from rungflow.budgets.forecast import stage_forecast
+    from rungflow.budgets.schedulers import ASHAScheduler, HyperbandScheduler
 
     hb = HyperbandScheduler(min_budget=1, max_budget=9, eta=3, integer=True)
     # Bracket 0: 9 @ 1, 3 @ 3, 1 @ 9. Its first two rungs ran; every 1 → 3 step added exactly +0.1,

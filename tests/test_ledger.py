@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from budgets.ledger import IncumbentPoint, Ledger, SpendRecord, TrialStatus, incumbent_curve
+from rungflow.budgets.ledger import IncumbentPoint, Ledger, SpendRecord, TrialStatus, incumbent_curve
 
 PRICE = 2.5
 

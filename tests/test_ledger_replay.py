@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from budgets.ledger import FINISHED, Ledger, SpendRecord, StartMarker, TrialStatus
+from rungflow.budgets.ledger import FINISHED, Ledger, SpendRecord, StartMarker, TrialStatus
 
 
 def rec(trial: str, rung: int = 0, attempt: int = 0, status: TrialStatus = TrialStatus.COMPLETED, wall: float = 60.0) -> SpendRecord:

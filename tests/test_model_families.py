@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from tasks.data import DataError, DataSpec, load_dataset, read_table
-from tasks.models import ModelError, fit_model, load_model, save_model
-from tasks.trainables import TrainableError, TrainRequest, get_trainable_class, known_kinds
-from tasks.trainables.external import AUTOGLUON, AUTOSKLEARN
+from rungflow.tasks.data import DataError, DataSpec, load_dataset, read_table
+from rungflow.tasks.models import ModelError, fit_model, load_model, save_model
+from rungflow.tasks.trainables import TrainableError, TrainRequest, get_trainable_class, known_kinds
+from rungflow.tasks.trainables.external import AUTOGLUON, AUTOSKLEARN
 
 BC = {"source": "sklearn:breast_cancer"}
 DIABETES = {"source": "sklearn:diabetes"}
@@ -200,7 +200,7 @@ def test_torch_mlp_keeps_the_bundled_shorthand_and_rejects_both_sources() -> Non
         get_trainable_class("torch_mlp")({"dataset": "iris", "data": BC})
 
 
-# --- AutoML families in their own environments ------------------------------------------------------
+# --- AutoML families in worker interpreters (AutoGluon: this one; auto-sklearn: its own) ------------------------------------------------------
 
 
 @pytest.mark.skipif(not AUTOGLUON.available(), reason=AUTOGLUON.missing_reason())
@@ -223,7 +223,6 @@ def test_autogluon_fits_in_seconds_keeps_its_leaderboard_and_round_trips(tmp_pat
     assert loaded.family == "autogluon" and loaded.leaderboard == model.leaderboard
 
 
-@pytest.mark.optional_env
 @pytest.mark.skipif(not AUTOSKLEARN.available(), reason=AUTOSKLEARN.missing_reason())
 def test_autosklearn_fits_in_its_own_environment_and_round_trips(tmp_path) -> None:
     model = fit_model("autosklearn", {"data": BC}, {}, 45)

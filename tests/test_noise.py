@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from budgets.controller import BudgetController, BudgetSettings, expected_top_k_mean, level_gain
-from budgets.ledger import Ledger, SpendRecord, TrialStatus
+from rungflow.budgets.controller import BudgetController, BudgetSettings, expected_top_k_mean, level_gain
+from rungflow.budgets.ledger import Ledger, SpendRecord, TrialStatus
 
 STEP_GPU_HOURS = 0.1  # one top-fidelity result per 0.1 GPU-h
 THRESHOLD = 0.1  # metric units per GPU-h

@@ -23,7 +23,7 @@ SWEEP = (
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", *args]
+    return [sys.executable, "-m", "rungflow.flows.cli", *args]
 
 
 def _env(api: str) -> dict[str, str]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.data import DataSpec, load_dataset
-from tasks.models import fit_model, save_model
-from tasks.registry import CorruptArtifact, ModelRegistry, RegistryError, load_model
+from rungflow.tasks.data import DataSpec, load_dataset
+from rungflow.tasks.models import fit_model, save_model
+from rungflow.tasks.registry import CorruptArtifact, ModelRegistry, RegistryError, load_model
 from tests.conftest import free_port
 
 DATA = {"source": "sklearn:iris", "validation_fraction": 0.3, "seed": 0}

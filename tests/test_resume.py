@@ -1,6 +1,6 @@
 """Fault injection with real processes: kill -9 the CLI sweep at several points, resume, compare.
 
-The sweep runs as ``python -m flows.cli`` against the real Prefect server; it dies by SIGKILL from
+The sweep runs as ``python -m rungflow.flows.cli`` against the real Prefect server; it dies by SIGKILL from
 ``RUNGFLOW_FAULT_AT`` (rungflow/faults.py, at an exact point of the driver) or from this test
 (mid-train, at a moment the test picks). The noop trainable sleeps so kills land mid-train and
 reports a fixed cost per budget unit, so the spend of finished work is comparable across runs to
@@ -49,7 +49,7 @@ def _popen(args: list[str], api: str, fault: str | None = None) -> subprocess.Po
     env.pop("RUNGFLOW_FAULT_AT", None)
     if fault:
         env["RUNGFLOW_FAULT_AT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "rungflow.flows.cli", *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -61,8 +61,8 @@ def _finish(proc: subprocess.Popen[str], expect: int) -> str:
 
 def _baseline(config: Path, run_dir: Path) -> None:
     """The uninterrupted run, in this process (the same flow; it saves a process start)."""
-    from flows.sweep import run_sweep
     from rungflow.config import load_config
+    from rungflow.flows.sweep import run_sweep
 
     run_sweep(load_config(config), run_dir)
 
@@ -184,7 +184,7 @@ def test_asha_with_one_slot_resumes_to_the_same_results(prefect_server: str, tmp
 
 
 def test_resume_refuses_search_changes_and_a_different_sweep_in_the_run_dir(prefect_server: str, tmp_path: Path) -> None:
-    from flows.cli import main
+    from rungflow.flows.cli import main
 
     run = tmp_path / "run"
     run.mkdir()
@@ -195,7 +195,7 @@ def test_resume_refuses_search_changes_and_a_different_sweep_in_the_run_dir(pref
     config.write_text("name: x\ntrainable: {kind: noop}\nsearch: {seed: 9}\n")
     assert main(["sweep", str(config), "--out", str(run)]) == 2
     # A second process on a run directory that a live sweep holds is refused, in one line.
-    from flows.sweep import lock_run_dir
+    from rungflow.flows.sweep import lock_run_dir
 
     (run / "config.json").write_text(json.dumps({"name": "x", "trainable": {"kind": "noop"},
                                                  "runtime": {"kind": "thread"}}))
@@ -207,8 +207,8 @@ def test_resume_refuses_search_changes_and_a_different_sweep_in_the_run_dir(pref
 
 
 def test_a_retried_flow_run_with_the_same_run_dir_replays_instead_of_training(prefect_server: str, tmp_path: Path) -> None:
-    from flows.sweep import run_sweep
     from rungflow.config import validate
+    from rungflow.flows.sweep import run_sweep
     from tests.conftest import sweep_config
 
     cfg = validate(sweep_config(tmp_path, name="retried", search={"algorithm": "tpe", "seed": 1},
@@ -223,8 +223,8 @@ def test_a_retried_flow_run_with_the_same_run_dir_replays_instead_of_training(pr
 
 
 def test_a_deadline_counts_the_time_the_sweep_ran_not_the_time_it_lay_dead(tmp_path: Path) -> None:
-    from flows.sweep import Sweep
     from rungflow.config import ConfigError, validate
+    from rungflow.flows.sweep import Sweep
     from tests.conftest import sweep_config
 
     cfg = validate(sweep_config(tmp_path, budget={"deadline": "1h"}))

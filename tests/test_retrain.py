@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from prefect.states import State
 
-from flows.retrain import RetrainError, decide, retrain_flow, warm_start_from
-from tasks.registry import CorruptArtifact, ModelRegistry
+from rungflow.flows.retrain import RetrainError, decide, retrain_flow, warm_start_from
+from rungflow.tasks.registry import CorruptArtifact, ModelRegistry
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from budgets.rungs import BracketPlan, RungPlan, bracket_plan, hyperband_plan, max_bracket_index, rung_budgets
+from rungflow.budgets.rungs import BracketPlan, RungPlan, bracket_plan, hyperband_plan, max_bracket_index, rung_budgets
 
 # Li et al. 2018, Table 1: R=81, η=3. For each bracket s, the (n_i, r_i) of its rungs.
 PAPER_TABLE = {

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.sweep import run_sweep
 from rungflow.config import validate
+from rungflow.flows.sweep import run_sweep
 from tests.conftest import sweep_config
 
 pytestmark = pytest.mark.slow

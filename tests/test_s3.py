@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from rungflow.config import ConfigError, validate
-from tasks.checkpoints import CorruptCheckpoint, S3CheckpointStore, open_store
-from tasks.s3 import S3Error, S3NotFound, S3Store, S3Unavailable, parse_s3_url
+from rungflow.tasks.checkpoints import CorruptCheckpoint, S3CheckpointStore, open_store
+from rungflow.tasks.s3 import S3Error, S3NotFound, S3Store, S3Unavailable, parse_s3_url
 from tests.conftest import free_port, sweep_config
 
 
@@ -91,7 +91,7 @@ def _sweep(tmp_path: Path, checkpoints: str, **overrides):
 
 @pytest.mark.slow
 def test_sweep_checkpoints_in_s3_ride_out_a_stopped_server(prefect_server: str, s3_server, tmp_path: Path) -> None:
-    from flows.sweep import run_sweep
+    from rungflow.flows.sweep import run_sweep
 
     client = s3_server.client()
     client.create_bucket(Bucket="rungflow-ckpt")
@@ -128,7 +128,7 @@ def test_sweep_checkpoints_in_s3_ride_out_a_stopped_server(prefect_server: str, 
 @pytest.mark.slow
 def test_sweep_with_s3_gone_for_good_fails_its_trials_clearly_and_keeps_the_ledger(prefect_server: str, s3_server,
                                                                                    tmp_path: Path) -> None:
-    from flows.sweep import run_sweep
+    from rungflow.flows.sweep import run_sweep
 
     cfg = _sweep(tmp_path, s3_server.url("rungflow-ckpt", "gone", connect_timeout=0.5, read_timeout=0.5, outage_seconds=1.5),
                  scheduler={"kind": "fifo", "min_budget": 1, "max_budget": 1}, search={"algorithm": "random", "num_trials": 4})

@@ -8,8 +8,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from budgets.rungs import hyperband_plan
-from budgets.schedulers import ASHAScheduler, AshaJob, make_scheduler, rank_key
+from rungflow.budgets.rungs import hyperband_plan
+from rungflow.budgets.schedulers import AshaJob, ASHAScheduler, make_scheduler, rank_key
 
 
 def _asha(num_trials: int = 20, eta: float = 3, mode: str = "max", lo: float = 1, hi: float = 9) -> ASHAScheduler:

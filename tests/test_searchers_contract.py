@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, gate_rung, make_scheduler
-from budgets.searchers import SEARCHERS, Observation, make_searcher
-from budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
-from budgets.tpe import BOHBSearcher
+from rungflow.budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, gate_rung, make_scheduler
+from rungflow.budgets.searchers import SEARCHERS, Observation, make_searcher
+from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from rungflow.budgets.tpe import BOHBSearcher
 
 SCHEDULERS = ("fifo", "sha", "hyperband", "asha")
 MIN_BUDGET, MAX_BUDGET, ETA = 1.0, 9.0, 3.0

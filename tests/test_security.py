@@ -28,8 +28,8 @@ URL_PASSWORD = "dbpass-9911-secret"
 PLUGIN = '''
 import os
 
-from budgets.space import FloatParam, SearchSpace
-from tasks.trainables.base import Trainable, TrainOutcome
+from rungflow.budgets.space import FloatParam, SearchSpace
+from rungflow.tasks.trainables.base import Trainable, TrainOutcome
 
 
 class LeakyTrainable(Trainable):
@@ -100,8 +100,8 @@ def test_log_records_are_redacted_with_arguments_and_tracebacks(monkeypatch: pyt
 
 
 def test_trainables_come_from_names_and_entry_points_never_import_strings(plugin_path: Path) -> None:
-    from tasks.train import TrialSpec, run_trial
-    from tasks.trainables import known_kinds
+    from rungflow.tasks.train import TrialSpec, run_trial
+    from rungflow.tasks.trainables import known_kinds
 
     assert "leaky" in known_kinds() and "noop" in known_kinds()
     cfg = validate({"name": "plugin", "trainable": {"kind": "leaky"}, "scheduler": {"kind": "fifo"}})
@@ -109,7 +109,7 @@ def test_trainables_come_from_names_and_entry_points_never_import_strings(plugin
     result = run_trial(TrialSpec(trial_id="t0", config={"x": 0.25}, bracket=0, rung=0, budget=3, trainable_kind="leaky",
                                  trainable_options={}, checkpoint_dir=str(plugin_path / "ckpt")))
     assert result.ok and result.score == 0.25
-    for kind in ("leaky_plugin:LeakyTrainable", "os:system", "tasks.trainables.noop.NoopTrainable", "__import__('os')"):
+    for kind in ("leaky_plugin:LeakyTrainable", "os:system", "rungflow.tasks.trainables.noop.NoopTrainable", "__import__('os')"):
         with pytest.raises(ConfigError, match="unknown trainable"):
             validate({"name": "evil", "trainable": {"kind": kind}})
 
@@ -128,7 +128,7 @@ def test_no_credential_in_run_dir_output_or_prefect_logs(prefect_server: str, pl
     env = {**os.environ, **FAKE, "PREFECT_API_URL": prefect_server,
            "PYTHONPATH": os.pathsep.join([str(plugin_path), str(REPO)])}
     out = tmp_path / "run"
-    run = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", str(config), "--out", str(out)], cwd=REPO,
+    run = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "sweep", str(config), "--out", str(out)], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     result = json.loads((out / "result.json").read_text())
@@ -148,7 +148,7 @@ def test_no_credential_in_run_dir_output_or_prefect_logs(prefect_server: str, pl
 
 
 def test_ray_workers_get_prefect_settings_but_no_credentials() -> None:
-    from tasks.runtime import _ray_env
+    from rungflow.tasks.runtime import _ray_env
 
     env = _ray_env({"PREFECT_API_URL": "http://127.0.0.1:4200/api", "PREFECT_API_KEY": "pnu_0123456789abcdef",
                     "PREFECT_API_AUTH_STRING": "admin:hunter22", "RUNGFLOW_FAULT_AT": "gate:2",

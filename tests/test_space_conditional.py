@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from budgets.searchers import Observation, make_searcher
-from budgets.space import SearchSpace, SpaceError
+from rungflow.budgets.searchers import Observation, make_searcher
+from rungflow.budgets.space import SearchSpace, SpaceError
 
 SPACE = {
     "family": {"type": "categorical", "choices": ["good", "bad", "linear"]},

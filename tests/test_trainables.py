@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from tasks.trainables import TrainableError, TrainRequest, get_trainable_class, known_kinds
+from rungflow.tasks.trainables import TrainableError, TrainRequest, get_trainable_class, known_kinds
 
 
 def test_registry_knows_the_bundled_kinds() -> None:
@@ -104,7 +104,7 @@ LC_CONFIG = {
 
 @pytest.fixture(scope="module")
 def lcbench():
-    from tasks.trainables.yahpo_lcbench import resolve_data_path
+    from rungflow.tasks.trainables.yahpo_lcbench import resolve_data_path
 
     try:
         resolve_data_path(None)
@@ -122,6 +122,33 @@ def test_lcbench_scores_and_bills_surrogate_time(lcbench) -> None:
         assert out.metrics["val_accuracy"] == out.score and "val_cross_entropy" in out.metrics
     assert (one.budget_reached, full.budget_reached) == (1, 52)
     assert full.gpu_seconds > one.gpu_seconds
+
+
+# Answers of yahpo-gym 1.0.2's BenchmarkSet.objective_function (numpy 1.26, onnxruntime 1.32) for
+# random configurations: the direct ONNX reader must give exactly these (600 such queries matched to the bit).
+YAHPO_GYM_ANSWERS = [
+    ("3945", {"batch_size": 299, "learning_rate": 0.018787249753397045, "momentum": 0.47430870693945204,
+              "weight_decay": 0.025899085861793406, "num_layers": 5, "max_units": 561, "max_dropout": 0.4049341374504143,
+              "epoch": 51}, {"val_accuracy": 95.88215637207031, "time": 315.34991455078125}),
+    ("168910", {"batch_size": 24, "learning_rate": 0.011631339428521683, "momentum": 0.6467315545684633,
+                "weight_decay": 0.037591713831922766, "num_layers": 1, "max_units": 74, "max_dropout": 0.11539851048895433,
+                "epoch": 24}, {"val_accuracy": 60.87240219116211, "time": 98.21410369873047}),
+    ("168910", {"batch_size": 272, "learning_rate": 0.002767671199013482, "momentum": 0.19624384784413418,
+                "weight_decay": 0.0452683292808068, "num_layers": 5, "max_units": 777, "max_dropout": 0.25388347854124227,
+                "epoch": 32}, {"val_accuracy": 23.454082489013672, "time": 600.7449951171875}),
+    ("189906", {"batch_size": 51, "learning_rate": 0.0024205647244814033, "momentum": 0.1532680035461375,
+                "weight_decay": 0.06508678805212754, "num_layers": 3, "max_units": 289, "max_dropout": 0.9300296003610368,
+                "epoch": 30}, {"val_accuracy": 47.51347732543945, "time": 73.39949798583984}),
+]
+
+
+@pytest.mark.parametrize(("instance", "config", "expected"), YAHPO_GYM_ANSWERS)
+def test_lcbench_surrogate_answers_exactly_as_yahpo_gym(lcbench, instance, config, expected) -> None:
+    from rungflow.tasks.trainables.lcbench_surrogate import LCBenchSurrogate
+    from rungflow.tasks.trainables.yahpo_lcbench import resolve_data_path
+
+    answer = LCBenchSurrogate(resolve_data_path(None) / "lcbench", instance).query(config)
+    assert {k: answer[k] for k in expected} == expected
 
 
 def test_lcbench_resume_bills_only_the_missing_epochs(lcbench) -> None:
@@ -179,7 +206,7 @@ def test_lcbench_synthetic_noise_is_seeded_gaussian_around_the_clean_score(lcben
 
 
 def test_synthetic_noise_shrinks_toward_certain_accuracies() -> None:
-    from tasks.trainables.yahpo_lcbench import synthetic_noise
+    from rungflow.tasks.trainables.yahpo_lcbench import synthetic_noise
 
     spread = lambda acc: np.std([synthetic_noise(acc, 0.7, seed) - acc for seed in range(2000)])  # noqa: E731
     assert spread(50.0) == pytest.approx(0.7, rel=0.1)

@@ -53,7 +53,7 @@ def test_sweep_is_watchable_in_the_prefect_ui(prefect_ui_server: str, tmp_path: 
         "search: {algorithm: random, seed: 0}\nscheduler: {kind: hyperband, min_budget: 1, max_budget: 9, eta: 3}\n"
         "budget: {max_gpu_hours: 0.5, price_per_gpu_hour: 2.5}\nruntime: {kind: thread, max_concurrent: 3}\n"
     )
-    run = subprocess.run([sys.executable, "-m", "flows.cli", "sweep", str(config), "--out", str(tmp_path / "run")],
+    run = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "sweep", str(config), "--out", str(tmp_path / "run")],
                          cwd=REPO, env={**os.environ, "PREFECT_API_URL": api}, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.sweep import run_sweep
 from rungflow.config import ConfigError, validate
-from tasks.ui_sync import TRAIN_TASK_PREFIX, RecordedTaskRuns
+from rungflow.flows.sweep import run_sweep
+from rungflow.tasks.ui_sync import TRAIN_TASK_PREFIX, RecordedTaskRuns
 from tests.conftest import sweep_config
 
 

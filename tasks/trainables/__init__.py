@@ -10,20 +10,28 @@ from __future__ import annotations
 
 from importlib import import_module
 from importlib.metadata import entry_points
+from importlib.util import find_spec
 
-from tasks.trainables.base import TRAINABLES, Trainable, TrainableError, TrainOutcome, TrainRequest
+from rungflow.tasks.trainables.base import TRAINABLES, Trainable, TrainableError, TrainOutcome, TrainRequest
 
 # kind -> module; imported on first use so a sweep of one family never imports another's heavy deps.
 _MODULES = {
-    "torch_mlp": "tasks.trainables.torch_mlp",
-    "yahpo_lcbench": "tasks.trainables.yahpo_lcbench",
-    "noop": "tasks.trainables.noop",
-    "hgb": "tasks.trainables.sklearn_models",
-    "random_forest": "tasks.trainables.sklearn_models",
-    "linear": "tasks.trainables.sklearn_models",
-    "autogluon": "tasks.trainables.autogluon",
-    "autosklearn": "tasks.trainables.autosklearn",
-    "mixed": "tasks.trainables.mixed",
+    "torch_mlp": "rungflow.tasks.trainables.torch_mlp",
+    "yahpo_lcbench": "rungflow.tasks.trainables.yahpo_lcbench",
+    "noop": "rungflow.tasks.trainables.noop",
+    "hgb": "rungflow.tasks.trainables.sklearn_models",
+    "random_forest": "rungflow.tasks.trainables.sklearn_models",
+    "linear": "rungflow.tasks.trainables.sklearn_models",
+    "autogluon": "rungflow.tasks.trainables.autogluon",
+    "autosklearn": "rungflow.tasks.trainables.autosklearn",
+    "mixed": "rungflow.tasks.trainables.mixed",
+}
+
+# kind -> (module it cannot run without, the extra that installs it): checked before the family's module is
+# imported, so a missing extra is one line naming the install, not an ImportError traceback mid-sweep.
+_EXTRAS = {
+    "torch_mlp": ("torch", "torch"),
+    "yahpo_lcbench": ("onnxruntime", "lcbench"),
 }
 
 ENTRY_POINT_GROUP = "rungflow.trainables"
@@ -43,6 +51,11 @@ def known_kinds() -> list[str]:
 
 def get_trainable_class(kind: str) -> type[Trainable]:
     if kind in _MODULES:
+        if kind in _EXTRAS:
+            module, extra = _EXTRAS[kind]
+            if find_spec(module) is None:
+                raise TrainableError(f"trainable.kind={kind} needs {module}, which is not installed; "
+                                     f"pip install 'rungflow[{extra}]'")
         import_module(_MODULES[kind])
         return TRAINABLES[kind]
     if kind in TRAINABLES:

@@ -13,18 +13,19 @@ import json
 import shutil
 import tempfile
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
-from budgets.space import CategoricalParam, SearchSpace
-from tasks.data import Dataset
-from tasks.models import FittedModel
-from tasks.trainables.base import TrainableError, TrainableOptions, register
-from tasks.trainables.external import AUTOGLUON, run_worker
-from tasks.trainables.tabular import FamilyFit, TabularOptions, TabularTrainable
+from rungflow.budgets.space import CategoricalParam, SearchSpace
+from rungflow.tasks.data import Dataset
+from rungflow.tasks.models import FittedModel
+from rungflow.tasks.trainables.base import TrainableError, TrainableOptions, register
+from rungflow.tasks.trainables.external import AUTOGLUON, run_worker
+from rungflow.tasks.trainables.tabular import FamilyFit, TabularOptions, TabularTrainable
 
 __all__ = ["AutoGluonOptions", "AutoGluonTrainable", "AutoGluonModel"]
 
@@ -82,8 +83,8 @@ class AutoGluonModel(FittedModel):
         shutil.copytree(self.predictor_dir, directory / "predictor")
 
     @classmethod
-    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> "AutoGluonModel":
-        from tasks.models import _kwargs_of
+    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> AutoGluonModel:
+        from rungflow.tasks.models import _kwargs_of
 
         return cls(directory / "predictor", leaderboard=manifest.get("extra", {}).get("leaderboard"), **_kwargs_of(manifest))
 

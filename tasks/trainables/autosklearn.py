@@ -12,15 +12,16 @@ import json
 import shutil
 import tempfile
 import weakref
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
-from budgets.space import SearchSpace
-from tasks.models import FittedModel
-from tasks.trainables.autogluon import _request
-from tasks.trainables.base import TrainableError, TrainableOptions, register
-from tasks.trainables.external import AUTOSKLEARN, run_worker
-from tasks.trainables.tabular import FamilyFit, TabularOptions, TabularTrainable
+from rungflow.budgets.space import SearchSpace
+from rungflow.tasks.models import FittedModel
+from rungflow.tasks.trainables.autogluon import _request
+from rungflow.tasks.trainables.base import TrainableError, TrainableOptions, register
+from rungflow.tasks.trainables.external import AUTOSKLEARN, run_worker
+from rungflow.tasks.trainables.tabular import FamilyFit, TabularOptions, TabularTrainable
 
 __all__ = ["AutoSklearnOptions", "AutoSklearnTrainable", "AutoSklearnModel"]
 
@@ -59,8 +60,8 @@ class AutoSklearnModel(FittedModel):
         shutil.copytree(self.model_dir, directory / "autosklearn")
 
     @classmethod
-    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> "AutoSklearnModel":
-        from tasks.models import _kwargs_of
+    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> AutoSklearnModel:
+        from rungflow.tasks.models import _kwargs_of
 
         return cls(directory / "autosklearn", leaderboard=manifest.get("extra", {}).get("leaderboard"), **_kwargs_of(manifest))
 

@@ -8,12 +8,13 @@ One module per model family under ``tasks/trainables/``; each registers a subcla
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from budgets.space import SearchSpace
+from rungflow.budgets.space import SearchSpace
 
 __all__ = ["TrainRequest", "TrainOutcome", "Trainable", "TrainableOptions", "TRAINABLES", "register", "TrainableError"]
 

@@ -28,14 +28,15 @@ or the flat form under ``space:`` with explicit conditions::
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from budgets.space import CategoricalParam, SearchSpace, SpaceError
-from tasks.models import FittedModel
-from tasks.trainables.base import TrainableError, TrainableOptions, register
-from tasks.trainables.tabular import FamilyFit, TabularOptions, TabularTrainable
+from rungflow.budgets.space import CategoricalParam, SearchSpace, SpaceError
+from rungflow.tasks.models import FittedModel
+from rungflow.tasks.trainables.base import TrainableError, TrainableOptions, register
+from rungflow.tasks.trainables.tabular import FamilyFit, TabularOptions, TabularTrainable
 
 __all__ = ["MixedOptions", "MixedTrainable", "FAMILIES", "DEFAULT_SCALE"]
 
@@ -84,8 +85,8 @@ class MixedOptions(TabularOptions):
         return scale
 
     @model_validator(mode="after")
-    def _family_options(self) -> "MixedOptions":
-        from tasks.trainables import get_trainable_class
+    def _family_options(self) -> MixedOptions:
+        from rungflow.tasks.trainables import get_trainable_class
 
         for name, extra in self.family_options.items():
             if name not in FAMILIES:
@@ -120,7 +121,7 @@ class MixedTrainable(TabularTrainable):
 
     def member(self, family: str) -> TabularTrainable:
         """The family's own trainable, built once with the shared data and its family_options."""
-        from tasks.trainables import get_trainable_class
+        from rungflow.tasks.trainables import get_trainable_class
 
         if family not in self.options.family_names():
             raise TrainableError(f"mixed: config family={family!r} is not among trainable.options.families {self.options.family_names()}")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, ClassVar, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from budgets.space import FloatParam, SearchSpace
-from tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
+from rungflow.budgets.space import FloatParam, SearchSpace
+from rungflow.tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
 
 __all__ = ["NoopOptions", "NoopTrainable", "OPTIMUM", "noop_score"]
 

@@ -9,15 +9,16 @@ its budget, refitting from scratch each rung (it is cheap). Checkpoints are skop
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
-from budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
-from tasks.data import Dataset
-from tasks.models import SklearnModel, skops_loads
-from tasks.trainables.base import TrainableError, register
-from tasks.trainables.tabular import FamilyFit, TabularTrainable, number
+from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from rungflow.tasks.data import Dataset
+from rungflow.tasks.models import SklearnModel, skops_loads
+from rungflow.tasks.trainables.base import TrainableError, register
+from rungflow.tasks.trainables.tabular import FamilyFit, TabularTrainable, number
 
 __all__ = ["HGBTrainable", "RandomForestTrainable", "LinearTrainable"]
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
-from tasks.data import DataError, Dataset, DataSpec, load_dataset
-from tasks.models import FittedModel
-from tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest
+from rungflow.tasks.data import DataError, Dataset, DataSpec, load_dataset
+from rungflow.tasks.models import FittedModel
+from rungflow.tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest
 
 __all__ = ["TabularOptions", "TabularTrainable", "FamilyFit", "trial_seed"]
 

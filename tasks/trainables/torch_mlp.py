@@ -6,19 +6,20 @@ import functools
 import hashlib
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from budgets.space import FloatParam, IntParam, SearchSpace
-from tasks.data import Dataset, DataSpec
-from tasks.models import TorchMLPModel, score_predictions
-from tasks.trainables.base import TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
-from tasks.trainables.tabular import FamilyFit, TabularTrainable
+from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
+from rungflow.tasks.data import Dataset, DataSpec
+from rungflow.tasks.models import TorchMLPModel, score_predictions
+from rungflow.tasks.trainables.base import TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
+from rungflow.tasks.trainables.tabular import FamilyFit, TabularTrainable
 
 __all__ = ["TorchMLPOptions", "TorchMLPTrainable"]
 
@@ -36,7 +37,7 @@ class TorchMLPOptions(TrainableOptions):
     data_seed: int = 0
 
     @model_validator(mode="after")
-    def _one_source(self) -> "TorchMLPOptions":
+    def _one_source(self) -> TorchMLPOptions:
         if self.data is not None and self.dataset is not None:
             raise ValueError("give either data (any table) or dataset (a bundled one), not both")
         return self

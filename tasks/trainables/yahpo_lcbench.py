@@ -12,13 +12,15 @@ import json
 import math
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator, model_validator
 
-from budgets.space import FloatParam, IntParam, SearchSpace
-from tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
+from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
+from rungflow.tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
+from rungflow.tasks.trainables.lcbench_surrogate import LCBenchSurrogate, SurrogateError
 
 __all__ = ["LCBenchOptions", "LCBenchTrainable", "INSTANCES", "resolve_data_path", "synthetic_noise"]
 
@@ -72,7 +74,7 @@ class LCBenchOptions(TrainableOptions):
         return value
 
     @model_validator(mode="after")
-    def _one_kind_of_noise(self) -> "LCBenchOptions":
+    def _one_kind_of_noise(self) -> LCBenchOptions:
         if self.noisy and self.noise_std > 0:
             raise ValueError("set either noisy (YAHPO's noisy surrogate) or noise_std (synthetic Gaussian noise), not both")
         return self
@@ -103,7 +105,8 @@ def resolve_data_path(option: str | None) -> Path:
                 # A path given explicitly but wrong is an error, not a cue to look elsewhere.
                 raise TrainableError(f"yahpo_lcbench: {source} has no lcbench/model.onnx; point it at the folder that contains lcbench/")
             return path
-    candidates = [_repo_root().parent / "shared" / "benchmarks" / "yahpo", Path("/work/shared/benchmarks/yahpo")]
+    # A checkout beside the shared benchmark data (this project's own layout); installs set the env var.
+    candidates = [_repo_root().parent / "shared" / "benchmarks" / "yahpo"]
     for path in candidates:
         if (path / "lcbench" / "model.onnx").is_file():
             return path.resolve()
@@ -117,34 +120,13 @@ _construct_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=16)
-def _benchmark(instance: str, noisy: bool, data_path: str) -> Any:
-    """One BenchmarkSet with a single-threaded ONNX session per (instance, noisy, data_path) per process."""
-    import onnxruntime as rt
-    from yahpo_gym import benchmark_set, local_config
-
+def _benchmark(instance: str, noisy: bool, data_path: str) -> LCBenchSurrogate:
+    """One single-threaded ONNX session per (instance, noisy, data_path) per process."""
     with _construct_lock:
-        # yahpo reads its data path from ~/.config/yahpo_gym when a BenchmarkSet is built; set_data_path
-        # rewrites that file, which parallel workers would race on (and it fails when the file is missing).
-        # Its in-memory copy serves the same purpose without touching disk; restore it so others see no change.
-        previous = local_config._config
-        local_config._config = {"data_path": data_path}
         try:
-            bset = benchmark_set.BenchmarkSet("lcbench", instance=instance, active_session=False, noisy=noisy)
-        finally:
-            local_config._config = previous
-    # yahpo 1.0.2 ignores noisy when picking the model file (it always loads model.onnx), so pick it here.
-    model = Path(bset.config.get_path("model_noisy" if noisy else "model"))
-    if not model.is_file():
-        raise TrainableError(f"yahpo_lcbench: noisy=true needs {model}, which is missing; set trainable.options.noisy to false")
-    opts = rt.SessionOptions()
-    # Many trials share a couple of cores; ONNX's default thread pool would oversubscribe them.
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    session = rt.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
-    bset.set_session(session)
-    # Without this objective_function drops the session after every call and builds a multithreaded one next time.
-    bset.active_session = True
-    return bset
+            return LCBenchSurrogate(Path(data_path) / "lcbench", instance, noisy=noisy)
+        except FileNotFoundError as exc:
+            raise TrainableError(f"yahpo_lcbench: noisy=true needs {exc}, which is missing; set trainable.options.noisy to false") from exc
 
 
 def _yahpo_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -208,13 +190,11 @@ class LCBenchTrainable(Trainable):
         return _benchmark(self.options.instance, self.options.noisy, str(path))
 
     def _query(self, config: Mapping[str, Any], epoch: int, seed: int | None = None) -> dict[str, float]:
-        bset = self._bset()
-        query = {**_yahpo_config(config), "OpenML_task_id": self.options.instance, "epoch": int(epoch)}
+        query = {**_yahpo_config(config), "epoch": int(epoch)}
         try:
-            result = bset.objective_function(query, seed=seed if self.options.noisy else None)[0]
-        except ValueError as exc:  # ConfigSpace's out-of-range message names the parameter and its range
+            return self._bset().query(query, seed=seed if self.options.noisy else None)
+        except SurrogateError as exc:
             raise TrainableError(f"yahpo_lcbench: config rejected by the surrogate: {exc}") from exc
-        return {k: float(v) for k, v in result.items()}
 
     def estimate_gpu_seconds(self, config: Mapping[str, Any], budget_from: float, budget_to: float) -> float | None:
         to = _clamp_epoch(budget_to)
