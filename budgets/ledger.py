@@ -316,6 +316,29 @@ class Ledger:
         """Trials that reached the full budget with a valid score."""
         return len({r.trial_id for r in self.records if r.ok and r.budget >= max_budget - 1e-9})
 
+    def trials_by_outcome(self, max_budget: float) -> dict[str, int]:
+        """Every started trial counted once, by what happened to it last.
+
+        ``stopped_by_gate``: not promoted past its last rung while others of its bracket went higher.
+        ``unfinished``: its next stage never ran (the sweep stopped first, or is still running).
+        """
+        last: dict[str, SpendRecord] = {}
+        top_rung: dict[int, int] = {}
+        for r in self.records:
+            last[r.trial_id] = r
+            top_rung[r.bracket] = max(top_rung.get(r.bracket, r.rung), r.rung)
+        out = {"full_budget": 0, "stopped_by_gate": 0, "failed": 0, "unfinished": 0}
+        for r in last.values():
+            if not r.ok:
+                out["failed"] += 1
+            elif r.budget >= max_budget - 1e-9:
+                out["full_budget"] += 1
+            elif top_rung[r.bracket] > r.rung:
+                out["stopped_by_gate"] += 1
+            else:
+                out["unfinished"] += 1
+        return out
+
     def summary(self, max_budget: float) -> dict[str, Any]:
         return {
             "gpu_hours": self.gpu_hours,
@@ -324,6 +347,7 @@ class Ledger:
             "trials_started": self.trials_started(),
             "trials_completed": self.trials_completed(max_budget),
             "trials_failed": self.trials_failed(),
+            "trials_by_outcome": self.trials_by_outcome(max_budget),
             "records": len(self.records),
         }
 

@@ -204,8 +204,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     ledger = result["ledger"]
     lines = [
         f"status: {result['status']}; stop reason: {result['stop_reason']} ({result.get('stop_detail', '')})",
-        f"spent: {ledger['gpu_hours']:.4g} GPU-hours, cost {ledger['cost']:.4g}; trials started "
-        f"{ledger['trials_started']}, completed {ledger['trials_completed']}, failed {ledger['trials_failed']}",
+        f"spent: {ledger['gpu_hours']:.4g} GPU-hours, cost {ledger['cost']:.4g}",
+        trial_counts_line(ledger),
     ]
     best = result.get("best")
     if best:
@@ -222,37 +222,119 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def trial_counts_line(ledger: dict[str, Any]) -> str:
+    """``17 trials: 5 reached the full budget, 12 stopped by the gate, 0 failed``: every trial counted once."""
+    outcome = ledger.get("trials_by_outcome")
+    if outcome is None:  # a result.json written before trials were counted by outcome
+        return (f"{ledger['trials_started']} trials: {ledger['trials_completed']} reached the full budget, "
+                f"{ledger['trials_failed']} failed")
+    parts = [f"{outcome['full_budget']} reached the full budget", f"{outcome['stopped_by_gate']} stopped by the gate",
+             f"{outcome['failed']} failed"]
+    if outcome["unfinished"]:
+        parts.append(f"{outcome['unfinished']} unfinished when the sweep stopped")
+    return f"{ledger['trials_started']} trials: " + ", ".join(parts)
+
+
 class _Progress:
-    """A rich progress bar over the budget units the schedule plans to train."""
+    """One line that updates in place: the stage running, planned units done, spend against the caps, best so far.
+
+    Units advance by each stage's planned increment (a trainable that retrains from scratch at every rung
+    still only moves the schedule on by the rung's increment), so the count ends at the plan's total.
+    """
 
     def __init__(self) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} units"),
-                                 TextColumn("{task.fields[spend]}"), TimeElapsedColumn(), console=console, transient=False)
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
+                                 TextColumn("{task.completed:.0f}/{task.total:.0f} units"),
+                                 TextColumn("{task.fields[spend]}"), TextColumn("{task.fields[best]}"),
+                                 TimeElapsedColumn(), console=console, transient=False)
         self.task = None
-        self.cap = None
+        self.name = "sweep"
+        self.caps: dict[str, float | None] = {}
+        self.mode = "max"
+        self.best: float | None = None
+        self.reached: dict[str, float] = {}
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "planned":
-            self.cap = data.get("max_gpu_hours")
+            self.name = data.get("name", "sweep")
+            self.caps = {"gpu_hours": data.get("max_gpu_hours"), "cost": data.get("max_cost")}
+            self.mode = data.get("mode") or "max"
             self.progress.start()
-            self.task = self.progress.add_task(data.get("name", "sweep"), total=data["units"], spend="")
+            _route_prefect_console(self.progress.console)
+            self.task = self.progress.add_task(self.name, total=data["units"], spend="", best="")
         elif kind == "result" and self.task is not None:
             record = data["record"]
-            cap = f"/{self.cap:g}" if self.cap else ""
-            self.progress.update(self.task, advance=record.budget_trained,
-                                 spend=f"{data['gpu_hours']:.4f}{cap} GPU-h, {data['cost']:.2f} $")
+            increment = max(0.0, record.budget - self.reached.get(record.trial_id, 0.0))
+            self.reached[record.trial_id] = max(record.budget, self.reached.get(record.trial_id, 0.0))
+            if record.ok and record.score is not None and math.isfinite(record.score):
+                better = self.best is None or (record.score > self.best if self.mode == "max" else record.score < self.best)
+                self.best = record.score if better else self.best
+            self.progress.update(self.task, advance=increment, description=f"{self.name} · bracket {record.bracket} rung {record.rung}",
+                                 spend=self._spend(data), best="" if self.best is None else f"best {self.best:.4g}")
         elif kind == "decision" and data["decision"]["action"] == "stop":
             self.progress.console.print(f"[yellow]budget controller: stop ({data['decision']['reason']}): "
                                         f"{data['decision']['detail']}")
         elif kind == "done":
+            result = data.get("result") or {}
+            if self.task is not None and result.get("stop_reason") == "schedule_complete":
+                # ASHA's plan is an estimate of how its rungs fill; a finished schedule is all of it.
+                done = self.progress.tasks[0].completed
+                self.progress.update(self.task, total=done, description=f"{self.name} · done")
             self.stop()
+
+    def _spend(self, data: dict[str, Any]) -> str:
+        gpu_cap, cost_cap = self.caps.get("gpu_hours"), self.caps.get("cost")
+        gpu = f"{data['gpu_hours']:.3g}" + (f"/{gpu_cap:g}" if gpu_cap else "") + " GPU-h"
+        cost = f"${data['cost']:.2f}" + (f"/{cost_cap:g}" if cost_cap else "")
+        return f"{gpu} · {cost}"
 
     def stop(self) -> None:
         if self.task is not None:
             self.progress.stop()
+            _route_prefect_console(None)
             self.task = None
+
+
+_prefect_consoles: dict[int, Any] = {}
+
+
+def _route_prefect_console(target: Console | None) -> None:
+    """Print Prefect's console log lines through ``target`` (the live progress display) so they land above the
+    bar instead of inside it; ``None`` gives each handler its own console back."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            if target is not None:
+                _prefect_consoles.setdefault(id(handler), handler.console)
+                handler.console = target
+            elif id(handler) in _prefect_consoles:
+                handler.console = _prefect_consoles.pop(id(handler))
+
+
+def quiet_prefect_console(verbose: bool) -> None:
+    """The console shows Prefect's warnings and errors only; its INFO lines still reach the API (the UI) and the
+    run directory's log file. ``-v`` brings them back. Must run before Prefect configures logging."""
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "WARNING")
+    # The embedded server's telemetry would print a banner and, offline, a failed-heartbeat traceback.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def log_to_run_dir(run_dir: Path) -> logging.Handler:
+    """Every Prefect log line of this sweep at INFO and above, in ``RUN_DIR/sweep.log``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "sweep.log", encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    from prefect.logging.formatters import PrefectFormatter
+
+    handler.setFormatter(PrefectFormatter(
+        format="%(asctime)s | %(levelname)-7s | %(name)s - %(message)s",
+        flow_run_fmt="%(asctime)s | %(levelname)-7s | Flow run %(flow_run_name)r - %(message)s",
+        task_run_fmt="%(asctime)s | %(levelname)-7s | Task run %(task_run_name)r - %(message)s"))
+    logging.getLogger("prefect").addHandler(handler)
+    return handler
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -371,6 +453,7 @@ def _sweep(config) -> int:
     set_reporter(progress)
     from rungflow.config import ConfigError
 
+    log_file = log_to_run_dir(config.run_dir())
     try:
         result = run_sweep(config, config.run_dir())
     except ConfigError as exc:  # found once the flow opened the run directory (e.g. another sweep holds it)
@@ -378,11 +461,13 @@ def _sweep(config) -> int:
     finally:
         progress.stop()
         set_reporter(None)
+        logging.getLogger("prefect").removeHandler(log_file)
+        log_file.close()
     console.print(leaderboard_table(result))
     for line in summary_lines(result):
         console.print(line)
     plot = plot_anytime(result, config.run_dir() / "anytime.png")
-    console.print(f"run directory: {config.run_dir()} (result.json, ledger.jsonl, {plot.name})")
+    console.print(f"run directory: {config.run_dir()} (result.json, ledger.jsonl, sweep.log, {plot.name})")
     return 0
 
 
@@ -425,6 +510,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rungflow", description="Budget-capped AutoML sweeps as Prefect flows on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print Prefect's INFO log lines (task runs starting and finishing) on the console too")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     set_help = "override a config field, e.g. --set scheduler.eta=4 (repeatable)"
 
@@ -459,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     from rungflow.redact import install_log_redaction, redact
 
+    quiet_prefect_console(args.verbose)
     install_log_redaction()
     try:
         return args.func(args)

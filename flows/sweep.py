@@ -532,7 +532,7 @@ class Sweep:
         self.runtime_note = runtime.note
         self.slots = runtime.slots
         _report("planned", units=self.scheduler.budget_units(), max_gpu_hours=self.config.budget.max_gpu_hours,
-                name=self.config.name)
+                max_cost=self.config.budget.max_cost, mode=self.mode, name=self.config.name)
         heartbeat = Heartbeat(self.run_dir / "heartbeat")
         try:
             with use_runtime(runtime):

@@ -48,8 +48,10 @@ class TrainableConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _known(cls, kind: str) -> str:
-        from rungflow.tasks.trainables import known_kinds
+        from rungflow.tasks.trainables import known_kinds, moved_module_hint
 
+        if kind not in known_kinds() and (hint := moved_module_hint(kind)) is not None:
+            raise ValueError(hint)
         if kind not in known_kinds():
             raise ValueError(f"unknown trainable {kind!r}; use one of {', '.join(known_kinds())}")
         return kind

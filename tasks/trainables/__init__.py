@@ -40,6 +40,20 @@ __all__ = ["get_trainable_class", "known_kinds", "Trainable", "TrainRequest", "T
            "ENTRY_POINT_GROUP"]
 
 
+# Before the single rungflow namespace these were top-level packages; old paths get a pointer to the new ones.
+_MOVED_PACKAGES = ("tasks", "flows", "budgets", "deployments")
+
+
+def moved_module_hint(name: str) -> str | None:
+    """For a pre-namespace module path (``tasks.trainables.noop``...), the sentence naming where it lives now."""
+    root = name.split(".")[0].split(":")[0]
+    if root not in _MOVED_PACKAGES:
+        return None
+    kind = next((k for k, module in _MODULES.items() if name.split(":")[0].startswith(module.removeprefix("rungflow."))), None)
+    hint = f"{name!r} is an old module path: rungflow's modules now live under rungflow. (e.g. 'rungflow.{name}')"
+    return hint + (f"; in a config, name the family instead: kind: {kind}" if kind else "")
+
+
 def _plugins() -> dict[str, object]:
     # Built-in names win: an installed package cannot shadow noop or torch_mlp.
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in _MODULES}
@@ -63,7 +77,13 @@ def get_trainable_class(kind: str) -> type[Trainable]:
     plugin = _plugins().get(kind)
     if plugin is None:
         raise KeyError(kind)
-    cls = plugin.load()  # type: ignore[attr-defined]
+    try:
+        cls = plugin.load()  # type: ignore[attr-defined]
+    except ModuleNotFoundError as exc:
+        hint = moved_module_hint(exc.name or "")
+        if hint is None:
+            raise
+        raise TrainableError(f"entry point {ENTRY_POINT_GROUP}:{kind} = {plugin.value}: {hint}") from None  # type: ignore[attr-defined]
     if not (isinstance(cls, type) and issubclass(cls, Trainable)):
         raise TrainableError(f"entry point {ENTRY_POINT_GROUP}:{kind} = {plugin.value} is not a Trainable subclass; "  # type: ignore[attr-defined]
                              "fix the package that registers it")
