@@ -1,4 +1,4 @@
-"""``python -m bench efficiency|overhead|compare|costaware|stopping|automl|warmstart|all``: the benchmark entry point.
+"""``python -m bench efficiency|overhead|compare|costaware|stopping|stopprice|robust|automl|warmstart|all``: the benchmark entry point.
 
 The environment is prepared (quiet Prefect, isolated Prefect home) before anything imports
 prefect, which is why the command modules are imported only after :func:`quiet_env`.
@@ -42,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     automl.add_arguments(p)
     p = sub.add_parser("compare", help="rungflow vs Ray Tune vs Optuna on LCBench under the same GPU-hour cap")
     compare.add_arguments(p)
-    p = sub.add_parser("all", help="efficiency then overhead, with the issue's defaults")
+    from bench import robust, stop_price  # in-process simulations: no Prefect, no Ray
+
+    p = sub.add_parser("robust", help="Hyperband + each searcher vs the expected best of random-128, in-process, dev and held-out")
+    robust.add_arguments(p)
+    p = sub.add_parser("stopprice", help="stop rules judged at the user's price: net, hindsight net, captured, shortfall")
+    stop_price.add_arguments(p)
+    p = sub.add_parser("all", help="efficiency then overhead, with their default settings")
     p.add_argument("--out", type=Path, default=Path("bench/out"), help="parent of efficiency/ and overhead/")
     return parser
 
@@ -66,6 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stopping.run(args)
     elif args.command == "compare":
         compare.run(args)
+    elif args.command == "robust":
+        from bench import robust
+
+        robust.run(args)
+    elif args.command == "stopprice":
+        from bench import stop_price
+
+        stop_price.run(args)
     elif args.command == "warmstart":
         from bench import warmstart
 

@@ -390,7 +390,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if key.split(".")[0] not in RESUMABLE or "=" not in item:
             if "=" not in item:
                 raise CLIError(f"--set {item!r}: expected dotted.key=value, e.g. --set budget.max_gpu_hours=20")
-            raise CLIError(f"--set {key}: only budget.* and runtime.* may change when resuming (the search and the "
+            raise CLIError(f"--set {key}: only budget.*, runtime.*, storage.* and ui.* may change when resuming (the search and the "
                            f"schedule must replay as they ran); start a new sweep with --out NEW_DIR to change {key}")
     try:
         data = apply_overrides(data, list(args.set))
@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue an interrupted sweep: finished trials are kept, lost work billed once")
     p.add_argument("run_dir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="raise a cap or move the runtime, e.g. --set budget.max_gpu_hours=20 (budget.* and runtime.* only)")
+                   help="raise a cap or move the runtime, e.g. --set budget.max_gpu_hours=20 (budget.*, runtime.*, storage.* and ui.* only)")
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("report", help="leaderboard and summary of a finished or running sweep")

@@ -96,7 +96,7 @@ def test_resume_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     _check(main(["resume", str(run), "--set", "budget.max_gpu_hours"]), capsys.readouterr().err,
            "expected dotted.key=value")
     _check(main(["resume", str(run), "--set", "scheduler.eta=4"]), capsys.readouterr().err,
-           "only budget.* and runtime.* may change", "--out NEW_DIR")
+           "only budget.*, runtime.*, storage.* and ui.* may change", "--out NEW_DIR")
     _check(main(["resume", str(run), "--set", "budget.max_gpu_hours=-1"]), capsys.readouterr().err,
            "budget.max_gpu_hours = -1")
     (run / "config.json").write_text("{not json")

@@ -1,7 +1,8 @@
 """AutoGluon (``autogluon.tabular``) as a model family: budget = ``time_limit`` seconds, its own ensembling kept.
 
-AutoGluon cannot share the main environment (it needs pyarrow>=23, the main one pins 19), so each
-fit runs in the AutoGluon environment as a worker subprocess (:mod:`tasks.trainables.external`).
+Each fit runs as a worker subprocess (:mod:`rungflow.tasks.trainables.external`), in this interpreter when
+``rungflow[autogluon]`` is installed here or in the venv ``$RUNGFLOW_AUTOGLUON_ENV`` names, so a crashed fit
+never takes the trial's worker down.
 A rung refits from scratch with the larger time limit: AutoGluon has no "continue for N more
 seconds". The leaderboard of every fit is the trial's checkpoint (JSON, kept by the checkpoint
 store per rung) and its headline numbers are in the trial's metrics.
