@@ -184,14 +184,20 @@ def leaderboard_table(result: dict[str, Any], limit: int = 10) -> Table:
     # The config column only where it fits; in a narrow terminal the best config is printed in full below.
     wide = console.width >= 120
     table = Table(title=f"leaderboard: {result.get('name')} ({metric.get('name')}, {metric.get('mode')})")
-    columns = ["rank", "trial", "bracket", "budget", "score", "GPU-hours", "status"] + (["config"] if wide else [])
+    rows = result.get("leaderboard", [])[:limit]
+    # A training function's own metrics get a column; a family's bookkeeping metrics (surrogate time...) do not.
+    show_metrics = wide and result.get("trainable") == "function" and any(row.get("metrics") for row in rows)
+    columns = (["rank", "trial", "bracket", "budget", "score", "GPU-hours", "status"] + (["config"] if wide else [])
+               + (["metrics"] if show_metrics else []))
     for col in columns:
         table.add_column(col, justify="left" if col in ("config", "status") else "right", no_wrap=col != "config")
-    for row in result.get("leaderboard", [])[:limit]:
+    for row in rows:
         cells = [str(row["rank"]), row["trial_id"], str(row["bracket"]), f"{row['budget']:g}",
                  "-" if row["score"] is None else f"{row['score']:.4f}", f"{row['gpu_hours']:.3g}", row["status"]]
         if wide:
             cells.append(" ".join(f"{k}={_fmt(v)}" for k, v in row.get("config", {}).items()))
+        if show_metrics:
+            cells.append(" ".join(f"{k}={_fmt(v)}" for k, v in (row.get("metrics") or {}).items()))
         table.add_row(*cells)
     return table
 

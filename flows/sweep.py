@@ -727,7 +727,15 @@ def runtime_of(config: SweepConfig) -> Runtime:
     return make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
                         cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent,
                         trial_timeout=rt.trial_timeout, max_retries=rt.max_retries,
-                        memory_per_trial_gb=rt.memory_per_trial_gb)
+                        memory_per_trial_gb=rt.memory_per_trial_gb, working_dir=_function_folder(config))
+
+
+def _function_folder(config: SweepConfig) -> str | None:
+    """A training function's folder, which travels to a remote Ray cluster as the job's working directory."""
+    options = config.trainable.options
+    if config.trainable.kind == "function" and options.get("entrypoint") and options.get("base_dir"):
+        return str(options["base_dir"])
+    return None
 
 
 def run_sweep(config: SweepConfig, run_dir: str | Path | None = None, warm_start: dict[str, Any] | None = None,

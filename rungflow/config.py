@@ -42,8 +42,21 @@ def parse_duration(value: Any) -> float | None:
 
 
 class TrainableConfig(_Strict):
-    kind: str = Field(description="the model family, e.g. torch_mlp or yahpo_lcbench")
+    kind: str = Field(description="the model family, e.g. torch_mlp or yahpo_lcbench; 'function' for your own code")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _function_shorthand(cls, data: Any) -> Any:
+        # `trainable: {function: "train.py:train"}` is the function family with that entrypoint.
+        if isinstance(data, dict) and "function" in data:
+            data = dict(data)
+            entrypoint = data.pop("function")
+            if data.get("kind", "function") != "function":
+                raise ValueError(f"trainable: give either kind ({data['kind']!r}) or function, not both")
+            data["kind"] = "function"
+            data["options"] = {**dict(data.get("options") or {}), "entrypoint": entrypoint}
+        return data
 
     @field_validator("kind")
     @classmethod
@@ -608,4 +621,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping with at least 'name' and 'trainable'")
-    return validate(apply_overrides(data, list(overrides or [])))
+    data = apply_overrides(data, list(overrides or []))
+    trainable = data.get("trainable")
+    if isinstance(trainable, dict) and "function" in trainable:
+        # A function's file is relative to the config, as a prefect.yaml entrypoint is to its project.
+        options = trainable.setdefault("options", {}) or {}
+        trainable["options"] = options
+        if isinstance(options, dict):
+            options.setdefault("base_dir", str(path.resolve().parent))
+    return validate(data)

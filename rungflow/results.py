@@ -53,6 +53,7 @@ def events_of(records: Iterable[SpendRecord]) -> list[dict[str, Any]]:
                 "cumulative_gpu_hours": cumulative, "started_at": r.started_at, "finished_at": r.finished_at,
                 "budget_trained": r.budget_trained, "wall_seconds": r.wall_seconds,
                 "trainable_seconds": r.trainable_seconds, "attempt": r.attempt, "error": r.error, "worker": r.worker,
+                "metrics": dict(r.metrics),
             }
         )
     return events
@@ -66,7 +67,7 @@ def leaderboard(records: Iterable[SpendRecord], trials: Mapping[str, Any], mode:
                                                  "budget": 0.0, "rung": -1, "score": None, "status": "running"})
         row["gpu_hours"] += r.gpu_hours
         if r.ok and r.budget >= row["budget"]:
-            row.update(budget=r.budget, rung=r.rung, score=r.score, status="ok")
+            row.update(budget=r.budget, rung=r.rung, score=r.score, status="ok", metrics=dict(r.metrics))
         elif not r.ok and row["score"] is None:
             row.update(status=str(r.status), error=r.error)
     rows = sorted(by_trial.values(), key=lambda x: (-x["budget"], rank_key(x["score"], mode), x["trial_id"]))  # type: ignore[arg-type]
@@ -156,6 +157,7 @@ def build_result(sweep: Sweep, final: bool = False) -> dict[str, Any]:
     plan = planned_rungs(sweep.scheduler)
     return {
         "name": sweep.config.name,
+        "trainable": sweep.config.trainable.kind,
         "status": "finished" if final else "running",
         "metric": {"name": sweep.config.metric_name(), "mode": sweep.mode},
         "best": best,

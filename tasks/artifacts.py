@@ -64,6 +64,7 @@ def leaderboard_rows(result: Mapping[str, Any], top_n: int = TOP_N) -> list[dict
             "budget": row["budget"], "score": None if row["score"] is None else round(row["score"], 5),
             "gpu_hours": float(f"{row['gpu_hours']:.3g}"), "status": row["status"],
             "config": _config_text(row["config"]),
+            "metrics": _config_text(row.get("metrics") or {}),
             "error": str(row["error"])[:200] if row.get("error") and row["score"] is None else "",
         }
         for row in result["leaderboard"][:top_n]

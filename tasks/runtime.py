@@ -32,6 +32,7 @@ from typing import Any
 from rungflow.budgets.ledger import TrialStatus
 from rungflow.redact import is_secret_name
 from rungflow.tasks.train import TrialResult, TrialSpec, run_trial
+from rungflow.tasks.trainables.function import FUNCTION_FROM_WORKING_DIR_ENV, install_callables, registered_callables
 
 __all__ = ["Runtime", "ThreadRuntime", "RayRuntime", "make_runtime", "active_runtime", "use_runtime"]
 
@@ -169,7 +170,9 @@ def _trial_worker_class() -> Any:
         def ready(self) -> bool:
             return True
 
-        def run(self, spec: TrialSpec) -> TrialResult:
+        def run(self, spec: TrialSpec, function_token: str | None = None, function_blob: bytes | None = None) -> TrialResult:
+            if function_token is not None and function_blob is not None:
+                install_callables({function_token: function_blob})
             self._trial_thread = threading.get_ident()
             try:
                 result = run_trial(spec)
@@ -194,6 +197,23 @@ class RayRuntime(Runtime):
     _idle: queue.Queue[Any] = field(default_factory=queue.Queue)
     _actors: int = 0
     _running: dict[tuple[str, int], Any] = field(default_factory=dict)
+    _function_refs: dict[str, Any] = field(default_factory=dict)
+
+    def _function_args(self, spec: TrialSpec) -> tuple[Any, ...]:
+        """A user's training function passed from Python travels to the workers as Ray ships functions:
+        cloudpickled once into the object store, installed by each worker on first use."""
+        token = spec.trainable_options.get("callable") if spec.trainable_kind == "function" else None
+        if token is None:
+            return ()
+        import ray
+
+        with self._lock:
+            if token not in self._function_refs:
+                blob = registered_callables().get(token)
+                if blob is None:
+                    return ()  # not registered here: the worker's trainable names the fix
+                self._function_refs[token] = ray.put(blob)
+            return (token, self._function_refs[token])
 
     def _acquire(self) -> Any:
         with self._lock:
@@ -268,7 +288,7 @@ class RayRuntime(Runtime):
             self._running[_key(spec)] = actor
         started = time.time()
         try:
-            result = ray.get(actor.run.remote(spec), timeout=self.trial_timeout)
+            result = ray.get(actor.run.remote(spec, *self._function_args(spec)), timeout=self.trial_timeout)
         except GetTimeoutError:
             self._discard(actor)
             log.warning("trial %s rung %s ran past runtime.trial_timeout=%gs; its worker was stopped",
@@ -363,7 +383,7 @@ def _ray_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def make_runtime(kind: str, *, address: str | None, gpus_per_trial: float, cpus_per_trial: float,
                  max_concurrent: int | None, trial_timeout: float | None = None, max_retries: int = 0,
-                 memory_per_trial_gb: float | None = None) -> Runtime:
+                 memory_per_trial_gb: float | None = None, working_dir: str | None = None) -> Runtime:
     if kind == "thread":
         slots = max_concurrent or max(1, int((os.cpu_count() or 1) // max(cpus_per_trial, 1)))
         return ThreadRuntime("thread", slots, trial_timeout=trial_timeout, max_retries=0)
@@ -378,6 +398,10 @@ def make_runtime(kind: str, *, address: str | None, gpus_per_trial: float, cpus_
     }
     if not ray.is_initialized():
         if address:
+            if working_dir:
+                # Ray's own convention: the folder of the user's code is the job's working directory on every node.
+                init_kwargs["runtime_env"]["working_dir"] = working_dir
+                init_kwargs["runtime_env"]["env_vars"][FUNCTION_FROM_WORKING_DIR_ENV] = "1"
             ray.init(address=address, **init_kwargs)
         else:
             # "local" always starts a fresh instance; without it Ray attaches to any cluster recorded in

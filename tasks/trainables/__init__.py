@@ -25,6 +25,7 @@ _MODULES = {
     "autogluon": "rungflow.tasks.trainables.autogluon",
     "autosklearn": "rungflow.tasks.trainables.autosklearn",
     "mixed": "rungflow.tasks.trainables.mixed",
+    "function": "rungflow.tasks.trainables.function",
 }
 
 # kind -> (module it cannot run without, the extra that installs it): checked before the family's module is
