@@ -1,0 +1,184 @@
+"""``python -m bench robust``: does the search ever miss? Hyperband + each searcher against the honest reference.
+
+Per instance and seed, every method runs Hyperband (1..52 epochs, η = 3) in-process on the LCBench
+surrogate (:mod:`bench.search_sim`, the flow's decisions without Prefect), capped at
+``--cap`` × E[G]. The target is the *expected* best of 128 random full-budget configurations
+(E[B], over draws from a 4,096-configuration pool) − 0.5; the one-draw B of the compare bench
+(``RandomSearcher(seed)``'s 128) is kept as a column. Per run: whether the full-budget incumbent
+reached E[B] − 0.5 and at what share of E[G], its final accuracy − E[B], the rank correlation
+between consecutive rungs on the promoted trials, and which bracket found the final incumbent.
+Optuna TPE + HyperbandPruner (bench/peers.py) runs under the same cap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import LCBENCH_MAX_EPOCH, fmt, library_versions, median, write_json
+
+__all__ = ["SEARCH_METHODS", "run", "add_arguments"]
+
+DEV_INSTANCES = ("3945", "7593", "34539", "126025", "126026")
+TARGET_MARGIN = 0.5
+CAP = 0.35  # of E[G]
+
+
+def _searcher(name: str, **options: Any) -> Callable[[Any, int], Any]:
+    def make(space: Any, seed: int) -> Any:
+        from rungflow.budgets.searchers import make_searcher
+
+        return make_searcher(name, space, seed=seed, max_budget=LCBENCH_MAX_EPOCH, **options)
+
+    return make
+
+
+SEARCH_METHODS: dict[str, Callable[[Any, int], Any]] = {
+    "hyperband+tpe": _searcher("tpe"),
+    "hyperband+bohb": _searcher("bohb"),
+    "hyperband+bohb rho0": _searcher("bohb", random_fraction=0.0),
+    "hyperband+random": _searcher("random"),
+}
+PEERS = ("optuna-tpe+hyperband", "tune-random+asha")
+DEFAULT_METHODS = ("hyperband+tpe", "hyperband+bohb", "hyperband+random", "optuna-tpe+hyperband")
+
+
+def run_one(instance: str, seed: int, method: str, cap: float, noise_std: float = 0.0) -> dict[str, Any]:
+    from bench import search_sim as S
+
+    ref = S.reference(instance)
+    b1, g1 = S.one_draw(instance, seed)
+    cap_h = cap * ref.expected_gpu_hours
+    t0 = time.perf_counter()
+    rho: dict[str, float | None] = {}
+    inc_bracket_s = None
+    if method in SEARCH_METHODS:
+        c = S.curves(instance)
+        r = S.simulate(instance, SEARCH_METHODS[method](c.space, seed), seed=seed, method=method, iterations=40,
+                       cap_gpu_hours=cap_h, noise_std=noise_std)
+        curve = [(g, a) for g, a, _ in r.curve()]
+        final = curve[-1][1] if curve else None
+        spent = r.gpu_hours
+        rho = {f"{int(lo)}->{int(hi)}": v for (lo, hi), v in S.promoted_rank_correlation(r).items()}
+        if r.curve():
+            inc_bracket_s = r.bracket_s[r.trial_bracket[r.curve()[-1][2]]]
+        trials = len(r.configs)
+    else:
+        from bench import peers
+
+        p = peers.run_peer(method, instance, seed, cap_h)
+        curve, best = [], -math.inf
+        for e in p.events:
+            if e["budget"] == LCBENCH_MAX_EPOCH and e["score"] > best:
+                best = e["score"]
+                curve.append((e["cumulative_gpu_hours"], best))
+        final = peers.evaluate_at_full_budget(instance, p.best_config)
+        spent, trials = p.gpu_hours, p.trials
+    target = ref.expected_best - TARGET_MARGIN
+    reach = next((g for g, a in curve if a >= target), None)
+    reach1 = next((g for g, a in curve if a >= b1 - TARGET_MARGIN), None)
+    return {
+        "instance": instance, "seed": seed, "method": method, "noise_std": noise_std,
+        "expected_best": ref.expected_best, "expected_gpu_hours": ref.expected_gpu_hours, "draw_std": ref.draw_std,
+        "one_draw_best": b1, "one_draw_gpu_hours": g1,
+        "reach_fraction": None if reach is None else reach / ref.expected_gpu_hours,
+        "reach_fraction_one_draw": None if reach1 is None else reach1 / g1,
+        "final": final, "final_gap": None if final is None else final - ref.expected_best,
+        "spent_fraction": spent / ref.expected_gpu_hours, "trials": trials, "rank_correlation": rho,
+        "incumbent_bracket_s": inc_bracket_s, "wall_seconds": time.perf_counter() - t0,
+    }
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], groups: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+    out = []
+    for group, instances in groups.items():
+        for m in methods:
+            rs = [r for r in rows if r["method"] == m and r["instance"] in instances]
+            if not rs:
+                continue
+            out.append({
+                "group": group, "method": m, "runs": len(rs),
+                "reached": sum(r["reach_fraction"] is not None for r in rs),
+                "reached_one_draw": sum(r["reach_fraction_one_draw"] is not None for r in rs),
+                "median_fraction": median([math.inf if r["reach_fraction"] is None else r["reach_fraction"] for r in rs]),
+                "median_gap": median([r["final_gap"] for r in rs]),
+                "worst_gap": min((r["final_gap"] for r in rs if r["final_gap"] is not None), default=None),
+            })
+    return out
+
+
+def markdown(summary: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+    lines = [
+        f"Target E[B] − {TARGET_MARGIN}, E[B] the expected best of 128 random 52-epoch configurations (4,096-configuration "
+        f"pool); every method capped at {meta['cap']:g}·E[G]; noise std {meta['noise_std']:g}. *reached (1 draw)*: "
+        "against the compare bench's one random-128 draw B − 0.5 instead. *to target*: GPU-hours ÷ E[G], median, "
+        "∞ for a miss. *final − E[B]*: median and worst over runs.",
+        "",
+        "| instances | method | reached E[B]−0.5 | reached (1 draw) | to target (·E[G]) | final − E[B] | worst |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for s in summary:
+        lines.append(f"| {s['group']} | {s['method']} | {s['reached']}/{s['runs']} | {s['reached_one_draw']}/{s['runs']} | "
+                     f"{fmt(s['median_fraction'], '.3f')} | {fmt(s['median_gap'], '+.2f')} | {fmt(s['worst_gap'], '+.2f')} |")
+    misses = [r for r in rows if r["reach_fraction"] is None]
+    if misses:
+        lines += ["", "Misses: " + "; ".join(f"{r['instance']}/s{r['seed']} {r['method']} ({fmt(r['final_gap'], '+.2f')})"
+                                          for r in misses) + "."]
+    lines += ["", f"Wall time {meta['wall_seconds']:.0f} s; {meta['machine']}; "
+              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "."]
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--instances", nargs="+", default=list(DEV_INSTANCES))
+    p.add_argument("--heldout", nargs="*", default=[], help="instances reported as their own group")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[*SEARCH_METHODS, *PEERS])
+    p.add_argument("--cap", type=float, default=CAP, help="GPU-hour cap as a share of E[G]")
+    p.add_argument("--noise-std", type=float, default=0.0)
+    p.add_argument("--out", type=Path, default=Path("bench/out/robust"))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    rows = []
+    instances = [*args.instances, *args.heldout]
+    for inst in instances:
+        for seed in args.seeds:
+            for m in args.methods:
+                r = run_one(str(inst), seed, m, args.cap, args.noise_std)
+                rows.append(r)
+                rho = " ".join(f"{k}:{fmt(v, '.2f')}" for k, v in r["rank_correlation"].items())
+                print(f"  {inst} s{seed} {m}: reach {fmt(r['reach_fraction'], '.3f')} final-E[B] {fmt(r['final_gap'], '+.2f')} "
+                      f"spent {r['spent_fraction']:.2f} inc-s {r['incumbent_bracket_s']} rho {rho} ({r['wall_seconds']:.0f} s)",
+                      flush=True)
+    groups = {"dev": [str(i) for i in args.instances]}
+    if args.heldout:
+        groups["held-out"] = [str(i) for i in args.heldout]
+    summary = summarize(rows, args.methods, groups)
+    meta = {"instances": instances, "heldout": list(args.heldout), "seeds": list(args.seeds), "cap": args.cap,
+            "noise_std": args.noise_std, "wall_seconds": time.perf_counter() - t0,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "versions": library_versions()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "results.json", {"meta": meta, "summary": summary, "rows": rows})
+    text = markdown(summary, rows, meta)
+    (args.out / "results.md").write_text(text)
+    print(text)
+    return {"summary": summary, "rows": rows}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bench.common import quiet_env
+
+    quiet_env(isolated_prefect_home=False)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    run(parser.parse_args(sys.argv[1:]))

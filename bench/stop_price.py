@@ -1,0 +1,185 @@
+"""``python -m bench stopprice``: every stop rule judged at the user's price, run by run.
+
+Per instance and seed, one Hyperband + BOHB sweep (1..52 epochs, η = 3, ``--iterations``) runs to
+the end in-process (:mod:`bench.search_sim`, the flow's decisions without Prefect); its results,
+as ledger records, are what every rule is shown (:func:`bench.stopping.replay_controller`,
+``replay_plateau``, ``terminator_bounds``: the same replays as the stop bench). At the price p
+(``--price``, accuracy points per GPU-hour, our ``min_gain_per_gpu_hour``):
+
+* net = p × GPU-hours saved − true accuracy lost (vs running the sweep to its end);
+* hindsight net = the largest net of any stop point of the same sweep (≥ 0: never stopping is one);
+* captured = net ÷ hindsight net (where the hindsight net is > 0); shortfall = hindsight net − net;
+* the old target (≥ 60 % saved at ≤ 0.2 lost) as a secondary column where it was reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import LCBENCH_MAX_EPOCH, fmt, library_versions, median, write_json
+
+__all__ = ["records_of", "judge", "run", "add_arguments"]
+
+RULES = ("rungflow window", "rungflow window noisy", "ray plateau", "optuna terminator")
+
+
+def records_of(run: Any) -> list[Any]:
+    """The sweep's results as the ledger's SpendRecords (reported score, noise-free accuracy in metrics)."""
+    from rungflow.budgets.ledger import SpendRecord, TrialStatus
+
+    return [SpendRecord(trial_id=e["trial_id"], bracket=e["bracket"], rung=e["rung"], budget=e["budget"],
+                        score=e["score"], status=TrialStatus.COMPLETED, gpu_seconds=e["gpu_seconds"], gpus=1.0, cost=0.0,
+                        started_at=float(i), finished_at=float(i), budget_trained=float(e["budget_trained"]),
+                        metrics={"val_accuracy": e["score"], "val_accuracy_clean": e["clean"]})
+            for i, e in enumerate(run.events)]
+
+
+def judge(records: Sequence[Any], stop_at: int | None, price: float) -> dict[str, float | None]:
+    """Net, hindsight net, captured and shortfall of stopping after ``stop_at`` records (None: never)."""
+    from bench.stopping import _best_at_top
+
+    total = sum(r.gpu_seconds for r in records) / 3600.0
+    final = _best_at_top(records, len(records))
+    cumulative, hindsight = 0.0, 0.0
+    spent_at = [0.0]
+    for r in records:
+        cumulative += r.gpu_seconds / 3600.0
+        spent_at.append(cumulative)
+    # Stop points: before any record (nothing to deploy yet: not a candidate) and after each one.
+    for k in range(1, len(records) + 1):
+        best = _best_at_top(records, k)
+        if best is not None:
+            hindsight = max(hindsight, price * (total - spent_at[k]) - (final - best))
+    upto = len(records) if stop_at is None else stop_at
+    best = _best_at_top(records, upto)
+    if best is None:
+        return {"net": None, "hindsight": hindsight, "captured": None, "shortfall": None, "saved": 1 - spent_at[upto] / total,
+                "lost": None}
+    net = price * (total - spent_at[upto]) - (final - best)
+    return {"net": net, "hindsight": hindsight, "captured": net / hindsight if hindsight > 1e-9 else None,
+            "shortfall": hindsight - net, "saved": 1 - spent_at[upto] / total, "lost": final - best}
+
+
+def run_cell(instance: str, seed: int, *, iterations: int, price: float, noise_std: float,
+             rules: Sequence[str]) -> dict[str, Any]:
+    from bench import search_sim as S
+    from bench.stopping import TERMINATOR_ERROR, oracle, replay_controller, replay_plateau, terminator_bounds, terminator_stop
+    from rungflow.budgets.schedulers import make_scheduler
+    from rungflow.budgets.searchers import make_searcher
+
+    c = S.curves(instance)
+    sweep = S.simulate(instance, make_searcher("bohb", c.space, seed=seed, max_budget=LCBENCH_MAX_EPOCH), seed=seed,
+                       method="hyperband+bohb", iterations=iterations, noise_std=noise_std)
+    records = records_of(sweep)
+    scheduler = make_scheduler("hyperband", min_budget=1, max_budget=LCBENCH_MAX_EPOCH, eta=3, integer=True,
+                               iterations=iterations, num_trials=None, mode="max")
+    out: dict[str, Any] = {"instance": instance, "seed": seed, "noise_std": noise_std, "price": price,
+                           "gpu_hours": sweep.gpu_hours, "oracle_saved": oracle(records)[0], "rules": {}}
+    for rule in rules:
+        if rule == "ray plateau":
+            stop_at, _ = replay_plateau(records)
+        elif rule == "optuna terminator":
+            stop_at, _ = terminator_stop(terminator_bounds(records, sweep.configs, c.space), TERMINATOR_ERROR)
+        else:
+            stop_at, _ = replay_controller(records, scheduler, rule=rule, seed=seed, min_gain=price)
+        out["rules"][rule] = {"stopped": stop_at is not None, **judge(records, stop_at, price)}
+    return out
+
+
+def summarize(cells: Sequence[Mapping[str, Any]], rules: Sequence[str], ours: str = "rungflow window") -> list[dict[str, Any]]:
+    rows = []
+    for rule in rules:
+        js = [c["rules"][rule] for c in cells]
+        nets = [-math.inf if j["net"] is None else j["net"] for j in js]
+        small = [j for j in js if j["hindsight"] < 2.0]
+        reachable = [c for c in cells if c["oracle_saved"] >= 0.6]
+        ahead = None
+        if rule != ours:
+            ahead = sum(1 for c in cells if _net(c["rules"][ours]) > _net(c["rules"][rule]) + 1e-9)
+        rows.append({
+            "rule": rule, "runs": len(js), "stopped": sum(j["stopped"] for j in js),
+            "median_net": median(nets), "min_net": min(nets), "median_hindsight": median([j["hindsight"] for j in js]),
+            "median_captured": median([j["captured"] for j in js if j["captured"] is not None]),
+            "median_shortfall": median([math.inf if j["shortfall"] is None else j["shortfall"] for j in js]),
+            "small_runs": len(small),
+            "max_shortfall_small": max((math.inf if j["shortfall"] is None else j["shortfall"] for j in small), default=None),
+            "below_minus_025": sum(1 for x in nets if x < -0.25),
+            "old_target": sum(1 for c in reachable if c["rules"][rule]["saved"] >= 0.6 and (c["rules"][rule]["lost"] or math.inf) <= 0.2 + 1e-9),
+            "reachable": len(reachable), "ours_ahead": ahead,
+        })
+    return rows
+
+
+def _net(j: Mapping[str, Any]) -> float:
+    return -math.inf if j["net"] is None else j["net"]
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+    lines = [
+        f"Price {meta['price']:g} points per GPU-hour; Hyperband + BOHB, {meta['iterations']} iterations, noise std "
+        f"{meta['noise_std']:g}; instances {', '.join(meta['instances'])}, seeds {', '.join(map(str, meta['seeds']))}. "
+        "net = price × GPU-h saved − true points lost; hindsight = the best net of any stop of the same sweep; captured "
+        "= net ÷ hindsight (runs with hindsight > 0); shortfall = hindsight − net; *small*: runs whose hindsight net is "
+        "under 2 points; *ours ahead*: runs where rungflow window's net beats the rule's; old target: ≥ 60 % saved "
+        "at ≤ 0.2 lost, on the runs where it was reachable.",
+        "",
+        "| rule | stopped | median net | worst net | nets < −0.25 | median hindsight | median captured | "
+        "median shortfall | max shortfall (small) | ours ahead | old target |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['rule']} | {r['stopped']}/{r['runs']} | {fmt(r['median_net'])} | {fmt(r['min_net'])} | "
+            f"{r['below_minus_025']}/{r['runs']} | {fmt(r['median_hindsight'])} | {fmt(r['median_captured'], '.2f')} | "
+            f"{fmt(r['median_shortfall'])} | {fmt(r['max_shortfall_small'])} ({r['small_runs']}) | "
+            f"{'-' if r['ours_ahead'] is None else str(r['ours_ahead']) + '/' + str(r['runs'])} | "
+            f"{r['old_target']}/{r['reachable']} |")
+    lines += ["", "Per run (net / hindsight / shortfall):", "",
+              "| run | GPU-h | " + " | ".join(meta["rules"]) + " |", "|---|---:|" + "---:|" * len(meta["rules"])]
+    for c in cells:
+        lines.append(f"| {c['instance']}/s{c['seed']} | {c['gpu_hours']:.2f} | " + " | ".join(
+            f"{fmt(c['rules'][r]['net'])} / {fmt(c['rules'][r]['hindsight'])} / {fmt(c['rules'][r]['shortfall'])}"
+            for r in meta["rules"]) + " |")
+    lines += ["", f"Wall time {meta['wall_seconds']:.0f} s; {meta['machine']}; "
+              + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + "."]
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--instances", nargs="+", default=["3945", "7593", "34539", "126025", "126026"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--iterations", type=int, default=8)
+    p.add_argument("--price", type=float, default=0.5, help="accuracy points per GPU-hour (min_gain_per_gpu_hour)")
+    p.add_argument("--noise-std", type=float, default=0.0)
+    p.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
+    p.add_argument("--out", type=Path, default=Path("bench/out/stopprice"))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    cells = []
+    for inst in args.instances:
+        for seed in args.seeds:
+            cell = run_cell(str(inst), seed, iterations=args.iterations, price=args.price, noise_std=args.noise_std,
+                            rules=args.rules)
+            cells.append(cell)
+            print(f"  {inst} s{seed}: {cell['gpu_hours']:.2f} GPU-h | " + "; ".join(
+                f"{k}: net {fmt(v['net'])} of {fmt(v['hindsight'])}" for k, v in cell["rules"].items()), flush=True)
+    rows = summarize(cells, args.rules)
+    meta = {"instances": [str(i) for i in args.instances], "seeds": list(args.seeds), "iterations": args.iterations,
+            "price": args.price, "noise_std": args.noise_std, "rules": list(args.rules),
+            "wall_seconds": time.perf_counter() - t0, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "versions": library_versions()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "results.json", {"meta": meta, "summary": rows, "cells": cells})
+    text = markdown(rows, cells, meta)
+    (args.out / "results.md").write_text(text)
+    print(text)
+    return {"summary": rows, "cells": cells}

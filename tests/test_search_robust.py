@@ -1,0 +1,47 @@
+"""The honest reference, rank correlation and the in-process Hyperband replay the search bench runs on."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from bench.search_sim import expected_max_of_k, spearman
+from rungflow.budgets.searchers import make_searcher
+
+
+def test_expected_max_of_k_is_exact_on_a_small_pool():
+    values = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6]
+    for k in (1, 2, 3, 6):
+        brute = np.mean([max(c) for c in itertools.combinations(values, k)])
+        assert expected_max_of_k(values, k) == pytest.approx(brute)
+    with pytest.raises(ValueError):
+        expected_max_of_k(values, 7)
+
+
+def test_spearman_ranks_not_values():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2], [1, 2]) is None
+
+
+def test_simulated_hyperband_bills_and_gates_like_the_flow():
+    from bench import search_sim as S
+
+    c = S.curves("3945")
+    runs = [S.simulate("3945", make_searcher("random", c.space, seed=1), seed=1, method="random", iterations=1)
+            for _ in range(2)]
+    assert runs[0].events == runs[1].events
+    events = runs[0].events
+    assert sum(e["gpu_seconds"] for e in events) / 3600.0 == pytest.approx(runs[0].gpu_hours)
+    # Bracket s=3 of 1..52, η=3: 27 trials at 2 epochs, 9 at 6, 3 at 17, 1 at 52; the promoted are the best.
+    first = [e for e in events if e["bracket"] == 0]
+    assert [sum(e["budget"] == b for e in first) for b in (2.0, 6.0, 17.0, 52.0)] == [27, 9, 3, 1]
+    at2 = sorted((e for e in first if e["budget"] == 2.0), key=lambda e: -e["score"])
+    assert {e["trial_id"] for e in at2[:9]} == {e["trial_id"] for e in first if e["budget"] == 6.0}
+    # A promoted trial resumes: billed the surrogate's time since its last rung, never the whole run again.
+    tid = next(e["trial_id"] for e in first if e["budget"] == 52.0)
+    acc, sec = c.curve(runs[0].configs[tid])
+    assert sum(e["gpu_seconds"] for e in first if e["trial_id"] == tid) == pytest.approx(sec[-1])
+    assert c.trainable._query(runs[0].configs[tid], 17)["val_accuracy"] == pytest.approx(acc[16], abs=1e-4)
