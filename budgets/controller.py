@@ -63,6 +63,7 @@ class StopReason(StrEnum):
     MIN_GAIN = "min_gain_per_gpu_hour"
     MAX_GPU_HOURS = "max_gpu_hours"
     MAX_COST = "max_cost"
+    MAX_CPU_HOURS = "max_cpu_hours"
     DEADLINE = "deadline"
     TARGET = "target_score"
     CANCELLED = "cancelled"
@@ -74,6 +75,8 @@ class BudgetSettings:
     max_cost: float | None = None
     deadline_seconds: float | None = None
     price_per_gpu_hour: float = 0.0
+    max_cpu_hours: float | None = None
+    price_per_cpu_hour: float = 0.0
     min_gain_per_gpu_hour: float | None = None
     window_gpu_hours: float | None = None
     min_gpu_hours: float = 0.0
@@ -293,6 +296,9 @@ class BudgetController:
         if s.max_cost is not None and cost + next_cost >= s.max_cost - 1e-12:
             extra = f" + {next_cost:.4g} predicted for the next stage" if next_cost else ""
             return StopReason.MAX_COST, f"spent {cost:.4g}{extra} reaches the cost cap of {s.max_cost:.4g}"
+        # CPU-hours are billed as trials finish; no stage forecast predicts them, so the cap is on what was spent.
+        if s.max_cpu_hours is not None and ledger.cpu_hours >= s.max_cpu_hours - 1e-12:
+            return StopReason.MAX_CPU_HOURS, f"spent {ledger.cpu_hours:.4g} CPU-h reaches the cap of {s.max_cpu_hours:.4g} CPU-h"
         if s.deadline_seconds is not None and self.clock() - self.started_at >= s.deadline_seconds:
             return StopReason.DEADLINE, f"{self.clock() - self.started_at:.0f} s elapsed, deadline {s.deadline_seconds:.0f} s"
         return None

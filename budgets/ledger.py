@@ -69,10 +69,17 @@ class SpendRecord:
     wall_seconds: float = 0.0
     trainable_seconds: float = 0.0
     worker: str | None = None
+    # Wall-clock x CPUs held: a CPU-only sweep's real bill, beside its GPU-hours (0 there).
+    cpu_seconds: float = 0.0
+    cpus: float = 0.0
 
     @property
     def gpu_hours(self) -> float:
         return self.gpu_seconds / 3600.0
+
+    @property
+    def cpu_hours(self) -> float:
+        return self.cpu_seconds / 3600.0
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -125,9 +132,12 @@ class Ledger:
     With ``replay=True`` the spend records on disk load as :attr:`pending` (see the module docstring).
     """
 
-    def __init__(self, path: str | Path | None = None, *, price_per_gpu_hour: float = 0.0, replay: bool = False) -> None:
+    def __init__(self, path: str | Path | None = None, *, price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0,
+                 replay: bool = False) -> None:
         self.path = Path(path) if path is not None else None
         self.price_per_gpu_hour = price_per_gpu_hour
+        self.price_per_cpu_hour = price_per_cpu_hour
+        self._cpu_seconds = 0.0
         self.records: list[SpendRecord] = []
         self.decisions: list[dict[str, Any]] = []
         self.sessions: list[dict[str, Any]] = []
@@ -199,6 +209,7 @@ class Ledger:
         self.records.extend(records)
         for record in records:
             self._gpu_seconds += record.gpu_seconds
+            self._cpu_seconds += record.cpu_seconds
             self._cost += record.cost
 
     def _note_attempt(self, trial_id: str, rung: int, attempt: int) -> None:
@@ -211,8 +222,8 @@ class Ledger:
         if latest is None or record.attempt >= latest.attempt:
             self._latest[(record.trial_id, record.rung)] = record
 
-    def cost_of(self, gpu_seconds: float) -> float:
-        return gpu_seconds / 3600.0 * self.price_per_gpu_hour
+    def cost_of(self, gpu_seconds: float, cpu_seconds: float = 0.0) -> float:
+        return gpu_seconds / 3600.0 * self.price_per_gpu_hour + cpu_seconds / 3600.0 * self.price_per_cpu_hour
 
     def charge(self, record: SpendRecord) -> bool:
         """Record one unit of spend; returns False (and charges nothing) if this key was already billed."""
@@ -299,6 +310,10 @@ class Ledger:
         return self._gpu_seconds / 3600.0
 
     @property
+    def cpu_hours(self) -> float:
+        return self._cpu_seconds / 3600.0
+
+    @property
     def cost(self) -> float:
         return self._cost
 
@@ -344,6 +359,8 @@ class Ledger:
             "gpu_hours": self.gpu_hours,
             "cost": self.cost,
             "price_per_gpu_hour": self.price_per_gpu_hour,
+            "cpu_hours": self.cpu_hours,
+            "price_per_cpu_hour": self.price_per_cpu_hour,
             "trials_started": self.trials_started(),
             "trials_completed": self.trials_completed(max_budget),
             "trials_failed": self.trials_failed(),

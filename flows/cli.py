@@ -90,7 +90,7 @@ def _preflight(config) -> None:
     try:
         config.trainable_class()(config.trainable.options).check()
     except TrainableError as exc:
-        raise CLIError(f"data error: {exc}") from None
+        raise CLIError(str(exc) if config.trainable.kind == "function" else f"data error: {exc}") from None
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -210,7 +210,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     ledger = result["ledger"]
     lines = [
         f"status: {result['status']}; stop reason: {result['stop_reason']} ({result.get('stop_detail', '')})",
-        f"spent: {ledger['gpu_hours']:.4g} GPU-hours, cost {ledger['cost']:.4g}",
+        f"spent: {ledger['gpu_hours']:.4g} GPU-hours, {ledger.get('cpu_hours', 0.0):.4g} CPU-hours, cost {ledger['cost']:.4g}",
         trial_counts_line(ledger),
     ]
     best = result.get("best")
@@ -261,11 +261,13 @@ class _Progress:
         self.mode = "max"
         self.best: float | None = None
         self.reached: dict[str, float] = {}
+        self.cpu_hours = 0.0
 
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "planned":
             self.name = data.get("name", "sweep")
-            self.caps = {"gpu_hours": data.get("max_gpu_hours"), "cost": data.get("max_cost")}
+            self.caps = {"gpu_hours": data.get("max_gpu_hours"), "cost": data.get("max_cost"),
+                         "cpu_hours": data.get("max_cpu_hours")}
             self.mode = data.get("mode") or "max"
             self.progress.start()
             _route_prefect_console(self.progress.console)
@@ -277,6 +279,7 @@ class _Progress:
             if record.ok and record.score is not None and math.isfinite(record.score):
                 better = self.best is None or (record.score > self.best if self.mode == "max" else record.score < self.best)
                 self.best = record.score if better else self.best
+            self.cpu_hours += record.cpu_hours
             self.progress.update(self.task, advance=increment, description=f"{self.name} · bracket {record.bracket} rung {record.rung}",
                                  spend=self._spend(data), best="" if self.best is None else f"best {self.best:.4g}")
         elif kind == "decision" and data["decision"]["action"] == "stop":
@@ -294,7 +297,9 @@ class _Progress:
         gpu_cap, cost_cap = self.caps.get("gpu_hours"), self.caps.get("cost")
         gpu = f"{data['gpu_hours']:.3g}" + (f"/{gpu_cap:g}" if gpu_cap else "") + " GPU-h"
         cost = f"${data['cost']:.2f}" + (f"/{cost_cap:g}" if cost_cap else "")
-        return f"{gpu} · {cost}"
+        cpu_cap = self.caps.get("cpu_hours")
+        cpu = f" · {self.cpu_hours:.3g}/{cpu_cap:g} CPU-h" if cpu_cap else ""
+        return f"{gpu}{cpu} · {cost}"
 
     def stop(self) -> None:
         if self.task is not None:

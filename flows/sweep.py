@@ -136,7 +136,8 @@ class Sweep:
             check_resumable(config_path, config)
         # Read before the ledger is opened: trimming a torn tail would move the ledger's mtime.
         last_alive = last_sign_of_life(run_dir) if resumed else None
-        ledger = Ledger(ledger_path, price_per_gpu_hour=settings.price_per_gpu_hour, replay=resumed)
+        ledger = Ledger(ledger_path, price_per_gpu_hour=settings.price_per_gpu_hour,
+                        price_per_cpu_hour=settings.price_per_cpu_hour, replay=resumed)
         now = clock()
         elapsed_before, first_start = 0.0, now
         if ledger.sessions and last_alive is not None:
@@ -166,10 +167,11 @@ class Sweep:
             # A trial that ended but was not billed before the crash is billed to its end, not beyond.
             until = min(last_alive, ended) if ended is not None else last_alive
             wall = max(0.0, until - began) if began is not None else 0.0
+            cpus = self.config.runtime.cpus_per_trial
             self.ledger.bill_pending(SpendRecord(
                 trial_id=marker.trial_id, bracket=marker.bracket, rung=marker.rung, budget=marker.budget, score=None,
                 status=TrialStatus.INTERRUPTED, gpu_seconds=wall * marker.gpus, gpus=marker.gpus,
-                cost=self.ledger.cost_of(wall * marker.gpus), started_at=began if began is not None else marker.started_at,
+                cpu_seconds=wall * cpus, cpus=cpus, cost=self.ledger.cost_of(wall * marker.gpus, wall * cpus), started_at=began if began is not None else marker.started_at,
                 finished_at=max(until, began or 0.0), attempt=marker.attempt, wall_seconds=wall,
                 error="interrupted: the sweep process died mid-trial; billed from the trial's start to the process's "
                       "last sign of life" if began is not None else "interrupted before the trial started: nothing billed",
@@ -205,6 +207,7 @@ class Sweep:
             checkpoint_dir=self.config.storage.checkpoint_location(self.run_dir),
             resume_from_rung=resume_from_rung,
             gpus=rt.gpus_per_trial,
+            cpus=rt.cpus_per_trial,
             seed=self.config.search.seed,
             attempt=self.ledger.next_attempt(trial_id, rung),
             attempt_dir=str(self.attempts_dir.resolve()),
@@ -220,7 +223,8 @@ class Sweep:
         record = SpendRecord(
             trial_id=result.trial_id, bracket=result.bracket, rung=result.rung, budget=result.budget,
             score=result.score, status=result.status, gpu_seconds=result.gpu_seconds, gpus=result.gpus,
-            cost=self.ledger.cost_of(result.gpu_seconds), started_at=result.started_at,
+            cpu_seconds=result.cpu_seconds, cpus=self.config.runtime.cpus_per_trial,
+            cost=self.ledger.cost_of(result.gpu_seconds, result.cpu_seconds), started_at=result.started_at,
             finished_at=result.finished_at, budget_trained=result.budget_trained, attempt=result.attempt,
             error=None if result.error is None else redact(result.error), metrics=result.metrics, wall_seconds=result.wall_seconds,
             trainable_seconds=result.trainable_seconds, worker=result.worker,
@@ -532,7 +536,8 @@ class Sweep:
         self.runtime_note = runtime.note
         self.slots = runtime.slots
         _report("planned", units=self.scheduler.budget_units(), max_gpu_hours=self.config.budget.max_gpu_hours,
-                max_cost=self.config.budget.max_cost, mode=self.mode, name=self.config.name)
+                max_cost=self.config.budget.max_cost, max_cpu_hours=self.config.budget.max_cpu_hours, mode=self.mode,
+                name=self.config.name)
         heartbeat = Heartbeat(self.run_dir / "heartbeat")
         try:
             with use_runtime(runtime):

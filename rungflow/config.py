@@ -180,6 +180,8 @@ class BudgetConfig(_Strict):
     max_cost: float | None = None
     deadline: float | str | None = Field(default=None, description="wall-clock limit: seconds or '90m', '4h'")
     price_per_gpu_hour: float = 0.0
+    max_cpu_hours: float | None = Field(default=None, description="cap on wall-clock x CPUs held, summed over trials")
+    price_per_cpu_hour: float = 0.0
     min_gain_per_gpu_hour: float | None = None
     window_gpu_hours: float | None = None
     min_gpu_hours: float = 0.0
@@ -201,14 +203,14 @@ class BudgetConfig(_Strict):
     verdict_every: Literal["bracket", "iteration"] = Field(
         default="bracket", description="judge the iteration window sliding, once per completed bracket, or once per completed iteration")
 
-    @field_validator("max_gpu_hours", "max_cost", "window_gpu_hours")
+    @field_validator("max_gpu_hours", "max_cost", "window_gpu_hours", "max_cpu_hours")
     @classmethod
     def _positive(cls, v: float | None) -> float | None:
         if v is not None and (not math.isfinite(v) or v <= 0):
             raise ValueError("must be a positive number; remove the key for no limit")
         return v
 
-    @field_validator("price_per_gpu_hour", "min_gpu_hours")
+    @field_validator("price_per_gpu_hour", "min_gpu_hours", "price_per_cpu_hour")
     @classmethod
     def _non_negative(cls, v: float) -> float:
         if not math.isfinite(v) or v < 0:
@@ -252,6 +254,8 @@ class BudgetConfig(_Strict):
             max_cost=self.max_cost,
             deadline_seconds=parse_duration(self.deadline),
             price_per_gpu_hour=self.price_per_gpu_hour,
+            max_cpu_hours=self.max_cpu_hours,
+            price_per_cpu_hour=self.price_per_cpu_hour,
             min_gain_per_gpu_hour=self.min_gain_per_gpu_hour,
             window_gpu_hours=self.window_gpu_hours,
             min_gpu_hours=self.min_gpu_hours,

@@ -49,7 +49,7 @@ def events_of(records: Iterable[SpendRecord]) -> list[dict[str, Any]]:
         events.append(
             {
                 "trial_id": r.trial_id, "bracket": r.bracket, "rung": r.rung, "budget": r.budget,
-                "score": r.score, "status": str(r.status), "gpu_hours": r.gpu_hours, "cost": r.cost,
+                "score": r.score, "status": str(r.status), "gpu_hours": r.gpu_hours, "cpu_hours": r.cpu_hours, "cost": r.cost,
                 "cumulative_gpu_hours": cumulative, "started_at": r.started_at, "finished_at": r.finished_at,
                 "budget_trained": r.budget_trained, "wall_seconds": r.wall_seconds,
                 "trainable_seconds": r.trainable_seconds, "attempt": r.attempt, "error": r.error, "worker": r.worker,
@@ -177,7 +177,8 @@ def build_result(sweep: Sweep, final: bool = False) -> dict[str, Any]:
         "runtime": {"kind": sweep.config.runtime.kind, "gpus_per_trial": sweep.config.runtime.gpus_per_trial,
                     "note": sweep.runtime_note},
         "budget": {"max_gpu_hours": sweep.config.budget.max_gpu_hours, "max_cost": sweep.config.budget.max_cost,
-                   "price_per_gpu_hour": price},
+                   "price_per_gpu_hour": price, "max_cpu_hours": sweep.config.budget.max_cpu_hours,
+                   "price_per_cpu_hour": sweep.config.budget.price_per_cpu_hour},
         "trials": sweep.trials,
         "leaderboard": board[:TOP_N],
         "anytime": [{"gpu_hours": p.gpu_hours, "budget": p.budget, "best": p.score} for p in curve],

@@ -116,6 +116,11 @@ def _decision_table(d: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _cpu_price(result: Mapping[str, Any]) -> str:
+    price = (result.get("budget") or {}).get("price_per_cpu_hour") or 0.0
+    return f", ${price:g} per CPU-hour" if price else ""
+
+
 def summary_markdown(result: Mapping[str, Any], top: int = 5) -> str:
     """The final summary: best configuration, its score and cost, why the sweep stopped, what stopping saved."""
     ledger = result["ledger"]
@@ -134,7 +139,8 @@ def summary_markdown(result: Mapping[str, Any], top: int = 5) -> str:
     else:
         lines += ["**Best:** no trial finished with a score.", ""]
     lines += [
-        f"**Spent:** {ledger['gpu_hours']:.4g} GPU-hours, ${ledger['cost']:.2f} (at ${price:g} per GPU-hour) on "
+        f"**Spent:** {ledger['gpu_hours']:.4g} GPU-hours, {ledger.get('cpu_hours', 0.0):.4g} CPU-hours, "
+        f"${ledger['cost']:.2f} (at ${price:g} per GPU-hour{_cpu_price(result)}) on "
         f"{(result.get('counts') or {}).get('trials', 0)} trials; {_counts_line(result)}.", "",
         f"**Stop reason:** `{result.get('stop_reason')}` — {result.get('stop_detail', '')}", "",
     ]

@@ -47,7 +47,7 @@ def _unfinished(spec: TrialSpec, status: TrialStatus, started: float, error: str
     return TrialResult(
         trial_id=spec.trial_id, bracket=spec.bracket, rung=spec.rung, budget=spec.budget, score=None, status=status,
         gpu_seconds=wall * held, gpus=held, started_at=started, finished_at=now, wall_seconds=wall,
-        trainable_seconds=0.0, budget_trained=0.0, attempt=spec.attempt, error=error,
+        trainable_seconds=0.0, budget_trained=0.0, attempt=spec.attempt, error=error, cpu_seconds=wall * spec.cpus,
     )
 
 

@@ -50,7 +50,8 @@ class TrialSpec:
     gpus: float = 0.0
     seed: int = 0
     attempt: int = 0
-    attempt_dir: str | None = None  # where the attempt stamps when it starts training (resume bills from it)
+    attempt_dir: str | None = None
+    cpus: float = 0.0  # where the attempt stamps when it starts training (resume bills from it)
 
 
 def attempt_stamp_name(trial_id: str, rung: int, attempt: int) -> str:
@@ -91,6 +92,7 @@ class TrialResult:
     device: str = "cpu"
     worker: str = ""
     resumed_from_budget: float | None = None
+    cpu_seconds: float = 0.0
     # Log lines the trial emitted in its worker, replayed into the Prefect task run's logs by the flow.
     logs: tuple[tuple[int, str], ...] = ()
     # Earlier attempts of this (trial, rung) whose worker was lost; each is billed once.
@@ -267,6 +269,7 @@ def _run_trial(spec: TrialSpec) -> TrialResult:
         device=device,
         worker=worker,
         resumed_from_budget=resumed_from,
+        cpu_seconds=wall * spec.cpus,
     )
 
 

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 USER_PACKAGES = {"numpy": "numpy>=2", "pandas": "pandas>=2,<3", "pyarrow": "pyarrow>=20", "torch": "torch==2.13.0"}
 
-VERSIONS = "import importlib.metadata as m, json; print(json.dumps({n: m.version(n) for n in %r}))" % sorted(USER_PACKAGES)
+VERSIONS = f"import importlib.metadata as m, json; print(json.dumps({{n: m.version(n) for n in {sorted(USER_PACKAGES)!r}}}))"
 
 SWEEP = """
 import rungflow

@@ -29,14 +29,13 @@ def train(config, budget, checkpoint):
     device = rungflow.trial_device()  # "cuda" when this trial holds a GPU share, else "cpu"
     torch.manual_seed(0)
     (x, y), (x_val, y_val) = load_data()
-    model, epoch = build(config).to(device), 0
+    model, first_epoch = build(config).to(device), 0
     optimiser = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
     if checkpoint is not None:  # promoted: continue where the last rung stopped
         model.load_state_dict(checkpoint["model"])
         optimiser.load_state_dict(checkpoint["optimiser"])
-        epoch = checkpoint["epoch"]
-    first_epoch = epoch
-    for epoch in range(epoch, int(budget)):
+        first_epoch = checkpoint["epoch"]
+    for epoch in range(first_epoch, int(budget)):
         model.train()
         for batch in torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch)).split(64):
             optimiser.zero_grad()

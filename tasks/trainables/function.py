@@ -167,6 +167,9 @@ def _load_entrypoint(entrypoint: str, base_dir: str | None) -> Callable[..., Any
     if path is None:
         raise TrainableError(f"trainable.function = {entrypoint!r}: {candidates[0]} does not exist; give a .py file "
                              "relative to the config's folder")
+    # As when the file is run as a script: its folder is on the path, so it can import its siblings.
+    if str(path.parent.resolve()) not in sys.path:
+        sys.path.insert(0, str(path.parent.resolve()))
     module_name = "rungflow_user_" + hashlib.blake2b(str(path.resolve()).encode(), digest_size=6).hexdigest()
     module = sys.modules.get(module_name)
     if module is None:
