@@ -36,9 +36,27 @@ class APILostError(CLIError):
     """
 
 
+def packaged_example(path: str) -> Path | None:
+    """The example config shipped inside the package for ``examples/NAME.yaml`` (or ``NAME``), where no such file is
+    here: after ``pip install rungflow`` the README's ``rungflow sweep examples/digits.yaml`` still works."""
+    if Path(path).exists():
+        return None
+    from importlib.resources import files
+
+    name = Path(path).name if Path(path).suffix else f"{Path(path).name}.yaml"
+    parts = Path(path).parts
+    relative = Path(*parts[parts.index("examples") + 1:]) if "examples" in parts else Path(name)
+    candidate = Path(str(files("rungflow.examples"))) / relative
+    return candidate if candidate.is_file() else None
+
+
 def _load(path: str, overrides: Sequence[str]):
     from rungflow.config import ConfigError, load_config
 
+    example = packaged_example(path)
+    if example is not None:
+        err_console.print(f"{path} is not here: using the example shipped with rungflow, {example}", highlight=False)
+        path = str(example)
     try:
         return load_config(path, list(overrides))
     except ConfigError as exc:

@@ -89,6 +89,9 @@ def test_install_into_a_users_numpy2_env_changes_none_of_their_versions_and_swee
                             "{'prefect', 'ray', 'torch', 'pydantic', 'optuna'}))"], cwd=work, env=env)
     assert pure.stdout.strip() == "[]"
 
+    plan = _run([str(venv / "bin" / "rungflow"), "plan", "examples/digits.yaml"], cwd=work, env=env)  # the shipped example
+    assert "plan: digits-mlp" in plan.stdout
+
     (work / "sweep.yaml").write_text(CONFIG)
     (work / "sweep.py").write_text(SWEEP)
     env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PREFECT_SERVER_ANALYTICS_ENABLED="false",
