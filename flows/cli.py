@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -533,7 +534,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage block) like every other CLI error."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        err_console.print(f"[red]error:[/red] {message}; see `{self.prog} --help`", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(message)}; see `{self.prog} --help`", highlight=False, soft_wrap=True)
         raise SystemExit(2)
 
 
@@ -580,7 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except CLIError as exc:
-        err_console.print(f"[red]error:[/red] {redact(str(exc))}", highlight=False, soft_wrap=True, markup=True)
+        # Escaped: a message naming an extra ("rungflow[torch]") must not be read as rich markup.
+        err_console.print(f"[red]error:[/red] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True, markup=True)
         if isinstance(exc, APILostError):
             _exit_now(2)
         return 2

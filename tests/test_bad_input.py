@@ -5,6 +5,7 @@ In-process through ``flows.cli.main`` (fast); a few through a real subprocess, a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,29 @@ def test_as_users_run_it_in_a_subprocess(tmp_path: Path) -> None:
         run = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", *args], cwd=REPO, capture_output=True, text=True,
                              timeout=120)
         _check(run.returncode, run.stderr, expected)
+
+
+# --- missing extras and pre-namespace module paths: one line before anything is spent -------------------------
+_BLOCKED_CLI = "import sys\nfor name in {blocked!r}: sys.modules[name] = None\nfrom rungflow.flows.cli import main\nsys.exit(main({args!r}))"
+
+
+@pytest.mark.parametrize(
+    ("trainable", "blocked", "env", "expected"),
+    [
+        ("{kind: torch_mlp}", ["torch"], {}, "pip install 'rungflow[torch]'"),
+        ("{kind: yahpo_lcbench}", ["onnxruntime"], {}, "pip install 'rungflow[lcbench]'"),
+        ("{kind: autogluon, options: {data: {source: 'sklearn:breast_cancer'}}}", [], {"RUNGFLOW_AUTOGLUON_ENV": "/nonexistent"},
+         "pip install 'rungflow[autogluon]'"),
+        ("{kind: tasks.trainables.torch_mlp}", [], {}, "rungflow.tasks.trainables.torch_mlp"),
+    ],
+)
+def test_a_family_without_its_extra_or_an_old_module_path_is_one_line(tmp_path: Path, trainable: str, blocked: list[str],
+                                                                       env: dict[str, str], expected: str) -> None:
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"name: extras\ntrainable: {trainable}\nscheduler: {{kind: hyperband, min_budget: 10, max_budget: 90, eta: 3}}\n")
+    args = ["sweep", str(config), "--out", str(tmp_path / "run")]
+    out = subprocess.run([sys.executable, "-c", _BLOCKED_CLI.format(blocked=blocked, args=args)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and expected in lines[0], out.stderr
+    assert not (tmp_path / "run" / "ledger.jsonl").exists()

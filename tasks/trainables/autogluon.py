@@ -104,6 +104,10 @@ class AutoGluonTrainable(TabularTrainable):
     def default_space(self) -> SearchSpace:
         return SearchSpace((CategoricalParam("presets", ("medium_quality", "good_quality")),))
 
+    def check(self) -> None:
+        AUTOGLUON.require(self.options.env)  # before any spending: one line naming the extra to install
+        super().check()
+
     def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
         opts = self.options
         time_limit = max(float(budget), 1.0)

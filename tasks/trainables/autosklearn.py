@@ -80,6 +80,10 @@ class AutoSklearnTrainable(TabularTrainable):
     def default_space(self) -> SearchSpace | None:
         return None  # auto-sklearn searches its own space; sweep only the budget (use scheduler.kind: fifo)
 
+    def check(self) -> None:
+        AUTOSKLEARN.require(self.options.env)  # before any spending: one line naming the build command
+        super().check()
+
     def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
         opts = self.options
         time_limit = max(int(round(budget)), 30)
