@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,8 +43,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_prefect(home: Path, ui: bool = False) -> Iterator[str]:
-    """``prefect server start`` (SQLite under ``home``) on a free loopback port; yields the API URL.
+def serve_prefect(home: Path, ui: bool = False, database_url: str | None = None) -> Iterator[str]:
+    """``prefect server start`` (SQLite under ``home``, or ``database_url``) on a free loopback port; yields the API URL.
 
     While it runs, this process and everything it starts (Ray workers, CLI subprocesses) report to it.
     """
@@ -56,6 +57,8 @@ def serve_prefect(home: Path, ui: bool = False) -> Iterator[str]:
         "PREFECT_SERVER_UI_ENABLED": "true" if ui else "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     if ui:
         # The browser asks the UI where the API is; without these it would try 127.0.0.1:4200.
         env.update(PREFECT_UI_API_URL=f"{origin}/api", PREFECT_UI_URL=origin)
@@ -254,3 +257,82 @@ def _bucket(client: Any, name: str) -> bool:
     except ClientError:
         client.create_bucket(Bucket=name)
     return True
+
+
+# --- a real PostgreSQL: Debian's postgresql (scripts/setup.sh installs it), one cluster per test session -------
+class Postgres:
+    """A running PostgreSQL on loopback with password auth; ``url(db)`` is an SQLAlchemy URL for database ``db``."""
+
+    user = "rungflow"
+    password = "pg-secret-7f3b2c"
+
+    def __init__(self, bin_dir: Path, port: int, data: Path, run_as: list[str]) -> None:
+        self.bin_dir, self.port, self.data, self.run_as = bin_dir, port, data, run_as
+
+    def _tool(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.run_as, str(self.bin_dir / name), *args], capture_output=True, text=True, timeout=120,
+                              check=True)
+
+    def create_database(self, name: str) -> None:
+        self._tool("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-O", self.user, name)
+
+    def url(self, database: str, driver: str = "postgresql+asyncpg") -> str:
+        return f"{driver}://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs Debian's postgresql with apt-get)")
+    # Not under pytest's tmp dir: that is root-only (0700) and the postgres user could not reach its data there.
+    root = Path(tempfile.mkdtemp(prefix="rungflow-postgres-"))
+    data = root / "data"
+    # PostgreSQL refuses to run as root; the Debian package's postgres user runs it.
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        shutil.chown(root, "postgres")
+    port = free_port()
+    pw_file = root / "pw"
+    pw_file.write_text("unused-superuser-password\n")
+    if run_as:
+        shutil.chown(pw_file, "postgres")
+    subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust",
+                    "--auth-host=scram-sha-256", f"--pwfile={pw_file}"], check=True, capture_output=True, timeout=120)
+    # The superuser connects over the socket (trust); everything else over TCP with a password.
+    with (data / "pg_hba.conf").open("w") as fh:
+        fh.write("local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    log = root / "postgres.log"
+    proc = subprocess.Popen([*run_as, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(root),
+                             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "fsync=off"],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 60
+    while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode:
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"postgres did not start; see {log}")
+        time.sleep(0.3)
+    server = Postgres(bin_dir, port, data, run_as)
+    server._tool("psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
+                 f"CREATE ROLE {server.user} LOGIN PASSWORD '{server.password}'")
+    try:
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def prefect_on_postgres(postgres: Postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``prefect server start`` whose database is PostgreSQL, as a production Prefect server's is."""
+    postgres.create_database("prefect")
+    with serve_prefect(tmp_path_factory.mktemp("prefect-pg-home"), database_url=postgres.url("prefect")) as url:
+        yield url
