@@ -76,7 +76,7 @@ class MetricConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    algorithm: str = "tpe"
+    algorithm: str = "bohb"
     seed: int = 0
     num_trials: int | None = Field(default=None, description="trials to start where the scheduler does not fix it")
     grid_points: int = 4

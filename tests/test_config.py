@@ -277,7 +277,7 @@ def test_defaults_come_from_the_trainable() -> None:
     config = validate({"name": "n", "trainable": {"kind": "noop"}})
     assert config.budget_range() == (1.0, 27.0)
     assert config.mode() == "max" and config.metric_name() == "score"
-    assert config.scheduler.kind == "hyperband" and config.search.algorithm == "tpe"
+    assert config.scheduler.kind == "hyperband" and config.search.algorithm == "bohb"
 
 
 def test_deadline_durations() -> None:
