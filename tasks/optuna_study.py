@@ -1,0 +1,147 @@
+"""The sweep as an Optuna study in ``storage.optuna_url``: what ``optuna-dashboard`` and Optuna users read.
+
+One Optuna trial per rungflow trial, written once its outcome is known: its parameters (a conditional
+space's inactive ones left out, as Optuna stores them), its score at each budget as intermediate values
+(step = the budget, thousandths where budgets are fractional), and its state: COMPLETE at the full
+budget, PRUNED when the gate stopped it (or the sweep stopped before its next rung), FAIL with the error.
+User attributes carry the rungflow trial id, bracket, GPU-hours, CPU-hours, cost and status.
+
+The ledger stays the source of truth for money; the study is rebuilt from it, so writing is idempotent:
+a trial already in the study (by its rungflow id) is never written again, after ``kill -9`` and resume too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rungflow.budgets.ledger import SpendRecord
+from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from rungflow.redact import redact
+
+__all__ = ["StudyRecorder", "StudyError", "sweep_fingerprint"]
+
+TRIAL_ATTR = "rungflow_trial"
+FINGERPRINT_ATTR = "rungflow_fingerprint"
+# Sections that may change on resume (rungflow.config.RESUMABLE) do not make it a different sweep.
+_SWEEP_SECTIONS = ("name", "trainable", "metric", "space", "search", "scheduler")
+
+
+class StudyError(ValueError):
+    """The study cannot be used: the message names ``storage.optuna_url`` or the study and the fix."""
+
+
+def sweep_fingerprint(config_json: Mapping[str, Any]) -> str:
+    identity = {k: config_json.get(k) for k in _SWEEP_SECTIONS}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _step(budget: float) -> int:
+    # Optuna's steps are ints: whole budgets as they are, fractional ones in thousandths (order kept).
+    return int(budget) if float(budget).is_integer() else int(round(budget * 1000))
+
+
+class StudyRecorder:
+    """Writes finished rungflow trials into one Optuna study; ``sync`` may be called as often as wanted."""
+
+    def __init__(self, url: str, study_name: str, *, fingerprint: str, direction: str, space: SearchSpace,
+                 max_budget: float, asynchronous: bool) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._optuna = optuna
+        self.study_name = study_name
+        self._space = space
+        self._max_budget = max_budget
+        self._asynchronous = asynchronous
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            self.study = optuna.create_study(storage=storage, study_name=study_name, direction=direction,
+                                             load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=0))
+        except Exception as exc:  # a bad URL, a dead server, a driver that is not installed
+            raise StudyError(f"storage.optuna_url = {redact(url)!r}: {type(exc).__name__}: "
+                             f"{redact(str(exc)).splitlines()[0][:200]}; give an SQLAlchemy URL Optuna accepts "
+                             "(sqlite:///path/optuna.db, postgresql://user@host/db) of a database that answers") from None
+        held = self.study.user_attrs.get(FINGERPRINT_ATTR)
+        if held is None and self.study.trials:
+            raise StudyError(f"Optuna study {study_name!r} in storage.optuna_url already holds trials not written by "
+                             "rungflow; give the sweep another name or another storage.optuna_url")
+        if held is not None and held != fingerprint:
+            raise StudyError(f"Optuna study {study_name!r} in storage.optuna_url holds a different sweep; give this sweep "
+                             "another name, or another storage.optuna_url")
+        if held is None:
+            self.study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
+        self._written: set[str] = {t.user_attrs[TRIAL_ATTR] for t in self.study.get_trials(deepcopy=False)
+                                   if TRIAL_ATTR in t.user_attrs}
+
+    @property
+    def written(self) -> int:
+        return len(self._written)
+
+    def sync(self, records: Iterable[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False) -> int:
+        """Write every trial whose outcome is known (all of them when ``final``); returns how many were added."""
+        by_trial: dict[str, list[SpendRecord]] = {}
+        top_rung: dict[int, int] = {}
+        for r in records:
+            by_trial.setdefault(r.trial_id, []).append(r)
+            top_rung[r.bracket] = max(top_rung.get(r.bracket, r.rung), r.rung)
+        added = 0
+        for trial_id, trial_records in by_trial.items():
+            if trial_id in self._written or trial_id not in configs:
+                continue
+            outcome = self._outcome(trial_records, top_rung, final)
+            if outcome is None:
+                continue
+            self.study.add_trial(self._frozen(trial_id, trial_records, configs[trial_id], *outcome))
+            self._written.add(trial_id)
+            added += 1
+        return added
+
+    def _outcome(self, records: list[SpendRecord], top_rung: Mapping[int, int], final: bool) -> tuple[str, str] | None:
+        last = records[-1]
+        if last.ok and last.budget >= self._max_budget - 1e-9:
+            return "COMPLETE", "full_budget"
+        if not last.ok and str(last.status) in ("failed", "timeout"):
+            return "FAIL", str(last.status)
+        # A synchronous gate is final once a higher rung of the bracket ran; ASHA may still promote later.
+        if last.ok and not self._asynchronous and top_rung[last.bracket] > last.rung:
+            return "PRUNED", "stopped_by_gate"
+        if final:
+            return ("PRUNED", "stopped_by_gate" if last.ok and top_rung[last.bracket] > last.rung else
+                    "unfinished" if last.ok else str(last.status))
+        return None
+
+    def _frozen(self, trial_id: str, records: list[SpendRecord], config: Mapping[str, Any], state: str, status: str) -> Any:
+        optuna = self._optuna
+        params, distributions = {}, {}
+        for param in self._space.active(config):
+            if param.name not in config:
+                continue
+            params[param.name] = config[param.name]
+            distributions[param.name] = _distribution(optuna, param)
+        intermediate = {_step(r.budget): float(r.score) for r in records
+                        if r.ok and r.score is not None and math.isfinite(r.score)}
+        last = records[-1]
+        attrs = {TRIAL_ATTR: trial_id, "bracket": last.bracket, "status": status,
+                 "gpu_hours": sum(r.gpu_hours for r in records), "cpu_hours": sum(r.cpu_hours for r in records),
+                 "cost": sum(r.cost for r in records), "budget": last.budget}
+        if state == "FAIL" and last.error:
+            attrs["error"] = last.error[:500]
+        kwargs: dict[str, Any] = {}
+        if state == "COMPLETE":
+            kwargs["value"] = float(last.score)  # type: ignore[arg-type]
+        return optuna.trial.create_trial(state=getattr(optuna.trial.TrialState, state), params=params,
+                                         distributions=distributions, intermediate_values=intermediate,
+                                         user_attrs=attrs, **kwargs)
+
+
+def _distribution(optuna: Any, param: Any) -> Any:
+    if isinstance(param, FloatParam):
+        return optuna.distributions.FloatDistribution(param.low, param.high, log=param.log)
+    if isinstance(param, IntParam):
+        return optuna.distributions.IntDistribution(param.low, param.high, log=param.log)
+    assert isinstance(param, CategoricalParam)
+    return optuna.distributions.CategoricalDistribution(list(param.choices))

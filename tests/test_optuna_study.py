@@ -1,0 +1,92 @@
+"""The sweep's Optuna study: one trial per rungflow trial with its intermediate values and state, idempotent on
+resume, refused when the study holds another sweep; on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from rungflow.budgets.ledger import SpendRecord, TrialStatus
+from rungflow.budgets.space import SearchSpace
+from rungflow.tasks.optuna_study import StudyError, StudyRecorder
+from tests.conftest import Postgres
+
+SPACE = SearchSpace.from_dict({
+    "family": {"type": "categorical", "choices": ["a", "b"]},
+    "lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True, "when": {"family": ["a"]}},
+    "depth": {"type": "int", "low": 1, "high": 8},
+})
+CONFIGS = {"t0": {"family": "a", "lr": 0.01, "depth": 3}, "t1": {"family": "b", "depth": 5},
+           "t2": {"family": "a", "lr": 0.001, "depth": 1}, "t3": {"family": "b", "depth": 2}}
+
+
+def _r(trial: str, rung: int, budget: float, score: float | None, status: TrialStatus = TrialStatus.COMPLETED,
+       bracket: int = 0, error: str | None = None) -> SpendRecord:
+    return SpendRecord(trial_id=trial, bracket=bracket, rung=rung, budget=budget, score=score, status=status,
+                       gpu_seconds=36.0, gpus=1.0, cost=0.1, started_at=0.0, finished_at=1.0, cpu_seconds=72.0, cpus=2.0,
+                       error=error)
+
+
+RECORDS = [_r("t0", 0, 1, 0.5), _r("t1", 0, 1, 0.6), _r("t2", 0, 1, None, TrialStatus.FAILED, error="RuntimeError: boom"),
+           _r("t3", 0, 1, 0.4), _r("t1", 1, 3, 0.7)]
+
+
+def _recorder(url: str, fingerprint: str = "f1", asynchronous: bool = False) -> StudyRecorder:
+    return StudyRecorder(url, "sweep-a", fingerprint=fingerprint, direction="maximize", space=SPACE, max_budget=3,
+                         asynchronous=asynchronous)
+
+
+def _check_study(url: str) -> None:
+    study = optuna.load_study(study_name="sweep-a", storage=url)
+    trials = {t.user_attrs["rungflow_trial"]: t for t in study.trials}
+    assert set(trials) == {"t0", "t1", "t2", "t3"} and len(study.trials) == 4
+    assert trials["t1"].state.name == "COMPLETE" and trials["t1"].value == 0.7
+    assert trials["t1"].intermediate_values == {1: 0.6, 3: 0.7}
+    assert trials["t0"].state.name == "PRUNED" and trials["t0"].user_attrs["status"] == "stopped_by_gate"
+    assert trials["t2"].state.name == "FAIL" and "boom" in trials["t2"].user_attrs["error"]
+    assert trials["t0"].params == {"family": "a", "lr": 0.01, "depth": 3}
+    assert trials["t1"].params == {"family": "b", "depth": 5}  # the inactive lr is left out, as Optuna stores it
+    assert trials["t1"].user_attrs["gpu_hours"] == pytest.approx(0.02) and trials["t1"].user_attrs["cpu_hours"] == pytest.approx(0.04)
+
+
+def test_trials_are_written_once_their_outcome_is_known_and_never_twice(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    recorder = _recorder(url)
+    assert recorder.sync(RECORDS[:3], CONFIGS) == 1  # t2 failed; t0 and t1 wait for the gate
+    assert recorder.sync(RECORDS, CONFIGS) == 3  # the gate ran: t1 promoted and complete, t0 and t3 pruned
+    assert recorder.sync(RECORDS, CONFIGS, final=True) == 0
+    _check_study(url)
+    # After kill -9, a resumed sweep replays the same records into the same study: nothing is added.
+    assert _recorder(url).sync(RECORDS, CONFIGS, final=True) == 0
+    _check_study(url)
+
+
+def test_asha_trials_below_the_top_are_pruned_only_when_the_sweep_ends(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    recorder = _recorder(url, asynchronous=True)
+    assert recorder.sync(RECORDS, CONFIGS) == 2  # t1 complete, t2 failed; t0, t3 could still be promoted
+    assert recorder.sync(RECORDS, CONFIGS, final=True) == 2
+
+
+def test_a_study_of_another_sweep_and_a_bad_url_are_refused_in_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    _recorder(url).sync(RECORDS, CONFIGS)
+    with pytest.raises(StudyError, match="holds a different sweep"):
+        _recorder(url, fingerprint="other")
+    with pytest.raises(StudyError, match=r"storage.optuna_url = 'nonsense://x'"):
+        _recorder("nonsense://x")
+
+
+@pytest.mark.slow
+def test_the_study_on_a_real_postgresql(postgres: Postgres) -> None:
+    postgres.create_database("optuna")
+    url = postgres.url("optuna", driver="postgresql+psycopg")
+    _recorder(url).sync(RECORDS, CONFIGS, final=True)
+    _check_study(url)
+    assert _recorder(url).sync(RECORDS, CONFIGS, final=True) == 0
+    with pytest.raises(StudyError) as refused:
+        StudyRecorder(url.replace(postgres.password, "wrong-password"), "sweep-a", fingerprint="f1", direction="maximize",
+                      space=SPACE, max_budget=3, asynchronous=False)
+    assert postgres.password not in str(refused.value) and "wrong-password" not in str(refused.value)
