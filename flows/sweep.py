@@ -46,6 +46,7 @@ from rungflow.config import ConfigError, SweepConfig, resume_conflicts, validate
 from rungflow.faults import fault_point
 from rungflow.redact import install_log_redaction, redact, redact_json
 from rungflow.tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
+from rungflow.tasks.optuna_study import StudyError, open_study_for
 from rungflow.tasks.runtime import Runtime, make_runtime, use_runtime
 from rungflow.tasks.stages import gate_trials, promote_survivors, suggest_trials
 from rungflow.tasks.train import TrialResult, TrialSpec, attempt_stamp_name, train_trial
@@ -105,6 +106,7 @@ class Sweep:
     _replayed: dict[tuple[str, int, int], SpendRecord] = field(default_factory=dict)
     resumed: bool = False
     _lock: Any = None
+    study: Any = None  # the Optuna study the sweep is mirrored into (rungflow.tasks.optuna_study)
 
     @classmethod
     def create(cls, config: SweepConfig, run_dir: str | Path | None = None, clock: Callable[[], float] = time.time) -> Sweep:
@@ -134,6 +136,11 @@ class Sweep:
         resumed = ledger_path.exists()
         if resumed and config_path.exists():
             check_resumable(config_path, config)
+        try:  # before anything is spent: a bad storage.optuna_url or another sweep's study is one line
+            study = open_study_for(config, asynchronous=not scheduler.synchronous, max_budget=hi, mode=mode)
+        except StudyError as exc:
+            lock.close()
+            raise ConfigError(str(exc)) from None
         # Read before the ledger is opened: trimming a torn tail would move the ledger's mtime.
         last_alive = last_sign_of_life(run_dir) if resumed else None
         ledger = Ledger(ledger_path, price_per_gpu_hour=settings.price_per_gpu_hour,
@@ -148,7 +155,7 @@ class Sweep:
         controller = BudgetController(settings, mode=mode, clock=clock, started_at=now - elapsed_before, full_budget=hi)
         write_json_atomic_config(config_path, config)
         sweep = cls(config, run_dir, searcher, scheduler, ledger, controller, mode, lo, hi, started_at=first_start)
-        sweep.resumed, sweep._lock = resumed, lock
+        sweep.resumed, sweep._lock, sweep.study = resumed, lock, study
         if resumed:
             sweep._bill_interrupted(last_alive if last_alive is not None else now)
             for position, record in enumerate(ledger.pending):
@@ -562,12 +569,16 @@ class Sweep:
         return result
 
     # --- result.json ------------------------------------------------------------------------------
+    def _sync_study(self, final: bool) -> None:
+        _sync_study_of(self, final)
+
     def write_result(self, final: bool = False) -> dict[str, Any]:
         from rungflow.results import build_result, write_json_atomic
 
         self._last_write = time.time()
         result = redact_json(build_result(self, final=final))
         write_json_atomic(self.run_dir / "result.json", result)
+        self._sync_study(final)
         if self.artifacts is not None:
             try:
                 self.artifacts.publish(result, self.config.budget.max_gpu_hours)
@@ -579,6 +590,16 @@ class Sweep:
                 write_json_atomic(self.run_dir / "result.json", redact_json(build_result(self, final=True)))
                 raise
         return result
+
+
+def _sync_study_of(sweep: Sweep, final: bool) -> None:
+    if sweep.study is None:
+        return
+    try:
+        sweep.study.sync(sweep.ledger.records, sweep.trials, final=final)
+    except Exception as exc:  # the ledger is the truth: a study database blip is caught up at the next write
+        log.warning("Optuna study %r not updated (%s: %s); retried at the next result", sweep.study.study_name,
+                    type(exc).__name__, redact(str(exc)).splitlines()[0][:200])
 
 
 class _Finished:

@@ -145,3 +145,11 @@ def _distribution(optuna: Any, param: Any) -> Any:
         return optuna.distributions.IntDistribution(param.low, param.high, log=param.log)
     assert isinstance(param, CategoricalParam)
     return optuna.distributions.CategoricalDistribution(list(param.choices))
+
+
+def open_study_for(config: Any, *, asynchronous: bool, max_budget: float, mode: str) -> StudyRecorder:
+    """The recorder of a sweep config (``rungflow.config.SweepConfig``): study named after the sweep, in
+    ``storage.optuna_url`` (default ``sqlite:///RUN_DIR/optuna.db``)."""
+    return StudyRecorder(config.optuna_url(), config.name, fingerprint=sweep_fingerprint(config.model_dump(mode="json")),
+                         direction="maximize" if mode == "max" else "minimize", space=config.search_space(),
+                         max_budget=max_budget, asynchronous=asynchronous)

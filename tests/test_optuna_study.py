@@ -90,3 +90,67 @@ def test_the_study_on_a_real_postgresql(postgres: Postgres) -> None:
         StudyRecorder(url.replace(postgres.password, "wrong-password"), "sweep-a", fingerprint="f1", direction="maximize",
                       space=SPACE, max_budget=3, asynchronous=False)
     assert postgres.password not in str(refused.value) and "wrong-password" not in str(refused.value)
+
+
+@pytest.mark.slow
+def test_optuna_dashboard_opens_a_sweeps_study_in_a_browser(prefect_server: str, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.conftest import REPO, free_port
+    from tests.test_ui_browser import ARGS, CHROMIUM, _browser_or_skip
+
+    sync_playwright = _browser_or_skip()
+    from playwright.sync_api import expect
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text("name: dashboard-demo\ntrainable: {kind: noop}\nsearch: {algorithm: random, seed: 0}\n"
+                      "scheduler: {kind: hyperband, min_budget: 1, max_budget: 9, eta: 3}\nruntime: {kind: thread}\n")
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "sweep", str(config), "--out", str(run)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    study = optuna.load_study(study_name="dashboard-demo", storage=f"sqlite:///{run / 'optuna.db'}")
+    states = sorted(t.state.name for t in study.trials)
+    assert len(study.trials) == 17 and states.count("COMPLETE") == 5 and states.count("PRUNED") == 12
+
+    port = free_port()
+    dashboard = subprocess.Popen([shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or "optuna-dashboard",
+                                  f"sqlite:///{run / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/studies", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline and dashboard.poll() is None, "optuna-dashboard did not start"
+            time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/dashboard/", wait_until="networkidle")
+            expect(page.get_by_text("dashboard-demo").first).to_be_visible(timeout=45_000)
+            page.get_by_text("dashboard-demo").first.click()
+            page.wait_for_load_state("networkidle")
+            # The history plot draws one marker per COMPLETE trial.
+            page.wait_for_selector(".js-plotly-plot .point", timeout=45_000)
+            shot = tmp_path / "optuna-dashboard.png"
+            page.screenshot(path=str(shot), full_page=False)
+            study_url = page.url.rstrip("/")
+            page.goto(f"{study_url}/trials", wait_until="networkidle")
+            # A trial's page shows its rungflow id and state, written by the sweep as user attributes.
+            expect(page.get_by_text("rungflow_trial").first).to_be_visible(timeout=45_000)
+            expect(page.get_by_text("stopped_by_gate").first).to_be_visible(timeout=45_000)
+            page.screenshot(path=str(tmp_path / "optuna-dashboard-trials.png"), full_page=False)
+            print(f"screenshots: {shot}, {tmp_path / 'optuna-dashboard-trials.png'}")
+            browser.close()
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=20)
