@@ -23,11 +23,85 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.common import LCBENCH_MAX_EPOCH, fmt, library_versions, median, write_json
 
 __all__ = ["records_of", "judge", "run", "add_arguments"]
 
-RULES = ("rungflow window", "rungflow window noisy", "ray plateau", "optuna terminator")
+RULES = ("rungflow window", "rungflow window noisy", "cost-aware ei", "cost-aware ei normal", "ray plateau",
+         "optuna terminator")
+DEFAULT_RULES = ("rungflow window", "rungflow window noisy", "cost-aware ei", "ray plateau", "optuna terminator")
+BRACKETS_PER_ITERATION = 4  # Hyperband 1..52 epochs, η = 3: s = 3, 2, 1, 0
+
+
+def _normal_ei(values: Sequence[float], best: float) -> float:
+    """E[max(Y − best, 0)] for Y ~ N(mean, std²) of ``values``."""
+    mu, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+    if sd <= 0:
+        return max(mu - best, 0.0)
+    z = (mu - best) / sd
+    return sd * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) + (mu - best) * 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+
+def _record_ei(all_top: Sequence[float], window_gain: float, window_results: int, spacings: int) -> float | None:
+    """Expected improvement of one more top-fidelity result, from the sweep's own record.
+
+    The rises of the incumbent over the last iteration's ``window_results`` top-fidelity results
+    (``window_gain``, points) plus one more rise of the size of the sweep's record spacing (the mean
+    gap between its top ``spacings`` + 1 results), spread over n + 1 results: the window rule's gain
+    per result, Laplace-smoothed, so one flat iteration does not read as "nothing left" while the
+    top results still sit far apart, and a stationary search (no rises, top results bunched) reads
+    close to zero. None before ``spacings`` + 1 results.
+    """
+    ys = sorted(all_top, reverse=True)
+    if len(ys) < spacings + 1 or window_results < 1:
+        return None
+    gap = float(np.mean([ys[i] - ys[i + 1] for i in range(spacings)]))
+    return (window_gain + gap) / (window_results + 1)
+
+
+def cost_aware_stop(records: Sequence[Any], price: float, *, predictive: str = "record", patience: int = 2,
+                    spacings: int = 3, per: int = BRACKETS_PER_ITERATION) -> tuple[int | None, str]:
+    """Xie et al. (2025)'s cost-aware stop, replayed before every bracket: stop once the expected
+    improvement of the next top-fidelity result is below price × what one costs.
+
+    Candidate = the next top-fidelity result the sweep will produce as it searches now; its cost =
+    the last iteration's GPU-hours ÷ its top-fidelity results (Hyperband's lower rungs included);
+    its EI from the last iteration's results (``record``: :func:`_record_ei`; ``normal``: a
+    normal fitted to them, E[max(Y − best, 0)]). Judged once per completed bracket from the first
+    completed iteration on, ``patience`` verdicts in a row, on reported scores only.
+    """
+    starts = [i for i, r in enumerate(records) if i == 0 or r.bracket != records[i - 1].bracket]
+    below = 0
+    for start in starts:
+        bracket = records[start].bracket
+        if bracket < per:
+            continue
+        done = records[:start]
+        window = [r for r in done if r.bracket > bracket - 1 - per]
+        window_top = [float(r.score) for r in window if r.ok and abs(r.budget - LCBENCH_MAX_EPOCH) < 1e-9]
+        all_top = [float(r.score) for r in done if r.ok and abs(r.budget - LCBENCH_MAX_EPOCH) < 1e-9]
+        if len(window_top) < 2:
+            continue
+        best = max(all_top)
+        if predictive == "normal":
+            ei: float | None = _normal_ei(window_top, best)
+        else:
+            first = len(done) - len(window)
+            before = [float(r.score) for r in done[:first] if r.ok and abs(r.budget - LCBENCH_MAX_EPOCH) < 1e-9]
+            gain = best - max(before) if before else best - window_top[0]
+            ei = _record_ei(all_top, gain, len(window_top), spacings)
+        if ei is None:
+            continue
+        cost = sum(r.gpu_seconds for r in window) / 3600.0 / len(window_top)
+        if ei < price * cost:
+            below += 1
+            if below >= patience:
+                return start, f"EI {ei:.3g} < {price:g} × {cost:.3g} GPU-h for {below} brackets"
+        else:
+            below = 0
+    return None, ""
 
 
 def records_of(run: Any) -> list[Any]:
@@ -87,6 +161,8 @@ def run_cell(instance: str, seed: int, *, iterations: int, price: float, noise_s
             stop_at, _ = replay_plateau(records)
         elif rule == "optuna terminator":
             stop_at, _ = terminator_stop(terminator_bounds(records, sweep.configs, c.space), TERMINATOR_ERROR)
+        elif rule.startswith("cost-aware ei"):
+            stop_at, _ = cost_aware_stop(records, price, predictive="normal" if rule.endswith("normal") else "record")
         else:
             stop_at, _ = replay_controller(records, scheduler, rule=rule, seed=seed, min_gain=price)
         out["rules"][rule] = {"stopped": stop_at is not None, **judge(records, stop_at, price)}
@@ -97,7 +173,7 @@ def summarize(cells: Sequence[Mapping[str, Any]], rules: Sequence[str], ours: st
     rows = []
     for rule in rules:
         js = [c["rules"][rule] for c in cells]
-        nets = [-math.inf if j["net"] is None else j["net"] for j in js]
+        nets = [-math.inf if j["net"] is None else _dust(j["net"]) for j in js]
         small = [j for j in js if j["hindsight"] < 2.0]
         reachable = [c for c in cells if c["oracle_saved"] >= 0.6]
         ahead = None
@@ -105,7 +181,12 @@ def summarize(cells: Sequence[Mapping[str, Any]], rules: Sequence[str], ours: st
             ahead = sum(1 for c in cells if _net(c["rules"][ours]) > _net(c["rules"][rule]) + 1e-9)
         rows.append({
             "rule": rule, "runs": len(js), "stopped": sum(j["stopped"] for j in js),
-            "median_net": median(nets), "min_net": min(nets), "median_hindsight": median([j["hindsight"] for j in js]),
+            # A rule that never stops nets exactly 0 (float dust rounded away): a never-stopping
+            # rule's median and worst net read 0.00 whatever it would have done; hence the median
+            # net over the runs it did stop, beside.
+            "median_net": median(nets), "min_net": min(nets),
+            "median_net_stopped": median([_dust(n) for n, j in zip(nets, js) if j["stopped"]]) if any(j["stopped"] for j in js) else None,
+            "median_hindsight": median([j["hindsight"] for j in js]),
             "median_captured": median([j["captured"] for j in js if j["captured"] is not None]),
             "median_shortfall": median([math.inf if j["shortfall"] is None else j["shortfall"] for j in js]),
             "small_runs": len(small),
@@ -115,6 +196,10 @@ def summarize(cells: Sequence[Mapping[str, Any]], rules: Sequence[str], ours: st
             "reachable": len(reachable), "ours_ahead": ahead,
         })
     return rows
+
+
+def _dust(x: float) -> float:
+    return 0.0 if abs(x) < 1e-9 else x
 
 
 def _net(j: Mapping[str, Any]) -> float:
@@ -130,13 +215,14 @@ def markdown(rows: Sequence[Mapping[str, Any]], cells: Sequence[Mapping[str, Any
         "under 2 points; *ours ahead*: runs where rungflow window's net beats the rule's; old target: ≥ 60 % saved "
         "at ≤ 0.2 lost, on the runs where it was reachable.",
         "",
-        "| rule | stopped | median net | worst net | nets < −0.25 | median hindsight | median captured | "
+        "| rule | stopped | median net | median net (stopped) | worst net | nets < −0.25 | median hindsight | median captured | "
         "median shortfall | max shortfall (small) | ours ahead | old target |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['rule']} | {r['stopped']}/{r['runs']} | {fmt(r['median_net'])} | {fmt(r['min_net'])} | "
+            f"| {r['rule']} | {r['stopped']}/{r['runs']} | {fmt(r['median_net'])} | {fmt(r['median_net_stopped'])} | "
+            f"{fmt(r['min_net'])} | "
             f"{r['below_minus_025']}/{r['runs']} | {fmt(r['median_hindsight'])} | {fmt(r['median_captured'], '.2f')} | "
             f"{fmt(r['median_shortfall'])} | {fmt(r['max_shortfall_small'])} ({r['small_runs']}) | "
             f"{'-' if r['ours_ahead'] is None else str(r['ours_ahead']) + '/' + str(r['runs'])} | "
@@ -158,7 +244,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=8)
     p.add_argument("--price", type=float, default=0.5, help="accuracy points per GPU-hour (min_gain_per_gpu_hour)")
     p.add_argument("--noise-std", type=float, default=0.0)
-    p.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
+    p.add_argument("--rules", nargs="+", default=list(DEFAULT_RULES), choices=list(RULES))
     p.add_argument("--out", type=Path, default=Path("bench/out/stopprice"))
 
 

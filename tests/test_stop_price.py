@@ -42,3 +42,42 @@ def test_a_stop_before_any_full_budget_result_has_no_net():
     early = [_rec(0, 6.0, 70.0, 1.0), *RECORDS]
     j = judge(early, 1, price=0.5)
     assert j["net"] is None and j["shortfall"] is None
+
+
+def _bracket_records(tops_per_bracket, hours_per_bracket=1.0):
+    """One record per full-budget result, brackets in order; a bracket's hours split over its results."""
+    out, i = [], 0
+    for b, tops in enumerate(tops_per_bracket):
+        for score in tops:
+            r = _rec(i, 52.0, score, hours_per_bracket / len(tops))
+            out.append(SpendRecord(**{**r.__dict__, "bracket": b}))
+            i += 1
+    return out
+
+
+def test_record_ei_is_the_window_gain_plus_one_record_spacing_over_n_plus_one():
+    from bench.stop_price import _record_ei
+
+    # Top results 90, 89, 87, 86: mean gap 4/3 over the top 3 spacings; the window rose 2 points over 3 results.
+    assert _record_ei([86, 90, 87, 89], 2.0, 3, spacings=3) == pytest.approx((2 + 4 / 3) / 4)
+    # No rise and tied top results: nothing left to expect.
+    assert _record_ei([90, 90, 90, 90], 0.0, 3, spacings=3) == pytest.approx(0.0)
+    assert _record_ei([90, 89], 0.0, 1, spacings=3) is None
+
+
+def test_cost_aware_stop_waits_while_results_still_climb_and_stops_once_flat():
+    from bench.stop_price import cost_aware_stop
+
+    # Four brackets per iteration. Climbing by 2 points a bracket at 1 GPU-h a bracket: EI stays
+    # above 0.5 points/GPU-h × cost, so no stop.
+    climbing = _bracket_records([[80 + 2 * b, 79 + 2 * b] for b in range(12)])
+    assert cost_aware_stop(climbing, 0.5)[0] is None
+    # Flat after the first iteration, with tiny gaps at the top: stopped after two flat verdicts.
+    flat = _bracket_records([[80 + b, 70] for b in range(4)] + [[83.0, 70 + b * 0.001] for b in range(8)])
+    stop, detail = cost_aware_stop(flat, 0.5)
+    # Verdicts from bracket 4 on: EI (3 + 1)/9, (3 + 2/3)/9, (2 + 1/3)/9 against 0.5 × 0.5 GPU-h = 0.25,
+    # then 1/9 and 0/9 below it: the second verdict below stops before bracket 8.
+    assert stop is not None and flat[stop].bracket == 8 and "EI" in detail
+    # At 10 points per GPU-h asked, a climb of 2 points per GPU-h is not worth it: stopped at the first chance.
+    stop, _ = cost_aware_stop(climbing, 10.0)
+    assert stop is not None and climbing[stop].bracket == 5
