@@ -46,6 +46,7 @@ from rungflow.config import ConfigError, SweepConfig, resume_conflicts, validate
 from rungflow.faults import fault_point
 from rungflow.redact import install_log_redaction, redact, redact_json
 from rungflow.tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
+from rungflow.tasks.mlflow_tracking import TrackingError, open_tracker_for
 from rungflow.tasks.optuna_study import StudyError, open_study_for
 from rungflow.tasks.runtime import Runtime, make_runtime, use_runtime
 from rungflow.tasks.stages import gate_trials, promote_survivors, suggest_trials
@@ -107,6 +108,7 @@ class Sweep:
     resumed: bool = False
     _lock: Any = None
     study: Any = None  # the Optuna study the sweep is mirrored into (rungflow.tasks.optuna_study)
+    tracker: Any = None  # the MLflow runs it is reported to, if tracking.mlflow is set
 
     @classmethod
     def create(cls, config: SweepConfig, run_dir: str | Path | None = None, clock: Callable[[], float] = time.time) -> Sweep:
@@ -138,7 +140,8 @@ class Sweep:
             check_resumable(config_path, config)
         try:  # before anything is spent: a bad storage.optuna_url or another sweep's study is one line
             study = open_study_for(config, asynchronous=not scheduler.synchronous, max_budget=hi, mode=mode)
-        except StudyError as exc:
+            tracker = open_tracker_for(config, asynchronous=not scheduler.synchronous, max_budget=hi)
+        except (StudyError, TrackingError) as exc:
             lock.close()
             raise ConfigError(str(exc)) from None
         # Read before the ledger is opened: trimming a torn tail would move the ledger's mtime.
@@ -155,7 +158,7 @@ class Sweep:
         controller = BudgetController(settings, mode=mode, clock=clock, started_at=now - elapsed_before, full_budget=hi)
         write_json_atomic_config(config_path, config)
         sweep = cls(config, run_dir, searcher, scheduler, ledger, controller, mode, lo, hi, started_at=first_start)
-        sweep.resumed, sweep._lock, sweep.study = resumed, lock, study
+        sweep.resumed, sweep._lock, sweep.study, sweep.tracker = resumed, lock, study, tracker
         if resumed:
             sweep._bill_interrupted(last_alive if last_alive is not None else now)
             for position, record in enumerate(ledger.pending):
@@ -569,8 +572,8 @@ class Sweep:
         return result
 
     # --- result.json ------------------------------------------------------------------------------
-    def _sync_study(self, final: bool) -> None:
-        _sync_study_of(self, final)
+    def _sync_study(self, final: bool, result: dict[str, Any]) -> None:
+        _sync_study_of(self, final, result)
 
     def write_result(self, final: bool = False) -> dict[str, Any]:
         from rungflow.results import build_result, write_json_atomic
@@ -578,7 +581,7 @@ class Sweep:
         self._last_write = time.time()
         result = redact_json(build_result(self, final=final))
         write_json_atomic(self.run_dir / "result.json", result)
-        self._sync_study(final)
+        self._sync_study(final, result)
         if self.artifacts is not None:
             try:
                 self.artifacts.publish(result, self.config.budget.max_gpu_hours)
@@ -592,14 +595,27 @@ class Sweep:
         return result
 
 
-def _sync_study_of(sweep: Sweep, final: bool) -> None:
-    if sweep.study is None:
-        return
-    try:
-        sweep.study.sync(sweep.ledger.records, sweep.trials, final=final)
-    except Exception as exc:  # the ledger is the truth: a study database blip is caught up at the next write
-        log.warning("Optuna study %r not updated (%s: %s); retried at the next result", sweep.study.study_name,
-                    type(exc).__name__, redact(str(exc)).splitlines()[0][:200])
+def _sync_study_of(sweep: Sweep, final: bool, result: dict[str, Any]) -> None:
+    # The ledger is the truth: a study database or tracking server blip is caught up at the next write.
+    if sweep.study is not None:
+        try:
+            sweep.study.sync(sweep.ledger.records, sweep.trials, final=final)
+        except Exception as exc:
+            log.warning("Optuna study %r not updated (%s: %s); retried at the next result", sweep.study.study_name,
+                        type(exc).__name__, redact(str(exc)).splitlines()[0][:200])
+    if sweep.tracker is not None:
+        try:
+            extra: dict[str, Any] = {}
+            if final:
+                from rungflow.results import plot_anytime
+                from rungflow.tasks.artifacts import summary_markdown
+
+                extra = {"summary_markdown": summary_markdown(result),
+                         "plot": plot_anytime(result, sweep.run_dir / "anytime.png")}
+            sweep.tracker.sync(sweep.ledger.records, sweep.trials, final=final, **extra)
+        except Exception as exc:
+            log.warning("MLflow not updated (%s: %s); retried at the next result", type(exc).__name__,
+                        redact(str(exc)).splitlines()[0][:200])
 
 
 class _Finished:

@@ -425,6 +425,24 @@ class UiConfig(_Strict):
         return value
 
 
+class MLflowConfig(_Strict):
+    tracking_uri: str = Field(description="an MLflow tracking server (http://host:5000) or store URI; credentials "
+                              "belong in MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, not here")
+    experiment: str | None = Field(default=None, description="MLflow experiment; default: the sweep's name")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if not re.match(r"^(https?|file|sqlite|postgresql|mysql|databricks)(\+[a-z0-9]+)?:", value.strip()):
+            raise ValueError("expected an MLflow tracking URI such as http://127.0.0.1:5000, sqlite:///mlflow.db or "
+                             "file:///path/mlruns")
+        return value.strip()
+
+
+class TrackingConfig(_Strict):
+    mlflow: MLflowConfig | None = None
+
+
 class SweepConfig(_Strict):
     name: str
     trainable: TrainableConfig
@@ -436,6 +454,7 @@ class SweepConfig(_Strict):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("name")
     @classmethod
@@ -517,7 +536,7 @@ class SweepConfig(_Strict):
 
 # Sections a resumed sweep may change: caps and where trials run. Everything else decides which
 # trials exist and in what order, so a resume that changed it would not replay the sweep that ran.
-RESUMABLE: tuple[str, ...] = ("budget", "runtime", "storage", "ui")
+RESUMABLE: tuple[str, ...] = ("budget", "runtime", "storage", "ui", "tracking")
 
 
 def resume_conflicts(saved: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

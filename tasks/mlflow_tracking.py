@@ -1,0 +1,150 @@
+"""Trial reporting through MLflow, so results outlive the cluster: ``tracking: {mlflow: {tracking_uri, experiment}}``.
+
+A parent run holds the sweep (its summary and anytime plot as artifacts once it ends); each trial is a child
+run with its parameters, its score per budget as the ``score`` metric with step = the budget, its GPU- and
+CPU-hours, and a status. Like the Optuna study it is rebuilt from the ledger: the tracker finds its parent
+run again by the sweep's fingerprint, and its children by trial id, so a resumed sweep logs nothing twice.
+An unreachable server costs the sweep nothing: what could not be sent is sent at the next write.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from rungflow.budgets.ledger import SpendRecord
+from rungflow.redact import redact
+
+__all__ = ["MLflowTracker", "TrackingError", "open_tracker_for"]
+
+SWEEP_TAG, TRIAL_TAG, PARENT_TAG = "rungflow.sweep", "rungflow.trial", "mlflow.parentRunId"
+
+
+class TrackingError(ValueError):
+    """MLflow cannot be used as configured; the message names ``tracking.mlflow`` and the fix."""
+
+
+def _without_credentials(uri: str) -> str:
+    import os
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.password is None:
+        return uri
+    os.environ.setdefault("MLFLOW_TRACKING_USERNAME", unquote(parts.username or ""))
+    os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", unquote(parts.password))
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _step(budget: float) -> int:
+    return int(budget) if float(budget).is_integer() else int(round(budget * 1000))
+
+
+class MLflowTracker:
+    def __init__(self, tracking_uri: str, experiment: str, *, sweep_name: str, fingerprint: str, max_budget: float,
+                 asynchronous: bool) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self._max_budget, self._asynchronous = max_budget, asynchronous
+        # MLflow prints run URLs built from the tracking URI; credentials in it travel as MLflow's own basic-auth
+        # variables instead, so no printed URL carries them.
+        self.client = MlflowClient(tracking_uri=_without_credentials(tracking_uri))
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = found.experiment_id if found is not None else self.client.create_experiment(experiment)
+            parents = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{fingerprint}'",
+                                              max_results=1)
+        except Exception as exc:
+            raise TrackingError(f"tracking.mlflow.tracking_uri = {redact(tracking_uri)!r}: {type(exc).__name__}: "
+                                f"{redact(str(exc)).splitlines()[0][:200]}; start the MLflow server or fix the URI") from None
+        if parents:
+            self.parent_id = parents[0].info.run_id
+        else:
+            self.parent_id = self.client.create_run(self.experiment_id, run_name=sweep_name,
+                                                    tags={SWEEP_TAG: fingerprint}).info.run_id
+        self._children: dict[str, str] = {}
+        self._logged: set[tuple[str, int, int]] = set()
+        self._closed: set[str] = set()
+        for run in self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'",
+                                           max_results=50_000):
+            trial = run.data.tags.get(TRIAL_TAG)
+            if trial is None:
+                continue
+            self._children[trial] = run.info.run_id
+            if run.info.status != "RUNNING":
+                self._closed.add(trial)
+            for step_key in run.data.tags.get("rungflow.logged", "").split():
+                rung, attempt = step_key.split(".")
+                self._logged.add((trial, int(rung), int(attempt)))
+
+    def sync(self, records: Iterable[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False,
+             summary_markdown: str | None = None, plot: Path | None = None) -> None:
+        by_trial: dict[str, list[SpendRecord]] = {}
+        top_rung: dict[int, int] = {}
+        for r in records:
+            by_trial.setdefault(r.trial_id, []).append(r)
+            top_rung[r.bracket] = max(top_rung.get(r.bracket, r.rung), r.rung)
+        for trial_id, trial_records in by_trial.items():
+            if trial_id in self._closed or trial_id not in configs:
+                continue
+            run_id = self._child(trial_id, configs[trial_id], trial_records[0].bracket)
+            fresh = [r for r in trial_records if (trial_id, r.rung, r.attempt) not in self._logged]
+            for r in fresh:
+                if r.ok and r.score is not None and math.isfinite(r.score):
+                    self.client.log_metric(run_id, "score", float(r.score), step=_step(r.budget))
+                self._logged.add((trial_id, r.rung, r.attempt))
+            if fresh:
+                self.client.log_metric(run_id, "gpu_hours", sum(r.gpu_hours for r in trial_records))
+                self.client.log_metric(run_id, "cpu_hours", sum(r.cpu_hours for r in trial_records))
+                self.client.set_tag(run_id, "rungflow.logged",
+                                    " ".join(f"{rung}.{attempt}" for t, rung, attempt in sorted(self._logged) if t == trial_id))
+            outcome = self._outcome(trial_records, top_rung, final)
+            if outcome is not None:
+                status, run_status = outcome
+                self.client.set_tag(run_id, "status", status)
+                self.client.set_terminated(run_id, run_status)
+                self._closed.add(trial_id)
+        if final:
+            if summary_markdown:
+                self.client.log_text(self.parent_id, summary_markdown, "summary.md")
+            if plot is not None and plot.is_file():
+                self.client.log_artifact(self.parent_id, str(plot))
+            self.client.set_terminated(self.parent_id, "FINISHED")
+
+    def _child(self, trial_id: str, config: Mapping[str, Any], bracket: int) -> str:
+        if trial_id not in self._children:
+            run = self.client.create_run(self.experiment_id, run_name=trial_id,
+                                         tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial_id, "bracket": str(bracket)})
+            for key, value in config.items():
+                self.client.log_param(run.info.run_id, key, value)
+            self._children[trial_id] = run.info.run_id
+        return self._children[trial_id]
+
+    def _outcome(self, records: list[SpendRecord], top_rung: Mapping[int, int], final: bool) -> tuple[str, str] | None:
+        last = records[-1]
+        if last.ok and last.budget >= self._max_budget - 1e-9:
+            return "full_budget", "FINISHED"
+        if not last.ok and str(last.status) in ("failed", "timeout"):
+            return str(last.status), "FAILED"
+        gated = last.ok and top_rung[last.bracket] > last.rung
+        if gated and (final or not self._asynchronous):
+            return "stopped_by_gate", "KILLED"
+        if final:
+            return ("unfinished" if last.ok else str(last.status)), "KILLED"
+        return None
+
+
+def open_tracker_for(config: Any, *, asynchronous: bool, max_budget: float) -> MLflowTracker | None:
+    """The tracker of a sweep config, or None without ``tracking.mlflow``."""
+    settings = config.tracking.mlflow
+    if settings is None:
+        return None
+    from rungflow.tasks.optuna_study import sweep_fingerprint
+
+    return MLflowTracker(settings.tracking_uri, settings.experiment or config.name, sweep_name=config.name,
+                         fingerprint=sweep_fingerprint(config.model_dump(mode="json")), max_budget=max_budget,
+                         asynchronous=asynchronous)
