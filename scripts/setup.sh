@@ -9,9 +9,14 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
+# pip's and the build backend's chatter goes to a log, shown only if the install fails: the terminal stays readable.
+log=.venv/setup-pip.log
+quiet() { "$@" >>"$log" 2>&1 || { tail -n 60 "$log" >&2; echo "set-up failed; the whole log is $log" >&2; exit 1; }; }
+: >"$log"
+echo "installing rungflow and its test extras into .venv (log: $log)"
+quiet .venv/bin/python -m pip install --upgrade pip
 # The constraints hold this machine's CPU torch and the prefect 3.8.8 server pins; users get pyproject's ranges.
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,autogluon]"
+quiet .venv/bin/python -m pip install -c constraints.txt -e ".[dev,autogluon]"
 # tests/test_ui_browser.py drives Debian's chromium through Playwright (never a browser Playwright downloads);
 # tests/test_terminal.py reads a sweep's screen back from tmux; tests/test_postgres.py runs Prefect on PostgreSQL.
 if ! command -v chromium >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
