@@ -16,6 +16,7 @@ from typing import Any
 
 from rungflow.budgets.ledger import SpendRecord
 from rungflow.redact import redact
+from rungflow.tasks.mirror import BackgroundSync
 
 __all__ = ["MLflowTracker", "TrackingError", "open_tracker_for"]
 
@@ -66,6 +67,7 @@ class MLflowTracker:
         else:
             self.parent_id = self.client.create_run(self.experiment_id, run_name=sweep_name,
                                                     tags={SWEEP_TAG: fingerprint}).info.run_id
+        self._background = BackgroundSync("MLflow", self.sync_now)
         self._children: dict[str, str] = {}
         self._logged: set[tuple[str, int, int]] = set()
         self._closed: set[str] = set()
@@ -83,6 +85,11 @@ class MLflowTracker:
 
     def sync(self, records: Iterable[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False,
              summary_markdown: str | None = None, plot: Path | None = None) -> None:
+        """Catch MLflow up with the ledger off this thread; ``final`` waits until it is written."""
+        self._background.submit(list(records), dict(configs), final=final, summary_markdown=summary_markdown, plot=plot)
+
+    def sync_now(self, records: Iterable[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False,
+                 summary_markdown: str | None = None, plot: Path | None = None) -> None:
         by_trial: dict[str, list[SpendRecord]] = {}
         top_rung: dict[int, int] = {}
         for r in records:

@@ -21,6 +21,7 @@ from typing import Any
 from rungflow.budgets.ledger import SpendRecord
 from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from rungflow.redact import redact
+from rungflow.tasks.mirror import BackgroundSync
 
 __all__ = ["StudyRecorder", "StudyError", "sweep_fingerprint"]
 
@@ -77,11 +78,17 @@ class StudyRecorder:
         self._written: set[str] = {t.user_attrs[TRIAL_ATTR] for t in self.study.get_trials(deepcopy=False)
                                    if TRIAL_ATTR in t.user_attrs}
 
+        self._background = BackgroundSync(f"Optuna study {study_name!r}", self.sync_now)
+
     @property
     def written(self) -> int:
         return len(self._written)
 
-    def sync(self, records: Iterable[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False) -> int:
+    def sync(self, records: Iterable[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False) -> None:
+        """Catch the study up with the ledger off this thread; ``final`` waits until it is written."""
+        self._background.submit(list(records), dict(configs), final=final)
+
+    def sync_now(self, records: Iterable[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False) -> int:
         """Write every trial whose outcome is known (all of them when ``final``); returns how many were added."""
         by_trial: dict[str, list[SpendRecord]] = {}
         top_rung: dict[int, int] = {}

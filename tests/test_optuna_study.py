@@ -54,25 +54,25 @@ def _check_study(url: str) -> None:
 def test_trials_are_written_once_their_outcome_is_known_and_never_twice(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     recorder = _recorder(url)
-    assert recorder.sync(RECORDS[:3], CONFIGS) == 1  # t2 failed; t0 and t1 wait for the gate
-    assert recorder.sync(RECORDS, CONFIGS) == 3  # the gate ran: t1 promoted and complete, t0 and t3 pruned
-    assert recorder.sync(RECORDS, CONFIGS, final=True) == 0
+    assert recorder.sync_now(RECORDS[:3], CONFIGS) == 1  # t2 failed; t0 and t1 wait for the gate
+    assert recorder.sync_now(RECORDS, CONFIGS) == 3  # the gate ran: t1 promoted and complete, t0 and t3 pruned
+    assert recorder.sync_now(RECORDS, CONFIGS, final=True) == 0
     _check_study(url)
     # After kill -9, a resumed sweep replays the same records into the same study: nothing is added.
-    assert _recorder(url).sync(RECORDS, CONFIGS, final=True) == 0
+    assert _recorder(url).sync_now(RECORDS, CONFIGS, final=True) == 0
     _check_study(url)
 
 
 def test_asha_trials_below_the_top_are_pruned_only_when_the_sweep_ends(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     recorder = _recorder(url, asynchronous=True)
-    assert recorder.sync(RECORDS, CONFIGS) == 2  # t1 complete, t2 failed; t0, t3 could still be promoted
-    assert recorder.sync(RECORDS, CONFIGS, final=True) == 2
+    assert recorder.sync_now(RECORDS, CONFIGS) == 2  # t1 complete, t2 failed; t0, t3 could still be promoted
+    assert recorder.sync_now(RECORDS, CONFIGS, final=True) == 2
 
 
 def test_a_study_of_another_sweep_and_a_bad_url_are_refused_in_one_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    _recorder(url).sync(RECORDS, CONFIGS)
+    _recorder(url).sync_now(RECORDS, CONFIGS)
     with pytest.raises(StudyError, match="holds a different sweep"):
         _recorder(url, fingerprint="other")
     with pytest.raises(StudyError, match=r"storage.optuna_url = 'nonsense://x'"):
@@ -83,9 +83,13 @@ def test_a_study_of_another_sweep_and_a_bad_url_are_refused_in_one_line(tmp_path
 def test_the_study_on_a_real_postgresql(postgres: Postgres) -> None:
     postgres.create_database("optuna")
     url = postgres.url("optuna", driver="postgresql+psycopg")
-    _recorder(url).sync(RECORDS, CONFIGS, final=True)
+    _recorder(url).sync_now(RECORDS, CONFIGS, final=True)
     _check_study(url)
-    assert _recorder(url).sync(RECORDS, CONFIGS, final=True) == 0
+    assert _recorder(url).sync_now(RECORDS, CONFIGS, final=True) == 0
+    background = StudyRecorder(url, "sweep-b", fingerprint="f1", direction="maximize", space=SPACE, max_budget=3,
+                               asynchronous=False)
+    background.sync(RECORDS, CONFIGS, final=True)  # the sweep's path: off the driver's thread, final waits
+    assert len(optuna.load_study(study_name="sweep-b", storage=url).trials) == 4
     with pytest.raises(StudyError) as refused:
         StudyRecorder(url.replace(postgres.password, "wrong-password"), "sweep-a", fingerprint="f1", direction="maximize",
                       space=SPACE, max_budget=3, asynchronous=False)
