@@ -139,7 +139,8 @@ class Sweep:
         if resumed and config_path.exists():
             check_resumable(config_path, config)
         try:  # before anything is spent: a bad storage.optuna_url or another sweep's study is one line
-            study = open_study_for(config, asynchronous=not scheduler.synchronous, max_budget=hi, mode=mode)
+            study = open_study_for(config, asynchronous=not scheduler.synchronous, max_budget=hi, mode=mode,
+                                   run_dir=run_dir)
             tracker = open_tracker_for(config, asynchronous=not scheduler.synchronous, max_budget=hi)
         except (StudyError, TrackingError) as exc:
             lock.close()

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from rungflow.budgets.ledger import SpendRecord
@@ -154,9 +155,12 @@ def _distribution(optuna: Any, param: Any) -> Any:
     return optuna.distributions.CategoricalDistribution(list(param.choices))
 
 
-def open_study_for(config: Any, *, asynchronous: bool, max_budget: float, mode: str) -> StudyRecorder:
+def open_study_for(config: Any, *, asynchronous: bool, max_budget: float, mode: str,
+                   run_dir: Path | None = None) -> StudyRecorder:
     """The recorder of a sweep config (``rungflow.config.SweepConfig``): study named after the sweep, in
-    ``storage.optuna_url`` (default ``sqlite:///RUN_DIR/optuna.db``)."""
-    return StudyRecorder(config.optuna_url(), config.name, fingerprint=sweep_fingerprint(config.model_dump(mode="json")),
+    ``storage.optuna_url`` (default ``sqlite:///RUN_DIR/optuna.db`` of the directory the sweep runs in)."""
+    url = config.storage.optuna_url or (f"sqlite:///{(Path(run_dir) / 'optuna.db').resolve()}" if run_dir is not None
+                                        else config.optuna_url())
+    return StudyRecorder(url, config.name, fingerprint=sweep_fingerprint(config.model_dump(mode="json")),
                          direction="maximize" if mode == "max" else "minimize", space=config.search_space(),
                          max_budget=max_budget, asynchronous=asynchronous)
