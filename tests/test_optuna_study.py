@@ -158,3 +158,16 @@ def test_optuna_dashboard_opens_a_sweeps_study_in_a_browser(prefect_server: str,
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_the_default_study_lives_where_the_sweep_runs(prefect_server: str, tmp_path: Path) -> None:
+    from rungflow.config import validate
+    from rungflow.flows.sweep import run_sweep
+    from tests.conftest import sweep_config
+
+    cfg = validate(sweep_config(tmp_path / "configured", scheduler={"kind": "sha", "min_budget": 1, "max_budget": 3, "eta": 3},
+                                search={"algorithm": "random", "seed": 0, "num_trials": 3}))
+    run_sweep(cfg, tmp_path / "elsewhere")
+    study = optuna.load_study(study_name="test-sweep", storage=f"sqlite:///{tmp_path / 'elsewhere' / 'optuna.db'}")
+    assert len(study.trials) == 3 and not (tmp_path / "configured").exists()
