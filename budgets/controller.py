@@ -67,6 +67,8 @@ class StopReason(StrEnum):
     DEADLINE = "deadline"
     TARGET = "target_score"
     CANCELLED = "cancelled"
+    # Not the controller's verdict but the driver's: the runtime lost trial after trial (a dead cluster).
+    RUNTIME_FAILED = "runtime_failed"
 
 
 @dataclass(frozen=True)

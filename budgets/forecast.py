@@ -45,8 +45,8 @@ from typing import Literal
 
 import numpy as np
 
-from rungflow.budgets.ledger import SpendRecord, TrialStatus
-from rungflow.budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, gate_rung
+from rungflow.budgets.ledger import SpendRecord
+from rungflow.budgets.scheduling import Scheduler, Stage
 
 __all__ = [
     "RungScore",
@@ -230,39 +230,25 @@ def forecast_gain(
 
 def stage_forecast(
     records: Sequence[SpendRecord],
-    scheduler: SyncScheduler | ASHAScheduler,
-    position: tuple[int, int] | None,
+    scheduler: Scheduler,
+    stage: Stage | tuple[int, int] | None,
     *,
     mode: Mode = "max",
     top_k: int = 1,
     seed: int = 0,
 ) -> Forecast | None:
-    """The forecast before a stage, from the ledger's records so far.
+    """The forecast before ``stage``, from the ledger's records so far.
 
-    ``position`` = (bracket index, rung position) of the synchronous stage about to run: at rung 0
-    the whole bracket of fresh trials; later, the trials the (deterministic) gate promoted from the
-    previous rung, recomputed from the ledger, through the rest of the bracket. ASHA has no
-    brackets (``position`` None): its forecast is for one successive-halving bracket's worth of
-    fresh trials through its rungs (η^(K−1−i) trials at rung i), its steady-state unit of work.
+    What the stage would buy is the scheduler's answer (:meth:`Scheduler.forecast_scope`): for a
+    synchronous rung, the rest of its bracket; for ASHA, one bracket's worth of fresh trials.
+    ``stage`` may also be given as (bracket index, rung index).
     """
-    history = [RungScore(r.trial_id, r.budget, r.score if r.ok else None) for r in records]
-    if isinstance(scheduler, ASHAScheduler):
-        budgets, eta = scheduler.budgets, scheduler.eta
-        rungs = [(b, max(1, int(round(eta ** (len(budgets) - 1 - i))))) for i, b in enumerate(budgets)]
-        return forecast_gain(history, rungs=rungs, mode=mode, top_k=top_k, seed=seed)
-    if position is None:
+    if isinstance(stage, tuple):
+        stage = Stage(bracket=stage[0], rung=stage[1])
+    scope = scheduler.forecast_scope(stage if stage is not None else Stage(), records, mode)
+    if scope is None:
         return None
-    bracket = scheduler.brackets[position[0]]
-    index = position[1]
-    if index == 0:
-        return forecast_gain(history, rungs=[(r.budget, r.num_trials) for r in bracket.rungs], mode=mode,
-                             top_k=top_k, seed=seed)
-    previous = bracket.rungs[index - 1]
-    latest: dict[str, float | None] = {}
-    for r in records:
-        if r.bracket == bracket.index and r.rung == previous.index and r.status != TrialStatus.CANCELLED:
-            latest[r.trial_id] = r.score if r.ok else None
-    promoted = gate_rung([TrialScore(t, s) for t, s in latest.items()], bracket.rungs[index].num_trials, mode).promote
-    candidates = [float(latest[t]) for t in promoted]  # type: ignore[arg-type]
-    return forecast_gain(history, rungs=[(r.budget, r.num_trials) for r in bracket.rungs[index:]],
-                         candidates=candidates, start_budget=previous.budget, mode=mode, top_k=top_k, seed=seed)
+    history = [RungScore(r.trial_id, r.budget, r.score if r.ok else None) for r in records]
+    return forecast_gain(history, rungs=list(scope.rungs), mode=mode, top_k=top_k, seed=seed,
+                         **({} if scope.candidates is None else {"candidates": list(scope.candidates),
+                                                                "start_budget": scope.start_budget}))

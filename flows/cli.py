@@ -7,6 +7,7 @@ and no traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -69,20 +70,13 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
     """Rows of (bracket, rung, budget, trials, units) and the total units and predicted GPU-hours."""
     import numpy as np
 
-    from rungflow.budgets.rungs import BracketPlan, RungPlan
-    from rungflow.budgets.schedulers import ASHAScheduler, make_scheduler
+    from rungflow.budgets.schedulers import make_scheduler
 
     lo, hi = config.budget_range()
     scheduler = make_scheduler(config.scheduler.kind, min_budget=lo, max_budget=hi, eta=config.scheduler.eta,
                                integer=config.trainable_class().integer_budget, iterations=config.scheduler.iterations,
                                num_trials=config.search.num_trials, mode=config.mode())
-    if isinstance(scheduler, ASHAScheduler):
-        # ASHA fills its rungs as one successive-halving bracket of num_trials would, without barriers.
-        n, eta = scheduler.num_trials, config.scheduler.eta
-        rungs = tuple(RungPlan(k, b, max(1, int(math.floor(n * eta ** (-k) + 1e-9)))) for k, b in enumerate(scheduler.budgets))
-        brackets = [BracketPlan(index=0, s=len(rungs) - 1, rungs=rungs)]
-    else:
-        brackets = list(scheduler.brackets)
+    brackets = list(scheduler.brackets)
     trainable = config.trainable_class()(config.trainable.options)
     rng = np.random.default_rng(config.search.seed)
     space = config.search_space()
@@ -102,6 +96,27 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
     return rows, total_units, None if per_unit is None else total_units * per_unit
 
 
+def _plan_simulated(config, args: argparse.Namespace) -> int:
+    """The real driver on ``--workers`` simulated GPUs: sync Hyperband and ASHA side by side, or one ``--json`` object."""
+    from rungflow.flows.plan_sim import PlanError, compare, describe, durations_for, simulate
+
+    try:
+        if args.workers < 1:
+            raise PlanError(f"--workers: {args.workers} must be at least 1")
+        durations, source = durations_for(config, args.costs_from, args.seconds_per_unit)
+        if args.json:
+            print(json.dumps(simulate(config, workers=args.workers, durations=durations)))
+            return 0
+        results = compare(config, workers=args.workers, durations=durations)
+    except PlanError as exc:
+        raise CLIError(str(exc)) from None
+    console.print(f"simulated: {config.name} on {args.workers} GPUs ({config.runtime.gpus_per_trial:g} per trial), "
+                  f"durations from {source}", highlight=False)
+    for result in results.values():
+        console.print(describe(result), highlight=False)
+    return 0
+
+
 def _preflight(config) -> None:
     """The trainable's data is there: a missing dataset fails now, in one line, not as a sweep of failed trials."""
     from rungflow.tasks.trainables import TrainableError
@@ -115,6 +130,8 @@ def _preflight(config) -> None:
 def cmd_plan(args: argparse.Namespace) -> int:
     config = _load(args.config, args.set)
     _preflight(config)
+    if args.simulate:
+        return _plan_simulated(config, args)
     rows, total_units, total_gpu_hours = plan_rows(config)
     unit = config.trainable_class().budget_unit
     table = Table(title=f"plan: {config.name} ({config.scheduler.kind}, η={config.scheduler.eta:g}, "
@@ -548,6 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show brackets, rungs, trials and predicted spend before spending anything")
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--simulate", action="store_true",
+                   help="run the sweep's own driver on a simulated cluster: wall-clock, GPU-hours, cost, utilisation")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="--simulate: GPUs (or CPU workers) in the cluster")
+    p.add_argument("--costs-from", metavar="RUN_DIR", help="--simulate: trial durations from a previous run's ledger")
+    p.add_argument("--seconds-per-unit", type=float, metavar="S",
+                   help="--simulate: trial durations as S seconds per budget unit")
+    p.add_argument("--json", action="store_true", help="--simulate: print one JSON object")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("sweep", help="run a budget-capped sweep")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rungflow.budgets.ledger import SpendRecord, incumbent_curve
-from rungflow.budgets.schedulers import ASHAScheduler, SyncScheduler, rank_key
+from rungflow.budgets.scheduling import Scheduler, rank_key
 
 if TYPE_CHECKING:
     from rungflow.flows.sweep import Sweep
@@ -77,14 +77,9 @@ def leaderboard(records: Iterable[SpendRecord], trials: Mapping[str, Any], mode:
     return rows[:limit] if limit else rows
 
 
-def planned_rungs(scheduler: SyncScheduler | ASHAScheduler) -> list[dict[str, Any]]:
+def planned_rungs(scheduler: Scheduler) -> list[dict[str, Any]]:
     """Every rung the schedule plans, with the budget units it trains (promoted trials resume from checkpoints)."""
-    if isinstance(scheduler, ASHAScheduler):
-        # ASHA fills its rungs as one successive-halving bracket of num_trials would, without barriers.
-        n, eta = scheduler.num_trials, scheduler.eta
-        brackets = [(0, [(k, b, max(1, int(math.floor(n * eta ** (-k) + 1e-9)))) for k, b in enumerate(scheduler.budgets)])]
-    else:
-        brackets = [(b.index, [(r.index, r.budget, r.num_trials) for r in b.rungs]) for b in scheduler.brackets]
+    brackets = [(b.index, [(r.index, r.budget, r.num_trials) for r in b.rungs]) for b in scheduler.brackets]
     rows = []
     for bracket, rungs in brackets:
         previous = 0.0
@@ -168,7 +163,7 @@ def build_result(sweep: Sweep, final: bool = False) -> dict[str, Any]:
         "schedule": sweep.schedule,
         "plan": plan,
         "savings": savings(plan, records, sweep.stop_reason, price,
-                           asynchronous=isinstance(sweep.scheduler, ASHAScheduler)),
+                           asynchronous=not sweep.scheduler.synchronous),
         "counts": counts(board),
         "scheduler": {"kind": sweep.config.scheduler.kind, "min_budget": sweep.min_budget,
                       "max_budget": sweep.max_budget, "eta": sweep.config.scheduler.eta,

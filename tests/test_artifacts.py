@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from rungflow.budgets.ledger import SpendRecord, TrialStatus
+from rungflow.budgets.scheduling import Stage
 from rungflow.config import SLUG_MAX, slug, validate
 from rungflow.flows.sweep import Sweep
 from rungflow.results import TOP_N, build_result
@@ -61,7 +62,7 @@ def simulate(tmp_path: Path, trials_before_stop: int, fail_every: int = 29) -> d
     clock = 1_000_000.0
     for b in brackets:
         first = b.rungs[0]
-        if sweep.decide(f"bracket {b.index} rung 0", first.num_trials * first.budget).stop:
+        if sweep.decide(Stage(b.index, 0), first.num_trials * first.budget).stop:
             break
         alive = [sweep.new_trial(c, b.index) for c in sweep.searcher.suggest(first.num_trials)]
         sweep.schedule.append({"bracket": b.index, "s": b.s, "rungs": []})

@@ -1,0 +1,69 @@
+"""The LCBench sweep at cluster scale, simulated: ``python -m bench.scale`` prints the bench/README table.
+
+The real driver, BOHB searcher, scheduler and controller on a simulated cluster (``rungflow plan
+--simulate``), durations from the surrogate's own training times. Target: the best 52-epoch accuracy
+of 128 random configurations (seed 0) − 0.5; *GPU-h to target* is the spend when a 52-epoch result
+first reaches it (—: never).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rungflow.config import load_config
+from rungflow.flows.plan_sim import durations_for, simulate
+
+__all__ = ["random128_best", "to_target", "main"]
+
+
+def random128_best(config) -> float:
+    import numpy as np
+
+    from rungflow.tasks.trainables.base import TrainRequest
+
+    trainable = config.trainable_class()(config.trainable.options)
+    space, (_, hi) = config.search_space(), config.budget_range()
+    rng = np.random.default_rng(0)
+    return max(trainable.train(TrainRequest("r", space.sample(rng), hi)).score for _ in range(128))
+
+
+def to_target(result: dict, target: float, top_budget: float) -> float | None:
+    """GPU-hours spent when a full-budget result first reaches ``target``, in finish order."""
+    spent = 0.0
+    for e in sorted(result["events"], key=lambda e: e["finished_at"]):
+        spent += e["gpu_hours"]
+        if e["budget"] >= top_budget and e["score"] is not None and e["score"] >= target:
+            return spent
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale")
+    parser.add_argument("--config", default="examples/lcbench.yaml")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 8, 64, 256])
+    parser.add_argument("--gpus-per-trial", type=float, nargs="+", default=[1.0, 0.25])
+    args = parser.parse_args(argv)
+    base = load_config(args.config, [])
+    target = random128_best(base) - 0.5
+    print(f"target (random-128 best − 0.5): {target:.2f}")
+    print("| GPUs | GPUs/trial | scheduler | wall (h) | utilisation | idle at barriers | GPU-h | GPU-h to target | "
+          "trials | simulated in (s) |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for workers in args.workers:
+        for gpus in args.gpus_per_trial:
+            for kind in ("hyperband", "asha"):
+                config = load_config(args.config, [f"runtime.gpus_per_trial={gpus}", f"scheduler.kind={kind}"])
+                durations, _ = durations_for(config)
+                t0 = time.perf_counter()
+                r = simulate(config, workers=workers, durations=durations)
+                took = time.perf_counter() - t0
+                hit = to_target(r, target, config.budget_range()[1])
+                print(f"| {workers} | {gpus:g} | {kind} | {r['wall_seconds'] / 3600:.2f} | {r['utilisation']:.0%} | "
+                      f"{r['barrier_idle_fraction']:.0%} | {r['gpu_hours']:.2f} | "
+                      f"{'—' if hit is None else f'{hit:.2f}'} | {r['trials']} | {took:.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""A simulated cluster on a virtual clock: the real driver, searcher, scheduler and controller, no workers.
+
+:class:`SimulatedExecutor` is an :class:`budgets.driver.Executor` whose N slots (N workers ×
+1 / ``gpus_per_trial``, so fractional GPUs pack) run each job for the seconds a :data:`Durations`
+function gives it, on a :class:`VirtualClock` that jumps from one finish to the next. Jobs beyond
+the free slots queue, as on Ray. Rung barriers and asynchronous promotion therefore cost what they
+would on a cluster, and a sweep of 10,000 trials simulates in seconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rungflow.budgets.driver import TrialJob
+from rungflow.budgets.ledger import Ledger, SpendRecord, TrialStatus
+from rungflow.budgets.scheduling import RungDecision, TrialScore, gate_rung
+from rungflow.budgets.searchers import Observation, Searcher
+
+__all__ = ["VirtualClock", "SimulatedExecutor", "Durations", "Scores", "Busy"]
+
+# Seconds to train ``config`` from budget ``start`` to budget ``stop``.
+Durations = Callable[[Mapping[str, Any], float, float], float]
+# The score at ``budget`` (None: the trial fails).
+Scores = Callable[[Mapping[str, Any], float], float | None]
+
+
+@dataclass
+class VirtualClock:
+    """Time that moves only when the simulation says so."""
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Busy:
+    """One job's span on a slot, for utilisation and idle-at-barrier figures."""
+
+    trial_id: str
+    bracket: int
+    rung: int
+    started_at: float
+    finished_at: float
+
+
+@dataclass
+class _Run:
+    job: TrialJob
+    notify: Callable[[Any], None]
+    record: SpendRecord | None = None
+
+
+@dataclass
+class SimulatedExecutor:
+    """``slots`` workers on ``clock``; each job takes ``durations(config, trained_to, budget)`` seconds."""
+
+    slots: int
+    clock: VirtualClock
+    durations: Durations
+    scores: Scores
+    ledger: Ledger
+    gpus_per_trial: float = 1.0
+    cpus_per_trial: float = 1.0
+    busy: list[Busy] = field(default_factory=list)
+    _running: list[tuple[float, int, _Run]] = field(default_factory=list)
+    _queued: deque[_Run] = field(default_factory=deque)
+    _trained_to: dict[str, float] = field(default_factory=dict)
+    _seq: Any = field(default_factory=itertools.count)
+    _cancelled: set[tuple[str, int]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"The value of slots is {self.slots}, but must be at least 1")
+
+    # --- the executor contract --------------------------------------------------------------------
+    def suggest(self, searcher: Searcher, count: int, bracket: int) -> list[dict[str, Any]]:
+        return searcher.suggest(count)
+
+    def ready(self) -> None:
+        pass
+
+    def start(self, job: TrialJob, notify: Callable[[Any], None]) -> Any:
+        run = _Run(job, notify)
+        if len(self._running) < self.slots:
+            self._begin(run)
+        else:
+            self._queued.append(run)
+        return run
+
+    def advance(self) -> None:
+        """Called when the driver waits for a result: jump to the next finish and report it."""
+        if not self._running:
+            raise RuntimeError("the simulated cluster has nothing running, yet the driver waits for a result")
+        finish, _, run = heapq.heappop(self._running)
+        self.clock.now = max(self.clock.now, finish)
+        while self._queued and len(self._running) < self.slots:
+            self._begin(self._queued.popleft())
+        run.notify(run)
+
+    def collect(self, handle: Any, job: TrialJob) -> list[SpendRecord]:
+        assert handle.record is not None
+        return [handle.record]
+
+    def cancel(self, jobs: Sequence[TrialJob], reason: str) -> None:
+        """Queued jobs come back cancelled at once; running ones run to their end, as threads do."""
+        keys = {(j.trial_id, j.rung) for j in jobs}
+        self._cancelled |= keys
+        keep: deque[_Run] = deque()
+        for run in self._queued:
+            if (run.job.trial_id, run.job.rung) in keys:
+                run.record = self._record(run.job, TrialStatus.CANCELLED, None, self.clock.now, self.clock.now, 0.0,
+                                          error=f"cancelled: {reason}")
+                run.notify(run)
+            else:
+                keep.append(run)
+        self._queued = keep
+
+    def gate(self, scores: Sequence[TrialScore], keep: int, mode: str, bracket: int, rung: int) -> RungDecision:
+        return gate_rung(scores, keep, mode)  # type: ignore[arg-type]
+
+    def promote(self, searcher: Searcher, observations: Sequence[Observation], decision: RungDecision,
+                bracket: int, rung: int) -> list[str]:
+        for obs in sorted(observations, key=lambda o: o.trial_id):
+            searcher.observe(obs)
+        return list(decision.promote)
+
+    def reached(self, point: str) -> None:
+        pass
+
+    def publish(self) -> None:
+        pass
+
+    # --- running ----------------------------------------------------------------------------------
+    def _begin(self, run: _Run) -> None:
+        job, now = run.job, self.clock.now
+        start = self._trained_to.get(job.trial_id, 0.0) if job.resume_from_rung is not None else 0.0
+        trained = max(0.0, job.budget - start)
+        seconds = max(0.0, float(self.durations(job.config, start, job.budget)))
+        score = self.scores(job.config, job.budget)
+        status = TrialStatus.COMPLETED if score is not None else TrialStatus.FAILED
+        run.record = self._record(job, status, score, now, now + seconds, trained,
+                                  error=None if score is not None else "failed (simulated)")
+        self._trained_to[job.trial_id] = max(start, job.budget)
+        self.busy.append(Busy(job.trial_id, job.bracket, job.rung, now, now + seconds))
+        heapq.heappush(self._running, (now + seconds, next(self._seq), run))
+
+    def _record(self, job: TrialJob, status: TrialStatus, score: float | None, started: float, finished: float,
+                trained: float, error: str | None = None) -> SpendRecord:
+        wall = finished - started
+        gpu_seconds, cpu_seconds = wall * self.gpus_per_trial, wall * self.cpus_per_trial
+        return SpendRecord(
+            trial_id=job.trial_id, bracket=job.bracket, rung=job.rung, budget=job.budget, score=score, status=status,
+            gpu_seconds=gpu_seconds, gpus=self.gpus_per_trial, cpu_seconds=cpu_seconds, cpus=self.cpus_per_trial,
+            cost=self.ledger.cost_of(gpu_seconds, cpu_seconds), started_at=started, finished_at=finished,
+            budget_trained=trained, attempt=job.attempt, error=error, wall_seconds=wall, trainable_seconds=wall,
+            worker=f"sim-{job.trial_id}",
+        )

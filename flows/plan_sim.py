@@ -1,0 +1,222 @@
+"""``rungflow plan --simulate``: the real driver on a simulated cluster, before renting one.
+
+The searcher, scheduler and controller are the sweep's own (:class:`budgets.driver.SweepDriver`);
+only the executor is simulated (:mod:`budgets.simulate`). Trial durations come from the first
+available of: the trainable's cost model (the LCBench surrogate's own times); a previous run's
+ledger (``--costs-from``), exactly per (configuration, budget) where the seed and config match,
+else a cost model fitted on it; a constant ``--seconds-per-unit``. Scores come from the trainable
+itself where it is a surrogate (no sleeping, no data); otherwise every trial scores alike and the
+gate keeps the first trials, which is enough to plan time and money.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from rungflow.budgets.controller import BudgetController
+from rungflow.budgets.cost import CostModel
+from rungflow.budgets.driver import SweepDriver
+from rungflow.budgets.ledger import Ledger, SpendRecord
+from rungflow.budgets.schedulers import make_scheduler
+from rungflow.budgets.searchers import make_searcher
+from rungflow.budgets.simulate import Durations, Scores, SimulatedExecutor, VirtualClock
+from rungflow.config import SweepConfig
+
+__all__ = ["PlanError", "durations_for", "simulate", "SURROGATES"]
+
+# Trainables whose train() is an instant, deterministic answer (no data, no sleep): the simulation asks them.
+SURROGATES = frozenset({"yahpo_lcbench", "noop"})
+
+
+class PlanError(ValueError):
+    """A simulation that cannot run as asked; the message is one line naming the fix."""
+
+
+def _key(config: Mapping[str, Any]) -> str:
+    return json.dumps(dict(config), sort_keys=True, default=str)
+
+
+def _ledger_durations(config: SweepConfig, run_dir: Path) -> Durations:
+    path = run_dir / "ledger.jsonl"
+    if not path.is_file():
+        raise PlanError(f"--costs-from {run_dir}: no ledger.jsonl there; point it at a sweep's run directory")
+    saved_path = run_dir / "config.json"
+    saved = json.loads(saved_path.read_text(encoding="utf-8")) if saved_path.is_file() else {}
+    kind = saved.get("trainable", {}).get("kind")
+    if kind is not None and kind != config.trainable.kind:
+        raise PlanError(f"--costs-from {run_dir}: that ledger is of trainable {kind!r}, this config trains "
+                        f"{config.trainable.kind!r}; use a run of the same trainable")
+    ledger = Ledger(path, replay=True)
+    records: list[SpendRecord] = [*ledger.records, *ledger.pending]
+    trials = (json.loads((run_dir / "result.json").read_text(encoding="utf-8")).get("trials", {})
+              if (run_dir / "result.json").is_file() else {})
+    exact: dict[tuple[str, float, float], float] = {}
+    same = (saved.get("search", {}).get("seed") == config.search.seed
+            and saved.get("scheduler") == config.model_dump(mode="json").get("scheduler"))
+    by_trial: dict[str, float] = {}
+    pairs: list[tuple[Mapping[str, Any], float]] = []
+    for r in sorted(records, key=lambda r: (r.trial_id, r.budget)):
+        if r.status != "completed" or r.budget_trained <= 0:
+            continue
+        start = by_trial.get(r.trial_id, 0.0)
+        by_trial[r.trial_id] = r.budget
+        cfg = trials.get(r.trial_id)
+        if cfg is None:
+            continue
+        if same:
+            exact[(_key(cfg), start, r.budget)] = r.wall_seconds
+        pairs.append((cfg, r.wall_seconds / r.budget_trained))
+    if not pairs:
+        raise PlanError(f"--costs-from {run_dir}: its ledger holds no completed trial to learn durations from")
+    model = CostModel(config.search_space()).fit(pairs)
+
+    def seconds(cfg: Mapping[str, Any], start: float, stop: float) -> float:
+        hit = exact.get((_key(cfg), start, stop))
+        if hit is not None:
+            return hit
+        return float(model.predict([cfg])[0]) * max(0.0, stop - start)
+
+    return seconds
+
+
+def durations_for(config: SweepConfig, costs_from: str | None = None,
+                  seconds_per_unit: float | None = None) -> tuple[Durations, str]:
+    """The first source of trial durations available, and its name."""
+    trainable = config.trainable_class()(config.trainable.options)
+    probe = config.search_space().sample(__import__("numpy").random.default_rng(0))
+    lo, hi = config.budget_range()
+    if trainable.estimate_gpu_seconds(probe, 0, hi) is not None:
+        def modelled(cfg: Mapping[str, Any], start: float, stop: float) -> float:
+            # The model's seconds are the trial's wall clock, whatever share of a GPU it holds: the small
+            # models that are packed several to a GPU do not saturate one (billing is wall x GPUs held).
+            return float(trainable.estimate_gpu_seconds(cfg, start, stop) or 0.0)
+
+        return modelled, "the trainable's cost model"
+    if costs_from is not None:
+        return _ledger_durations(config, Path(costs_from)), f"the ledger of {costs_from}"
+    if seconds_per_unit is not None:
+        if not seconds_per_unit > 0:
+            raise PlanError(f"--seconds-per-unit: {seconds_per_unit:g} must be above 0")
+        return (lambda cfg, start, stop: seconds_per_unit * max(0.0, stop - start)), \
+            f"{seconds_per_unit:g} s per budget unit"
+    raise PlanError(f"trainable {config.trainable.kind!r} has no cost model: give durations with --costs-from RUN_DIR "
+                    "(a previous run's ledger) or --seconds-per-unit S, or use a trainable with a cost model")
+
+
+def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
+    if config.trainable.kind not in SURROGATES:
+        return (lambda cfg, budget: 0.0), False
+    from rungflow.tasks.trainables.base import TrainRequest
+
+    options = {k: v for k, v in config.trainable.options.items() if not k.startswith(("sleep", "hang", "allocate"))}
+    trainable = config.trainable_class()(options)
+
+    def score(cfg: Mapping[str, Any], budget: float) -> float | None:
+        try:
+            outcome = trainable.train(TrainRequest(trial_id="sim", config=cfg, budget=budget, seed=config.search.seed))
+        except Exception:
+            return None
+        return outcome.score if math.isfinite(outcome.score) else None
+
+    return score, True
+
+
+def simulate(config: SweepConfig, *, workers: int, durations: Durations,
+             scheduler_kind: str | None = None) -> dict[str, Any]:
+    """Run ``config``'s sweep on ``workers`` simulated GPUs; the figures ``--json`` prints."""
+    if workers < 1:
+        raise PlanError(f"--workers: {workers} must be at least 1")
+    kind = scheduler_kind or config.scheduler.kind
+    gpus = config.runtime.gpus_per_trial
+    slots = max(1, int(math.floor(workers / gpus + 1e-9))) if gpus > 0 else workers
+    lo, hi = config.budget_range()
+    mode = config.mode()
+    clock = VirtualClock()
+    settings = config.budget.settings()
+    ledger = Ledger(price_per_gpu_hour=settings.price_per_gpu_hour, price_per_cpu_hour=settings.price_per_cpu_hour)
+    scheduler = make_scheduler(kind, min_budget=lo, max_budget=hi, eta=config.scheduler.eta,
+                               integer=config.trainable_class().integer_budget, iterations=config.scheduler.iterations,
+                               num_trials=config.search.num_trials, mode=mode)
+    import dataclasses
+
+    settings = dataclasses.replace(settings, brackets_per_iteration=scheduler.brackets_per_iteration)
+    controller = BudgetController(settings, mode=mode, clock=clock, started_at=0.0, full_budget=hi)
+    searcher = make_searcher(
+        config.search.algorithm, config.search_space(), seed=config.search.seed, mode=mode, max_budget=hi,
+        grid_points=config.search.grid_points, random_fraction=config.search.random_fraction,
+        min_points_in_model=config.search.min_points_in_model, cost_aware=config.search.cost_aware,
+    )
+    driver = SweepDriver(searcher, scheduler, ledger, controller, mode, lo, hi, seed=config.search.seed,
+                         gpus_per_trial=gpus, cpus_per_trial=config.runtime.cpus_per_trial, clock=clock)
+    scores, surrogate = _scores_for(config)
+    executor = SimulatedExecutor(slots, clock, durations, scores, ledger, gpus_per_trial=gpus,
+                                 cpus_per_trial=config.runtime.cpus_per_trial)
+    driver.run(executor)
+    return summarise(driver, executor, kind, workers, surrogate)
+
+
+def _barrier_idle(driver: SweepDriver, executor: SimulatedExecutor) -> float:
+    """Slot-seconds idle inside synchronous stages (slots waiting for a rung's last trials)."""
+    idle = 0.0
+    for bracket in driver.schedule:
+        for rung in bracket.get("rungs", []):
+            if "started_at" not in rung:
+                continue
+            span = rung["finished_at"] - rung["started_at"]
+            busy = sum(b.finished_at - b.started_at for b in executor.busy
+                       if b.bracket == bracket["bracket"] and b.rung == rung["rung"])
+            idle += max(0.0, executor.slots * span - busy)
+    return idle
+
+
+def summarise(driver: SweepDriver, executor: SimulatedExecutor, kind: str, workers: int,
+              surrogate: bool) -> dict[str, Any]:
+    wall = executor.clock.now
+    capacity = executor.slots * wall
+    busy = sum(b.finished_at - b.started_at for b in executor.busy)
+    sign = 1.0 if driver.mode == "max" else -1.0
+    best, best_curve = None, []
+    for r in sorted(driver.ledger.records, key=lambda r: r.finished_at):
+        if r.ok and (best is None or sign * r.score > sign * best):  # type: ignore[operator]
+            best = r.score
+            best_curve.append({"wall_seconds": r.finished_at, "gpu_hours": None, "score": best})
+    out: dict[str, Any] = {
+        "scheduler": kind,
+        "workers": workers,
+        "slots": executor.slots,
+        "wall_seconds": wall,
+        "gpu_hours": driver.ledger.gpu_hours,
+        "cpu_hours": driver.ledger.cpu_hours,
+        "cost": driver.ledger.cost,
+        "utilisation": busy / capacity if capacity > 0 else 0.0,
+        "barrier_idle_fraction": _barrier_idle(driver, executor) / capacity if capacity > 0 else 0.0,
+        "trials": len(driver.trials),
+        "events": [{"trial_id": r.trial_id, "bracket": r.bracket, "rung": r.rung, "budget": r.budget,
+                    "status": str(r.status), "score": r.score, "gpu_hours": r.gpu_hours, "started_at": r.started_at,
+                    "finished_at": r.finished_at} for r in driver.ledger.records],
+        "stop_reason": driver.stop_reason,
+        "stop_detail": driver.stop_detail,
+    }
+    if surrogate:
+        out["best_score"] = best
+        out["best_over_time"] = best_curve
+    return out
+
+
+def compare(config: SweepConfig, *, workers: int, durations: Durations,
+            kinds: tuple[str, ...] = ("hyperband", "asha")) -> dict[str, dict[str, Any]]:
+    """The same config under each scheduler in ``kinds``, side by side."""
+    return {k: simulate(config, workers=workers, durations=durations, scheduler_kind=k) for k in kinds}
+
+
+def describe(result: Mapping[str, Any], unit: Callable[[float], str] | None = None) -> str:
+    """One line per simulation for the terminal."""
+    best = result.get("best_score")
+    return (f"{result['scheduler']:>9}: {result['wall_seconds'] / 3600:.2f} h wall, {result['gpu_hours']:.2f} GPU-h, "
+            f"{result['cost']:.2f} cost, utilisation {result['utilisation']:.0%}, idle at barriers "
+            f"{result['barrier_idle_fraction']:.0%}, {result['trials']} trials, stop {result['stop_reason']}"
+            + ("" if best is None else f", best {best:.4g}"))
