@@ -32,7 +32,7 @@ CAP = 0.35  # of E[G]
 
 def _searcher(name: str, **options: Any) -> Callable[[Any, int], Any]:
     def make(space: Any, seed: int) -> Any:
-        from rungflow.budgets.searchers import make_searcher
+        from rungflow.budgets.search_registry import make_searcher
 
         return make_searcher(name, space, seed=seed, max_budget=LCBENCH_MAX_EPOCH, **options)
 

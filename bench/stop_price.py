@@ -147,7 +147,7 @@ def run_cell(instance: str, seed: int, *, iterations: int, price: float, noise_s
     from bench import search_sim as S
     from bench.stopping import TERMINATOR_ERROR, oracle, replay_controller, replay_plateau, terminator_bounds, terminator_stop
     from rungflow.budgets.schedulers import make_scheduler
-    from rungflow.budgets.searchers import make_searcher
+    from rungflow.budgets.search_registry import make_searcher
 
     c = S.curves(instance)
     sweep = S.simulate(instance, make_searcher("bohb", c.space, seed=seed, max_budget=LCBENCH_MAX_EPOCH), seed=seed,

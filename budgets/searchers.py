@@ -1,6 +1,7 @@
 """Search algorithms: what to try next.
 
-A searcher only proposes configurations (:meth:`Searcher.suggest`) and learns from results
+The searcher base classes and the model-free searchers; :mod:`rungflow.budgets.search_registry` builds
+any searcher by name. A searcher only proposes configurations (:meth:`Searcher.suggest`) and learns from results
 (:meth:`Searcher.observe`). It never decides how long a trial runs (that is the scheduler's job)
 nor whether to keep spending (the budget controller's).
 """
@@ -22,8 +23,6 @@ __all__ = [
     "Searcher",
     "RandomSearcher",
     "GridSearcher",
-    "SEARCHERS",
-    "make_searcher",
 ]
 
 Mode = Literal["max", "min"]
@@ -127,32 +126,3 @@ class GridSearcher(Searcher):
         out = self._grid[self._next : self._next + count - len(first)]
         self._next += len(out)
         return first + out
-
-
-def _tpe_searchers() -> dict[str, type[Searcher]]:
-    from rungflow.budgets.tpe import BOHBSearcher, TPESearcher
-
-    return {"tpe": TPESearcher, "bohb": BOHBSearcher}
-
-
-SEARCHERS: tuple[str, ...] = ("random", "grid", "tpe", "bohb")
-
-
-def make_searcher(name: str, space: SearchSpace, **kwargs: Any) -> Searcher:
-    """The searcher called ``name``; options not meant for it are ignored only if None."""
-    classes: dict[str, type[Searcher]] = {"random": RandomSearcher, "grid": GridSearcher}
-    if name not in classes:
-        classes.update(_tpe_searchers())
-    if name not in classes:
-        raise ValueError(f"search.algorithm: unknown searcher {name!r}; use one of {', '.join(SEARCHERS)}")
-    options = {k: v for k, v in kwargs.items() if v is not None}
-    # Options that belong to one searcher are dropped for the others, so one config shape fits all.
-    if name != "grid":
-        options.pop("grid_points", None)
-    if name != "bohb":
-        options.pop("random_fraction", None)
-        options.pop("min_points_in_model", None)
-    if name not in ("tpe", "bohb"):
-        if options.pop("cost_aware", False):
-            raise ValueError(f"search.cost_aware: only tpe and bohb can rank by cost, not {name!r}; remove cost_aware or use tpe")
-    return classes[name](space, **options)

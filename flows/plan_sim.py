@@ -22,7 +22,7 @@ from rungflow.budgets.cost import CostModel
 from rungflow.budgets.driver import SweepDriver
 from rungflow.budgets.ledger import Ledger, SpendRecord
 from rungflow.budgets.schedulers import make_scheduler
-from rungflow.budgets.searchers import make_searcher
+from rungflow.budgets.search_registry import make_searcher
 from rungflow.budgets.simulate import Durations, Scores, SimulatedExecutor, VirtualClock
 from rungflow.config import SweepConfig
 

@@ -38,7 +38,8 @@ from rungflow.budgets.controller import BudgetController, StopReason
 from rungflow.budgets.driver import SweepDriver, TrialJob
 from rungflow.budgets.ledger import Ledger, SpendRecord, StartMarker, TrialStatus
 from rungflow.budgets.schedulers import RungDecision, TrialScore, make_scheduler
-from rungflow.budgets.searchers import Observation, Searcher, make_searcher
+from rungflow.budgets.search_registry import make_searcher
+from rungflow.budgets.searchers import Observation, Searcher
 from rungflow.config import ConfigError, SweepConfig, resume_conflicts, validate
 from rungflow.faults import fault_point
 from rungflow.redact import install_log_redaction, redact, redact_json

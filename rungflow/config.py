@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from rungflow.budgets.controller import BudgetSettings
 from rungflow.budgets.schedulers import SchedulerKind
-from rungflow.budgets.searchers import SEARCHERS
+from rungflow.budgets.search_registry import SEARCHERS
 from rungflow.budgets.space import SearchSpace, SpaceError
 
 __all__ = ["SweepConfig", "ConfigError", "load_config", "apply_overrides", "parse_duration", "RESUMABLE", "resume_conflicts"]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rungflow.budgets.searchers import make_searcher
+from rungflow.budgets.search_registry import make_searcher
 from rungflow.budgets.space import SearchSpace
 from rungflow.config import ConfigError, SweepConfig, apply_overrides, load_config, parse_duration, validate
 

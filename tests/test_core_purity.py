@@ -71,8 +71,8 @@ def test_all_core_modules_together() -> None:
 def test_optuna_loads_only_when_a_tpe_searcher_is_built() -> None:
     probe = (
         "import sys\n"
-        "from budgets.searchers import make_searcher\n"
-        "from budgets.space import FloatParam, SearchSpace\n"
+        "from rungflow.budgets.search_registry import make_searcher\n"
+        "from rungflow.budgets.space import FloatParam, SearchSpace\n"
         "space = SearchSpace((FloatParam('x', 0.0, 1.0),))\n"
         "make_searcher('random', space).suggest(2)\n"
         "make_searcher('grid', space).suggest(2)\n"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from rungflow.budgets.cost import CostModel, encode
-from rungflow.budgets.searchers import Observation, make_searcher
+from rungflow.budgets.search_registry import make_searcher
+from rungflow.budgets.searchers import Observation
 from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from rungflow.config import ConfigError, validate
 from tests.conftest import sweep_config

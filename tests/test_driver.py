@@ -10,7 +10,7 @@ from rungflow.budgets.controller import BudgetController, BudgetSettings
 from rungflow.budgets.driver import SweepDriver
 from rungflow.budgets.ledger import Ledger, TrialStatus
 from rungflow.budgets.schedulers import SCHEDULERS, make_scheduler
-from rungflow.budgets.searchers import make_searcher
+from rungflow.budgets.search_registry import make_searcher
 from rungflow.budgets.simulate import SimulatedExecutor, VirtualClock
 from rungflow.budgets.space import FloatParam, SearchSpace
 

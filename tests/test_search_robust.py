@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench.search_sim import expected_max_of_k, spearman
-from rungflow.budgets.searchers import make_searcher
+from rungflow.budgets.search_registry import make_searcher
 
 
 def test_expected_max_of_k_is_exact_on_a_small_pool():

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from rungflow.budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, gate_rung, make_scheduler
-from rungflow.budgets.searchers import SEARCHERS, Observation, make_searcher
+from rungflow.budgets.search_registry import SEARCHERS, make_searcher
+from rungflow.budgets.searchers import Observation
 from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from rungflow.budgets.tpe import BOHBSearcher
 

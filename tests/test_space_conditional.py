@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rungflow.budgets.searchers import Observation, make_searcher
+from rungflow.budgets.search_registry import make_searcher
+from rungflow.budgets.searchers import Observation
 from rungflow.budgets.space import SearchSpace, SpaceError
 
 SPACE = {

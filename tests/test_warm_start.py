@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rungflow.budgets.searchers import SEARCHERS, Observation, make_searcher
+from rungflow.budgets.search_registry import SEARCHERS, make_searcher
+from rungflow.budgets.searchers import Observation
 from tests.test_searchers_contract import MAX_BUDGET, SPACE, synthetic_score
 
 BEST = {"x": 0.3, "lr": 1e-2, "layers": 3, "units": 64, "act": "gelu"}
