@@ -48,7 +48,8 @@ from rungflow.tasks.mlflow_tracking import TrackingError, open_tracker_for
 from rungflow.tasks.optuna_study import StudyError, open_study_for
 from rungflow.tasks.runtime import Runtime, make_runtime, use_runtime
 from rungflow.tasks.stages import gate_trials, promote_survivors, suggest_trials
-from rungflow.tasks.train import TrialResult, TrialSpec, attempt_stamp_name, train_trial
+from rungflow.tasks.train import TrialResult, TrialSpec, attempt_stamp_name
+from rungflow.tasks.train_task import train_trial
 from rungflow.tasks.ui_sync import RecordedTaskRuns
 
 __all__ = ["Sweep", "PrefectExecutor", "sweep_flow", "run_sweep", "set_reporter", "HEARTBEAT_SECONDS",

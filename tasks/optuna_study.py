@@ -66,9 +66,11 @@ class StudyRecorder:
             self.study = optuna.create_study(storage=storage, study_name=study_name, direction=direction,
                                              load_if_exists=True, sampler=optuna.samplers.RandomSampler(seed=0))
         except Exception as exc:  # a bad URL, a dead server, a driver that is not installed
+            hint = ("; its password was redacted from the run's config.json: give it in PGPASSWORD, or resume with "
+                    "--set storage.optuna_url=..." if ":***@" in url else "")
             raise StudyError(f"storage.optuna_url = {redact(url)!r}: {type(exc).__name__}: "
                              f"{redact(str(exc)).splitlines()[0][:200]}; give an SQLAlchemy URL Optuna accepts "
-                             "(sqlite:///path/optuna.db, postgresql://user@host/db) of a database that answers") from None
+                             f"(sqlite:///path/optuna.db, postgresql+psycopg://user@host/db) of a database that answers{hint}") from None
         held = self.study.user_attrs.get(FINGERPRINT_ATTR)
         if held is None and self.study.trials:
             raise StudyError(f"Optuna study {study_name!r} in storage.optuna_url already holds trials not written by "

@@ -1,6 +1,6 @@
 """The train task: one trial to one rung's budget, on whatever worker holds the trial's resources.
 
-``run_trial`` is plain Python (the unit the runtimes execute); ``train_trial`` is its Prefect task,
+``run_trial`` is plain Python (the unit the runtimes execute); ``train_trial`` (rungflow.tasks.train_task) is its Prefect task,
 named ``train-{trial}-r{rung}`` so the UI reads like the sweep. Failures never escape as
 exceptions from ``run_trial``: a trial that raises or scores NaN/inf comes back as a failed
 result with its error and the time it used, so the ledger bills it and the gate ranks it last.
@@ -21,15 +21,12 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from rungflow.budgets.ledger import TrialStatus
 from rungflow.redact import redact
 from rungflow.tasks.checkpoints import CorruptCheckpoint, open_store
 from rungflow.tasks.trainables import Trainable, TrainRequest, get_trainable_class
 
-__all__ = ["TrialSpec", "TrialResult", "run_trial", "train_trial", "attempt_stamp_name"]
+__all__ = ["TrialSpec", "TrialResult", "run_trial", "attempt_stamp_name"]
 
 log = logging.getLogger("rungflow.train")
 
@@ -273,18 +270,6 @@ def _run_trial(spec: TrialSpec) -> TrialResult:
     )
 
 
-def _as_state(result: TrialResult) -> Any:
-    """A trial that failed shows red in the Prefect UI with its error; the result rides along as the state's data."""
-    from prefect.states import Cancelled, Completed, Failed
-
-    if result.ok:
-        return Completed(data=result)
-    message = f"{result.status}: {result.error}" if result.error else str(result.status)
-    if result.status == TrialStatus.CANCELLED:
-        return Cancelled(message=message, data=result)
-    return Failed(message=message, data=result)
-
-
 _worker_logs_redacted = False
 
 
@@ -296,27 +281,3 @@ def _redact_worker_logs() -> None:
 
         install_log_redaction()
         _worker_logs_redacted = True
-
-
-@task(
-    name="train",
-    task_run_name="train-{spec.trial_id}-r{spec.rung}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retries=0,  # the runtime owns retries (from the last checkpoint); Prefect retrying too would double them
-)
-def train_trial(spec: TrialSpec) -> Any:
-    """Train one trial to its rung's budget on the active runtime (threads or Ray actors)."""
-    from prefect import get_run_logger
-
-    from rungflow.tasks.runtime import active_runtime
-
-    result = active_runtime().execute(spec)
-    logger = get_run_logger()
-    for level, line in result.logs:
-        logger.log(level, redact(line))
-    for lost in result.lost_attempts:
-        logger.warning("attempt %d: %s", lost.attempt, redact(lost.error or ""))
-    if not result.ok:
-        logger.warning("trial %s rung %s %s: %s", spec.trial_id, spec.rung, result.status, redact(result.error or ""))
-    return _as_state(result)

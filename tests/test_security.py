@@ -115,7 +115,11 @@ def test_trainables_come_from_names_and_entry_points_never_import_strings(plugin
 
 
 @pytest.mark.slow
-def test_no_credential_in_run_dir_output_or_prefect_logs(prefect_server: str, plugin_path: Path, tmp_path: Path) -> None:
+def test_no_credential_in_run_dir_output_or_prefect_logs(prefect_server: str, plugin_path: Path, tmp_path: Path,
+                                                        postgres) -> None:
+    # The sweep writes its Optuna study to a real PostgreSQL whose password is in the URL.
+    postgres.create_database("optuna_secrets")
+    optuna_url = postgres.url("optuna_secrets", driver="postgresql+psycopg")
     config = tmp_path / "sweep.yaml"
     config.write_text(textwrap.dedent(f"""\
         name: secrets
@@ -123,7 +127,7 @@ def test_no_credential_in_run_dir_output_or_prefect_logs(prefect_server: str, pl
         search: {{algorithm: random, seed: 0, num_trials: 6}}
         scheduler: {{kind: fifo, max_budget: 3}}
         runtime: {{kind: thread, max_concurrent: 2, gpus_per_trial: 1}}
-        storage: {{optuna_url: "postgresql://bob:{URL_PASSWORD}@db.internal:5432/optuna"}}
+        storage: {{optuna_url: "{optuna_url}"}}
         """))
     env = {**os.environ, **FAKE, "PREFECT_API_URL": prefect_server,
            "PYTHONPATH": os.pathsep.join([str(plugin_path), str(REPO)])}
@@ -134,7 +138,7 @@ def test_no_credential_in_run_dir_output_or_prefect_logs(prefect_server: str, pl
     result = json.loads((out / "result.json").read_text())
     failed = [e for e in result["events"] if e["status"] == "failed"]
     assert failed and all("S3 refused key ***" in e["error"] for e in failed), "the failure must still be reported"
-    secrets = [*FAKE.values(), URL_PASSWORD]
+    secrets = [*FAKE.values(), postgres.password]
     leaks = []
     for path in [p for p in out.rglob("*") if p.is_file()]:
         data = path.read_bytes()
