@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from rungflow.config import validate
-from rungflow.flows.sweep import run_sweep
-from tests.conftest import Postgres, sweep_config
+from tests.conftest import REPO, Postgres, sweep_config
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +29,14 @@ def test_a_1000_trial_ray_sweep_on_a_postgres_backed_prefect_server(prefect_on_p
         search={"algorithm": "random", "seed": 0, "num_trials": TRIALS},
         runtime={"kind": "ray", "cpus_per_trial": 1},
     ))
-    result = run_sweep(cfg, tmp_path / "run")
+    # A process of its own: Prefect's event worker is per process and stays bound to the first API it reported
+    # to, which in a test session is the SQLite server other tests started.
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    out = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "sweep", str(tmp_path / "sweep.yaml"), "--out",
+                          str(tmp_path / "run")], cwd=REPO, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "PREFECT_API_URL": api})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["counts"]["by_status"] == {"ok": TRIALS} and result["stop_reason"] == "schedule_complete"
 
     flow_run = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": ["pg-1000"]}},
