@@ -249,25 +249,17 @@ class BudgetConfig(_Strict):
         return self
 
     def settings(self) -> BudgetSettings:
-        return BudgetSettings(
-            max_gpu_hours=self.max_gpu_hours,
-            max_cost=self.max_cost,
-            deadline_seconds=parse_duration(self.deadline),
-            price_per_gpu_hour=self.price_per_gpu_hour,
-            max_cpu_hours=self.max_cpu_hours,
-            price_per_cpu_hour=self.price_per_cpu_hour,
-            min_gain_per_gpu_hour=self.min_gain_per_gpu_hour,
-            window_gpu_hours=self.window_gpu_hours,
-            min_gpu_hours=self.min_gpu_hours,
-            patience=self.patience,
-            top_k=self.top_k,
-            stop_rule=self.stop_rule,
-            noisy=self.noisy,
-            on_cap=self.on_cap,
-            target_score=self.target_score,
-            window_iterations=self.window_iterations,
-            verdict_every=self.verdict_every,
-        )
+        """The controller's settings, field for field (tests/test_config_settings.py holds the two in step)."""
+        values = {BUDGET_RENAMED.get(name, name): getattr(self, name) for name in type(self).model_fields}
+        values["deadline_seconds"] = parse_duration(self.deadline)
+        return BudgetSettings(**values)
+
+
+# BudgetConfig's keys are what a user writes; where the controller's name differs (its deadline is in seconds,
+# the config's may be '4h'), it is mapped here. BudgetSettings fields no config key sets are filled from the
+# scheduler when the sweep is built.
+BUDGET_RENAMED = {"deadline": "deadline_seconds"}
+BUDGET_FROM_SCHEDULER = frozenset({"brackets_per_iteration"})
 
 
 class RuntimeConfig(_Strict):
