@@ -1,21 +1,24 @@
-"""Contract tests for every searcher under every scheduler, on a simulated sweep (no Prefect, no Ray)."""
+"""Contract tests for every searcher under every scheduler in the registry: the real sweep loop
+(:class:`budgets.driver.SweepDriver`) on a simulated cluster (no Prefect, no Ray)."""
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any
 
 import numpy as np
 import pytest
 
-from rungflow.budgets.schedulers import ASHAScheduler, SyncScheduler, TrialScore, gate_rung, make_scheduler
+from rungflow.budgets.controller import BudgetController, BudgetSettings
+from rungflow.budgets.driver import SweepDriver
+from rungflow.budgets.ledger import Ledger, TrialStatus
+from rungflow.budgets.schedulers import SCHEDULERS, TrialScore, gate_rung, make_scheduler
 from rungflow.budgets.search_registry import SEARCHERS, make_searcher
 from rungflow.budgets.searchers import Observation
+from rungflow.budgets.simulate import SimulatedExecutor, VirtualClock
 from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from rungflow.budgets.tpe import BOHBSearcher
 
-SCHEDULERS = ("fifo", "sha", "hyperband", "asha")
 MIN_BUDGET, MAX_BUDGET, ETA = 1.0, 9.0, 3.0
 
 SPACE = SearchSpace(
@@ -58,109 +61,94 @@ def _scheduler(kind: str, num_trials: int | None = None):
     )
 
 
-def run_sync(scheduler: SyncScheduler, searcher) -> dict[str, Any]:
-    proposals: list[dict[str, Any]] = []
-    events: list[tuple[str, int, float, float]] = []
-    gates: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
-    per_rung: list[list[int]] = []
-    for bracket in scheduler.brackets:
-        configs = searcher.suggest(bracket.num_trials)
-        start = len(proposals)
-        proposals.extend(configs)
-        alive = {f"t{start + i:04d}": c for i, c in enumerate(configs)}
-        counts = []
-        for r, rung in enumerate(bracket.rungs):
-            counts.append(len(alive))
-            results = []
-            for trial_id in sorted(alive):
-                score = synthetic_score(alive[trial_id], rung.budget)
-                events.append((trial_id, bracket.index, rung.budget, score))
-                results.append(TrialScore(trial_id, score))
-                searcher.observe(Observation(trial_id, alive[trial_id], rung.budget, score))
-            if r + 1 < len(bracket.rungs):
-                decision = gate_rung(results, bracket.rungs[r + 1].num_trials, "max")
-                gates.append((decision.promote, decision.stop))
-                alive = {t: alive[t] for t in decision.promote}
-        per_rung.append(counts)
-    return {"proposals": proposals, "events": events, "gates": gates, "per_rung": per_rung}
+class RecordingExecutor(SimulatedExecutor):
+    """The simulated cluster, keeping the gates' verdicts the driver acted on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gates: list[tuple[int, int, tuple[str, ...], tuple[str, ...]]] = []
+
+    def gate(self, scores, keep, mode, bracket, rung):  # type: ignore[no-untyped-def]
+        decision = super().gate(scores, keep, mode, bracket, rung)
+        self.gates.append((bracket, rung, decision.promote, decision.stop))
+        return decision
 
 
-def run_asha(scheduler: ASHAScheduler, searcher, workers: int = 3) -> dict[str, Any]:
-    """A pool of ``workers``; the longest-running job (first started) always finishes first."""
-    proposals: list[dict[str, Any]] = []
-    configs: dict[str, dict[str, Any]] = {}
-    running: deque[tuple[str, int, float]] = deque()
-    events: list[tuple[str, int, float, float]] = []
-    jobs: list[tuple[str, int, float]] = []
-    while True:
-        while len(running) < workers:
-            job = scheduler.next_job()
-            if job is None:
-                break
-            if job.trial_id is None:
-                new = searcher.suggest(1)
-                assert len(new) == 1
-                trial_id = f"t{len(proposals):04d}"
-                proposals.append(new[0])
-                configs[trial_id] = new[0]
-            else:
-                trial_id = job.trial_id
-            jobs.append((trial_id, job.rung, job.budget))
-            running.append((trial_id, job.rung, job.budget))
-        if not running:
-            break
-        trial_id, rung, budget = running.popleft()
-        score = synthetic_score(configs[trial_id], budget)
-        events.append((trial_id, rung, budget, score))
-        scheduler.on_result(trial_id, rung, score)
-        searcher.observe(Observation(trial_id, configs[trial_id], budget, score))
-    return {"proposals": proposals, "events": events, "jobs": jobs}
+def _seconds(config: Any, start: float, stop: float) -> float:
+    # Longer trials finish later, so an asynchronous scheduler sees results out of start order.
+    return (stop - start) * (1.0 + config["layers"] / 10)
 
 
-def simulate(searcher_name: str, kind: str, seed: int) -> tuple[Any, dict[str, Any]]:
+def simulate(searcher_name: str, kind: str, seed: int, slots: int = 3) -> tuple[Any, dict[str, Any]]:
+    """The real sweep loop (:class:`SweepDriver`) with the real scheduler and searcher on a simulated cluster."""
     scheduler = _scheduler(kind)
-    searcher = _searcher(searcher_name, seed)
-    if scheduler.synchronous:
-        return scheduler, run_sync(scheduler, searcher)
-    return scheduler, run_asha(scheduler, searcher)
+    clock = VirtualClock()
+    ledger = Ledger()
+    controller = BudgetController(BudgetSettings(), mode="max", clock=clock, started_at=0.0, full_budget=MAX_BUDGET)
+    driver = SweepDriver(_searcher(searcher_name, seed), scheduler, ledger, controller, "max", MIN_BUDGET, MAX_BUDGET,
+                         seed=seed, clock=clock)
+    executor = RecordingExecutor(slots, clock, _seconds, synthetic_score, ledger)
+    driver.run(executor)
+    assert driver.stop_reason == "schedule_complete", driver.stop_detail
+    records = ledger.records
+    return scheduler, {
+        "proposals": list(driver.trials.values()),
+        "trials": driver.trials,
+        "events": [(r.trial_id, r.bracket, r.rung, r.budget, r.score) for r in records],
+        "records": records,
+        "gates": executor.gates,
+        "per_rung": [[rung.get("num_trials") for rung in b["rungs"]] for b in driver.schedule],
+    }
 
 
 # --- the contract, searcher x scheduler ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", SCHEDULERS)
+@pytest.mark.parametrize("kind", sorted(SCHEDULERS))
 @pytest.mark.parametrize("searcher_name", SEARCHERS)
 def test_simulated_sweep_contract(searcher_name: str, kind: str) -> None:
     scheduler, run = simulate(searcher_name, kind, seed=0)
     proposals = run["proposals"]
 
-    # Every proposal lies in the space.
+    # Every proposal lies in the space, and every trial ran to an answer.
     assert proposals
     for config in proposals:
         assert SPACE.contains(config), config
+    assert all(r.status == TrialStatus.COMPLETED for r in run["records"])
+    # Each (trial, rung) runs once, at a budget the scheduler planned, its score the trial's own.
+    seen = [(t, rung) for t, _, rung, _, _ in run["events"]]
+    assert len(seen) == len(set(seen))
+    planned = {r.budget for b in scheduler.brackets for r in b.rungs}
+    assert all(budget in planned and MIN_BUDGET <= budget <= MAX_BUDGET for *_, budget, _ in run["events"])
+    assert all(score == synthetic_score(run["trials"][t], budget) for t, _, _, budget, score in run["events"])
 
     # The number of trials is the scheduler's plan.
     if scheduler.synchronous:
-        assert len(proposals) == scheduler.num_trials()
-        for bracket, counts in zip(scheduler.brackets, run["per_rung"]):
-            assert counts == [r.num_trials for r in bracket.rungs]
-        assert all(e[2] <= MAX_BUDGET for e in run["events"])
+        assert len(proposals) == sum(b.num_trials for b in scheduler.brackets)
+        assert run["per_rung"] == [[r.num_trials for r in b.rungs] for b in scheduler.brackets]
+        # The trials of each rung are the ones the gate below it promoted, and the gate kept the best.
+        by_stage: dict[tuple[int, int], dict[str, float]] = {}
+        for t, bracket, rung, _, score in run["events"]:
+            by_stage.setdefault((bracket, rung), {})[t] = score
+        for bracket, rung, promote, stop in run["gates"]:
+            scores = by_stage[(bracket, rung)]
+            assert set(promote) | set(stop) == set(scores)
+            nxt = by_stage.get((bracket, rung + 1))
+            assert set(promote) == (set(nxt) if nxt is not None else set())
+            if promote and stop:
+                assert min(scores[t] for t in promote) >= max(scores[t] for t in stop)
     else:
-        assert len(proposals) == scheduler.num_trials
-        assert scheduler.started == scheduler.num_trials
-        # Each (trial, rung) runs at most once, and each promotion follows a result at the rung below.
-        seen = [(t, r) for t, r, _ in run["jobs"]]
-        assert len(seen) == len(set(seen))
-        assert all(b in scheduler.budgets for _, _, b in run["jobs"])
+        # As many trials as the bottom rung of its plan; promotions only of trials with a result below.
+        assert len(proposals) == scheduler.brackets[0].rungs[0].num_trials
+        finished = {(r.trial_id, r.rung): r.finished_at for r in run["records"]}
+        for r in run["records"]:
+            assert r.rung == 0 or finished[(r.trial_id, r.rung - 1)] <= r.started_at, r
 
     # Same seed: identical proposals and identical schedule.
     _, again = simulate(searcher_name, kind, seed=0)
     assert again["proposals"] == proposals
     assert again["events"] == run["events"]
-    if scheduler.synchronous:
-        assert again["gates"] == run["gates"]
-    else:
-        assert again["jobs"] == run["jobs"]
+    assert again["gates"] == run["gates"]
 
     # Another seed: other proposals (grid: the same grid in another order).
     _, other = simulate(searcher_name, kind, seed=1)
