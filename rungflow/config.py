@@ -408,6 +408,9 @@ class UiConfig(_Strict):
     max_unrecorded_task_runs: int | None = Field(
         default=1000, description="hold back new trials while more finished task runs than this are missing from the "
                                   "Prefect API, so the UI shows every trial; null: never wait")
+    api_outage_seconds: float = Field(
+        default=300.0, gt=0, description="how long the Prefect API may stay down (a server restart) while the sweep "
+                                         "trains on; past it the sweep stops after its running stage")
 
     @field_validator("max_unrecorded_task_runs")
     @classmethod
