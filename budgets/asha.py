@@ -82,6 +82,9 @@ class ASHAScheduler:
         if i < len(candidates) and candidates[i] == entry:
             del candidates[i]
 
+    def on_trial(self, trial_id: str, config: object) -> None:
+        """ASHA ranks scores only."""
+
     def on_result(self, trial_id: str, rung: int, score: float | None) -> None:
         """Called once per finished (trial, rung), failed trials with ``score=None``."""
         results = self._results[rung]

@@ -43,6 +43,8 @@ class TrialJob:
     budget: float
     resume_from_rung: int | None
     attempt: int
+    # A scheduler's clone: the trial whose checkpoint at ``resume_from_rung`` this trial starts from.
+    clone_from: str | None = None
 
 
 class Executor(Protocol):
@@ -119,6 +121,8 @@ class SweepDriver:
     cpus_per_trial: float = 1.0
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)
     trial_bracket: dict[str, int] = field(default_factory=dict)
+    # Per trial: the trial it was cloned from (None: the searcher proposed it) and the budget it cloned at.
+    lineage: dict[str, dict[str, Any]] = field(default_factory=dict)
     schedule: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None
@@ -142,15 +146,18 @@ class SweepDriver:
         return len(self._replay)
 
     # --- bookkeeping ------------------------------------------------------------------------------
-    def new_trial(self, config: dict[str, Any], bracket: int) -> str:
+    def new_trial(self, config: dict[str, Any], bracket: int, parent: str | None = None,
+                  cloned_at: float | None = None) -> str:
         trial_id = f"t{len(self.trials):04d}"
         self.trials[trial_id] = config
         self.trial_bracket[trial_id] = bracket
+        self.lineage[trial_id] = {"parent": parent, "cloned_at": cloned_at}
         return trial_id
 
-    def job(self, trial_id: str, bracket: int, rung: int, budget: float, resume_from_rung: int | None) -> TrialJob:
+    def job(self, trial_id: str, bracket: int, rung: int, budget: float, resume_from_rung: int | None,
+            clone_from: str | None = None) -> TrialJob:
         return TrialJob(trial_id, self.trials[trial_id], bracket, rung, budget, resume_from_rung,
-                        self.ledger.next_attempt(trial_id, rung))
+                        self.ledger.next_attempt(trial_id, rung), clone_from)
 
     def observation(self, result: Any) -> Observation:
         """What the searcher learns from a record (or a trial result): score, and cost per unit trained."""
@@ -395,28 +402,39 @@ class SweepDriver:
         done: queue.Queue[Any] = queue.Queue()
         in_flight: dict[int, tuple[Any, TrialJob, SpendRecord | None]] = {}
         last_rung_of: dict[str, int] = {}
+        last_budget_of: dict[str, float] = {}
         checks_every = max(1, executor.slots)
         finished = 0
         stopping = False
         while True:
             if not stopping and finished % checks_every == 0 and (finished or not in_flight):
                 units = executor.slots * plan.rungs[0].budget
-                if self.decide(Stage(results=finished), units).stop:
+                if self.decide(Stage(results=finished, scheduler=str(scheduler.kind)), units).stop:
                     stopping = True
             while not stopping and len(in_flight) < executor.slots:
                 next_job = scheduler.next_job()
                 if next_job is None:
                     break
-                if next_job.trial_id is None:
+                clone_from = next_job.clone_from
+                if next_job.trial_id is None and next_job.config is not None:
+                    # The scheduler's own trial: it starts from ``clone_from``'s latest checkpoint, if any.
+                    resume = last_rung_of.get(clone_from) if clone_from is not None else None
+                    trial_id = self.new_trial(dict(next_job.config), 0, parent=clone_from,
+                                              cloned_at=last_budget_of.get(clone_from) if clone_from else None)
+                    scheduler.on_trial(trial_id, self.trials[trial_id])
+                    if resume is None:
+                        clone_from = None
+                elif next_job.trial_id is None:
                     configs = self.searcher.suggest(1)
                     if not configs:
                         scheduler.stop_starting()
                         break
                     trial_id = self.new_trial(configs[0], 0)
-                    resume = None
+                    scheduler.on_trial(trial_id, self.trials[trial_id])
+                    resume, clone_from = None, None
                 else:
-                    trial_id, resume = next_job.trial_id, last_rung_of.get(next_job.trial_id)
-                job = self.job(trial_id, 0, next_job.rung, next_job.budget, resume)
+                    trial_id, resume, clone_from = next_job.trial_id, last_rung_of.get(next_job.trial_id), None
+                job = self.job(trial_id, 0, next_job.rung, next_job.budget, resume, clone_from)
                 record = self.replayed(job)
                 if record is not None:
                     handle: Any = object()
@@ -439,6 +457,7 @@ class SweepDriver:
             if result.status == TrialStatus.CANCELLED:
                 continue
             last_rung_of[job.trial_id] = job.rung
+            last_budget_of[job.trial_id] = job.budget
             scheduler.on_result(job.trial_id, job.rung, _score(result))
             self.searcher.observe(self.observation(result))
             # Throttled by time: publishing is O(trials), per result it would be O(n²).

@@ -6,8 +6,10 @@ and tells it what finished; everything it answers is a frozen value (:class:`Job
 
 - ``synchronous`` schedulers (FIFO, successive halving, Hyperband) plan their brackets up front;
   each rung is a :class:`Stage` that ends at a barrier, where :func:`gate_rung` keeps the top 1/η.
-- asynchronous ones (ASHA) answer :meth:`Scheduler.next_job` whenever a worker is free, so no
-  worker idles at a rung barrier; their stages are the points where the controller is asked again.
+- asynchronous ones (ASHA, median stopping, population-based training) answer
+  :meth:`AsyncScheduler.next_job` whenever a worker is free; their stages are the points where the
+  controller is asked again. A job may start a trial the scheduler made itself (population-based
+  training's clones): it carries the configuration and the trial whose checkpoint it starts from.
 
 A new scheduler is one module implementing :class:`Scheduler` and one line in
 :data:`budgets.schedulers.SCHEDULERS`.
@@ -16,10 +18,10 @@ A new scheduler is one module implementing :class:`Scheduler` and one line in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from rungflow.budgets.ledger import SpendRecord
@@ -38,6 +40,8 @@ class SchedulerKind(StrEnum):
     SHA = "sha"
     HYPERBAND = "hyperband"
     ASHA = "asha"
+    MEDIAN = "median"
+    PBT = "pbt"
 
 
 @dataclass(frozen=True)
@@ -77,28 +81,37 @@ class Stage:
     """A point where the budget controller is asked before more is spent.
 
     Synchronous: rung ``rung`` of bracket ``bracket``, about to start. Asynchronous: the sweep after
-    ``results`` finished trials (``bracket`` and ``rung`` None). ``str(stage)`` is the label the
-    ledger's decisions and the progress line carry ("bracket 2 rung 1", "asha after 12 results").
+    ``results`` finished trials (``bracket`` and ``rung`` None) under scheduler ``scheduler``.
+    ``str(stage)`` is the label the ledger's decisions and the progress line carry ("bracket 2 rung 1",
+    "asha after 12 results", "pbt after 16 results").
     """
 
     bracket: int | None = None
     rung: int | None = None
     results: int = 0
+    scheduler: str = "asha"
 
     def __str__(self) -> str:
         if self.bracket is None:
-            return f"asha after {self.results} results"
+            return f"{self.scheduler} after {self.results} results"
         return f"bracket {self.bracket} rung {self.rung}"
 
 
 @dataclass(frozen=True)
 class Job:
-    """Run ``trial_id`` (None: a new trial) at rung ``rung`` of bracket ``bracket`` up to ``budget``."""
+    """Run ``trial_id`` (None: a new trial) at rung ``rung`` of bracket ``bracket`` up to ``budget``.
+
+    A new trial's configuration comes from the searcher, unless ``config`` gives it: then the
+    scheduler made the trial itself, and ``clone_from`` names the trial whose latest checkpoint it
+    starts from (population-based training's exploit step).
+    """
 
     trial_id: str | None
     rung: int
     budget: float
     bracket: int = 0
+    config: Mapping[str, Any] | None = None
+    clone_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,10 @@ class AsyncScheduler(Scheduler, Protocol):
 
     def next_job(self) -> Job | None:
         """Called when a worker is free; None means nothing to do until a running trial reports."""
+        ...
+
+    def on_trial(self, trial_id: str, config: Mapping[str, Any]) -> None:
+        """Called once per new trial, when the driver has named it, with its configuration."""
         ...
 
     def on_result(self, trial_id: str, rung: int, score: float | None) -> None:

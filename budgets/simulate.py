@@ -140,7 +140,9 @@ class SimulatedExecutor:
     # --- running ----------------------------------------------------------------------------------
     def _begin(self, run: _Run) -> None:
         job, now = run.job, self.clock.now
-        start = self._trained_to.get(job.trial_id, 0.0) if job.resume_from_rung is not None else 0.0
+        # A clone starts where its parent's checkpoint left off; anyone else resumes from its own.
+        source = job.clone_from if job.clone_from is not None else job.trial_id
+        start = self._trained_to.get(source, 0.0) if job.resume_from_rung is not None else 0.0
         trained = max(0.0, job.budget - start)
         seconds = max(0.0, float(self.durations(job.config, start, job.budget)))
         score = self.scores(job.config, job.budget)

@@ -94,6 +94,7 @@ def simulate(searcher_name: str, kind: str, seed: int, slots: int = 3) -> tuple[
     return scheduler, {
         "proposals": list(driver.trials.values()),
         "trials": driver.trials,
+        "lineage": driver.lineage,
         "events": [(r.trial_id, r.bracket, r.rung, r.budget, r.score) for r in records],
         "records": records,
         "gates": executor.gates,
@@ -138,11 +139,16 @@ def test_simulated_sweep_contract(searcher_name: str, kind: str) -> None:
             if promote and stop:
                 assert min(scores[t] for t in promote) >= max(scores[t] for t in stop)
     else:
-        # As many trials as the bottom rung of its plan; promotions only of trials with a result below.
-        assert len(proposals) == scheduler.brackets[0].rungs[0].num_trials
+        # The searcher proposes as many trials as the bottom rung of its plan; a scheduler may add its own
+        # (population-based training's clones). Promotions only of trials with a result below (a clone's
+        # result below is its parent's).
+        searched = [t for t, origin in run["lineage"].items() if origin["parent"] is None]
+        assert len(searched) == scheduler.brackets[0].rungs[0].num_trials
+        assert len(proposals) == scheduler.num_trials
         finished = {(r.trial_id, r.rung): r.finished_at for r in run["records"]}
         for r in run["records"]:
-            assert r.rung == 0 or finished[(r.trial_id, r.rung - 1)] <= r.started_at, r
+            below = r.trial_id if (r.trial_id, r.rung - 1) in finished else run["lineage"][r.trial_id]["parent"]
+            assert r.rung == 0 or finished[(below, r.rung - 1)] <= r.started_at, r
 
     # Same seed: identical proposals and identical schedule.
     _, again = simulate(searcher_name, kind, seed=0)
