@@ -402,7 +402,7 @@ class SweepDriver:
         done: queue.Queue[Any] = queue.Queue()
         in_flight: dict[int, tuple[Any, TrialJob, SpendRecord | None]] = {}
         last_rung_of: dict[str, int] = {}
-        last_budget_of: dict[str, float] = {}
+        budget_at: dict[tuple[str, int], float] = {}
         checks_every = max(1, executor.slots)
         finished = 0
         stopping = False
@@ -417,11 +417,12 @@ class SweepDriver:
                     break
                 clone_from = next_job.clone_from
                 if next_job.trial_id is None and next_job.config is not None:
-                    # The scheduler's own trial: it starts from ``clone_from``'s latest checkpoint, if any.
-                    resume = last_rung_of.get(clone_from) if clone_from is not None else None
-                    trial_id = self.new_trial(dict(next_job.config), 0, parent=clone_from,
-                                              cloned_at=last_budget_of.get(clone_from) if clone_from else None)
+                    # The scheduler's own trial: it starts from ``clone_from``'s checkpoint at the rung below
+                    # (not its latest: the parent may have trained on since the gate that cloned it).
+                    cloned_at = budget_at.get((clone_from, next_job.rung - 1)) if clone_from is not None else None
+                    trial_id = self.new_trial(dict(next_job.config), 0, parent=clone_from, cloned_at=cloned_at)
                     scheduler.on_trial(trial_id, self.trials[trial_id])
+                    resume = next_job.rung - 1 if cloned_at is not None else None
                     if resume is None:
                         clone_from = None
                 elif next_job.trial_id is None:
@@ -457,7 +458,7 @@ class SweepDriver:
             if result.status == TrialStatus.CANCELLED:
                 continue
             last_rung_of[job.trial_id] = job.rung
-            last_budget_of[job.trial_id] = job.budget
+            budget_at[(job.trial_id, job.rung)] = job.budget
             scheduler.on_result(job.trial_id, job.rung, _score(result))
             self.searcher.observe(self.observation(result))
             # Throttled by time: publishing is O(trials), per result it would be O(n²).

@@ -102,8 +102,8 @@ class Job:
     """Run ``trial_id`` (None: a new trial) at rung ``rung`` of bracket ``bracket`` up to ``budget``.
 
     A new trial's configuration comes from the searcher, unless ``config`` gives it: then the
-    scheduler made the trial itself, and ``clone_from`` names the trial whose latest checkpoint it
-    starts from (population-based training's exploit step).
+    scheduler made the trial itself, and ``clone_from`` names the trial whose checkpoint at rung
+    ``rung - 1`` it starts from (population-based training's exploit step).
     """
 
     trial_id: str | None

@@ -72,6 +72,7 @@ class SimulatedExecutor:
     _running: list[tuple[float, int, _Run]] = field(default_factory=list)
     _queued: deque[_Run] = field(default_factory=deque)
     _trained_to: dict[str, float] = field(default_factory=dict)
+    _reached: dict[tuple[str, int], float] = field(default_factory=dict)
     _seq: Any = field(default_factory=itertools.count)
     _cancelled: set[tuple[str, int]] = field(default_factory=set)
 
@@ -140,9 +141,11 @@ class SimulatedExecutor:
     # --- running ----------------------------------------------------------------------------------
     def _begin(self, run: _Run) -> None:
         job, now = run.job, self.clock.now
-        # A clone starts where its parent's checkpoint left off; anyone else resumes from its own.
-        source = job.clone_from if job.clone_from is not None else job.trial_id
-        start = self._trained_to.get(source, 0.0) if job.resume_from_rung is not None else 0.0
+        # A clone starts where its parent's checkpoint at that rung left off; anyone else resumes from its own.
+        if job.clone_from is not None and job.resume_from_rung is not None:
+            start = self._reached.get((job.clone_from, job.resume_from_rung), 0.0)
+        else:
+            start = self._trained_to.get(job.trial_id, 0.0) if job.resume_from_rung is not None else 0.0
         trained = max(0.0, job.budget - start)
         seconds = max(0.0, float(self.durations(job.config, start, job.budget)))
         score = self.scores(job.config, job.budget)
@@ -150,6 +153,7 @@ class SimulatedExecutor:
         run.record = self._record(job, status, score, now, now + seconds, trained,
                                   error=None if score is not None else "failed (simulated)")
         self._trained_to[job.trial_id] = max(start, job.budget)
+        self._reached[(job.trial_id, job.rung)] = max(start, job.budget)
         self.busy.append(Busy(job.trial_id, job.bracket, job.rung, now, now + seconds))
         heapq.heappush(self._running, (now + seconds, next(self._seq), run))
 
