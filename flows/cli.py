@@ -75,7 +75,7 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
     lo, hi = config.budget_range()
     scheduler = make_scheduler(config.scheduler.kind, min_budget=lo, max_budget=hi, eta=config.scheduler.eta,
                                integer=config.trainable_class().integer_budget, iterations=config.scheduler.iterations,
-                               num_trials=config.search.num_trials, mode=config.mode())
+                               num_trials=config.search.num_trials, mode=config.mode(), **config.scheduler_options())
     brackets = list(scheduler.brackets)
     trainable = config.trainable_class()(config.trainable.options)
     rng = np.random.default_rng(config.search.seed)
@@ -253,6 +253,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if best:
         lines.append(f"best: {best['trial_id']} score {best['score']:.4f} at budget {best['budget']:g}; config "
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in best["config"].items()))
+        stretches = best.get("hyperparameter_schedule") or []
+        if len(stretches) > 1:  # a population-based-training winner: the schedule its lineage trained with
+            changed = [k for k in stretches[0]["config"] if len({repr(s["config"].get(k)) for s in stretches}) > 1]
+            lines.append("hyperparameter schedule of the winner: " + "; ".join(
+                f"{s['from_budget']:g}-{s['to_budget']:g} {s['trial_id']} "
+                + ", ".join(f"{k}={_fmt(s['config'].get(k))}" for k in changed) for s in stretches))
     saved = result.get("best_model")
     if saved and saved.get("path"):
         lines.append(f"best model: {saved['family']} saved to {saved['path']} "

@@ -140,7 +140,8 @@ def simulate(config: SweepConfig, *, workers: int, durations: Durations,
     ledger = Ledger(price_per_gpu_hour=settings.price_per_gpu_hour, price_per_cpu_hour=settings.price_per_cpu_hour)
     scheduler = make_scheduler(kind, min_budget=lo, max_budget=hi, eta=config.scheduler.eta,
                                integer=config.trainable_class().integer_budget, iterations=config.scheduler.iterations,
-                               num_trials=config.search.num_trials, mode=mode)
+                               num_trials=config.search.num_trials, mode=mode,
+                               **(config.scheduler_options() if kind == config.scheduler.kind else {}))
     import dataclasses
 
     settings = dataclasses.replace(settings, brackets_per_iteration=scheduler.brackets_per_iteration)

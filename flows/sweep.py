@@ -131,6 +131,7 @@ class Sweep(SweepDriver):
         scheduler = make_scheduler(
             config.scheduler.kind, min_budget=lo, max_budget=hi, eta=config.scheduler.eta, integer=integer,
             iterations=config.scheduler.iterations, num_trials=config.search.num_trials, mode=mode,
+            **config.scheduler_options(),
         )
         searcher = make_searcher(
             config.search.algorithm, config.search_space(), seed=config.search.seed, mode=mode, max_budget=hi,
@@ -223,6 +224,7 @@ class Sweep(SweepDriver):
             trainable_options=self.config.trainable.options,
             checkpoint_dir=self.config.storage.checkpoint_location(self.run_dir),
             resume_from_rung=job.resume_from_rung,
+            clone_from=job.clone_from,
             gpus=rt.gpus_per_trial,
             cpus=rt.cpus_per_trial,
             seed=self.config.search.seed,

@@ -129,12 +129,80 @@ class SearchConfig(_Strict):
         return self
 
 
+# Options only one scheduler reads: setting one for another scheduler is a mistake worth naming.
+_SCHEDULER_OPTIONS = {
+    "median": ("grace_budget", "min_samples"),
+    "pbt": ("population", "perturbation_interval", "quantile_fraction", "resample_probability", "mutations", "burn_in"),
+}
+
+
 class SchedulerConfig(_Strict):
     kind: str = "hyperband"
     min_budget: float | None = Field(default=None, description="r_min; defaults to the trainable's")
     max_budget: float | None = Field(default=None, description="R; defaults to the trainable's")
     eta: float = 3
     iterations: int = 1
+    grace_budget: float | None = Field(default=None, description="median: no stopping below this budget (default 0)")
+    min_samples: int | None = Field(default=None, description="median: other trials' results needed at a rung (default 3)")
+    population: int | None = Field(default=None, description="pbt: members trained at once (default search.num_trials or 8)")
+    perturbation_interval: float | None = Field(default=None, description="pbt: budget units per generation "
+                                                                          "(default min_budget)")
+    quantile_fraction: float | None = Field(default=None, description="pbt: share replaced at each gate (default 0.25)")
+    resample_probability: float | None = Field(default=None, description="pbt: chance a mutation resamples (default 0.25)")
+    mutations: list[str] | None = Field(default=None, description="pbt: parameters explore may change (default every "
+                                                                  "float and int the trainable declares mutable)")
+    burn_in: float | None = Field(default=None, description="pbt: budget trained before the first exploit (default 0)")
+
+    @field_validator("population")
+    @classmethod
+    def _population(cls, v: int | None) -> int | None:
+        if v is not None and v < 2:
+            raise ValueError("must be at least 2: exploit copies a strong member over a weak one; 8 or more is usual")
+        return v
+
+    @field_validator("quantile_fraction")
+    @classmethod
+    def _quantile(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 0.5:
+            raise ValueError("must be above 0 and at most 0.5 (the top and bottom quantiles may not overlap); 0.25 is usual")
+        return v
+
+    @field_validator("resample_probability")
+    @classmethod
+    def _probability(cls, v: float | None) -> float | None:
+        if v is not None and not 0 <= v <= 1:
+            raise ValueError("must be within [0, 1] (the chance a mutated parameter is drawn afresh), e.g. 0.25")
+        return v
+
+    @field_validator("perturbation_interval")
+    @classmethod
+    def _interval(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError("must be a positive number of budget units per generation, e.g. 2 (epochs)")
+        return v
+
+    @field_validator("burn_in", "grace_budget")
+    @classmethod
+    def _non_negative_budget(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise ValueError("must be zero or more budget units")
+        return v
+
+    @field_validator("min_samples")
+    @classmethod
+    def _samples(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1 (other trials' results at a rung before the median can stop one); 3 is usual")
+        return v
+
+    @model_validator(mode="after")
+    def _options_of_the_kind(self) -> SchedulerConfig:
+        for kind, names in _SCHEDULER_OPTIONS.items():
+            for name in names:
+                if kind != self.kind and getattr(self, name) is not None:
+                    raise ValueError(f"scheduler.{name}: only scheduler.kind: {kind} reads it, not {self.kind}; "
+                                     f"remove it or use kind: {kind}")
+        return self
 
     @field_validator("kind")
     @classmethod
@@ -490,12 +558,78 @@ class SweepConfig(_Strict):
             raise ValueError(
                 f"scheduler.min_budget ({lo:g}) is above scheduler.max_budget ({hi:g}); lower min_budget or raise max_budget"
             )
-        if self.scheduler.kind in ("sha", "hyperband", "asha") and lo * self.scheduler.eta > hi + 1e-9 and lo != hi:
+        if self.scheduler.kind in ("sha", "hyperband", "asha", "median") and lo * self.scheduler.eta > hi + 1e-9 and lo != hi:
             raise ValueError(
                 f"scheduler: max_budget/min_budget = {hi / lo:.3g} is below eta={self.scheduler.eta:g}, so there is only one "
                 "rung; lower min_budget or use scheduler.kind: fifo"
             )
+        if self.scheduler.kind == "median" and (self.scheduler.grace_budget or 0.0) > hi:
+            raise ValueError(f"scheduler.grace_budget ({self.scheduler.grace_budget:g}) is above the full budget ({hi:g}), "
+                             "so nothing could ever stop; lower it")
+        if self.scheduler.kind == "pbt":
+            self._check_pbt(trainable_cls, hi)
         return self
+
+    def _check_pbt(self, trainable_cls: Any, hi: float) -> None:
+        """Population-based training needs a trainable that resumes, an interval that fits, mutable mutations."""
+        kind = self.trainable.kind
+        if not trainable_cls.resumable:
+            raise ValueError(f"scheduler.kind: pbt resumes every member from its checkpoint, and trainable {kind!r} "
+                             "cannot resume from one; use another scheduler (e.g. asha) or a trainable that resumes")
+        interval = self.scheduler.perturbation_interval
+        if interval is not None and interval > hi:
+            raise ValueError(f"scheduler.perturbation_interval ({interval:g}) is above scheduler.max_budget ({hi:g}): "
+                             "not one generation would fit; lower it or raise max_budget")
+        if interval is not None and trainable_cls.integer_budget and not float(interval).is_integer():
+            raise ValueError(f"scheduler.perturbation_interval = {interval:g}: {kind} trains whole "
+                             f"{trainable_cls.budget_unit}; use a whole number, e.g. {max(1, round(interval))}")
+        if self.scheduler.burn_in is not None and self.scheduler.burn_in >= hi:
+            raise ValueError(f"scheduler.burn_in ({self.scheduler.burn_in:g}) is not below the full budget ({hi:g}), "
+                             "so nothing would ever be exploited; lower it")
+        self.pbt_mutations()
+
+    def pbt_mutations(self) -> list[str]:
+        """The parameters population-based training may change: the configured ones, checked, or the default."""
+        from rungflow.budgets.space import CategoricalParam
+
+        space = self.search_space()
+        trainable_cls = self.trainable_class()
+        mutable = trainable_cls.mutable_params
+        kind = self.trainable.kind
+        allowed = [n for n in space.names if mutable is None or n in mutable]
+        parents = {parent for p in space.params for parent, _ in p.when}
+        if self.scheduler.mutations is None:
+            names = [p.name for p in space.params if not isinstance(p, CategoricalParam) and p.name in allowed]
+            if not names:
+                raise ValueError(f"scheduler.mutations: trainable {kind!r} declares no float or int parameter of the "
+                                 f"space that may change on resume (it allows {sorted(mutable or ())}); name the ones "
+                                 "to mutate, or use another scheduler")
+            return names
+        for name in self.scheduler.mutations:
+            if name not in space.names:
+                raise ValueError(f"scheduler.mutations: {name!r} is not a parameter of the space "
+                                 f"({', '.join(space.names)}); fix the name or add it to the space")
+            if name not in allowed:
+                raise ValueError(f"scheduler.mutations: {name!r} is structural for trainable {kind!r} (it cannot change "
+                                 f"when a trial resumes); mutate only {', '.join(allowed) or 'nothing'}")
+            if name in parents:
+                raise ValueError(f"scheduler.mutations: {name!r} decides which other parameters are active; a clone's "
+                                 "checkpoint cannot follow that change, so leave it out")
+        if not self.scheduler.mutations:
+            raise ValueError("scheduler.mutations: empty; name at least one parameter or remove the key for the default")
+        return list(self.scheduler.mutations)
+
+    def scheduler_options(self) -> dict[str, Any]:
+        """The options only this config's scheduler reads, for :func:`budgets.schedulers.make_scheduler`."""
+        s = self.scheduler
+        if s.kind == "median":
+            return {"grace_budget": s.grace_budget, "min_samples": s.min_samples}
+        if s.kind == "pbt":
+            return {"population": s.population, "perturbation_interval": s.perturbation_interval,
+                    "quantile_fraction": s.quantile_fraction, "resample_probability": s.resample_probability,
+                    "burn_in": s.burn_in, "mutations": self.pbt_mutations(), "space": self.search_space(),
+                    "seed": self.search.seed}
+        return {}
 
     # Resolved views ---------------------------------------------------------------------------
     def trainable_class(self):

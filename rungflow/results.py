@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rungflow.flows.sweep import Sweep
 
 __all__ = ["build_result", "write_json_atomic", "leaderboard", "load_result", "plot_anytime", "anytime_png",
-           "events_of", "planned_rungs", "savings", "counts", "TOP_N"]
+           "events_of", "planned_rungs", "savings", "counts", "hyperparameter_schedule", "schedule_png", "TOP_N"]
 
 #: Leaderboard rows kept in result.json and shown in the Prefect artifact; the rest are counted, not listed.
 TOP_N = 25
@@ -138,6 +138,27 @@ def counts(board: list[dict[str, Any]]) -> dict[str, Any]:
             "by_budget": {f"{b:g}": n for b, n in sorted(by_budget.items())}}
 
 
+def hyperparameter_schedule(trial_id: str, trials: Mapping[str, Mapping[str, Any]],
+                            lineage: Mapping[str, Mapping[str, Any]], budget: float) -> list[dict[str, Any]]:
+    """The configuration ``trial_id`` trained with in each stretch of budget along its lineage, oldest first.
+
+    A population-based-training clone starts at its parent's checkpoint (at ``cloned_at``) with a
+    perturbed configuration, so the winner's schedule is its ancestors' configurations, each up to the
+    budget where the next generation cloned it. A trial without a parent has one stretch.
+    """
+    chain, seen = [trial_id], {trial_id}
+    while (parent := (lineage.get(chain[-1]) or {}).get("parent")) is not None and parent not in seen:
+        chain.append(parent)
+        seen.add(parent)
+    chain.reverse()
+    stretches, start = [], 0.0
+    for i, t in enumerate(chain):
+        end = float(lineage[chain[i + 1]]["cloned_at"]) if i + 1 < len(chain) else float(budget)
+        stretches.append({"trial_id": t, "from_budget": start, "to_budget": end, "config": dict(trials.get(t, {}))})
+        start = end
+    return stretches
+
+
 def build_result(sweep: Sweep, final: bool = False) -> dict[str, Any]:
     records = sweep.ledger.records
     board = leaderboard(records, sweep.trials, sweep.mode)
@@ -147,7 +168,10 @@ def build_result(sweep: Sweep, final: bool = False) -> dict[str, Any]:
     if best_row is not None:
         best = {"trial_id": best_row["trial_id"], "config": best_row["config"], "score": best_row["score"],
                 "budget": best_row["budget"], "rung": best_row["rung"], "bracket": best_row["bracket"],
-                "gpu_hours": best_row["gpu_hours"], "cost": best_row["gpu_hours"] * price}
+                "gpu_hours": best_row["gpu_hours"], "cost": best_row["gpu_hours"] * price,
+                "parent": (sweep.lineage.get(best_row["trial_id"]) or {}).get("parent"),
+                "hyperparameter_schedule": hyperparameter_schedule(best_row["trial_id"], sweep.trials, sweep.lineage,
+                                                                   best_row["budget"])}
     curve = incumbent_curve(records, sweep.mode)  # type: ignore[arg-type]
     plan = planned_rungs(sweep.scheduler)
     return {
@@ -175,6 +199,8 @@ def build_result(sweep: Sweep, final: bool = False) -> dict[str, Any]:
                    "price_per_gpu_hour": price, "max_cpu_hours": sweep.config.budget.max_cpu_hours,
                    "price_per_cpu_hour": sweep.config.budget.price_per_cpu_hour},
         "trials": sweep.trials,
+        # Per trial: the trial it was cloned from (null: the searcher proposed it) and the budget it cloned at.
+        "lineage": sweep.lineage,
         "leaderboard": board[:TOP_N],
         "anytime": [{"gpu_hours": p.gpu_hours, "budget": p.budget, "best": p.score} for p in curve],
         "events": events_of(records),
@@ -258,6 +284,42 @@ def anytime_png(result: Mapping[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig = anytime_figure(result, figsize=(7, 3.6), dpi=90)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def schedule_png(result: Mapping[str, Any]) -> bytes | None:
+    """The winner's hyperparameter schedule as a small PNG: each parameter that changed, against budget.
+
+    None when the winner has no lineage or nothing changed along it (there is no schedule to draw).
+    """
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stretches = (result.get("best") or {}).get("hyperparameter_schedule") or []
+    changed = [k for k in (stretches[0]["config"] if stretches else {})
+               if len({repr(s["config"].get(k)) for s in stretches}) > 1]
+    if len(stretches) < 2 or not changed:
+        return None
+    fig, axes = plt.subplots(len(changed), 1, figsize=(7, 1.6 + 1.3 * len(changed)), dpi=90, sharex=True, squeeze=False)
+    for ax, name in zip(axes[:, 0], changed):
+        xs = [s["from_budget"] for s in stretches] + [stretches[-1]["to_budget"]]
+        ys = [s["config"][name] for s in stretches] + [stretches[-1]["config"][name]]
+        numeric = all(isinstance(y, (int, float)) for y in ys)
+        ax.step(xs, ys if numeric else [str(y) for y in ys], where="post", color="#2b6cb0")
+        if numeric and all(y > 0 for y in ys) and max(ys) / min(ys) > 20:
+            ax.set_yscale("log")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("budget")
+    axes[0, 0].set_title(f"{result.get('name', 'sweep')}: the winner's hyperparameter schedule")
+    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)

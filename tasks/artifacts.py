@@ -22,7 +22,7 @@ from typing import Any
 from uuid import UUID
 
 from rungflow.config import slug
-from rungflow.results import TOP_N, anytime_png
+from rungflow.results import TOP_N, anytime_png, schedule_png
 
 __all__ = ["SweepArtifacts", "PrefectAPIUnreachable", "leaderboard_rows", "leaderboard_description",
            "decision_markdown", "summary_markdown", "plot_markdown", "artifact_keys"]
@@ -138,6 +138,7 @@ def summary_markdown(result: Mapping[str, Any], top: int = 5) -> str:
         ]
     else:
         lines += ["**Best:** no trial finished with a score.", ""]
+    lines += schedule_markdown(result)
     lines += [
         f"**Spent:** {ledger['gpu_hours']:.4g} GPU-hours, {ledger.get('cpu_hours', 0.0):.4g} CPU-hours, "
         f"${ledger['cost']:.2f} (at ${price:g} per GPU-hour{_cpu_price(result)}) on "
@@ -155,6 +156,23 @@ def summary_markdown(result: Mapping[str, Any], top: int = 5) -> str:
         lines += [f"| {r['rank']} | {r['trial_id']} | {r['budget']:g} | {_fmt(r['score'])} | {r['gpu_hours']:.4g} | "
                   f"{_cell(_config_text(r['config'], 100))} |" for r in board]
     return "\n".join(lines)
+
+
+def schedule_markdown(result: Mapping[str, Any]) -> list[str]:
+    """The winner's hyperparameter schedule along its lineage (population-based training), table and plot; [] if none."""
+    stretches = (result.get("best") or {}).get("hyperparameter_schedule") or []
+    if len(stretches) < 2:
+        return []
+    names = [k for k in stretches[0]["config"] if len({repr(s["config"].get(k)) for s in stretches}) > 1]
+    lines = [f"**Hyperparameter schedule of the winner** (its lineage, {len(stretches)} trials):", "",
+             "| budget | trial | " + " | ".join(_cell(n) for n in names) + " |", "|---|---|" + "---|" * len(names)]
+    lines += [f"| {s['from_budget']:g}–{s['to_budget']:g} | {s['trial_id']} | "
+              + " | ".join(_cell(_fmt(s["config"].get(n), 4)) for n in names) + " |" for s in stretches]
+    png = schedule_png(result)
+    if png is not None:
+        lines += ["", f"![the winner's hyperparameters against budget](data:image/png;base64,"
+                      f"{base64.b64encode(png).decode('ascii')})"]
+    return lines + [""]
 
 
 def _savings_text(result: Mapping[str, Any]) -> str:

@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["CheckpointStore", "LocalCheckpointStore", "S3CheckpointStore", "CorruptCheckpoint", "open_store"]
+__all__ = ["CheckpointStore", "LocalCheckpointStore", "S3CheckpointStore", "CorruptCheckpoint", "open_store",
+           "copy_checkpoint"]
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -27,6 +28,22 @@ class CheckpointStore(Protocol):
     def save(self, trial_id: str, rung: int, data: bytes) -> str: ...
 
     def load(self, trial_id: str, rung: int) -> bytes | None: ...
+
+
+def copy_checkpoint(store: CheckpointStore, source: tuple[str, int], target: tuple[str, int]) -> bool:
+    """Copy the checkpoint at ``source`` (trial, rung) to ``target`` in ``store``: a clone's starting point.
+
+    Verified on both sides: the source must match its checksum (else :class:`CorruptCheckpoint`), and the
+    copy is written atomically with its own and read back. False when the source does not exist.
+    """
+    data = store.load(*source)
+    if data is None:
+        return False
+    store.save(target[0], target[1], data)
+    if store.load(*target) != data:
+        raise CorruptCheckpoint(f"the copy of {source[0]}'s rung-{source[1]} checkpoint for {target[0]} "
+                                "does not read back as written")
+    return True
 
 
 def atomic_write(path: Path, data: bytes) -> None:

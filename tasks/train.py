@@ -23,7 +23,7 @@ from typing import Any
 
 from rungflow.budgets.ledger import TrialStatus
 from rungflow.redact import redact
-from rungflow.tasks.checkpoints import CorruptCheckpoint, open_store
+from rungflow.tasks.checkpoints import CorruptCheckpoint, copy_checkpoint, open_store
 from rungflow.tasks.trainables import Trainable, TrainRequest, get_trainable_class
 
 __all__ = ["TrialSpec", "TrialResult", "run_trial", "attempt_stamp_name"]
@@ -49,6 +49,8 @@ class TrialSpec:
     attempt: int = 0
     attempt_dir: str | None = None
     cpus: float = 0.0  # where the attempt stamps when it starts training (resume bills from it)
+    # A scheduler's clone: copy this trial's checkpoint at ``resume_from_rung`` as this trial's own, then resume.
+    clone_from: str | None = None
 
 
 def attempt_stamp_name(trial_id: str, rung: int, attempt: int) -> str:
@@ -187,16 +189,33 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     return replace(result, logs=capture.collected()) if capture.lines or capture.dropped else result
 
 
+def _clone(spec: TrialSpec, store: Any) -> tuple[float | None, str | None]:
+    """A clone's start: its parent's checkpoint copied as its own. Returns (seconds it took, warning)."""
+    if spec.clone_from is None or spec.resume_from_rung is None:
+        return None, None
+    t0 = time.perf_counter()
+    try:
+        copied = copy_checkpoint(store, (spec.clone_from, spec.resume_from_rung), (spec.trial_id, spec.resume_from_rung))
+    except CorruptCheckpoint as exc:
+        return time.perf_counter() - t0, f"{exc}; the clone trains from scratch"
+    if not copied:
+        return time.perf_counter() - t0, (f"checkpoint of {spec.clone_from} at rung {spec.resume_from_rung} is missing; "
+                                          "the clone trains from scratch")
+    return time.perf_counter() - t0, None
+
+
 def _run_trial(spec: TrialSpec) -> TrialResult:
+    store = open_store(spec.checkpoint_dir)
+    # Before the clock starts: cloning is free (the parent paid for the checkpoint); its time is reported.
+    clone_seconds, clone_warning = _clone(spec, store)
     started = time.time()
     t0 = time.perf_counter()
     _stamp(spec, started)
     worker = _worker_id()
     device = _device(spec.gpus)
-    store = open_store(spec.checkpoint_dir)
     checkpoint: bytes | None = None
-    warning: str | None = None
-    if spec.resume_from_rung is not None:
+    warning: str | None = clone_warning
+    if spec.resume_from_rung is not None and clone_warning is None:
         try:
             checkpoint = store.load(spec.trial_id, spec.resume_from_rung)
             if checkpoint is None:
@@ -227,6 +246,8 @@ def _run_trial(spec: TrialSpec) -> TrialResult:
         )
         trainable_seconds = time.perf_counter() - t_train
         score, metrics, reported_gpu_seconds = outcome.score, dict(outcome.metrics), outcome.gpu_seconds
+        if clone_seconds is not None:
+            metrics = {**metrics, "clone_seconds": clone_seconds}
         budget_trained = outcome.budget_trained
         resumed_from = outcome.budget_reached - outcome.budget_trained if checkpoint is not None else None
         if outcome.checkpoint is not None:

@@ -78,6 +78,11 @@ class Trainable(ABC):
     integer_budget: ClassVar[bool] = True
     default_budget: ClassVar[tuple[float, float]] = (1, 27)
     Options: ClassVar[type[TrainableOptions]] = TrainableOptions
+    #: Whether :meth:`train` continues from a checkpoint it returned (population-based training needs it).
+    resumable: ClassVar[bool] = False
+    #: Parameters that may change between rungs of one trial, on resume (None: every one). Population-based
+    #: training mutates only these; structural ones (layer sizes) would not fit the checkpoint.
+    mutable_params: ClassVar[frozenset[str] | None] = frozenset()
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = self.Options(**dict(options or {}))

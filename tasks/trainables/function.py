@@ -246,6 +246,10 @@ class FunctionTrainable(Trainable):
     default_budget: ClassVar[tuple[float, float]] = (1, 27)
     Options: ClassVar[type[TrainableOptions]] = FunctionOptions
     options: FunctionOptions
+    resumable: ClassVar[bool] = True
+    # The function is handed the whole config with each checkpoint: which parameters it can take on
+    # resume is its author's call, so population-based training may mutate any (name them in mutations).
+    mutable_params: ClassVar[frozenset[str] | None] = None
 
     def _function(self) -> Callable[..., Any]:
         if self.options.callable is not None:

@@ -57,6 +57,8 @@ class NoopTrainable(Trainable):
     default_budget: ClassVar[tuple[float, float]] = (1, 27)
     Options: ClassVar[type[TrainableOptions]] = NoopOptions
     options: NoopOptions
+    resumable: ClassVar[bool] = True
+    mutable_params: ClassVar[frozenset[str] | None] = None  # the score reads the config afresh each call
 
     def default_space(self) -> SearchSpace:
         return SearchSpace((FloatParam("x", 0.0, 1.0), FloatParam("y", 0.0, 1.0)))

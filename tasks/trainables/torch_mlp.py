@@ -138,6 +138,10 @@ class TorchMLPTrainable(TabularTrainable):
     integer_budget: ClassVar[bool] = True
     default_budget: ClassVar[tuple[float, float]] = (1, 27)
     Options: ClassVar[type[TrainableOptions]] = TorchMLPOptions
+    resumable: ClassVar[bool] = True
+    # What may change on resume: the optimiser's rates and the dropout rate; the layer sizes and the batch
+    # size are the checkpoint's shape (or its data order), so they may not.
+    mutable_params: ClassVar[frozenset[str] | None] = frozenset({"lr", "weight_decay", "dropout"})
     options: TorchMLPOptions
 
     def data_spec(self) -> DataSpec:
@@ -197,6 +201,10 @@ class TorchMLPTrainable(TabularTrainable):
         epoch, train_loss = 0, float("nan")
         if checkpoint is not None:
             epoch, train_loss = _restore(checkpoint, model, optimizer, device)
+            # The optimiser's saved state carries the rates it ran with; a resumed trial (a PBT clone with a
+            # mutated config) trains on with its own.
+            for group in optimizer.param_groups:
+                group["lr"], group["weight_decay"] = cfg["lr"], cfg["weight_decay"]
 
         target = max(int(round(budget)), 0)
         start = epoch

@@ -176,6 +176,9 @@ class LCBenchTrainable(Trainable):
     default_budget: ClassVar[tuple[float, float]] = (MIN_EPOCH, MAX_EPOCH)
     Options: ClassVar[type[TrainableOptions]] = LCBenchOptions
     options: LCBenchOptions
+    resumable: ClassVar[bool] = True
+    # The surrogate answers for one configuration's whole learning curve: a change mid-run has no answer.
+    mutable_params: ClassVar[frozenset[str] | None] = frozenset()
 
     def default_space(self) -> SearchSpace:
         floats = [FloatParam(n, lo, hi, log) for n, (lo, hi, log) in _FLOATS.items()]
