@@ -20,12 +20,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.common import LCBENCH_MAX_EPOCH
+
+LCBENCH_EPOCHS = tuple(range(1, LCBENCH_MAX_EPOCH + 1))
 
 __all__ = ["PEER_METHODS", "PeerRun", "Surrogate", "Ledger", "run_peer", "evaluate_at_full_budget"]
 
@@ -55,6 +57,11 @@ class Surrogate:
         result = self._trainable._query(config, epoch)
         elapsed = max(float(result["time"]), time_before)
         return float(result["val_accuracy"]), elapsed, elapsed - time_before
+
+
+def _space_of(source: Any) -> Any:
+    """The search space of the surrogate (a method) or of another family's source (an attribute)."""
+    return source.space() if callable(source.space) else source.space
 
 
 def evaluate_at_full_budget(instance: str, config: Mapping[str, Any] | None) -> float | None:
@@ -173,13 +180,15 @@ def _tune_stopper(token: str, plateau: Mapping[str, Any] | None = None) -> Any:
     return SurrogateSpendStopper(token)
 
 
-def _tune_trainable(instance: str) -> Callable[[dict[str, Any]], None]:
+def _tune_trainable(instance: str, source: Callable[[], Any] | None = None,
+                    steps: Sequence[int] = LCBENCH_EPOCHS) -> Callable[[dict[str, Any]], None]:
     def train_lcbench(config: dict[str, Any]) -> None:
         from ray import tune
 
-        surrogate = Surrogate(instance)  # the ONNX session is cached per worker process (reuse_actors)
+        # The ONNX session (or the table) is built once per worker process (reuse_actors).
+        surrogate = source() if source is not None else Surrogate(instance)
         spent = 0.0
-        for epoch in range(1, LCBENCH_MAX_EPOCH + 1):
+        for epoch in steps:
             acc, spent, cost = surrogate.step(config, epoch, spent)
             tune.report({METRIC: acc, "epoch": epoch, "epoch_seconds": cost, "surrogate_seconds": spent})
 
@@ -207,9 +216,13 @@ def _tune_space(space: Any, search: str) -> tuple[dict[str, Any] | None, Any]:
 
 
 def run_ray_tune(instance: str, seed: int, cap_gpu_hours: float, *, search: str, max_trials: int = 100_000,
-                 storage: Path | None = None, plateau: Mapping[str, Any] | None = None) -> PeerRun:
+                 storage: Path | None = None, plateau: Mapping[str, Any] | None = None,
+                 source: Callable[[], Any] | None = None, steps: Sequence[int] = LCBENCH_EPOCHS) -> PeerRun:
     """Ray Tune ``Tuner.fit()``: ``search`` ("optuna": OptunaSearch with TPE; "random") + ASHAScheduler,
-    stopped at the cap or, with ``plateau``, by Tune's ``ExperimentPlateauStopper``."""
+    stopped at the cap or, with ``plateau``, by Tune's ``ExperimentPlateauStopper``.
+
+    ``source`` (a picklable factory, called in each worker) trains another family than the
+    surrogate, reporting at budgets ``steps`` only: one whose rungs refit report where ASHA's rungs are."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -217,8 +230,9 @@ def run_ray_tune(instance: str, seed: int, cap_gpu_hours: float, *, search: str,
     from ray.tune.search.optuna import OptunaSearch
 
     _start_ray()
-    surrogate = Surrogate(instance)
-    param_space, optuna_space = _tune_space(surrogate.space(), search)
+    surrogate = source() if source is not None else Surrogate(instance)
+    max_t = int(steps[-1])
+    param_space, optuna_space = _tune_space(_space_of(surrogate), search)
     if search == "optuna":
         search_alg: Any = OptunaSearch(space=optuna_space, metric=METRIC, mode="max", sampler=optuna.samplers.TPESampler(seed=seed))
     else:
@@ -227,11 +241,13 @@ def run_ray_tune(instance: str, seed: int, cap_gpu_hours: float, *, search: str,
     ledger = _LEDGERS[token] = Ledger(cap_gpu_hours)
     tmp = Path(tempfile.mkdtemp(prefix="rungflow-bench-tune-", dir=storage))
     tuner = tune.Tuner(
-        _tune_trainable(instance),
+        _tune_trainable(instance, source, steps),
         param_space=param_space or {},
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", search_alg=search_alg,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=LCBENCH_MAX_EPOCH,
+            # The reported budget, not training_iteration: a family reporting at its rungs only has
+            # iteration 2 at budget 3. For LCBench the two are the same.
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=max_t,
                                     grace_period=GRACE_PERIOD, reduction_factor=REDUCTION_FACTOR),
             num_samples=max_trials, max_concurrent_trials=CONCURRENCY, reuse_actors=True,
         ),
@@ -283,17 +299,19 @@ def _start_ray() -> None:
 
 # --- Optuna -------------------------------------------------------------------------------------------
 def run_optuna(instance: str, seed: int, cap_gpu_hours: float, *, pruner: str, max_trials: int = 100_000,
-               terminator: Mapping[str, Any] | None = None) -> PeerRun:
+               terminator: Mapping[str, Any] | None = None, source: Any = None,
+               steps: Sequence[int] = LCBENCH_EPOCHS) -> PeerRun:
     """Optuna alone: ``study.optimize`` with TPE and ``pruner`` ("hyperband" or "sha"), one trial at a time,
     stopped at the cap or, with ``terminator`` (``error``, ``min_n_trials``), by Optuna's own ``Terminator``
     (GP regret bound against a static error), asked after every trial as ``TerminatorCallback`` asks."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    surrogate = Surrogate(instance)
-    space = surrogate.space().to_optuna()
+    surrogate = source if source is not None else Surrogate(instance)
+    max_budget = int(steps[-1])
+    space = _space_of(surrogate).to_optuna()
     if pruner == "hyperband":
-        p: Any = optuna.pruners.HyperbandPruner(min_resource=GRACE_PERIOD, max_resource=LCBENCH_MAX_EPOCH,
+        p: Any = optuna.pruners.HyperbandPruner(min_resource=GRACE_PERIOD, max_resource=max_budget,
                                                 reduction_factor=REDUCTION_FACTOR)
     else:
         p = optuna.pruners.SuccessiveHalvingPruner(min_resource=GRACE_PERIOD, reduction_factor=REDUCTION_FACTOR)
@@ -307,7 +325,7 @@ def run_optuna(instance: str, seed: int, cap_gpu_hours: float, *, pruner: str, m
         config = {name: _suggest(trial, name, dist) for name, dist in space.items()}
         spent = 0.0
         acc = float("nan")
-        for epoch in range(1, LCBENCH_MAX_EPOCH + 1):
+        for epoch in steps:
             acc, spent, cost = surrogate.step(config, epoch, spent)
             ledger.bill(str(trial.number), epoch, acc, cost, config)
             trial.report(acc, epoch)
@@ -334,7 +352,7 @@ def run_optuna(instance: str, seed: int, cap_gpu_hours: float, *, pruner: str, m
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         best = study.best_trial  # Optuna's own pick: the best completed (52-epoch) trial
-        best_config, best_reported, best_epoch = dict(best.params), float(best.value), LCBENCH_MAX_EPOCH
+        best_config, best_reported, best_epoch = dict(best.params), float(best.value), max_budget
     else:
         # No trial survived to 52 epochs within the cap: the best last intermediate value is all there is.
         seen = [t for t in study.trials if t.intermediate_values]

@@ -18,6 +18,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,16 @@ TARGET_MARGIN = 0.5
 CAP = 0.35  # of E[G]
 
 
-def _searcher(name: str, **options: Any) -> Callable[[Any, int], Any]:
-    def make(space: Any, seed: int) -> Any:
+def _searcher(name: str, **options: Any) -> Callable[[Any, int, float], Any]:
+    def make(space: Any, seed: int, max_budget: float = LCBENCH_MAX_EPOCH) -> Any:
         from rungflow.budgets.search_registry import make_searcher
 
-        return make_searcher(name, space, seed=seed, max_budget=LCBENCH_MAX_EPOCH, **options)
+        return make_searcher(name, space, seed=seed, max_budget=max_budget, **options)
 
     return make
 
 
-SEARCH_METHODS: dict[str, Callable[[Any, int], Any]] = {
+SEARCH_METHODS: dict[str, Callable[..., Any]] = {
     "hyperband+tpe": _searcher("tpe"),
     "hyperband+bohb": _searcher("bohb"),
     "hyperband+bohb rho0": _searcher("bohb", random_fraction=0.0),
@@ -49,19 +50,66 @@ PEERS = ("optuna-tpe+hyperband", "tune-random+asha")
 DEFAULT_METHODS = ("hyperband+tpe", "hyperband+bohb", "hyperband+random", "optuna-tpe+hyperband")
 
 
-def run_one(instance: str, seed: int, method: str, cap: float, noise_std: float = 0.0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Family:
+    """Where a method trains: the source it trains through, the honest reference, the peers' runner."""
+
+    name: str
+    source: Callable[[str], Any]
+    reference: Callable[[str], Any]
+    one_draw: Callable[[str, int], tuple[float, float]] | None
+    run_peer: Callable[[str, str, int, float], Any]
+    evaluate_full: Callable[[str, Any], float | None]
+    max_budget: float
+
+
+def _lcbench() -> Family:
+    from bench import peers
     from bench import search_sim as S
 
-    ref = S.reference(instance)
-    b1, g1 = S.one_draw(instance, seed)
+    return Family("lcbench", S.curves, S.reference, S.one_draw, peers.run_peer, peers.evaluate_at_full_budget,
+                  LCBENCH_MAX_EPOCH)
+
+
+def _hgb_fraction() -> Family:
+    """Gradient boosting whose budget is the share of training rows (:mod:`bench.fraction_family`)."""
+    import functools
+
+    from bench import fraction_family as F
+    from bench import peers
+
+    steps = (1, 3, 9, 27)  # report where Hyperband's and ASHA's rungs are: every report is a refit
+
+    def run_peer(method: str, name: str, seed: int, cap: float) -> Any:
+        if method == "optuna-tpe+hyperband":
+            return peers.run_optuna(name, seed, cap, pruner="hyperband", source=F.table(name), steps=steps)
+        if method == "tune-random+asha":
+            return peers.run_ray_tune(name, seed, cap, search="random", source=functools.partial(F.peer_source, name),
+                                      steps=steps)
+        raise ValueError(f"{method}: not run on the hgb-fraction family")
+
+    return Family("hgb-fraction", F.table, F.reference, None, run_peer,
+                  lambda name, config: F.table(name).evaluate_full(config), F.MAX_UNITS)
+
+
+FAMILIES: dict[str, Callable[[], Family]] = {"lcbench": _lcbench, "hgb-fraction": _hgb_fraction}
+
+
+def run_one(instance: str, seed: int, method: str, cap: float, noise_std: float = 0.0,
+            family: Family | None = None) -> dict[str, Any]:
+    from bench import search_sim as S
+
+    fam = family or _lcbench()
+    ref = fam.reference(instance)
+    b1, g1 = fam.one_draw(instance, seed) if fam.one_draw is not None else (math.nan, math.nan)
     cap_h = cap * ref.expected_gpu_hours
     t0 = time.perf_counter()
     rho: dict[str, float | None] = {}
     inc_bracket_s = None
     if method in SEARCH_METHODS:
-        c = S.curves(instance)
-        r = S.simulate(instance, SEARCH_METHODS[method](c.space, seed), seed=seed, method=method, iterations=40,
-                       cap_gpu_hours=cap_h, noise_std=noise_std)
+        c = fam.source(instance)
+        r = S.simulate(instance, SEARCH_METHODS[method](c.space, seed, fam.max_budget), seed=seed, method=method,
+                       iterations=40, cap_gpu_hours=cap_h, noise_std=noise_std, source=c)
         curve = [(g, a) for g, a, _ in r.curve()]
         final = curve[-1][1] if curve else None
         spent = r.gpu_hours
@@ -70,19 +118,17 @@ def run_one(instance: str, seed: int, method: str, cap: float, noise_std: float 
             inc_bracket_s = r.bracket_s[r.trial_bracket[r.curve()[-1][2]]]
         trials = len(r.configs)
     else:
-        from bench import peers
-
-        p = peers.run_peer(method, instance, seed, cap_h)
+        p = fam.run_peer(method, instance, seed, cap_h)
         curve, best = [], -math.inf
         for e in p.events:
-            if e["budget"] == LCBENCH_MAX_EPOCH and e["score"] > best:
+            if e["budget"] == fam.max_budget and e["score"] > best:
                 best = e["score"]
                 curve.append((e["cumulative_gpu_hours"], best))
-        final = peers.evaluate_at_full_budget(instance, p.best_config)
+        final = fam.evaluate_full(instance, p.best_config)
         spent, trials = p.gpu_hours, p.trials
     target = ref.expected_best - TARGET_MARGIN
     reach = next((g for g, a in curve if a >= target), None)
-    reach1 = next((g for g, a in curve if a >= b1 - TARGET_MARGIN), None)
+    reach1 = None if math.isnan(b1) else next((g for g, a in curve if a >= b1 - TARGET_MARGIN), None)
     return {
         "instance": instance, "seed": seed, "method": method, "noise_std": noise_std,
         "expected_best": ref.expected_best, "expected_gpu_hours": ref.expected_gpu_hours, "draw_std": ref.draw_std,
@@ -115,8 +161,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], methods: Sequence[str], groups:
 
 def markdown(summary: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     lines = [
-        f"Target E[B] − {TARGET_MARGIN}, E[B] the expected best of 128 random 52-epoch configurations (4,096-configuration "
-        f"pool); every method capped at {meta['cap']:g}·E[G]; noise std {meta['noise_std']:g}. *reached (1 draw)*: "
+        (f"Target E[B] − {TARGET_MARGIN}, E[B] the expected best of 128 random 52-epoch configurations (4,096-configuration pool)"
+         if meta.get("family", "lcbench") == "lcbench" else
+         f"Family {meta['family']}. Target E[B] − {TARGET_MARGIN}, E[B] the expected best of 128 random full-budget "
+         "configurations (256-configuration pool)")
+        + f"; every method capped at {meta['cap']:g}·E[G]; noise std {meta['noise_std']:g}. *reached (1 draw)*: "
         "against the compare bench's one random-128 draw B − 0.5 instead. *to target*: GPU-hours ÷ E[G], median, "
         "∞ for a miss. *final − E[B]*: median and worst over runs.",
         "",
@@ -136,7 +185,9 @@ def markdown(summary: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, A
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--instances", nargs="+", default=list(DEV_INSTANCES))
+    p.add_argument("--family", choices=list(FAMILIES), default="lcbench",
+                   help="lcbench (epochs, resumed) or hgb-fraction (gradient boosting, budget = share of training rows)")
+    p.add_argument("--instances", nargs="+", default=None, help="LCBench instances or hgb-K tables (default: the dev set)")
     p.add_argument("--heldout", nargs="*", default=[], help="instances reported as their own group")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[*SEARCH_METHODS, *PEERS])
@@ -148,11 +199,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     rows = []
+    family = FAMILIES[args.family]()
+    if args.instances is None:
+        from bench.fraction_family import DEV_TABLES
+
+        args.instances = list(DEV_TABLES if args.family == "hgb-fraction" else DEV_INSTANCES)
     instances = [*args.instances, *args.heldout]
     for inst in instances:
         for seed in args.seeds:
             for m in args.methods:
-                r = run_one(str(inst), seed, m, args.cap, args.noise_std)
+                r = run_one(str(inst), seed, m, args.cap, args.noise_std, family)
                 rows.append(r)
                 rho = " ".join(f"{k}:{fmt(v, '.2f')}" for k, v in r["rank_correlation"].items())
                 print(f"  {inst} s{seed} {m}: reach {fmt(r['reach_fraction'], '.3f')} final-E[B] {fmt(r['final_gap'], '+.2f')} "
@@ -162,7 +218,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.heldout:
         groups["held-out"] = [str(i) for i in args.heldout]
     summary = summarize(rows, args.methods, groups)
-    meta = {"instances": instances, "heldout": list(args.heldout), "seeds": list(args.seeds), "cap": args.cap,
+    meta = {"family": args.family, "instances": instances, "heldout": list(args.heldout), "seeds": list(args.seeds), "cap": args.cap,
             "noise_std": args.noise_std, "wall_seconds": time.perf_counter() - t0,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "versions": library_versions()}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,18 @@ class Curves:
             self.prefetch([config])
         return self._cache[k]
 
+    max_budget: float = LCBENCH_MAX_EPOCH
+    resumes = True
+
+    def train(self, config: Mapping[str, Any], budget: float, state: tuple[int, float]) -> tuple[float, float, tuple[int, float]]:
+        """(accuracy, seconds billed, new state) for training ``config`` on to ``budget`` epochs from
+        ``state`` = (epoch reached, cumulative seconds): a promoted trial resumes, so it pays only the
+        surrogate's time since its last epoch."""
+        acc, sec = self.curve(config)
+        epoch = int(round(budget))
+        elapsed = max(sec[epoch - 1], state[1])
+        return float(acc[epoch - 1]), elapsed - state[1], (epoch, elapsed)
+
 
 @functools.lru_cache(maxsize=64)
 def curves(instance: str) -> Curves:
@@ -182,12 +194,13 @@ class SimRun:
     bracket_s: dict[int, int] = field(default_factory=dict)
     gpu_hours: float = 0.0
     stop_reason: str = "schedule_complete"
+    max_budget: float = LCBENCH_MAX_EPOCH
 
     def curve(self) -> list[tuple[float, float, str]]:
         """Full-budget incumbent steps (GPU-hours, true accuracy, trial id), judged on the reported score."""
         best_reported, out = -math.inf, []
         for e in self.events:
-            if e["budget"] == LCBENCH_MAX_EPOCH and e["score"] > best_reported:
+            if e["budget"] == self.max_budget and e["score"] > best_reported:
                 best_reported = e["score"]
                 out.append((e["cumulative_gpu_hours"], e["clean"], e["trial_id"]))
         return out
@@ -198,17 +211,21 @@ Stop = Callable[["SimRun", int, int], bool]
 
 def simulate(instance: str, searcher: Any, *, seed: int, method: str, iterations: int = 8, eta: float = 3,
              cap_gpu_hours: float | None = None, noise_std: float = 0.0, stop: Stop | None = None,
-             brackets: Sequence[Any] | None = None) -> SimRun:
-    """Run Hyperband(1..52 epochs, η) with ``searcher`` as the flow does; ``cap_gpu_hours`` is checked
-    before every stage as the controller's hard cap is, ``stop(run, bracket, rung)`` likewise."""
+             brackets: Sequence[Any] | None = None, source: Any = None) -> SimRun:
+    """Run Hyperband(1..max budget, η) with ``searcher`` as the flow does; ``cap_gpu_hours`` is checked
+    before every stage as the controller's hard cap is, ``stop(run, bracket, rung)`` likewise.
+
+    ``source`` trains and bills (``prefetch``, ``train``, ``max_budget``, ``initial_state``): the
+    instance's LCBench curves by default, or a family whose budget is not epochs
+    (:mod:`bench.fraction_family`)."""
     from rungflow.budgets.rungs import hyperband_plan
     from rungflow.budgets.schedulers import TrialScore, gate_rung
     from rungflow.budgets.searchers import Observation
     from rungflow.tasks.trainables.yahpo_lcbench import _seed, synthetic_noise
 
-    c = curves(instance)
-    run = SimRun(str(instance), seed, method)
-    plan = list(brackets) if brackets is not None else hyperband_plan(1, LCBENCH_MAX_EPOCH, eta, iterations=iterations)
+    c = source if source is not None else curves(instance)
+    run = SimRun(str(instance), seed, method, max_budget=float(c.max_budget))
+    plan = list(brackets) if brackets is not None else hyperband_plan(1, c.max_budget, eta, iterations=iterations)
     spent = 0.0
     for bracket in plan:
         run.bracket_s[bracket.index] = bracket.s
@@ -222,7 +239,8 @@ def simulate(instance: str, searcher: Any, *, seed: int, method: str, iterations
             run.configs[tid] = dict(config)
             run.trial_bracket[tid] = bracket.index
             alive.append(tid)
-        at: dict[str, tuple[int, float]] = {t: (0, 0.0) for t in alive}  # epoch reached, cumulative seconds
+        at: dict[str, Any] = {t: (0, 0.0) for t in alive}  # the source's training state: (budget reached, seconds)
+        reached: dict[str, float] = {t: 0.0 for t in alive}
         stopped = False
         for position, rung in enumerate(bracket.rungs):
             if position > 0 and _halt(run, spent, cap_gpu_hours, stop, bracket.index, rung.index):
@@ -231,12 +249,10 @@ def simulate(instance: str, searcher: Any, *, seed: int, method: str, iterations
             epoch = int(round(rung.budget))
             observations, scores = [], []
             for tid in alive:
-                acc, sec = c.curve(run.configs[tid])
-                e0, t0 = at[tid]
-                elapsed = max(sec[epoch - 1], t0)
-                billed = elapsed - t0
-                at[tid] = (epoch, elapsed)
-                clean = float(acc[epoch - 1])
+                # A family that cannot resume (budget = training-set share) trains each rung from scratch.
+                e0 = reached[tid] if getattr(c, "resumes", True) else 0.0
+                clean, billed, at[tid] = c.train(run.configs[tid], float(epoch), at[tid])
+                reached[tid] = float(epoch)
                 score = synthetic_noise(clean, noise_std, _seed(seed, tid, epoch)) if noise_std > 0 else clean
                 spent += billed
                 run.events.append({"trial_id": tid, "bracket": bracket.index, "rung": rung.index, "budget": float(epoch),
