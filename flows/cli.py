@@ -468,7 +468,8 @@ def _run(config) -> int:
         except ConfigError as exc:
             raise CLIError(str(exc)) from None
     # Prefect retries a lost connection about a minute per call (5 retries, exponential backoff); a sweep
-    # whose API died would crawl for many minutes before failing. Two retries ride out a server restart.
+    # whose API died would crawl for many minutes before failing. Two retries ride out a blip; a longer
+    # outage is the API watch's (tasks/api_watch.py), which skips the calls while the server is down.
     os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
     server = ensure_prefect_api()
     from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
@@ -488,7 +489,8 @@ def _run(config) -> int:
         # Prefect's log shipper would print each failed batch to stderr from here on; the line below says it all.
         logging.raiseExceptions = False
         run_dir = config.run_dir()
-        raise APILostError(f"PREFECT_API_URL={os.environ['PREFECT_API_URL']} stopped answering mid-sweep; the sweep stopped "
+        raise APILostError(f"PREFECT_API_URL={os.environ['PREFECT_API_URL']} stopped answering mid-sweep (a sweep trains "
+                       f"through an outage of up to ui.api_outage_seconds={config.ui.api_outage_seconds:g} s); the sweep stopped "
                        f"and {run_dir}/ledger.jsonl and result.json keep every finished trial (`rungflow report {run_dir}`). "
                        f"Restart the Prefect server or point PREFECT_API_URL at a live one, then rerun (`rungflow resume {run_dir}` "
                        "continues from the ledger)") from None

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from rungflow.budgets.controller import BudgetController, StopReason
@@ -43,6 +44,7 @@ from rungflow.budgets.searchers import Observation, Searcher
 from rungflow.config import ConfigError, SweepConfig, resume_conflicts, validate
 from rungflow.faults import fault_point
 from rungflow.redact import install_log_redaction, redact, redact_json
+from rungflow.tasks.api_watch import PrefectAPIWatch
 from rungflow.tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
 from rungflow.tasks.mlflow_tracking import TrackingError, open_tracker_for
 from rungflow.tasks.optuna_study import StudyError, open_study_for
@@ -119,6 +121,7 @@ class Sweep(SweepDriver):
     _lock: Any = None
     study: Any = None  # the Optuna study the sweep is mirrored into (rungflow.tasks.optuna_study)
     tracker: Any = None  # the MLflow runs it is reported to, if tracking.mlflow is set
+    api_watch: PrefectAPIWatch | None = None  # whether the Prefect API answers (rungflow.tasks.api_watch)
 
     @classmethod
     def create(cls, config: SweepConfig, run_dir: str | Path | None = None, clock: Callable[[], float] = time.time) -> Sweep:
@@ -270,12 +273,15 @@ class Sweep(SweepDriver):
         _mirror(self, final, result)
         if self.artifacts is not None:
             try:
+                if final and self.api_watch is not None:
+                    # The flow run's end and the final artifacts need the API: give a restarting server its time.
+                    self.api_watch.wait_until_up()
                 self.artifacts.publish(result, self.config.budget.max_gpu_hours)
-            except PrefectAPIUnreachable:
+            except PrefectAPIUnreachable as exc:
                 # Stop spending where nobody can watch: result.json says why and holds every finished trial.
                 if self.stop_reason is None:
                     self.stop_reason = str(StopReason.CANCELLED)
-                    self.stop_detail = "the Prefect API stopped answering; the sweep stopped after the stage that was running"
+                    self.stop_detail = f"the Prefect API stopped answering ({exc}); the sweep stopped after the stage that was running"
                 write_json_atomic(self.run_dir / "result.json", redact_json(build_result(self, final=True)))
                 raise
         return result
@@ -471,14 +477,22 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
             [Observation(o["trial_id"], o["config"], float(o["budget"]), o["score"]) for o in warm_start.get("observations", [])],
             enqueue=warm_start.get("enqueue", []),
         )
-    sweep.artifacts = SweepArtifacts(cfg.name)
+    # A Prefect server restart is ridden out: the sweep trains on and the UI catches up (tasks/api_watch.py).
+    sweep.api_watch = PrefectAPIWatch(PREFECT_API_URL.value(), cfg.ui.api_outage_seconds).start()
+    sweep.artifacts = SweepArtifacts(cfg.name, watch=sweep.api_watch)
     sweep.recorded = RecordedTaskRuns.for_current_flow_run(cfg.ui.max_unrecorded_task_runs)
+    if sweep.recorded is not None:
+        sweep.recorded.api_up = lambda: sweep.api_watch.up
     try:
         runtime = runtime_of(cfg)
     except BaseException:
+        sweep.api_watch.stop()
         sweep.close()
         raise
-    result = sweep.run(runtime)
+    try:
+        result = sweep.run(runtime)
+    finally:
+        sweep.api_watch.stop()
     if not refit:
         return result
     # After the sweep, not in the trial loop: refit the winner of a tabular sweep into run_dir/best_model.

@@ -207,6 +207,8 @@ def build_result(sweep: Sweep, final: bool = False) -> dict[str, Any]:
         "utilisation": utilisation(records, sweep.slots),
         # How long the sweep held back new trials for the Prefect API to record finished ones (tasks/ui_sync.py).
         "ui_sync": sweep.recorded.summary() if sweep.recorded is not None else None,
+        # The Prefect API outages the sweep trained through (tasks/api_watch.py).
+        "prefect_api": watch.summary() if (watch := getattr(sweep, "api_watch", None)) is not None else None,
         "started_at": sweep.started_at,
         "elapsed_seconds": (max((r.finished_at for r in records), default=sweep.started_at) - sweep.started_at),
     }

@@ -8,7 +8,9 @@ in markdown, while an image artifact needs a URL the browser can fetch and print
 The builders are plain functions of ``result.json`` so they can be checked without a server.
 
 Publishing never fails a sweep over a bad response: an API hiccup costs an artifact update, not the
-trials. An API that no longer answers at all is another matter: see :class:`PrefectAPIUnreachable`.
+trials. While the API does not answer at all (a server restart), publishing is skipped and the next
+publish after it is back writes every artifact from the whole ``result.json``; only an outage past
+``ui.api_outage_seconds`` stops the sweep (:mod:`rungflow.tasks.api_watch`).
 """
 
 from __future__ import annotations
@@ -23,15 +25,12 @@ from uuid import UUID
 
 from rungflow.config import slug
 from rungflow.results import TOP_N, anytime_png, schedule_png
+from rungflow.tasks.api_watch import PrefectAPIUnreachable, PrefectAPIWatch
 
 __all__ = ["SweepArtifacts", "PrefectAPIUnreachable", "leaderboard_rows", "leaderboard_description",
            "decision_markdown", "summary_markdown", "plot_markdown", "artifact_keys"]
 
 log = logging.getLogger("rungflow.artifacts")
-
-
-class PrefectAPIUnreachable(RuntimeError):
-    """The Prefect API stopped answering mid-sweep; ``str()`` is one line naming PREFECT_API_URL and the fix."""
 
 
 def artifact_keys(sweep_name: str) -> dict[str, str]:
@@ -206,7 +205,10 @@ class SweepArtifacts:
     not one per stage. The plot is redrawn at most every ``plot_every_seconds``, and at the end.
     """
 
-    def __init__(self, sweep_name: str, top_n: int = TOP_N, plot_every_seconds: float = 30.0) -> None:
+    def __init__(self, sweep_name: str, top_n: int = TOP_N, plot_every_seconds: float = 30.0,
+                 watch: PrefectAPIWatch | None = None) -> None:
+        self.watch = watch
+        self.skipped = 0  # publishes skipped while the API was down
         self.keys = artifact_keys(sweep_name)
         self.top_n = top_n
         self.plot_every_seconds = plot_every_seconds
@@ -214,8 +216,13 @@ class SweepArtifacts:
         self._plotted_at = -float("inf")
 
     def publish(self, result: Mapping[str, Any], cap_gpu_hours: float | None) -> None:
-        """Raises :class:`PrefectAPIUnreachable` when the API no longer answers; other failures only log."""
-        _check_api()
+        """Skipped while the API is down; raises :class:`PrefectAPIUnreachable` once it has been down longer than
+        the watch allows (or at once without a watch); other failures only log."""
+        if self.watch is None:
+            _check_api()
+        elif not self.watch.check():
+            self.skipped += 1
+            return
         final = result.get("status") == "finished"
         steps = [self._leaderboard, lambda r: self._budget(r, cap_gpu_hours), self._decision]
         if final or time.monotonic() - self._plotted_at >= self.plot_every_seconds:
@@ -227,7 +234,12 @@ class SweepArtifacts:
                 step(result)
             except Exception as exc:  # monitoring must not stop spending decisions or lose trials
                 if _unreachable(exc):
-                    raise PrefectAPIUnreachable(_unreachable_message()) from None
+                    if self.watch is None:
+                        raise PrefectAPIUnreachable(_unreachable_message()) from None
+                    # Died between the probe and this call: the rest waits for the next publish after it is back.
+                    self.watch.failed()
+                    self.skipped += 1
+                    return
                 log.warning("could not publish a Prefect artifact: %s", exc)
 
     def _put(self, kind: str, create: Any, payload: Any, data: Any, description: str) -> None:
@@ -307,7 +319,8 @@ def _check_api(attempts: int = 3, timeout: float = 2.0, pause: float = 1.0) -> N
 def _unreachable(exc: BaseException) -> bool:
     import httpx
 
-    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+    # A server killed mid-request ends the call with a dropped connection, after Prefect's own retries.
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError))
 
 
 def _unreachable_message() -> str:

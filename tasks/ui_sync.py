@@ -49,6 +49,9 @@ class RecordedTaskRuns:
     poll_seconds: float = 0.5
     stall_seconds: float = 20.0
     count_recorded: Callable[[], int] | None = None
+    # False while the API is down (tasks/api_watch.py): no count is asked for, the sweep trains on, and waiting
+    # resumes once the server is back, its events worker resending the states it could not deliver.
+    api_up: Callable[[], bool] | None = None
     finished: int = 0
     recorded: int = 0
     waited_seconds: float = 0.0
@@ -81,13 +84,19 @@ class RecordedTaskRuns:
         """Return at once unless the API may be ``max_unrecorded`` behind; then wait until it is half that."""
         if self.gave_up is not None or self.finished - self.recorded <= self.max_unrecorded:
             return
+        if self.api_up is not None and not self.api_up():
+            return
         started = last_progress = self._clock()
         waited = False
         while True:
             try:
                 recorded = self._count()
             except Exception as exc:  # the sweep's own API-loss handling decides what a dead API means
+                if self.api_up is not None:
+                    break  # an outage: the watch has it; the next trial asks again
                 self._give_up(f"the Prefect API did not answer a task-run count ({type(exc).__name__})")
+                break
+            if self.api_up is not None and not self.api_up():
                 break
             now = self._clock()
             if recorded > self.recorded:

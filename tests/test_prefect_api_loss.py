@@ -1,4 +1,5 @@
-"""An unreachable Prefect API, through the CLI: before the sweep (nothing spent) and mid-sweep (nothing lost)."""
+"""An unreachable Prefect API, through the CLI: before the sweep (nothing spent) and down mid-sweep for longer than
+the sweep may train without it (nothing lost)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ SWEEP = (
     "scheduler: {kind: hyperband, min_budget: 1, max_budget: 9, eta: 3}\nbudget: {max_gpu_hours: 1}\n"
     "runtime: {kind: thread, max_concurrent: 3}\n"
 )
+# A sweep trains through an outage of up to ui.api_outage_seconds (tests/test_prefect_restart.py); a small one here.
+ALLOWED_OUTAGE = 3
 
 
 def _cli(*args: str) -> list[str]:
@@ -78,7 +81,7 @@ def test_api_dying_mid_sweep_stops_it_fast_and_keeps_every_finished_trial(tmp_pa
             except httpx.HTTPError:
                 time.sleep(0.5)
         config = tmp_path / "sweep.yaml"
-        config.write_text(SWEEP)
+        config.write_text(SWEEP + f"ui: {{api_outage_seconds: {ALLOWED_OUTAGE}}}\n")
         out = tmp_path / "run"
         ledger = out / "ledger.jsonl"
         cli = subprocess.Popen(_cli("sweep", str(config), "--out", str(out)), cwd=REPO, env=_env(api),
@@ -101,6 +104,7 @@ def test_api_dying_mid_sweep_stops_it_fast_and_keeps_every_finished_trial(tmp_pa
     assert cli.returncode == 2, stdout + stderr
     line = _assert_one_line_error(stderr)
     assert f"PREFECT_API_URL={api} stopped answering" in line and str(out) in line and "rerun" in line
+    assert f"ui.api_outage_seconds={ALLOWED_OUTAGE}" in line
     assert after < 90, f"the CLI took {after:.0f} s to give up after the API died"
     # Nothing lost: every ledger line is whole, and result.json is complete and agrees with it.
     entries = [json.loads(line) for line in ledger.read_text().splitlines()]
@@ -109,6 +113,9 @@ def test_api_dying_mid_sweep_stops_it_fast_and_keeps_every_finished_trial(tmp_pa
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "finished" and result["stop_reason"] == "cancelled"
     assert "Prefect API stopped answering" in result["stop_detail"]
+    assert f"more than ui.api_outage_seconds={ALLOWED_OUTAGE}" in result["stop_detail"]
+    outage = result["prefect_api"]["outages"][-1]
+    assert outage["ended_at"] is None and outage["seconds"] > ALLOWED_OUTAGE
     assert sorted((e["trial_id"], e["rung"]) for e in result["events"]) == sorted((s["trial_id"], s["rung"]) for s in spends)
     assert result["ledger"]["gpu_hours"] == pytest.approx(sum(s["gpu_seconds"] for s in spends) / 3600)
     report = subprocess.run(_cli("report", str(out)), cwd=REPO, env=_env(api), capture_output=True,
