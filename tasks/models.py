@@ -27,7 +27,7 @@ import pandas as pd
 from rungflow.tasks.data import Dataset, encode_frame
 
 __all__ = [
-    "FittedModel", "SklearnModel", "TorchMLPModel", "ModelError", "fit_model", "save_model", "load_model",
+    "FittedModel", "SklearnModel", "ModelError", "fit_model", "save_model", "load_model", "BACKENDS",
     "SKOPS_TRUSTED", "MODEL_FORMAT", "score_predictions",
 ]
 
@@ -42,6 +42,12 @@ SKOPS_TRUSTED: tuple[str, ...] = (
     "sklearn.tree._tree.Tree",
     "sklearn.utils.validation.check_array",
 )
+
+
+# Every FittedModel subclass by its backend name, filled as the modules defining them are imported: each
+# family's module brings its own backend (the MLP's is in tasks/trainables/torch_mlp.py), so this module
+# names none of them and the trainables can build on it without the two importing each other.
+BACKENDS: dict[str, type[FittedModel]] = {}
 
 
 class ModelError(ValueError):
@@ -74,6 +80,11 @@ class FittedModel(ABC):
     """
 
     backend: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.backend:
+            BACKENDS[cls.backend] = cls
 
     def __init__(self, *, family: str, encoding: Mapping[str, Any], config: Mapping[str, Any] | None = None,
                  budget: float | None = None, metrics: Mapping[str, float] | None = None) -> None:
@@ -177,81 +188,30 @@ def skops_loads(data: bytes, where: str = "checkpoint") -> Any:
     return sio.loads(data, trusted=list(SKOPS_TRUSTED))
 
 
-class TorchMLPModel(FittedModel):
-    """The tabular MLP: architecture, weights and the input/label normalisation it was trained with."""
-
-    backend = "torch"
-
-    def __init__(self, state: Mapping[str, Any], arch: Mapping[str, Any], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.state = dict(state)  # tensors: median, mean, std, (y_mean, y_std), and the module's state_dict under "model"
-        self.arch = dict(arch)
-        self._module = None
-
-    def _network(self):
-        import torch
-
-        from rungflow.tasks.trainables.torch_mlp import _MLP
-
-        if self._module is None:
-            gen = torch.Generator().manual_seed(0)
-            module = _MLP(self.arch["n_in"], self.arch["n_out"], self.arch["hidden_units"], self.arch["num_layers"],
-                          self.arch["dropout"], gen)
-            module.load_state_dict(self.state["model"])
-            module.eval()
-            self._module = module
-        return self._module
-
-    def _scores(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        from rungflow.tasks.trainables.torch_mlp import normalise
-
-        xt = normalise(x, self.state["median"], self.state["mean"], self.state["std"])
-        with torch.no_grad():
-            out = self._network()(xt.to(torch.float32))
-        if self.task == "classification":
-            return torch.softmax(out, dim=1).double().numpy()
-        return (out[:, 0].double() * self.state["y_std"] + self.state["y_mean"]).numpy()
-
-    def _extra(self) -> dict[str, Any]:
-        return {"arch": self.arch}
-
-    def _save_files(self, directory: Path) -> None:
-        import torch
-
-        torch.save({k: v for k, v in self.state.items()}, directory / "weights.pt")
-
-    @classmethod
-    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> TorchMLPModel:
-        import torch
-
-        try:
-            state = torch.load(directory / "weights.pt", weights_only=True, map_location="cpu")
-        except Exception as exc:
-            raise ModelError(f"{directory / 'weights.pt'}: cannot load weights ({type(exc).__name__}: {exc})") from None
-        return cls(state, manifest["extra"]["arch"], **_kwargs_of(manifest))
-
-
 def _kwargs_of(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {k: manifest.get(k) for k in ("family", "encoding", "config", "budget", "metrics")}
 
 
-def _backends() -> dict[str, type[FittedModel]]:
-    backends: dict[str, type[FittedModel]] = {"sklearn": SklearnModel, "torch": TorchMLPModel}
-    try:
-        from rungflow.tasks.trainables.autogluon import AutoGluonModel
+def _backend(backend: Any, family: Any, path: Path) -> type[FittedModel]:
+    """The class that loads ``backend``: registered already, or by importing the family that saved it.
 
-        backends["autogluon"] = AutoGluonModel
-    except ImportError:
-        pass
-    try:
-        from rungflow.tasks.trainables.autosklearn import AutoSklearnModel
+    The family is looked up among the trainables by name (built in or installed), never imported from
+    a string in the file, so a model directory cannot make rungflow import code that is not installed.
+    """
+    if backend not in BACKENDS:
+        from rungflow.tasks.trainables import TrainableError, get_trainable_class
 
-        backends["autosklearn"] = AutoSklearnModel
-    except ImportError:
-        pass
-    return backends
+        try:
+            get_trainable_class(str(family))
+        except KeyError:
+            pass
+        except (ImportError, TrainableError) as exc:
+            raise ModelError(f"{path}: backend {backend!r} of family {family!r} is not available here ({exc}); "
+                             "install its extra") from None
+    if backend not in BACKENDS:
+        raise ModelError(f"{path}: backend {backend!r} is not available here ({', '.join(sorted(BACKENDS))}); "
+                         "install its extra")
+    return BACKENDS[backend]
 
 
 def save_model(model: FittedModel, directory: str | Path) -> Path:
@@ -288,11 +248,7 @@ def load_model(directory: str | Path) -> FittedModel:
         raise ModelError(f"{path}: not valid JSON ({exc}); the model directory is damaged, save it again") from None
     if manifest.get("format") != MODEL_FORMAT:
         raise ModelError(f"{path}: model format {manifest.get('format')!r}, this rungflow reads {MODEL_FORMAT}; re-save the model")
-    backends = _backends()
-    backend = manifest.get("backend")
-    if backend not in backends:
-        raise ModelError(f"{path}: backend {backend!r} is not available here ({', '.join(backends)}); install its extra")
-    return backends[backend]._load(directory, manifest)
+    return _backend(manifest.get("backend"), manifest.get("family"), path)._load(directory, manifest)
 
 
 def fit_model(trainable_kind: str, options: Mapping[str, Any], config: Mapping[str, Any], budget: float,
@@ -303,11 +259,11 @@ def fit_model(trainable_kind: str, options: Mapping[str, Any], config: Mapping[s
     validation metrics on ``dataset``.
     """
     from rungflow.tasks.trainables import get_trainable_class
-    from rungflow.tasks.trainables.tabular import TabularTrainable
 
     cls = get_trainable_class(trainable_kind)
     trainable = cls(dict(options))
-    if not isinstance(trainable, TabularTrainable) and not hasattr(trainable, "fit"):
+    # Every tabular family has fit(); asked by duck type so this module needs no trainable's class.
+    if not hasattr(trainable, "fit"):
         raise ModelError(f"trainable {trainable_kind!r} does not produce a model; use a tabular family")
     if dataset is None:
         dataset = trainable.dataset()  # type: ignore[attr-defined]

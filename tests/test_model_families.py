@@ -193,6 +193,40 @@ def test_loading_refuses_untrusted_objects_and_damaged_dirs(tmp_path) -> None:
         load_model(path)
 
 
+def test_a_saved_mlp_loads_in_a_process_that_never_imported_its_family(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    config = {"lr": 3e-3, "hidden_units": 16, "num_layers": 1, "batch_size": 32, "dropout": 0.0, "weight_decay": 1e-4}
+    model = fit_model("torch_mlp", {"data": BC}, config, 1)
+    path = save_model(model, tmp_path / "mlp")
+    expected = model.predict(load_dataset(BC).X_valid).tolist()
+    # The model module names no family: the manifest's family is looked up among the trainables, and
+    # importing it registers the torch backend.
+    code = (
+        "import json, sys\n"
+        "from rungflow.tasks.data import load_dataset\n"
+        "from rungflow.tasks.models import BACKENDS, load_model\n"
+        "assert 'torch' not in BACKENDS and 'rungflow.tasks.trainables.torch_mlp' not in sys.modules\n"
+        f"model = load_model({str(path)!r})\n"
+        f"print(json.dumps(model.predict(load_dataset({BC!r}).X_valid).tolist()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == expected
+
+
+def test_a_backend_no_family_provides_is_one_line(tmp_path) -> None:
+    import json
+
+    path = save_model(fit_model("linear", {"data": BC}, {"C": 1.0}, 100), tmp_path / "m")
+    manifest = json.loads((path / "model.json").read_text())
+    (path / "model.json").write_text(json.dumps({**manifest, "backend": "onnx", "family": "nope"}))
+    with pytest.raises(ModelError, match=r"backend 'onnx' is not available here \(.*sklearn.*\); install its extra"):
+        load_model(path)
+
+
 def test_torch_mlp_keeps_the_bundled_shorthand_and_rejects_both_sources() -> None:
     legacy = get_trainable_class("torch_mlp")({"dataset": "iris"})
     assert legacy.data_spec().source == "sklearn:iris" and legacy.data_spec().validation_fraction == 0.25

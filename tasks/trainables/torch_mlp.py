@@ -8,6 +8,7 @@ import io
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -17,11 +18,11 @@ from torch import nn
 
 from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
 from rungflow.tasks.data import Dataset, DataSpec
-from rungflow.tasks.models import TorchMLPModel, score_predictions
+from rungflow.tasks.models import FittedModel, ModelError, _kwargs_of, score_predictions
 from rungflow.tasks.trainables.base import TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
 from rungflow.tasks.trainables.tabular import FamilyFit, TabularTrainable
 
-__all__ = ["TorchMLPOptions", "TorchMLPTrainable"]
+__all__ = ["TorchMLPOptions", "TorchMLPTrainable", "TorchMLPModel"]
 
 # Bumped when the checkpoint layout changes, so an old checkpoint fails loudly instead of half-loading.
 _CHECKPOINT_FORMAT = 1
@@ -125,6 +126,54 @@ class _MLP(nn.Module):
                 keep = torch.rand(x.shape, generator=drop_gen, device=x.device) >= self.dropout
                 x = x * keep / (1.0 - self.dropout)
         return self.head(x)
+
+
+class TorchMLPModel(FittedModel):
+    """The tabular MLP: architecture, weights and the input/label normalisation it was trained with.
+
+    Beside the network it rebuilds, so the model module knows no family; importing this module
+    registers the ``torch`` backend with :func:`tasks.models.load_model`.
+    """
+
+    backend = "torch"
+
+    def __init__(self, state: Mapping[str, Any], arch: Mapping[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state = dict(state)  # tensors: median, mean, std, (y_mean, y_std), and the module's state_dict under "model"
+        self.arch = dict(arch)
+        self._module: _MLP | None = None
+
+    def _network(self) -> _MLP:
+        if self._module is None:
+            gen = torch.Generator().manual_seed(0)
+            module = _MLP(self.arch["n_in"], self.arch["n_out"], self.arch["hidden_units"], self.arch["num_layers"],
+                          self.arch["dropout"], gen)
+            module.load_state_dict(self.state["model"])
+            module.eval()
+            self._module = module
+        return self._module
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        xt = normalise(x, self.state["median"], self.state["mean"], self.state["std"])
+        with torch.no_grad():
+            out = self._network()(xt.to(torch.float32))
+        if self.task == "classification":
+            return torch.softmax(out, dim=1).double().numpy()
+        return (out[:, 0].double() * self.state["y_std"] + self.state["y_mean"]).numpy()
+
+    def _extra(self) -> dict[str, Any]:
+        return {"arch": self.arch}
+
+    def _save_files(self, directory: Path) -> None:
+        torch.save({k: v for k, v in self.state.items()}, directory / "weights.pt")
+
+    @classmethod
+    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> TorchMLPModel:
+        try:
+            state = torch.load(directory / "weights.pt", weights_only=True, map_location="cpu")
+        except Exception as exc:
+            raise ModelError(f"{directory / 'weights.pt'}: cannot load weights ({type(exc).__name__}: {exc})") from None
+        return cls(state, manifest["extra"]["arch"], **_kwargs_of(manifest))
 
 
 @register
