@@ -18,13 +18,15 @@ quiet .venv/bin/python -m pip install --upgrade pip
 # The constraints hold this machine's CPU torch and the prefect 3.8.8 server pins; users get pyproject's ranges.
 quiet .venv/bin/python -m pip install -c constraints.txt -e ".[dev,autogluon]"
 # tests/test_ui_browser.py drives Debian's chromium through Playwright (never a browser Playwright downloads);
-# tests/test_terminal.py reads a sweep's screen back from tmux; tests/test_postgres.py runs Prefect on PostgreSQL.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+# tests/test_terminal.py reads a sweep's screen back from tmux; tests/test_postgres.py runs Prefect on PostgreSQL;
+# bench/redis_messaging.py runs Prefect's messaging on redis-server.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    || ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tmux postgresql >/dev/null; } \
-      || echo "note: apt-get could not install chromium, tmux and postgresql; the browser, terminal and PostgreSQL tests will fail" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tmux postgresql redis-server >/dev/null; } \
+      || echo "note: apt-get could not install chromium, tmux, postgresql and redis-server; the browser, terminal and PostgreSQL tests will fail" >&2
   else
-    echo "note: chromium, tmux or postgresql is missing and installing them needs root and apt-get (apt-get install -y chromium tmux postgresql)" >&2
+    echo "note: chromium, tmux, postgresql or redis-server is missing and installing them needs root and apt-get (apt-get install -y chromium tmux postgresql redis-server)" >&2
   fi
 fi
 # auto-sklearn 0.15 needs scikit-learn 0.24 and numpy 1.23: an environment of its own, cached outside the clone
