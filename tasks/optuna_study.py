@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +146,16 @@ class StudyRecorder:
         kwargs: dict[str, Any] = {}
         if state == "COMPLETE":
             kwargs["value"] = float(last.score)  # type: ignore[arg-type]
-        return optuna.trial.create_trial(state=getattr(optuna.trial.TrialState, state), params=params,
-                                         distributions=distributions, intermediate_values=intermediate,
-                                         user_attrs=attrs, **kwargs)
+        frozen = optuna.trial.create_trial(state=getattr(optuna.trial.TrialState, state), params=params,
+                                           distributions=distributions, intermediate_values=intermediate,
+                                           user_attrs=attrs, **kwargs)
+        # The trial's own start and end (first attempt's start, last rung's finish), not when the study was
+        # written: a study caught up after a database outage or on resume still shows when each trial ran, and
+        # the dashboard's timeline and durations are the trials'. Naive local times, as Optuna writes its own.
+        frozen.datetime_start = datetime.fromtimestamp(min(r.started_at for r in records))
+        frozen.datetime_complete = datetime.fromtimestamp(max(max(r.finished_at for r in records),
+                                                              min(r.started_at for r in records)))
+        return frozen
 
 
 def _fast_sqlite(engine: Any) -> None:

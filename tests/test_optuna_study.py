@@ -171,3 +171,18 @@ def test_the_default_study_lives_where_the_sweep_runs(prefect_server: str, tmp_p
     run_sweep(cfg, tmp_path / "elsewhere")
     study = optuna.load_study(study_name="test-sweep", storage=f"sqlite:///{tmp_path / 'elsewhere' / 'optuna.db'}")
     assert len(study.trials) == 3 and not (tmp_path / "configured").exists()
+
+
+def test_a_study_trial_carries_the_trials_own_start_and_finish_not_the_write_time(tmp_path: Path) -> None:
+    import dataclasses
+    from datetime import datetime
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    began, promoted, ended = 1_700_000_000.0, 1_700_000_040.0, 1_700_000_100.0  # Nov 2023: long before this write
+    records = [dataclasses.replace(_r("t1", 0, 1, 0.6), started_at=began, finished_at=began + 30),
+               dataclasses.replace(_r("t1", 1, 3, 0.7), started_at=promoted, finished_at=ended)]
+    assert _recorder(url).sync_now(records, CONFIGS) == 1
+    (trial,) = optuna.load_study(study_name="sweep-a", storage=url).trials
+    assert trial.datetime_start == datetime.fromtimestamp(began)
+    assert trial.datetime_complete == datetime.fromtimestamp(ended)
+    assert trial.duration.total_seconds() == pytest.approx(100.0)
