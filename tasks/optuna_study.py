@@ -25,9 +25,10 @@ from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, Searc
 from rungflow.redact import redact
 from rungflow.tasks.mirror import BackgroundSync
 
-__all__ = ["StudyRecorder", "StudyError", "sweep_fingerprint"]
+__all__ = ["StudyRecorder", "StudyError", "sweep_fingerprint", "observations_from_study", "study_url_for"]
 
 TRIAL_ATTR = "rungflow_trial"
+BUDGETS_ATTR = "budgets"
 FINGERPRINT_ATTR = "rungflow_fingerprint"
 # Sections that may change on resume (rungflow.config.RESUMABLE) do not make it a different sweep.
 _SWEEP_SECTIONS = ("name", "trainable", "metric", "space", "search", "scheduler")
@@ -140,7 +141,9 @@ class StudyRecorder:
         last = records[-1]
         attrs = {TRIAL_ATTR: trial_id, "bracket": last.bracket, "status": status,
                  "gpu_hours": sum(r.gpu_hours for r in records), "cpu_hours": sum(r.cpu_hours for r in records),
-                 "cost": sum(r.cost for r in records), "budget": last.budget}
+                 "cost": sum(r.cost for r in records), "budget": last.budget,
+                 # The budget of each intermediate value in step order: steps of fractional budgets are thousandths.
+                 BUDGETS_ATTR: sorted({r.budget for r in records if r.ok and r.score is not None and math.isfinite(r.score)})}
         if state == "FAIL" and last.error:
             attrs["error"] = last.error[:500]
         kwargs: dict[str, Any] = {}
@@ -182,12 +185,43 @@ def _distribution(optuna: Any, param: Any) -> Any:
     return optuna.distributions.CategoricalDistribution(list(param.choices))
 
 
+def study_url_for(config: Any, run_dir: Path | None = None) -> str:
+    """``storage.optuna_url``, or ``sqlite:///RUN_DIR/optuna.db`` of the directory the sweep runs in."""
+    return config.storage.optuna_url or (f"sqlite:///{(Path(run_dir) / 'optuna.db').resolve()}" if run_dir is not None
+                                         else config.optuna_url())
+
+
+def observations_from_study(url: str, study_name: str, prefix: str = "") -> list[dict[str, Any]]:
+    """A rungflow-written study as warm-start observations ``{trial_id, config, budget, score}``: one per
+    intermediate value (the score at each budget), and a failed trial as its last budget with no score.
+    ``prefix`` keeps the trial ids of two sweeps apart. Raises whatever Optuna raises for a missing study."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=url)
+    observations: list[dict[str, Any]] = []
+    for trial in study.get_trials(deepcopy=False):
+        trial_id = trial.user_attrs.get(TRIAL_ATTR)
+        if trial_id is None:
+            continue
+        steps = sorted(trial.intermediate_values)
+        budgets = trial.user_attrs.get(BUDGETS_ATTR) or steps
+        if len(budgets) != len(steps):  # written by a rungflow that kept no budgets: steps are the budgets
+            budgets = steps
+        for step, budget in zip(steps, budgets):
+            observations.append({"trial_id": prefix + trial_id, "config": dict(trial.params), "budget": float(budget),
+                                 "score": float(trial.intermediate_values[step])})
+        if trial.state == optuna.trial.TrialState.FAIL:
+            observations.append({"trial_id": prefix + trial_id, "config": dict(trial.params),
+                                 "budget": float(trial.user_attrs.get("budget", 0.0)), "score": None})
+    return observations
+
+
 def open_study_for(config: Any, *, asynchronous: bool, max_budget: float, mode: str,
                    run_dir: Path | None = None) -> StudyRecorder:
     """The recorder of a sweep config (``rungflow.config.SweepConfig``): study named after the sweep, in
     ``storage.optuna_url`` (default ``sqlite:///RUN_DIR/optuna.db`` of the directory the sweep runs in)."""
-    url = config.storage.optuna_url or (f"sqlite:///{(Path(run_dir) / 'optuna.db').resolve()}" if run_dir is not None
-                                        else config.optuna_url())
+    url = study_url_for(config, run_dir)
     return StudyRecorder(url, config.name, fingerprint=sweep_fingerprint(config.model_dump(mode="json")),
                          direction="maximize" if mode == "max" else "minimize", space=config.search_space(),
                          max_budget=max_budget, asynchronous=asynchronous)

@@ -186,3 +186,20 @@ def test_a_study_trial_carries_the_trials_own_start_and_finish_not_the_write_tim
     assert trial.datetime_start == datetime.fromtimestamp(began)
     assert trial.datetime_complete == datetime.fromtimestamp(ended)
     assert trial.duration.total_seconds() == pytest.approx(100.0)
+
+
+def test_warm_start_priors_read_back_from_the_study_are_the_ledgers_results(tmp_path: Path) -> None:
+    from rungflow.flows.retrain import priors_from_optuna
+    from rungflow.tasks.optuna_study import observations_from_study
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    _recorder(url).sync_now(RECORDS, CONFIGS, final=True)
+    got = sorted((o["trial_id"], o["budget"], o["score"]) for o in observations_from_study(url, "sweep-a", "w1-"))
+    # Each scored (trial, rung) once at its budget, the failed trial at its budget with no score.
+    assert got == sorted([("w1-t0", 1.0, 0.5), ("w1-t1", 1.0, 0.6), ("w1-t1", 3.0, 0.7), ("w1-t2", 1.0, None),
+                          ("w1-t3", 1.0, 0.4)], key=lambda o: (o[0], o[1], o[2] is None, o[2] or 0))
+    configs = {o["trial_id"]: o["config"] for o in observations_from_study(url, "sweep-a")}
+    assert configs["t1"] == CONFIGS["t1"] and configs["t0"] == CONFIGS["t0"]
+    # A study that is gone: no priors from it (the retrain falls back to the registry's copy).
+    assert priors_from_optuna({"optuna": {"studies": [{"url": url, "study": "sweep-gone", "prefix": ""}]}}) is None
+    assert len(priors_from_optuna({"optuna": {"studies": [{"url": url, "study": "sweep-a", "prefix": ""}]}})) == 5
