@@ -168,15 +168,56 @@ def load_week(spec: DataSpec, previous: dict[str, Any] | None, allow_schema_chan
     return dataset
 
 
+def _studies_of(sweeps: list[tuple[SweepConfig, Path, str, dict[str, Any] | None]]) -> list[dict[str, Any]]:
+    """Where this week's Optuna studies are (their URLs redacted: a password never reaches the record)."""
+    from rungflow.redact import redact
+    from rungflow.tasks.optuna_study import study_url_for
+
+    return [{"url": redact(study_url_for(config, run_dir)), "study": config.name, "prefix": prefix}
+            for config, run_dir, prefix, result in sweeps if result is not None]
+
+
+def priors_from_optuna(previous: Mapping[str, Any], optuna_url: str | None = None) -> list[dict[str, Any]] | None:
+    """Last week's observations read back from its Optuna studies, or None where a study cannot be read
+    (moved, deleted, a database that does not answer). A URL recorded with its password redacted is read
+    through this week's ``storage.optuna_url`` when that is the same URL with the password in."""
+    from rungflow.redact import redact
+    from rungflow.tasks.optuna_study import observations_from_study
+
+    studies = (previous.get("optuna") or {}).get("studies")
+    if not studies:
+        return None
+    observations: list[dict[str, Any]] = []
+    for entry in studies:
+        url = entry["url"]
+        if optuna_url and url != optuna_url and redact(optuna_url) == url:
+            url = optuna_url
+        try:
+            observations += observations_from_study(url, entry["study"], entry.get("prefix", ""))
+        except Exception as exc:
+            log.warning("last week's Optuna study %r in %s cannot be read (%s); warm-starting from the registry's copy",
+                        entry["study"], redact(url), type(exc).__name__)
+            return None
+    return observations
+
+
 def warm_start_from(registry: ModelRegistry, name: str, previous: dict[str, Any] | None, top_k: int,
-                    mode: str) -> dict[str, Any] | None:
-    """Last week's observations and its ``top_k`` configurations (best at the highest budget reached first)."""
+                    mode: str, optuna_url: str | None = None) -> dict[str, Any] | None:
+    """Last week's observations and its ``top_k`` configurations (best at the highest budget reached first).
+
+    Read from last week's Optuna studies (the searcher-facing record); the registry's JSON copy of them is
+    the fallback where a study is gone, and the source for runs recorded before the studies were kept."""
     if previous is None or not previous.get("study"):
         return None
-    study = registry.get_json(name, "studies", previous["study"])
-    if not study or not study.get("observations"):
+    observations = priors_from_optuna(previous, optuna_url)
+    source = "optuna"
+    if observations is None:
+        study = registry.get_json(name, "studies", previous["study"])
+        observations, source = (study or {}).get("observations") or [], "registry"
+    if not observations:
         return None
-    observations = [o for o in study["observations"] if o.get("score") is not None]
+    everything = observations
+    observations = [o for o in observations if o.get("score") is not None]
     sign = 1.0 if mode == "max" else -1.0
     best_per_trial: dict[str, dict[str, Any]] = {}
     for o in observations:
@@ -186,7 +227,8 @@ def warm_start_from(registry: ModelRegistry, name: str, previous: dict[str, Any]
     ranked = sorted(best_per_trial.values(), key=lambda o: (-o["budget"], -sign * o["score"]))
     enqueue = [o["config"] for o in ranked[:top_k]]
     last_best = ranked[0]["score"] if ranked else None
-    return {"observations": study["observations"], "enqueue": enqueue, "from_run": previous["run_id"], "last_best": last_best}
+    return {"observations": everything, "enqueue": enqueue, "from_run": previous["run_id"], "last_best": last_best,
+            "source": source}
 
 
 def warm_rung_config(sweep_config: SweepConfig, count: int, run_dir: Path, target: float | None) -> SweepConfig:
@@ -380,8 +422,8 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
     dataset = load_week(spec, previous, cfg.allow_schema_change)
     sweep_config = cfg.sweep_config(spec, run_dir / "sweep", run_id, week=len(registry.keys(cfg.name, "runs")))
     schema_same = previous is not None and set(previous.get("data", {}).get("schema", {})) == set(dataset.schema)
-    warm = (warm_start_from(registry, cfg.name, previous, cfg.warm_start.top_k, sweep_config.mode())
-            if cfg.warm_start.enabled and schema_same else None)
+    warm = (warm_start_from(registry, cfg.name, previous, cfg.warm_start.top_k, sweep_config.mode(),
+                            sweep_config.storage.optuna_url) if cfg.warm_start.enabled and schema_same else None)
 
     mode = sweep_config.mode()
     sign = 1.0 if mode == "max" else -1.0
@@ -435,7 +477,7 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
         "data": {"source": spec.source, "rows": int(len(dataset.y_train) + len(dataset.y_valid)),
                  "fingerprint": dataset.fingerprint, "schema": dict(dataset.schema), "task": dataset.task},
         "warm_start": {"from_run": warm["from_run"] if warm else None,
-                       "priors": len(warm["observations"]) if warm else 0, "enqueued": len(warm["enqueue"]) if warm else 0,
+                       "priors": len(warm["observations"]) if warm else 0, "priors_from": warm["source"] if warm else None, "enqueued": len(warm["enqueue"]) if warm else 0,
                        "last_best": warm["last_best"] if warm else None, "target": target, "stable": stable,
                        "reference_gpu_hours": reference,
                        "explore_gpu_hours": explore,
@@ -454,6 +496,10 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
                   "cost": rung_spent["cost"] + sweep_spent["cost"] + retrained["cost"] + (unused_refit or {}).get("cost", 0.0)},
         "evaluation": evaluation,
         "study": study_key,
+        # Next week's warm start reads its priors back from these (priors_from_optuna).
+        "optuna": {"studies": _studies_of(
+            ([(warm_rung_config(sweep_config, 1, run_dir / "warm-rung", target), run_dir / "warm-rung", "warm-", rung)]
+             if rung is not None else []) + [(sweep_config, run_dir / "sweep", "", result)])},
     }
     version = registry.register(
         cfg.name, retrained["dir"], config={"trainable": sweep_config.trainable.kind, **best["config"]},

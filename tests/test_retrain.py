@@ -77,6 +77,7 @@ def test_two_weeks_warm_start_champion_and_challenger(prefect_server: str, tmp_p
     assert (warm["from_run"], warm["enqueued"]) == (first["run_id"], 3) and 1 <= warm["rung"]["trials"] <= 3
     # Priors: last week's results (5 trials, 6 trial-rungs) and this week's warm rung (its full-budget trials).
     assert warm["priors"] == first["sweep"]["trials"] + 1 + warm["rung"]["trials"] and warm["last_best"] == first["sweep"]["best_score"]
+    assert warm["priors_from"] == "optuna"  # read back from last week's Optuna studies, not the registry's copy
     assert warm["target"] == pytest.approx(warm["last_best"] - 0.005)
     assert warm["stable"] == (warm["rung"]["best_score"] >= warm["target"]) and (warm["stable"] or warm["rung"]["trials"] == 3)
     ev = second["evaluation"]
