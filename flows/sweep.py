@@ -273,9 +273,10 @@ class Sweep(SweepDriver):
         _mirror(self, final, result)
         if self.artifacts is not None:
             try:
-                if final and self.api_watch is not None:
-                    # The flow run's end and the final artifacts need the API: give a restarting server its time.
-                    self.api_watch.wait_until_up()
+                if final and self.api_watch is not None and self.api_watch.wait_until_up():
+                    # The flow run's end and the final artifacts needed the API and it is back: result.json says so.
+                    result = redact_json(build_result(self, final=final))
+                    write_json_atomic(self.run_dir / "result.json", result)
                 self.artifacts.publish(result, self.config.budget.max_gpu_hours)
             except PrefectAPIUnreachable as exc:
                 # Stop spending where nobody can watch: result.json says why and holds every finished trial.

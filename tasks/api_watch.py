@@ -138,16 +138,17 @@ class PrefectAPIWatch:
             raise PrefectAPIUnreachable(self.message())
         return False
 
-    def wait_until_up(self) -> None:
-        """Block until the API answers again, or raise once the outage passes the allowance."""
+    def wait_until_up(self) -> bool:
+        """Block until the API answers again (True if it had to wait), or raise once the outage passes the allowance."""
         if self.up:
-            return
+            return False
         log.warning("the sweep is done; waiting up to %.0f s more for the Prefect API at PREFECT_API_URL=%s to record "
                     "its flow run's end", max(0.0, self.allowed_seconds - self.down_for()), self.url)
         while not self.probe():
             if self.down_for() > self.allowed_seconds:
                 raise PrefectAPIUnreachable(self.message())
             time.sleep(min(self.probe_seconds, 1.0))
+        return True
 
     def message(self) -> str:
         return (f"PREFECT_API_URL={self.url} did not answer for {self.down_for():.0f} s, more than ui.api_outage_seconds="

@@ -169,6 +169,8 @@ def test_a_sweep_that_ends_during_the_outage_waits_for_the_server_on_postgres(po
                 cli.kill()
         assert cli.returncode == 0, log.read_text()[-3000:]
         assert "waiting up to" in log.read_text()
+        (outage,) = json.loads((out / "result.json").read_text())["prefect_api"]["outages"]
+        assert outage["ended_at"] is not None and outage["seconds"] >= OUTAGE, outage  # rewritten once it was back
         api = server.api
         flow_run = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": {"name": {"any_": ["api-restart-pg"]}},
                                                                 "limit": 1}).json()[0]
