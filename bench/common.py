@@ -34,9 +34,18 @@ __all__ = [
     "median",
     "write_json",
     "fmt",
+    "PLATEAU",
+    "TERMINATOR_ERROR",
+    "TERMINATOR_MIN_TRIALS",
 ]
 
 LCBENCH_MAX_EPOCH = 52
+
+# The peers' stoppers as the stopping benches set them (replayed in bench/stopping.py, run live in
+# bench/stopping_live.py): here, below both, so neither imports the other.
+PLATEAU = {"std": 0.1, "top": 10, "patience": 0}  # accuracy points; Tune's default std 0.001 never fires on %
+TERMINATOR_ERROR = 0.2  # accuracy points: the error the regret bound is compared with
+TERMINATOR_MIN_TRIALS = 20
 
 
 def quiet_env(isolated_prefect_home: bool = True) -> None:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import LCBENCH_MAX_EPOCH, fmt, median, write_json
+from bench.common import LCBENCH_MAX_EPOCH, PLATEAU, TERMINATOR_ERROR, TERMINATOR_MIN_TRIALS, fmt, median, write_json
 
 __all__ = ["LIVE_PEERS", "LiveOutcome", "run_live", "live_markdown"]
 
@@ -34,7 +34,6 @@ OURS = "rungflow window"
 def _tune_plateau(patience: int) -> Callable[[str, int, float], Any]:
     def run(instance: str, seed: int, cap: float) -> Any:
         from bench.peers import run_ray_tune
-        from bench.stopping import PLATEAU
 
         return run_ray_tune(instance, seed, cap, search="random", plateau={**PLATEAU, "patience": patience})
 
@@ -43,7 +42,6 @@ def _tune_plateau(patience: int) -> Callable[[str, int, float], Any]:
 
 def _optuna_terminator(instance: str, seed: int, cap: float) -> Any:
     from bench.peers import run_optuna
-    from bench.stopping import TERMINATOR_ERROR, TERMINATOR_MIN_TRIALS
 
     return run_optuna(instance, seed, cap, pruner="hyperband",
                       terminator={"error": TERMINATOR_ERROR, "min_n_trials": TERMINATOR_MIN_TRIALS})

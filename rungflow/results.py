@@ -12,15 +12,15 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from rungflow.budgets.ledger import SpendRecord, incumbent_curve
+from rungflow.budgets.ledger import Ledger, SpendRecord, incumbent_curve
 from rungflow.budgets.scheduling import Scheduler, rank_key
 
 if TYPE_CHECKING:
-    from rungflow.flows.sweep import Sweep
+    from rungflow.config import SweepConfig
 
-__all__ = ["build_result", "write_json_atomic", "leaderboard", "load_result", "plot_anytime", "anytime_png",
+__all__ = ["build_result", "SweepState", "write_json_atomic", "leaderboard", "load_result", "plot_anytime", "anytime_png",
            "events_of", "planned_rungs", "savings", "counts", "hyperparameter_schedule", "schedule_png", "TOP_N"]
 
 #: Leaderboard rows kept in result.json and shown in the Prefect artifact; the rest are counted, not listed.
@@ -159,7 +159,30 @@ def hyperparameter_schedule(trial_id: str, trials: Mapping[str, Mapping[str, Any
     return stretches
 
 
-def build_result(sweep: Sweep, final: bool = False) -> dict[str, Any]:
+class SweepState(Protocol):
+    """What :func:`build_result` reads: the driver's state (:class:`budgets.driver.SweepDriver`) with the
+    run's config and runtime. ``flows/sweep.py``'s ``Sweep`` is one; declared here so that this module,
+    which the flow and its tasks read, never imports the flow."""
+
+    ledger: Ledger
+    trials: dict[str, dict[str, Any]]
+    lineage: dict[str, dict[str, Any]]
+    mode: str
+    scheduler: Scheduler
+    config: SweepConfig
+    min_budget: float
+    max_budget: float
+    stop_reason: str | None
+    stop_detail: str
+    decisions: list[dict[str, Any]]
+    schedule: list[dict[str, Any]]
+    runtime_note: str
+    slots: int
+    recorded: Any  # tasks.ui_sync.RecordedTaskRuns, or None where no Prefect flow run records the trials
+    started_at: float
+
+
+def build_result(sweep: SweepState, final: bool = False) -> dict[str, Any]:
     records = sweep.ledger.records
     board = leaderboard(records, sweep.trials, sweep.mode)
     best_row = next((row for row in board if row["score"] is not None), None)
