@@ -253,3 +253,16 @@ def test_a_gpu_hour_cap_stops_the_population_mid_schedule() -> None:
     assert capped.stop_reason == "max_gpu_hours"
     assert capped.ledger.gpu_hours < spent
     assert max(r.rung for r in capped.ledger.records) < 3
+
+
+def test_a_searcher_that_runs_out_shrinks_the_population_to_what_it_proposed() -> None:
+    space = SearchSpace((FloatParam("x", 0.0, 1.0), CategoricalParam("act", ("relu", "tanh", "gelu"))))
+    clock, ledger = VirtualClock(), Ledger()
+    scheduler = PBTScheduler(population=8, perturbation_interval=2, max_budget=6, space=space, mutations=("x",))
+    controller = BudgetController(BudgetSettings(), mode="max", clock=clock, started_at=0.0, full_budget=6)
+    searcher = make_searcher("grid", space, seed=0, mode="max", max_budget=6, grid_points=1)  # 3 configurations
+    driver = SweepDriver(searcher, scheduler, ledger, controller, "max", 1, 6, clock=clock)
+    driver.run(SimulatedExecutor(2, clock, lambda c, a, b: b - a, lambda c, b: c["x"] + b / 10, ledger))
+    assert driver.stop_reason == "schedule_complete"
+    assert scheduler.population == 3
+    assert all(len([r for r in ledger.records if r.rung == k]) == 3 for k in range(3))
