@@ -88,7 +88,7 @@ def _spends(ledger: Path) -> list[dict[str, Any]]:
     return [e["record"] for line in ledger.read_text().splitlines() if (e := json.loads(line))["type"] == "spend"]
 
 
-def run_scenario(kind: str, work: Path, sleep: float, outage: float) -> dict[str, Any]:
+def run_scenario(kind: str, work: Path, sleep: float, outage: float, pg_down: float = 0.0) -> dict[str, Any]:
     """One sweep with fault ``kind`` (none, prefect, postgres, mlflow) injected after three billed trials."""
     work.mkdir(parents=True)
     (work / "prefect").mkdir()
@@ -128,6 +128,7 @@ def run_scenario(kind: str, work: Path, sleep: float, outage: float) -> dict[str
             elif kind == "postgres":
                 assert pg is not None
                 pg.stop()
+                time.sleep(pg_down)
                 pg.start()
             elif kind == "mlflow":
                 assert mlflow is not None
@@ -193,20 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.splitlines()[0])
     parser.add_argument("--outage", type=float, default=60.0, help="seconds the Prefect / MLflow server stays down")
     parser.add_argument("--sleep", type=float, default=4.0, help="seconds per trial")
+    parser.add_argument("--pg-down", type=float, default=0.0, help="seconds PostgreSQL stays stopped in its restart")
     parser.add_argument("--faults", nargs="+", default=["none", "prefect", "postgres", "mlflow"])
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rungflow-faults-"))
     rows = []
     for kind in args.faults:
-        row = run_scenario(kind, work / kind, args.sleep, args.outage)
+        row = run_scenario(kind, work / kind, args.sleep, args.outage, args.pg_down)
         print(json.dumps(row), flush=True)
         rows.append(row)
     base = next((r for r in rows if r["fault"] == "none"), None)
     if base is not None:
         for row in rows:
             row["extra_seconds_vs_no_fault"] = round(row["cli_seconds"] - base["cli_seconds"], 1)
-    report = {"outage_seconds": args.outage, "sleep_seconds": args.sleep, "scenarios": rows, "work_dir": str(work)}
+    report = {"outage_seconds": args.outage, "sleep_seconds": args.sleep, "pg_down_seconds": args.pg_down, "scenarios": rows, "work_dir": str(work)}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
