@@ -5,6 +5,10 @@
 function gives it, on a :class:`VirtualClock` that jumps from one finish to the next. Jobs beyond
 the free slots queue, as on Ray. Rung barriers and asynchronous promotion therefore cost what they
 would on a cluster, and a sweep of 10,000 trials simulates in seconds.
+
+A real sweep also spends driver time between synchronous stages (the gate, promote and search task
+runs, ``result.json`` and the artifacts, starting the next stage's task runs), during which no trial
+runs: ``stage_seconds`` charges it once per stage, before the stage's first job.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from rungflow.budgets.ledger import Ledger, SpendRecord, TrialStatus
 from rungflow.budgets.scheduling import RungDecision, TrialScore, gate_rung
 from rungflow.budgets.searchers import Observation, Searcher
 
-__all__ = ["VirtualClock", "SimulatedExecutor", "Durations", "Scores", "Busy"]
+__all__ = ["VirtualClock", "SimulatedExecutor", "Durations", "Scores", "Busy", "stage_overhead"]
 
 # Seconds to train ``config`` from budget ``start`` to budget ``stop``.
 Durations = Callable[[Mapping[str, Any], float, float], float]
@@ -68,6 +72,8 @@ class SimulatedExecutor:
     ledger: Ledger
     gpus_per_trial: float = 1.0
     cpus_per_trial: float = 1.0
+    # Driver seconds per synchronous stage (see the module's docstring); asynchronous schedulers have no stages.
+    stage_seconds: float = 0.0
     busy: list[Busy] = field(default_factory=list)
     _running: list[tuple[float, int, _Run]] = field(default_factory=list)
     _queued: deque[_Run] = field(default_factory=deque)
@@ -75,17 +81,26 @@ class SimulatedExecutor:
     _reached: dict[tuple[str, int], float] = field(default_factory=dict)
     _seq: Any = field(default_factory=itertools.count)
     _cancelled: set[tuple[str, int]] = field(default_factory=set)
+    # A synchronous stage is about to start (a bracket was searched, or a rung's survivors promoted); its
+    # overhead is charged at its first job, so a schedule's last stage leaves none after its last result.
+    _stage_due: bool = False
 
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise ValueError(f"The value of slots is {self.slots}, but must be at least 1")
+        if not self.stage_seconds >= 0:
+            raise ValueError(f"The value of stage_seconds is {self.stage_seconds}, but must be zero or more")
 
     # --- the executor contract --------------------------------------------------------------------
     def suggest(self, searcher: Searcher, count: int, bracket: int) -> list[dict[str, Any]]:
+        self._stage_due = True
         return searcher.suggest(count)
 
     def ready(self) -> None:
-        pass
+        if self._stage_due:
+            self._stage_due = False
+            # At a barrier nothing runs, so the driver's work moves the clock; no job starts before it ends.
+            self.clock.now += self.stage_seconds
 
     def start(self, job: TrialJob, notify: Callable[[Any], None]) -> Any:
         run = _Run(job, notify)
@@ -130,6 +145,7 @@ class SimulatedExecutor:
                 bracket: int, rung: int) -> list[str]:
         for obs in sorted(observations, key=lambda o: o.trial_id):
             searcher.observe(obs)
+        self._stage_due = True
         return list(decision.promote)
 
     def reached(self, point: str) -> None:
@@ -168,3 +184,26 @@ class SimulatedExecutor:
             budget_trained=trained, attempt=job.attempt, error=error, wall_seconds=wall, trainable_seconds=wall,
             worker=f"sim-{job.trial_id}",
         )
+
+
+def stage_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]],
+                   elapsed_seconds: float) -> float | None:
+    """Driver seconds per synchronous stage in a real run: its wall-clock (``elapsed_seconds``, from the
+    sweep's start to its last result) less each stage's span from its first trial's start to its last trial's finish, over the
+    stages. None when the run had no synchronous stage (ASHA) or no record to measure.
+
+    ``records`` and ``schedule`` are the run's ledger records and ``result.json`` ``schedule``.
+    """
+    stages = {(b["bracket"], r["rung"]) for b in schedule if not b.get("asynchronous") for r in b.get("rungs", [])
+              if "started_at" in r}
+    spans: dict[tuple[int, int], tuple[float, float]] = {}
+    for r in records:
+        key = (r.bracket, r.rung)
+        if key not in stages:
+            continue
+        first, last = spans.get(key, (r.started_at, r.finished_at))
+        spans[key] = (min(first, r.started_at), max(last, r.finished_at))
+    if not spans:
+        return None
+    busy = sum(last - first for first, last in spans.values())
+    return max(0.0, (elapsed_seconds - busy) / len(spans))

@@ -7,6 +7,10 @@ ledger (``--costs-from``), exactly per (configuration, budget) where the seed an
 else a cost model fitted on it; a constant ``--seconds-per-unit``. Scores come from the trainable
 itself where it is a surrogate (no sleeping, no data); otherwise every trial scores alike and the
 gate keeps the first trials, which is enough to plan time and money.
+
+Between synchronous stages a real sweep spends driver time no trial uses (:mod:`budgets.simulate`);
+the seconds per stage come from ``--stage-seconds``, else as measured in the ``--costs-from`` run,
+else :data:`DEFAULT_STAGE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -23,10 +27,16 @@ from rungflow.budgets.driver import SweepDriver
 from rungflow.budgets.ledger import Ledger, SpendRecord
 from rungflow.budgets.schedulers import make_scheduler
 from rungflow.budgets.search_registry import make_searcher
-from rungflow.budgets.simulate import Durations, Scores, SimulatedExecutor, VirtualClock
+from rungflow.budgets.simulate import Durations, Scores, SimulatedExecutor, VirtualClock, stage_overhead
 from rungflow.config import SweepConfig
 
-__all__ = ["PlanError", "durations_for", "simulate", "SURROGATES"]
+__all__ = ["PlanError", "durations_for", "stage_seconds_for", "simulate", "SURROGATES", "DEFAULT_STAGE_SECONDS"]
+
+# Driver seconds per synchronous stage on the thread runtime, measured on a 2-core machine under load
+# (Hyperband 1..9, noop trials; bench/README.md): the gate, promote and search task runs, result.json,
+# the artifacts, and starting the next stage's task runs. Small beside hour-long trials, a quarter of
+# the wall-clock of a sweep of seconds-long ones.
+DEFAULT_STAGE_SECONDS = 0.35
 
 # Trainables whose train() is an instant, deterministic answer (no data, no sleep): the simulation asks them.
 SURROGATES = frozenset({"yahpo_lcbench", "noop"})
@@ -107,6 +117,25 @@ def durations_for(config: SweepConfig, costs_from: str | None = None,
                     "(a previous run's ledger) or --seconds-per-unit S, or use a trainable with a cost model")
 
 
+def stage_seconds_for(costs_from: str | None = None, stage_seconds: float | None = None) -> tuple[float, str]:
+    """Driver seconds per synchronous stage, and where they came from."""
+    if stage_seconds is not None:
+        if not (stage_seconds >= 0 and math.isfinite(stage_seconds)):
+            raise PlanError(f"--stage-seconds: {stage_seconds:g} must be zero or more")
+        return stage_seconds, "--stage-seconds"
+    if costs_from is not None:
+        run_dir = Path(costs_from)
+        path = run_dir / "result.json"
+        if path.is_file():
+            result = json.loads(path.read_text(encoding="utf-8"))
+            ledger = Ledger(run_dir / "ledger.jsonl", replay=True) if (run_dir / "ledger.jsonl").is_file() else None
+            records = [*ledger.records, *ledger.pending] if ledger is not None else []
+            measured = stage_overhead(records, result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0))
+            if measured is not None:
+                return measured, f"measured in {costs_from}"
+    return DEFAULT_STAGE_SECONDS, "the thread runtime's default"
+
+
 def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
     if config.trainable.kind not in SURROGATES:
         return (lambda cfg, budget: 0.0), False
@@ -126,7 +155,7 @@ def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
 
 
 def simulate(config: SweepConfig, *, workers: int, durations: Durations,
-             scheduler_kind: str | None = None) -> dict[str, Any]:
+             scheduler_kind: str | None = None, stage_seconds: float = DEFAULT_STAGE_SECONDS) -> dict[str, Any]:
     """Run ``config``'s sweep on ``workers`` simulated GPUs; the figures ``--json`` prints."""
     if workers < 1:
         raise PlanError(f"--workers: {workers} must be at least 1")
@@ -155,9 +184,11 @@ def simulate(config: SweepConfig, *, workers: int, durations: Durations,
                          gpus_per_trial=gpus, cpus_per_trial=config.runtime.cpus_per_trial, clock=clock)
     scores, surrogate = _scores_for(config)
     executor = SimulatedExecutor(slots, clock, durations, scores, ledger, gpus_per_trial=gpus,
-                                 cpus_per_trial=config.runtime.cpus_per_trial)
+                                 cpus_per_trial=config.runtime.cpus_per_trial, stage_seconds=stage_seconds)
     driver.run(executor)
-    return summarise(driver, executor, kind, workers, surrogate)
+    out = summarise(driver, executor, kind, workers, surrogate)
+    out["stage_seconds"] = stage_seconds if scheduler.synchronous else 0.0
+    return out
 
 
 def _barrier_idle(driver: SweepDriver, executor: SimulatedExecutor) -> float:
@@ -208,10 +239,11 @@ def summarise(driver: SweepDriver, executor: SimulatedExecutor, kind: str, worke
     return out
 
 
-def compare(config: SweepConfig, *, workers: int, durations: Durations,
-            kinds: tuple[str, ...] = ("hyperband", "asha")) -> dict[str, dict[str, Any]]:
+def compare(config: SweepConfig, *, workers: int, durations: Durations, kinds: tuple[str, ...] = ("hyperband", "asha"),
+            stage_seconds: float = DEFAULT_STAGE_SECONDS) -> dict[str, dict[str, Any]]:
     """The same config under each scheduler in ``kinds``, side by side."""
-    return {k: simulate(config, workers=workers, durations=durations, scheduler_kind=k) for k in kinds}
+    return {k: simulate(config, workers=workers, durations=durations, scheduler_kind=k, stage_seconds=stage_seconds)
+            for k in kinds}
 
 
 def describe(result: Mapping[str, Any], unit: Callable[[float], str] | None = None) -> str:

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.budgets.rungs import hyperband_plan
+from rungflow.budgets.simulate import stage_overhead
 from rungflow.flows.cli import main
+from rungflow.flows.plan_sim import DEFAULT_STAGE_SECONDS
 from tests.conftest import sweep_config
 
 
@@ -28,7 +31,7 @@ def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
 
 def test_one_worker_runs_the_plan_back_to_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _config(tmp_path)
-    out = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json")
+    out = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "0")
     units = sum(b.budget_units() for b in hyperband_plan(1, 9, 3))
     assert out["wall_seconds"] == pytest.approx(units * 10)
     assert out["gpu_hours"] == pytest.approx(units * 10 / 3600)
@@ -37,6 +40,41 @@ def test_one_worker_runs_the_plan_back_to_back(tmp_path: Path, capsys: pytest.Ca
     assert out["trials"] == sum(b.num_trials for b in hyperband_plan(1, 9, 3))
     assert out["stop_reason"] == "schedule_complete" and out["best_score"] is not None
     assert len(out["events"]) == sum(len(b.rungs) and sum(r.num_trials for r in b.rungs) for b in hyperband_plan(1, 9, 3))
+
+
+def test_each_synchronous_stage_costs_its_driver_seconds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path)
+    plan = hyperband_plan(1, 9, 3)
+    units, stages = sum(b.budget_units() for b in plan), sum(len(b.rungs) for b in plan)
+    out = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "2")
+    # One charge before each stage's first job: no trial runs meanwhile, and none is left after the last result.
+    assert out["wall_seconds"] == pytest.approx(units * 10 + stages * 2)
+    assert out["wall_seconds"] == pytest.approx(max(e["finished_at"] for e in out["events"]))
+    assert out["gpu_hours"] == pytest.approx(units * 10 / 3600)  # the driver's time is nobody's GPU time
+    assert out["utilisation"] == pytest.approx(units * 10 / (units * 10 + stages * 2))
+    assert out["stage_seconds"] == 2
+    default = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json")
+    assert default["stage_seconds"] == DEFAULT_STAGE_SECONDS
+    assert default["wall_seconds"] == pytest.approx(units * 10 + stages * DEFAULT_STAGE_SECONDS)
+    # ASHA has no barriers to pay at.
+    asha = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "2",
+                 "--set", "scheduler.kind=asha")
+    assert asha["stage_seconds"] == 0.0 and asha["utilisation"] == pytest.approx(1.0)
+
+
+def _record(trial: str, bracket: int, rung: int, start: float, finish: float) -> SpendRecord:
+    return SpendRecord(trial_id=trial, bracket=bracket, rung=rung, budget=1.0 + rung, score=0.5,
+                       status=TrialStatus.COMPLETED, gpu_seconds=finish - start, gpus=1.0, cost=0.0, started_at=start,
+                       finished_at=finish, wall_seconds=finish - start)
+
+
+def test_stage_overhead_is_the_wall_clock_no_stage_spans() -> None:
+    # Two stages: 1 s of set-up, stage (0, 0) from 1 to 4, 0.5 s between stages, stage (0, 1) from 4.5 to 6.
+    records = [_record("t0", 0, 0, 1.0, 3.0), _record("t1", 0, 0, 1.5, 4.0), _record("t0", 0, 1, 4.5, 6.0)]
+    schedule = [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.9}, {"rung": 1, "started_at": 4.4}]}]
+    assert stage_overhead(records, schedule, elapsed_seconds=6.0) == pytest.approx((6.0 - 3.0 - 1.5) / 2)
+    # ASHA's schedule has no synchronous stage: nothing to measure.
+    assert stage_overhead(records, [{"bracket": 0, "asynchronous": True, "rungs": [{"rung": 0}]}], 6.0) is None
 
 
 def test_fractional_gpus_pack_and_barriers_idle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -63,6 +101,7 @@ def test_side_by_side_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ([], "has no cost model: give durations with --costs-from RUN_DIR"),
     (["--costs-from", "EMPTY"], "no ledger.jsonl there"),
     (["--costs-from", "OTHER"], "that ledger is of trainable 'sklearn'"),
+    (["--seconds-per-unit", "1", "--stage-seconds", "-1"], "--stage-seconds: -1 must be zero or more"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
     (tmp_path / "empty").mkdir()
