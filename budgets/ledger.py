@@ -15,6 +15,7 @@ marker but no spend record died with the process and is billed once, as ``interr
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import os
@@ -388,20 +389,29 @@ def incumbent_curve(records: Iterable[SpendRecord], mode: Mode, *, top_k: int = 
     sign = 1.0 if mode == "max" else -1.0
     spent = 0.0
     top_budget = -math.inf
-    scores_at_top: list[float] = []
+    # The best top_k scores at the top fidelity (sign-adjusted, a min-heap) and the best of all: kept as
+    # records come, so the curve costs O(n log top_k); sorting every score at the top fidelity per record
+    # made one curve of a 20,000-record ledger take 12 s, and the controller builds one per check.
+    keep = max(1, top_k)
+    top: list[float] = []
+    best = -math.inf
     curve: list[IncumbentPoint] = []
     for r in records:
         spent += r.gpu_hours
         if r.ok:
             if r.budget > top_budget + 1e-9:
-                top_budget, scores_at_top = r.budget, []
+                top_budget, top, best = r.budget, [], -math.inf
             if abs(r.budget - top_budget) <= 1e-9:
-                scores_at_top.append(sign * float(r.score))  # type: ignore[arg-type]
-        if scores_at_top:
-            best_sorted = sorted(scores_at_top, reverse=True)
-            best = sign * best_sorted[0]
-            k = best_sorted[: max(1, top_k)]
-            curve.append(IncumbentPoint(spent, top_budget, best, sign * sum(k) / len(k)))
+                value = sign * float(r.score)  # type: ignore[arg-type]
+                best = max(best, value)
+                if len(top) < keep:
+                    heapq.heappush(top, value)
+                elif value > top[0]:
+                    heapq.heapreplace(top, value)
+        if top:
+            # Summed best first, as before, so every figure is the same float to the last bit.
+            k = sorted(top, reverse=True)
+            curve.append(IncumbentPoint(spent, top_budget, sign * best, sign * sum(k) / len(k)))
         else:
             curve.append(IncumbentPoint(spent, top_budget if math.isfinite(top_budget) else 0.0, None, None))
     return curve

@@ -303,3 +303,41 @@ def test_non_finite_metrics_are_strict_json(tmp_path: Path) -> None:
 
     for line in path.read_text().splitlines():
         json.loads(line, parse_constant=reject)
+
+
+def _curve_by_sorting(records, mode, top_k):
+    """The incumbent curve by its definition: sort every score at the top fidelity at each record."""
+    sign = 1.0 if mode == "max" else -1.0
+    spent, top_budget, scores, out = 0.0, -math.inf, [], []
+    for r in records:
+        spent += r.gpu_hours
+        if r.ok:
+            if r.budget > top_budget + 1e-9:
+                top_budget, scores = r.budget, []
+            if abs(r.budget - top_budget) <= 1e-9:
+                scores.append(sign * r.score)
+        if scores:
+            ranked = sorted(scores, reverse=True)[: max(1, top_k)]
+            out.append((spent, top_budget, sign * max(scores), sign * sum(ranked) / len(ranked)))
+        else:
+            out.append((spent, top_budget if math.isfinite(top_budget) else 0.0, None, None))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+@pytest.mark.parametrize("top_k", [1, 2, 5])
+def test_the_incumbent_curve_kept_as_records_come_is_the_sorted_one(mode: str, top_k: int) -> None:
+    import random
+
+    rng = random.Random(top_k)
+    records = []
+    for i in range(400):
+        # Ties (scores on a coarse grid), failures, and a top fidelity that rises, then lower rungs again.
+        budget = [1.0, 3.0, 9.0][min(2, i // 100)] if rng.random() < 0.7 else 1.0
+        failed = rng.random() < 0.1
+        records.append(SpendRecord(
+            trial_id=f"t{i}", bracket=0, rung=0, budget=budget, score=None if failed else round(rng.random(), 1),
+            status=TrialStatus.FAILED if failed else TrialStatus.COMPLETED, gpu_seconds=rng.random(), gpus=1.0,
+            cost=0.0, started_at=float(i), finished_at=float(i + 1)))
+    got = [(p.gpu_hours, p.budget, p.score, p.top_k_mean) for p in incumbent_curve(records, mode, top_k=top_k)]
+    assert got == _curve_by_sorting(records, mode, top_k)
