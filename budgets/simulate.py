@@ -8,7 +8,9 @@ would on a cluster, and a sweep of 10,000 trials simulates in seconds.
 
 A real sweep also spends driver time between synchronous stages (the gate, promote and search task
 runs, ``result.json`` and the artifacts, starting the next stage's task runs), during which no trial
-runs: ``stage_seconds`` charges it once per stage, before the stage's first job.
+runs: ``stage_seconds`` charges it once per stage, where the real driver spends it: before the first
+stage (set-up, search) and after each rung's barrier (gate, promote, the next bracket's search), outside
+the stages' own spans.
 """
 
 from __future__ import annotations
@@ -81,9 +83,6 @@ class SimulatedExecutor:
     _reached: dict[tuple[str, int], float] = field(default_factory=dict)
     _seq: Any = field(default_factory=itertools.count)
     _cancelled: set[tuple[str, int]] = field(default_factory=set)
-    # A synchronous stage is about to start (a bracket was searched, or a rung's survivors promoted); its
-    # overhead is charged at its first job, so a schedule's last stage leaves none after its last result.
-    _stage_due: bool = False
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -93,14 +92,15 @@ class SimulatedExecutor:
 
     # --- the executor contract --------------------------------------------------------------------
     def suggest(self, searcher: Searcher, count: int, bracket: int) -> list[dict[str, Any]]:
-        self._stage_due = True
+        # Before the first stage: the sweep's set-up. A later bracket's search is part of the charge at the
+        # barrier before it, so a schedule of S stages pays S charges up to its last result, as
+        # :func:`stage_overhead` measures them.
+        if not self.busy:
+            self._driver_busy()
         return searcher.suggest(count)
 
     def ready(self) -> None:
-        if self._stage_due:
-            self._stage_due = False
-            # At a barrier nothing runs, so the driver's work moves the clock; no job starts before it ends.
-            self.clock.now += self.stage_seconds
+        pass
 
     def start(self, job: TrialJob, notify: Callable[[Any], None]) -> Any:
         run = _Run(job, notify)
@@ -145,8 +145,12 @@ class SimulatedExecutor:
                 bracket: int, rung: int) -> list[str]:
         for obs in sorted(observations, key=lambda o: o.trial_id):
             searcher.observe(obs)
-        self._stage_due = True
+        self._driver_busy()
         return list(decision.promote)
+
+    def _driver_busy(self) -> None:
+        # Called only at a synchronous barrier, where nothing runs: the driver's work moves the clock.
+        self.clock.now += self.stage_seconds
 
     def reached(self, point: str) -> None:
         pass
