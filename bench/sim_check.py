@@ -1,0 +1,105 @@
+"""``python -m bench.sim_check``: ``rungflow plan --simulate`` against real thread-runtime sweeps.
+
+Runs the same deterministic sweep (noop trials sleeping 0.4 s, random search seed 0, Hyperband 1..9,
+η = 3) for real at 1, 2 and 4 slots, then simulates each: with durations and the per-stage driver cost
+from the run itself, from the first (1-slot) run, with the 0.35 s default, and with no stage cost. It
+prints wall-clock (the sweep's start to its last result, as result.json counts it), utilisation and idle
+at barriers for both, and whether the trials, rungs and scores are identical. About a minute of CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common import quiet_env
+
+__all__ = ["real_figures", "simulated_figures", "main"]
+
+CONFIG: dict[str, Any] = {
+    "name": "sim-check",
+    "trainable": {"kind": "noop", "options": {"sleep_seconds": 0.4}},
+    "search": {"algorithm": "random", "seed": 0},
+    "scheduler": {"kind": "hyperband", "min_budget": 1, "max_budget": 9, "eta": 3},
+    "budget": {"price_per_gpu_hour": 2.0},
+    "runtime": {"kind": "thread", "max_concurrent": 1},
+}
+
+
+def _scored(events: list[tuple[str, int, float | None]]) -> list[tuple[str, int, float]]:
+    return sorted((t, r, round(s, 9)) for t, r, s in events if s is not None)
+
+
+def real_figures(run_dir: Path) -> dict[str, Any]:
+    """A real run's figures, computed as the simulator computes its own (capacity = slots × wall-clock)."""
+    from rungflow.budgets.ledger import Ledger
+
+    result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    ledger = Ledger(run_dir / "ledger.jsonl", replay=True)
+    records = [*ledger.records, *ledger.pending]
+    wall, slots = result["elapsed_seconds"], result["utilisation"]["slots"]
+    idle = 0.0
+    for bracket in result["schedule"]:
+        for rung in bracket.get("rungs", []):
+            if "started_at" in rung:
+                busy = sum(r.finished_at - r.started_at for r in records
+                           if r.bracket == bracket["bracket"] and r.rung == rung["rung"])
+                idle += max(0.0, slots * (rung["finished_at"] - rung["started_at"]) - busy)
+    return {"wall": wall, "utilisation": sum(r.wall_seconds for r in records) / (slots * wall),
+            "idle": idle / (slots * wall), "trials": len(result["trials"]),
+            "scores": _scored([(r.trial_id, r.rung, r.score) for r in records])}
+
+
+def simulated_figures(config: Path, workers: int, costs_from: Path, *extra: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "plan", str(config), "--simulate", "--workers",
+                          str(workers), "--costs-from", str(costs_from), "--json", *extra],
+                         capture_output=True, text=True, check=True)
+    sim = json.loads(out.stdout)
+    return {"wall": sim["wall_seconds"], "utilisation": sim["utilisation"], "idle": sim["barrier_idle_fraction"],
+            "trials": sim["trials"], "stage": sim["stage_seconds"],
+            "scores": _scored([(e["trial_id"], e["rung"], e["score"]) for e in sim["events"]])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sim_check", description=__doc__.splitlines()[0])
+    parser.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    quiet_env()
+    out = args.out or Path(tempfile.mkdtemp(prefix="rungflow-sim-check-"))
+    out.mkdir(parents=True, exist_ok=True)
+    config = out / "sweep.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "storage": {"run_dir": str(out / "run")}}), encoding="utf-8")
+    runs = {}
+    for n in args.slots:
+        runs[n] = out / f"run-{n}"
+        subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "sweep", str(config), "--set",
+                        f"runtime.max_concurrent={n}", "--set", f"storage.run_dir={runs[n]}"],
+                       check=True, stdout=subprocess.DEVNULL)
+    first = runs[args.slots[0]]
+    print("| slots | simulated from | real wall (s) | simulated (s) | error | stage (s) | real utilisation | simulated "
+          "| real idle at barriers | simulated | trials, rungs, scores |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for n, run in runs.items():
+        real = real_figures(run)
+        for label, source, extra in (("its own run", run, ()), (first.name, first, ()),
+                                     ("the 0.35 s default", first, ("--stage-seconds", "0.35")),
+                                     ("no stage cost", first, ("--stage-seconds", "0"))):
+            sim = simulated_figures(config, n, source, *extra)
+            same = real["scores"] == sim["scores"] and real["trials"] == sim["trials"]
+            print(f"| {n} | {label} | {real['wall']:.2f} | {sim['wall']:.2f} | "
+                  f"{(sim['wall'] - real['wall']) / real['wall']:+.1%} | {sim['stage']:.3f} | {real['utilisation']:.0%} | "
+                  f"{sim['utilisation']:.0%} | {real['idle']:.0%} | {sim['idle']:.0%} | "
+                  f"{'identical' if same else 'differ'} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
