@@ -65,7 +65,7 @@ def test_each_synchronous_stage_costs_its_driver_seconds(tmp_path: Path, capsys:
 def _record(trial: str, bracket: int, rung: int, start: float, finish: float) -> SpendRecord:
     return SpendRecord(trial_id=trial, bracket=bracket, rung=rung, budget=1.0 + rung, score=0.5,
                        status=TrialStatus.COMPLETED, gpu_seconds=finish - start, gpus=1.0, cost=0.0, started_at=start,
-                       finished_at=finish, wall_seconds=finish - start)
+                       finished_at=finish, wall_seconds=finish - start, budget_trained=1.0)
 
 
 def test_stage_overhead_is_the_wall_clock_no_stage_spans() -> None:
@@ -75,6 +75,25 @@ def test_stage_overhead_is_the_wall_clock_no_stage_spans() -> None:
     assert stage_overhead(records, schedule, elapsed_seconds=6.0) == pytest.approx((6.0 - 3.0 - 1.5) / 2)
     # ASHA's schedule has no synchronous stage: nothing to measure.
     assert stage_overhead(records, [{"bracket": 0, "asynchronous": True, "rungs": [{"rung": 0}]}], 6.0) is None
+
+
+def test_costs_from_a_run_brings_its_stage_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rungflow.budgets.ledger import Ledger
+
+    run = tmp_path / "past"
+    run.mkdir()
+    ledger = Ledger(run / "ledger.jsonl")
+    for record in (_record("t0", 0, 0, 1.0, 3.0), _record("t1", 0, 0, 1.5, 4.0), _record("t0", 0, 1, 4.5, 6.0)):
+        ledger.charge(record)
+    (run / "result.json").write_text(json.dumps({
+        "elapsed_seconds": 6.0, "trials": {"t0": {"x": 0.1}, "t1": {"x": 0.2}},
+        "schedule": [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.9}, {"rung": 1, "started_at": 4.4}]}]}))
+    path = _config(tmp_path)
+    out = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--costs-from", str(run))
+    assert out["stage_seconds"] == pytest.approx(0.75)
+    # Given on the command line, it wins over the run's.
+    out = _json(capsys, "plan", str(path), "--simulate", "--json", "--costs-from", str(run), "--stage-seconds", "0")
+    assert out["stage_seconds"] == 0.0
 
 
 def test_fractional_gpus_pack_and_barriers_idle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
