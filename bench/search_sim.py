@@ -211,7 +211,7 @@ Stop = Callable[["SimRun", int, int], bool]
 
 def simulate(instance: str, searcher: Any, *, seed: int, method: str, iterations: int = 8, eta: float = 3,
              cap_gpu_hours: float | None = None, noise_std: float = 0.0, stop: Stop | None = None,
-             brackets: Sequence[Any] | None = None, source: Any = None) -> SimRun:
+             brackets: Sequence[Any] | Callable[[SimRun], Any] | None = None, source: Any = None) -> SimRun:
     """Run Hyperband(1..max budget, η) with ``searcher`` as the flow does; ``cap_gpu_hours`` is checked
     before every stage as the controller's hard cap is, ``stop(run, bracket, rung)`` likewise.
 
@@ -225,7 +225,10 @@ def simulate(instance: str, searcher: Any, *, seed: int, method: str, iterations
 
     c = source if source is not None else curves(instance)
     run = SimRun(str(instance), seed, method, max_budget=float(c.max_budget))
-    plan = list(brackets) if brackets is not None else hyperband_plan(1, c.max_budget, eta, iterations=iterations)
+    if callable(brackets):  # a policy choosing each bracket from the run so far
+        plan: Any = brackets(run)
+    else:
+        plan = list(brackets) if brackets is not None else hyperband_plan(1, c.max_budget, eta, iterations=iterations)
     spent = 0.0
     for bracket in plan:
         run.bracket_s[bracket.index] = bracket.s
@@ -318,4 +321,70 @@ def pool_rank_correlation(instance: str, budgets: Sequence[int] = (2, 6, 17, 52)
             keep = a >= np.quantile(a, 1.0 - top)
             a, b = a[keep], b[keep]
         out[f"{lo}->{hi}"] = spearman(a, b)
+    return out
+
+
+# --- a bracket policy that distrusts misleading rungs (tried; see bench/README.md) ---------------------------
+def expected_max_normal(n: int) -> float:
+    """E[max of n independent standard normals], by quadrature."""
+    from math import erf, pi, sqrt
+
+    z = np.linspace(-8.0, 8.0, 4001)
+    cdf = 0.5 * (1.0 + np.vectorize(erf)(z / sqrt(2.0)))
+    pdf = np.exp(-z * z / 2.0) / sqrt(2.0 * pi)
+    return float(np.trapezoid(z * n * pdf * cdf ** (n - 1), z))
+
+
+def rung_trust_policy(max_budget: float, eta: float = 3, *, iterations: int = 40, min_pairs: int = 5) -> Callable[[SimRun], Any]:
+    """Hyperband whose brackets after the first iteration run only where their rungs have been seen to rank.
+
+    A bracket's reliability R_s is the product of the Spearman correlations (floored at 0) between the
+    consecutive rungs it passes through, measured on the sweep's own promoted trials (pooled over brackets,
+    a pair counted from ``min_pairs`` trials on). Under a Gaussian chain that product is the correlation
+    between the bracket's entry rung and the full budget, and picking the best of n by a proxy of
+    correlation R buys R·E[max of n] standard deviations. A bracket s > 0 runs only if that, per budget
+    unit it costs, is at least what the full-budget bracket buys per unit: no constant to tune.
+    """
+    from rungflow.budgets.rungs import bracket_plan, max_bracket_index
+
+    def policy(run: SimRun) -> Any:
+        s_max = max_bracket_index(1, max_budget, eta)
+
+        def plan(s: int, index: int) -> Any:
+            return bracket_plan(s, s_max, min_budget=1, max_budget=max_budget, eta=eta, integer=True, index=index)
+
+        full = plan(0, 0)
+        full_value = expected_max_normal(full.num_trials) / full.budget_units()
+        index = 0
+        for iteration in range(iterations):
+            rho = _consecutive_rung_rho(run, min_pairs) if iteration else {}
+            for s in range(s_max, -1, -1):
+                b = plan(s, index)
+                if s > 0 and iteration:
+                    budgets = [r.budget for r in b.rungs]
+                    reliability = float(np.prod([max(rho.get((lo, hi), 1.0), 0.0) for lo, hi in zip(budgets, budgets[1:])]))
+                    if reliability * expected_max_normal(b.num_trials) / b.budget_units() < full_value:
+                        continue
+                yield b
+                index += 1
+
+    return policy
+
+
+def _consecutive_rung_rho(run: SimRun, min_pairs: int) -> dict[tuple[float, float], float]:
+    by: dict[str, dict[float, float]] = {}
+    for e in run.events:
+        by.setdefault(e["trial_id"], {})[e["budget"]] = e["score"]
+    pairs: dict[tuple[float, float], tuple[list[float], list[float]]] = {}
+    for scores in by.values():
+        budgets = sorted(scores)
+        for lo, hi in zip(budgets, budgets[1:]):
+            a, b = pairs.setdefault((lo, hi), ([], []))
+            a.append(scores[lo])
+            b.append(scores[hi])
+    out = {}
+    for k, (a, b) in pairs.items():
+        r = spearman(a, b)
+        if r is not None and len(a) >= min_pairs:
+            out[k] = r
     return out
