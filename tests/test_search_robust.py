@@ -45,3 +45,20 @@ def test_simulated_hyperband_bills_and_gates_like_the_flow():
     acc, sec = c.curve(runs[0].configs[tid])
     assert sum(e["gpu_seconds"] for e in first if e["trial_id"] == tid) == pytest.approx(sec[-1])
     assert c.trainable._query(runs[0].configs[tid], 17)["val_accuracy"] == pytest.approx(acc[16], abs=1e-4)
+
+
+def test_the_rung_trust_policy_skips_a_bracket_whose_entry_rung_ranks_backwards():
+    from bench import search_sim as S
+
+    run = S.SimRun("x", 0, "m")
+    policy = S.rung_trust_policy(52)(run)
+    first = [next(policy) for _ in range(4)]
+    assert [b.s for b in first] == [3, 2, 1, 0]  # the first iteration runs every bracket: no evidence yet
+    # Ten trials whose 6-epoch order reverses their 2-epoch order; the rungs above rank perfectly.
+    for i in range(10):
+        for budget, score in ((2.0, i), (6.0, -i), (17.0, -i), (52.0, -i)):
+            run.events.append({"trial_id": f"t{i}", "budget": budget, "score": float(score)})
+    later = [next(policy).s for _ in range(3)]
+    assert 3 not in later and later == [2, 1, 0]
+    assert S.expected_max_normal(1) == pytest.approx(0.0, abs=1e-6)
+    assert S.expected_max_normal(2) == pytest.approx(1 / np.sqrt(np.pi), rel=1e-4)
