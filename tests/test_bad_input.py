@@ -39,7 +39,7 @@ CONFIG_CASES = {
     "min_budget > max_budget": (GOOD, ["scheduler.min_budget=20"], ["min_budget (20) is above", "raise max_budget"]),
     "unknown trainable": (GOOD, ["trainable.kind=xgboost"], ["unknown trainable 'xgboost'", "use one of"]),
     "unknown searcher": (GOOD, ["search.algorithm=annealing"], ["unknown searcher 'annealing'", "use one of"]),
-    "unknown scheduler": (GOOD, ["scheduler.kind=pbt"], ["unknown scheduler 'pbt'", "use one of"]),
+    "unknown scheduler": (GOOD, ["scheduler.kind=bayesopt"], ["unknown scheduler 'bayesopt'", "use one of"]),
     "empty space": (GOOD + "space: {}\n", [], ["space"]),
     "bad parameter type": (GOOD, ["space.x.type=gaussian"], ["space.x"]),
     "bad duration": (GOOD, ["budget.deadline=soon"], ["budget.deadline", "'4h'"]),
