@@ -25,7 +25,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         (GOOD, ["scheduler.min_budget=0"], "scheduler.min_budget = 0"),
         (GOOD, ["scheduler.min_budget=20"], "min_budget (20) is above scheduler.max_budget (9)"),
         (GOOD, ["search.algorithm=annealing"], "unknown searcher 'annealing'"),
-        (GOOD, ["scheduler.kind=pbt"], "unknown scheduler 'pbt'"),
+        (GOOD, ["scheduler.kind=bayesopt"], "unknown scheduler 'bayesopt'"),
         (GOOD, ["trainable.kind=xgboost"], "unknown trainable 'xgboost'"),
         (GOOD, ["budget.max_gpu_hours=-1"], "budget.max_gpu_hours = -1"),
         (GOOD, ["budget.patience=0"], "budget.patience = 0"),
