@@ -1,7 +1,7 @@
 """A Prefect server killed with SIGKILL mid-sweep and started again on the same database: the sweep trains on.
 
 The server is a real ``prefect server start`` process on SQLite; the sweep runs through the CLI in a
-process of its own (Prefect's event worker is per process). The outage is 20 s here for CI time;
+process of its own (Prefect's event worker is per process). The outage is 12 s here for CI time;
 RUNGFLOW_OUTAGE_SECONDS=60 runs the 60 s case the fault figures in docs/resume-and-faults.md report.
 An outage longer than ``ui.api_outage_seconds`` stops the sweep: tests/test_prefect_api_loss.py.
 """
@@ -25,7 +25,7 @@ from tests.servers import RestartablePrefect
 
 pytestmark = pytest.mark.slow
 
-OUTAGE = float(os.environ.get("RUNGFLOW_OUTAGE_SECONDS", "20"))
+OUTAGE = float(os.environ.get("RUNGFLOW_OUTAGE_SECONDS", "12"))
 
 
 @pytest.fixture
