@@ -1,4 +1,4 @@
-"""``python -m bench.sim_check``: ``rungflow plan --simulate`` against real thread-runtime sweeps.
+"""``python -m bench.sim_check``: ``rungflow plan --simulate`` against real sweeps (threads, or Ray with ``--runtime ray``).
 
 Runs the same deterministic sweep (noop trials sleeping 0.4 s, random search seed 0, Hyperband 1..9,
 η = 3) for real at 1, 2 and 4 slots, then simulates each: with durations and the per-stage driver cost
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sim_check", description=__doc__.splitlines()[0])
     parser.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--out", type=Path, default=None, help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--runtime", choices=["thread", "ray"], default="thread",
+                        help="the real runs' runtime: threads, or Ray (local, or the cluster at --address)")
+    parser.add_argument("--address", default=None, help="a running Ray cluster (ray start --head ...), with --runtime ray")
     args = parser.parse_args(argv)
     quiet_env()
     out = args.out or Path(tempfile.mkdtemp(prefix="rungflow-sim-check-"))
@@ -80,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for n in args.slots:
         runs[n] = out / f"run-{n}"
+        runtime = ["--set", f"runtime.kind={args.runtime}"]
+        if args.address:
+            runtime += ["--set", f"runtime.address={args.address}"]
         subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "sweep", str(config), "--set",
-                        f"runtime.max_concurrent={n}", "--set", f"storage.run_dir={runs[n]}"],
+                        f"runtime.max_concurrent={n}", "--set", f"storage.run_dir={runs[n]}", *runtime],
                        check=True, stdout=subprocess.DEVNULL)
     first = runs[args.slots[0]]
     print("| slots | simulated from | real wall (s) | simulated (s) | error | stage (s) | real utilisation | simulated "
