@@ -61,7 +61,12 @@ class TableSpec:
     @classmethod
     def draw(cls, name: str) -> TableSpec:
         """The table named ``hgb-K`` is drawn from seed K: its shape is nobody's choice."""
-        k = int(name.removeprefix("hgb-"))
+        suffix = name.removeprefix("hgb-")
+        if suffix == name or not suffix.isdigit():
+            # An LCBench instance id passed with --family hgb-fraction would otherwise become a table silently.
+            raise ValueError(f"table {name!r}: hgb-fraction tables are named hgb-K (e.g. {', '.join(DEV_TABLES)}); "
+                             "LCBench instances go with --family lcbench")
+        k = int(suffix)
         rng = np.random.default_rng(1_000 + k)
         n_features = int(rng.integers(12, 41))
         n_informative = int(rng.integers(4, max(5, n_features // 2) + 1))

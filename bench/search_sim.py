@@ -293,7 +293,13 @@ def _halt(run: SimRun, spent_seconds: float, cap_gpu_hours: float | None, stop: 
 def promoted_rank_correlation(run: SimRun) -> dict[tuple[float, float], float | None]:
     """Spearman between the scores at one rung and the next, over the trials promoted to the next rung,
     pooled over the sweep's brackets: how well a rung ranks the trials it lets through."""
-    by: dict[tuple[str], dict[float, float]] = {}
+    # Within a bracket the promoted set is the top of the lower rung; pooled across brackets it still is.
+    return {k: spearman(*v) for k, v in sorted(_consecutive_rung_pairs(run).items())}
+
+
+def _consecutive_rung_pairs(run: SimRun) -> dict[tuple[float, float], tuple[list[float], list[float]]]:
+    """(scores at the lower budget, scores at the next) of every trial measured at both, per budget pair."""
+    by: dict[str, dict[float, float]] = {}
     for e in run.events:
         by.setdefault(e["trial_id"], {})[e["budget"]] = e["score"]
     pairs: dict[tuple[float, float], tuple[list[float], list[float]]] = {}
@@ -303,8 +309,7 @@ def promoted_rank_correlation(run: SimRun) -> dict[tuple[float, float], float | 
             a, b = pairs.setdefault((lo, hi), ([], []))
             a.append(scores[lo])
             b.append(scores[hi])
-    # Within a bracket the promoted set is the top of the lower rung; pooled across brackets it still is.
-    return {k: spearman(*v) for k, v in sorted(pairs.items())}
+    return pairs
 
 
 def pool_rank_correlation(instance: str, budgets: Sequence[int] = (2, 6, 17, 52), top: float = 1.0) -> dict[str, float | None]:
@@ -372,18 +377,9 @@ def rung_trust_policy(max_budget: float, eta: float = 3, *, iterations: int = 40
 
 
 def _consecutive_rung_rho(run: SimRun, min_pairs: int) -> dict[tuple[float, float], float]:
-    by: dict[str, dict[float, float]] = {}
-    for e in run.events:
-        by.setdefault(e["trial_id"], {})[e["budget"]] = e["score"]
-    pairs: dict[tuple[float, float], tuple[list[float], list[float]]] = {}
-    for scores in by.values():
-        budgets = sorted(scores)
-        for lo, hi in zip(budgets, budgets[1:]):
-            a, b = pairs.setdefault((lo, hi), ([], []))
-            a.append(scores[lo])
-            b.append(scores[hi])
+    """The promoted trials' rank correlations, only where ``min_pairs`` trials back them."""
     out = {}
-    for k, (a, b) in pairs.items():
+    for k, (a, b) in _consecutive_rung_pairs(run).items():
         r = spearman(a, b)
         if r is not None and len(a) >= min_pairs:
             out[k] = r

@@ -18,6 +18,8 @@ def table(tmp_path_factory) -> FractionTable:
 def test_a_table_is_drawn_from_its_name_alone():
     assert TableSpec.draw("hgb-6") == TableSpec.draw("hgb-6")
     assert TableSpec.draw("hgb-6") != TableSpec.draw("hgb-7")
+    with pytest.raises(ValueError, match="named hgb-K"):
+        TableSpec.draw("3945")  # an LCBench id under the wrong family
 
 
 def test_more_rows_fit_better_and_cost_more(table):
