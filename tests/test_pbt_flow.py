@@ -1,8 +1,10 @@
-"""Population-based training end to end: torch_mlp as a Prefect flow on a real Prefect server, then resumed."""
+"""Population-based training end to end: torch_mlp as a Prefect flow on a real Prefect server, in threads (then
+resumed) and on Ray actors."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -95,3 +97,40 @@ def test_pbt_sweep_clones_checkpoints_records_lineage_and_replays_after_a_kill(p
     interrupted = [e for e in again["events"] if e["status"] == "interrupted"]
     assert {key(e) for e in interrupted} <= {key(e) for e in completed[6:]}
     assert len(again["events"]) == 12 + len(interrupted)
+
+
+def test_pbt_on_ray_actors_clones_the_parents_checkpoint_and_bills_every_member(prefect_server: str, tmp_path: Path,
+                                                                                ray_shutdown: None) -> None:
+    # The checkpoint copy runs inside the actor that trains the clone, not on the driver: only the store's
+    # location travels, so a clone that trained from scratch or from its own empty slot would show here.
+    run_dir = tmp_path / "run"
+    cfg = _config(run_dir)
+    cfg.update(name="pbt-ray", search={"algorithm": "random", "seed": 2},
+               scheduler={"kind": "pbt", "max_budget": 3, "population": 4, "perturbation_interval": 1},
+               runtime={"kind": "ray", "gpus_per_trial": 0.25, "cpus_per_trial": 1})
+    result = run_sweep(validate(cfg), run_dir, refit=False)
+    assert result["stop_reason"] == "schedule_complete"
+    events = result["events"]
+    assert all(e["status"] == "completed" for e in events)
+    assert {e["worker"].split(":")[1] for e in events}.isdisjoint({str(os.getpid())}), "trials ran in the driver"
+    # Every member of every generation is billed once for its interval, the clones included.
+    by_rung = {r: [e for e in events if e["rung"] == r] for r in (0, 1, 2)}
+    assert [len(by_rung[r]) for r in (0, 1, 2)] == [4, 4, 4] and len(events) == 12
+    assert all(e["gpu_hours"] > 0 and e["budget_trained"] == 1 for e in events)
+    assert result["ledger"]["gpu_hours"] == pytest.approx(sum(e["gpu_hours"] for e in events), rel=1e-9)
+    lineage = result["lineage"]
+    clones = {t: o for t, o in lineage.items() if o["parent"] is not None}
+    assert len(clones) == 2 and sum(o["parent"] is None for o in lineage.values()) == 4
+    store = open_store(run_dir / "checkpoints")
+    for trial_id, origin in clones.items():
+        first = min((e for e in events if e["trial_id"] == trial_id), key=lambda e: e["rung"])
+        assert origin["cloned_at"] == first["budget"] - 1
+        parent_at_clone = next(e for e in events if e["trial_id"] == origin["parent"] and e["rung"] == first["rung"] - 1)
+        assert parent_at_clone["budget"] == origin["cloned_at"]
+        # It trained one epoch on top of the parent's weights: the copy the actor made is the parent's bytes.
+        assert first["metrics"]["epochs_trained_total"] == first["budget"] and first["metrics"]["clone_seconds"] >= 0
+        copied = store.load(trial_id, first["rung"] - 1)
+        assert copied is not None and copied == store.load(origin["parent"], first["rung"] - 1)
+        assert (run_dir / "checkpoints" / trial_id / f"rung-{first['rung']}.ckpt").exists()
+    schedule = result["best"]["hyperparameter_schedule"]
+    assert schedule[-1]["trial_id"] == result["best"]["trial_id"] and schedule[-1]["to_budget"] == 3
