@@ -222,6 +222,13 @@ class PBTScheduler:
         if len(self._results) >= self._handed and self._handed > 0:
             self._gate()
 
+    def planned_clones(self) -> list[int]:
+        """Per generation, the new trials it starts with as a plan counts them: the initial population, then one
+        clone per bottom-quantile member of every gate from ``burn_in`` on. A failed member is replaced too, so a
+        sweep whose trials fail makes more (a plan cannot know how many)."""
+        replaced = self.quantile_size(self.population)
+        return [self.population] + [replaced if b >= self.burn_in else 0 for b in self.budgets[:-1]]
+
     def budget_units(self) -> float:
         """The population, each member trained to the full budget (a clone resumes where its parent was)."""
         return self.population * self.max_budget

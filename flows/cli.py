@@ -84,13 +84,16 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
     per_unit = None
     if all(e is not None for e in estimates):
         per_unit = float(np.mean(estimates)) / hi / 3600.0  # GPU-hours per budget unit
+    # A rung's new trials: a bracket's first rung starts them all, except under PBT, whose gates start clones.
+    clones = scheduler.planned_clones() if hasattr(scheduler, "planned_clones") else None
     rows = []
     for b in brackets:
         previous = 0.0
         for r in b.rungs:
             units = r.num_trials * (r.budget - previous)
+            new = clones[r.index] if clones is not None else (r.num_trials if r.index == 0 else 0)
             rows.append({"bracket": b.index, "rung": r.index, "budget": r.budget, "trials": r.num_trials,
-                         "units": units, "gpu_hours": None if per_unit is None else units * per_unit})
+                         "new_trials": new, "units": units, "gpu_hours": None if per_unit is None else units * per_unit})
             previous = r.budget
     total_units = sum(r["units"] for r in rows)
     return rows, total_units, None if per_unit is None else total_units * per_unit
@@ -144,8 +147,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                       "?" if r["gpu_hours"] is None else f"{r['gpu_hours']:.4f}")
     console.print(table)
     brackets = len({r["bracket"] for r in rows})
-    trials = sum(r["trials"] for r in rows if r["rung"] == 0)
-    console.print(f"{brackets} brackets, {trials} trials, {total_units:g} {unit} in all")
+    trials = sum(r["new_trials"] for r in rows)
+    started = sum(r["new_trials"] for r in rows if r["rung"] == 0)
+    cloned = f" ({started} + {trials - started} clones)" if trials > started else ""
+    console.print(f"{brackets} brackets, {trials} trials{cloned}, {total_units:g} {unit} in all")
     b = config.budget
     price = b.price_per_gpu_hour
     if total_gpu_hours is not None:

@@ -41,6 +41,16 @@ def test_pbt_population_defaults_to_num_trials() -> None:
     assert build(data).population == 6
 
 
+def test_the_plan_counts_the_clones_as_trials() -> None:
+    from rungflow.flows.cli import plan_rows
+
+    rows, units, _ = plan_rows(validate(torch_pbt(population=8)))
+    # Three gates, each replacing the bottom quarter (2 of 8); a clone resumes, so it adds no epochs.
+    assert [r["new_trials"] for r in rows] == [8, 2, 2, 2] and units == 8 * 8
+    rows, _, _ = plan_rows(validate(torch_pbt(population=8, burn_in=6)))
+    assert [r["new_trials"] for r in rows] == [8, 0, 0, 2]
+
+
 def test_median_options() -> None:
     scheduler = build({"name": "m", "trainable": {"kind": "noop"},
                        "scheduler": {"kind": "median", "min_budget": 1, "max_budget": 9, "grace_budget": 3,

@@ -163,13 +163,13 @@ def seconds(config: Any, start: float, stop: float) -> float:
     return (stop - start) * (1.0 + config["units"] / 256)  # members finish out of order
 
 
-def drive(seed: int = 0, slots: int = 3, searcher: str = "random", ledger: Ledger | None = None,
+def drive(seed: int = 0, slots: int = 3, searcher: str = "random", ledger: Ledger | None = None, burn_in: float = 0.0,
           **settings: Any) -> tuple[SweepDriver, SimulatedExecutor]:
     clock = VirtualClock()
     ledger = ledger if ledger is not None else Ledger()
     scheduler = make_scheduler("pbt", min_budget=1, max_budget=8, eta=3, integer=True, iterations=1, num_trials=None,
                                mode="max", population=6, perturbation_interval=2, mutations=MUTATIONS, space=SPACE,
-                               seed=seed)
+                               seed=seed, burn_in=burn_in)
     controller = BudgetController(BudgetSettings(**settings), mode="max", clock=clock, started_at=0.0, full_budget=8)
     driver = SweepDriver(make_searcher(searcher, SPACE, seed=seed, mode="max", max_budget=8), scheduler, ledger,
                          controller, "max", 1, 8, seed=seed, clock=clock)
@@ -211,6 +211,17 @@ def test_a_pbt_sweep_through_the_driver_keeps_the_population_and_bills_every_int
     # Searchers only propose the initial population.
     assert sum(1 for o in driver.lineage.values() if o["parent"] is None) == 6
     assert [d["stage"] for d in driver.decisions][:1] == ["pbt after 0 results"]
+
+
+# Population 6, a quarter replaced: 2 clones at each gate from burn-in on, none after the last generation.
+@pytest.mark.parametrize("burn_in, expected", [(0, [6, 2, 2, 2]), (4, [6, 0, 2, 2]), (8, [6, 0, 0, 0])])
+def test_the_planned_clones_are_the_trials_each_gate_starts(burn_in: float, expected: list[int]) -> None:
+    driver, _ = drive(burn_in=burn_in)
+    planned = driver.scheduler.planned_clones()  # type: ignore[attr-defined]
+    assert planned == expected
+    first_rung = {t: min(r.rung for r in driver.ledger.records if r.trial_id == t) for t in driver.trials}
+    assert [sum(1 for r in first_rung.values() if r == k) for k in range(4)] == planned
+    assert sum(planned) == len(driver.trials)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
