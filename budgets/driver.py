@@ -30,6 +30,9 @@ __all__ = ["TrialJob", "Executor", "SweepDriver", "MAX_RUNTIME_FAILURES"]
 # Trials in a row whose worker was lost (after the runtime's own retries) before the sweep stops as
 # runtime_failed, instead of spending the rest of its schedule on a dead cluster.
 MAX_RUNTIME_FAILURES = 5
+# Between results, result.json, the UI's artifacts and the mirrors are refreshed at most this often: each refresh
+# is O(trials), per result it would be O(n²).
+PUBLISH_EVERY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -391,6 +394,10 @@ class SweepDriver:
                     # The executor stops what it can; every job still comes back, billed for what it used;
                     # those not yet started come back at once.
                     executor.cancel([j for _, j in pending.values()] + list(waiting), check.detail)
+            # Mid-rung too, throttled: a rung of many long trials would otherwise show the UI, the Optuna study
+            # and result.json nothing until its barrier, and leave all of it to write after the last trial.
+            if (pending or waiting) and self.clock() - self._last_publish >= PUBLISH_EVERY_SECONDS:
+                self._publish(executor)
             while waiting and len(pending) < window:
                 start_next()
         return results
@@ -462,7 +469,7 @@ class SweepDriver:
             scheduler.on_result(job.trial_id, job.rung, _score(result))
             self.searcher.observe(self.observation(result))
             # Throttled by time: publishing is O(trials), per result it would be O(n²).
-            if self.clock() - self._last_publish >= 2.0:
+            if self.clock() - self._last_publish >= PUBLISH_EVERY_SECONDS:
                 self._publish(executor)
             check = None if stopping else self._cap_check()
             if check is not None:

@@ -34,6 +34,7 @@ from typing import Any
 from prefect import flow
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from rungflow.budgets.controller import BudgetController, StopReason
 from rungflow.budgets.driver import SweepDriver, TrialJob
@@ -305,8 +306,10 @@ class PrefectExecutor:
     def __init__(self, sweep: Sweep, runtime: Runtime) -> None:
         self.sweep, self.runtime, self.slots = sweep, runtime, runtime.slots
 
+    # Large arguments go in quote(): Prefect otherwise walks every element of them (and a searcher's whole
+    # history) to find upstream futures, which at 1,000 trials is seconds a task run. The task gets them as they are.
     def suggest(self, searcher: Searcher, count: int, bracket: int) -> list[dict[str, Any]]:
-        return suggest_trials(searcher, count, bracket)
+        return suggest_trials(quote(searcher), count, bracket)
 
     def ready(self) -> None:
         # Once the Prefect API has caught up, so a 10,000-trial sweep does not outrun its UI.
@@ -348,11 +351,11 @@ class PrefectExecutor:
         self.runtime.cancel([self.sweep.spec(j) for j in jobs], reason)
 
     def gate(self, scores: Sequence[TrialScore], keep: int, mode: str, bracket: int, rung: int) -> RungDecision:
-        return gate_trials(scores, keep, mode, bracket, rung)
+        return gate_trials(quote(scores), keep, mode, bracket, rung)
 
     def promote(self, searcher: Searcher, observations: Sequence[Observation], decision: RungDecision,
                 bracket: int, rung: int) -> list[str]:
-        return promote_survivors(searcher, observations, decision, bracket, rung)
+        return promote_survivors(quote(searcher), quote(observations), quote(decision), bracket, rung)
 
     def reached(self, point: str) -> None:
         fault_point(point)
@@ -499,7 +502,7 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
     # After the sweep, not in the trial loop: refit the winner of a tabular sweep into run_dir/best_model.
     from rungflow.tasks.best_model import save_best_model
 
-    return save_best_model(cfg, str(sweep.run_dir), result)
+    return save_best_model(cfg, str(sweep.run_dir), quote(result))  # quoted: see PrefectExecutor
 
 
 def runtime_of(config: SweepConfig) -> Runtime:

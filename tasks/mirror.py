@@ -1,21 +1,24 @@
 """Mirrors of the ledger (the Optuna study, MLflow) written off the driver's thread.
 
 Writing one Optuna trial into an RDB costs tens of milliseconds and an MLflow run a few HTTP calls: done
-inline, a sweep of quick trials would spend most of its time there. A mirror is rebuilt from the whole
+inline, a sweep of quick trials would spend most of its time there. A mirror catches up with the whole
 ledger each time (idempotent), so only the latest request matters: requests coalesce, one thread writes,
-and the final request waits until everything is written.
+and the final request waits until everything is written. It is handed the ledger's live, append-only list,
+not a copy, and :class:`LedgerGroups` reads only the records it has not seen: copying or regrouping 10,000
+records at every result is quadratic.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from rungflow.budgets.ledger import SpendRecord
 from rungflow.redact import redact
 
-__all__ = ["BackgroundSync"]
+__all__ = ["BackgroundSync", "LedgerGroups"]
 
 log = logging.getLogger("rungflow.mirror")
 
@@ -53,3 +56,38 @@ class BackgroundSync:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+class LedgerGroups:
+    """The ledger's records grouped by trial (first-billed order), with each bracket's highest rung run.
+
+    :meth:`catch_up` reads only records it has not seen. It is given the same growing list every time;
+    a list that is not an extension of what it read (another ledger, a test's own lists) starts it over.
+    """
+
+    def __init__(self) -> None:
+        self.by_trial: dict[str, list[SpendRecord]] = {}
+        self.top_rung: dict[int, int] = {}
+        self.bracket_of: dict[str, int] = {}
+        self._seen = 0
+        self._last: SpendRecord | None = None
+
+    def catch_up(self, records: Sequence[SpendRecord]) -> tuple[list[str], set[int]]:
+        """Take the new records; returns the trials they touch (first-billed order) and the brackets whose
+        highest rung rose."""
+        end = len(records)  # the driver may append while this runs: read up to here
+        if end < self._seen or (self._seen and records[self._seen - 1] is not self._last):
+            self.__init__()  # type: ignore[misc]
+        touched: dict[str, None] = {}
+        raised: set[int] = set()
+        for index in range(self._seen, end):
+            record = records[index]
+            self.by_trial.setdefault(record.trial_id, []).append(record)
+            self.bracket_of.setdefault(record.trial_id, record.bracket)
+            touched[record.trial_id] = None
+            if record.rung > self.top_rung.get(record.bracket, -1):
+                self.top_rung[record.bracket] = record.rung
+                raised.add(record.bracket)
+        if end:
+            self._seen, self._last = end, records[end - 1]
+        return list(touched), raised

@@ -10,13 +10,13 @@ An unreachable server costs the sweep nothing: what could not be sent is sent at
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rungflow.budgets.ledger import SpendRecord
 from rungflow.redact import redact
-from rungflow.tasks.mirror import BackgroundSync
+from rungflow.tasks.mirror import BackgroundSync, LedgerGroups
 
 __all__ = ["MLflowTracker", "TrackingError", "open_tracker_for"]
 
@@ -69,7 +69,8 @@ class MLflowTracker:
                                                     tags={SWEEP_TAG: fingerprint}).info.run_id
         self._background = BackgroundSync("MLflow", self.sync_now)
         self._children: dict[str, str] = {}
-        self._logged: set[tuple[str, int, int]] = set()
+        self._logged: dict[str, set[tuple[int, int]]] = {}  # trial -> (rung, attempt) logged
+        self._groups = LedgerGroups()
         self._closed: set[str] = set()
         for run in self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'",
                                            max_results=50_000):
@@ -81,35 +82,41 @@ class MLflowTracker:
                 self._closed.add(trial)
             for step_key in run.data.tags.get("rungflow.logged", "").split():
                 rung, attempt = step_key.split(".")
-                self._logged.add((trial, int(rung), int(attempt)))
+                self._logged.setdefault(trial, set()).add((int(rung), int(attempt)))
 
-    def sync(self, records: Iterable[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False,
+    def sync(self, records: Sequence[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False,
              summary_markdown: str | None = None, plot: Path | None = None) -> None:
-        """Catch MLflow up with the ledger off this thread; ``final`` waits until it is written."""
-        self._background.submit(list(records), dict(configs), final=final, summary_markdown=summary_markdown, plot=plot)
+        """Catch MLflow up with the ledger off this thread; ``final`` waits until it is written. ``records`` and
+        ``configs`` are the sweep's live ledger list and trials, not copies (see rungflow.tasks.mirror)."""
+        self._background.submit(records, configs, final=final, summary_markdown=summary_markdown, plot=plot)
 
-    def sync_now(self, records: Iterable[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False,
+    def sync_now(self, records: Sequence[SpendRecord], configs: Mapping[str, Mapping[str, Any]], *, final: bool = False,
                  summary_markdown: str | None = None, plot: Path | None = None) -> None:
-        by_trial: dict[str, list[SpendRecord]] = {}
-        top_rung: dict[int, int] = {}
-        for r in records:
-            by_trial.setdefault(r.trial_id, []).append(r)
-            top_rung[r.bracket] = max(top_rung.get(r.bracket, r.rung), r.rung)
-        for trial_id, trial_records in by_trial.items():
+        touched, raised = self._groups.catch_up(records)
+        groups = self._groups
+        if final:
+            candidates = list(groups.by_trial)
+        else:
+            candidates = touched
+            if raised and not self._asynchronous:  # a synchronous gate closes the runs it left behind
+                behind = [t for t, b in groups.bracket_of.items() if b in raised and t not in self._closed]
+                candidates = list(dict.fromkeys([*touched, *behind]))
+        for trial_id in candidates:
             if trial_id in self._closed or trial_id not in configs:
                 continue
+            trial_records = groups.by_trial[trial_id]
             run_id = self._child(trial_id, configs[trial_id], trial_records[0].bracket)
-            fresh = [r for r in trial_records if (trial_id, r.rung, r.attempt) not in self._logged]
+            logged = self._logged.setdefault(trial_id, set())
+            fresh = [r for r in trial_records if (r.rung, r.attempt) not in logged]
             for r in fresh:
                 if r.ok and r.score is not None and math.isfinite(r.score):
                     self.client.log_metric(run_id, "score", float(r.score), step=_step(r.budget))
-                self._logged.add((trial_id, r.rung, r.attempt))
+                logged.add((r.rung, r.attempt))
             if fresh:
                 self.client.log_metric(run_id, "gpu_hours", sum(r.gpu_hours for r in trial_records))
                 self.client.log_metric(run_id, "cpu_hours", sum(r.cpu_hours for r in trial_records))
-                self.client.set_tag(run_id, "rungflow.logged",
-                                    " ".join(f"{rung}.{attempt}" for t, rung, attempt in sorted(self._logged) if t == trial_id))
-            outcome = self._outcome(trial_records, top_rung, final)
+                self.client.set_tag(run_id, "rungflow.logged", " ".join(f"{rung}.{attempt}" for rung, attempt in sorted(logged)))
+            outcome = self._outcome(trial_records, groups.top_rung, final)
             if outcome is not None:
                 status, run_status = outcome
                 self.client.set_tag(run_id, "status", status)

@@ -203,3 +203,40 @@ def test_warm_start_priors_read_back_from_the_study_are_the_ledgers_results(tmp_
     # A study that is gone: no priors from it (the retrain falls back to the registry's copy).
     assert priors_from_optuna({"optuna": {"studies": [{"url": url, "study": "sweep-gone", "prefix": ""}]}}) is None
     assert len(priors_from_optuna({"optuna": {"studies": [{"url": url, "study": "sweep-a", "prefix": ""}]}})) == 5
+
+
+def _comparable(trial: optuna.trial.FrozenTrial) -> tuple:
+    return (trial.number, trial.state, trial.value, trial.params, trial.distributions, trial.intermediate_values,
+            trial.user_attrs, trial.system_attrs, trial.datetime_start, trial.datetime_complete)
+
+
+def test_the_one_transaction_write_stores_what_optunas_own_add_trial_stores(tmp_path: Path) -> None:
+    import dataclasses
+
+    records = [dataclasses.replace(r, started_at=1_700_000_000.0 + i, finished_at=1_700_000_010.0 + i)
+               for i, r in enumerate(RECORDS)]
+    bulk_url, plain_url = f"sqlite:///{tmp_path / 'bulk.db'}", f"sqlite:///{tmp_path / 'plain.db'}"
+    bulk, plain = _recorder(bulk_url), _recorder(plain_url)
+    plain._bulk = False  # the trial-at-a-time path through study.add_trial
+    assert bulk.sync_now(records, CONFIGS, final=True) == plain.sync_now(records, CONFIGS, final=True) == 4
+    got = [_comparable(t) for t in optuna.load_study(study_name="sweep-a", storage=bulk_url).trials]
+    want = [_comparable(t) for t in optuna.load_study(study_name="sweep-a", storage=plain_url).trials]
+    assert got == want and [t[0] for t in got] == [0, 1, 2, 3]
+    # A later batch numbers on from what the study holds, as add_trial would.
+    late = [_r("t9", 0, 3, 0.9)]
+    assert bulk.sync_now(records + late, {**CONFIGS, "t9": {"family": "b", "depth": 4}}) == 1
+    assert [t.number for t in optuna.load_study(study_name="sweep-a", storage=bulk_url).trials] == [0, 1, 2, 3, 4]
+
+
+def test_the_recorder_reads_only_new_records_and_starts_over_on_a_list_it_did_not_see_grow(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    recorder = _recorder(url, asynchronous=True)
+    live = list(RECORDS[:2])
+    assert recorder.sync_now(live, CONFIGS) == 0  # t0, t1 at rung 0 of an ASHA sweep: undecided
+    live.extend(RECORDS[2:])
+    assert recorder.sync_now(live, CONFIGS) == 2  # t2 failed, t1 complete: only the new records were read
+    assert recorder._groups.by_trial["t1"] == [RECORDS[1], RECORDS[4]]
+    fresh = list(RECORDS)  # equal records in another list: regrouped from scratch, nothing written twice
+    assert recorder.sync_now(fresh[:1], CONFIGS) == 0
+    assert recorder.sync_now(fresh, CONFIGS, final=True) == 2
+    assert len(optuna.load_study(study_name="sweep-a", storage=url).trials) == 4
