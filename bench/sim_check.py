@@ -2,7 +2,8 @@
 
 Runs the same deterministic sweep (noop trials sleeping 0.4 s, random search seed 0, Hyperband 1..9,
 η = 3) for real at 1, 2 and 4 slots, then simulates each: with durations and the per-stage driver cost
-from the run itself, from the first (1-slot) run, with the 0.35 s default, and with no stage cost. It
+and the per-trial dispatch delay from the run itself, from the first (1-slot) run, with the 0.35 s default
+and no dispatch delay, and with no driver cost at all. It
 prints wall-clock (the sweep's start to its last result, as result.json counts it), utilisation and idle
 at barriers for both, and whether the trials, rungs and scores are identical. About a minute of CPU.
 """
@@ -63,7 +64,7 @@ def simulated_figures(config: Path, workers: int, costs_from: Path, *extra: str)
                          capture_output=True, text=True, check=True)
     sim = json.loads(out.stdout)
     return {"wall": sim["wall_seconds"], "utilisation": sim["utilisation"], "idle": sim["barrier_idle_fraction"],
-            "trials": sim["trials"], "stage": sim["stage_seconds"],
+            "trials": sim["trials"], "stage": sim["stage_seconds"], "dispatch": sim["dispatch_seconds"],
             "scores": _scored([(e["trial_id"], e["rung"], e["score"]) for e in sim["events"]])}
 
 
@@ -90,18 +91,19 @@ def main(argv: list[str] | None = None) -> int:
                         f"runtime.max_concurrent={n}", "--set", f"storage.run_dir={runs[n]}", *runtime],
                        check=True, stdout=subprocess.DEVNULL)
     first = runs[args.slots[0]]
-    print("| slots | simulated from | real wall (s) | simulated (s) | error | stage (s) | real utilisation | simulated "
-          "| real idle at barriers | simulated | trials, rungs, scores |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| slots | simulated from | real wall (s) | simulated (s) | error | stage (s) | dispatch (s) | real utilisation "
+          "| simulated | real idle at barriers | simulated | trials, rungs, scores |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for n, run in runs.items():
         real = real_figures(run)
         for label, source, extra in (("its own run", run, ()), (first.name, first, ()),
-                                     ("the 0.35 s default", first, ("--stage-seconds", "0.35")),
-                                     ("no stage cost", first, ("--stage-seconds", "0"))):
+                                     ("the 0.35 s default", first, ("--stage-seconds", "0.35", "--dispatch-seconds", "0")),
+                                     ("no driver cost", first, ("--stage-seconds", "0", "--dispatch-seconds", "0"))):
             sim = simulated_figures(config, n, source, *extra)
             same = real["scores"] == sim["scores"] and real["trials"] == sim["trials"]
             print(f"| {n} | {label} | {real['wall']:.2f} | {sim['wall']:.2f} | "
-                  f"{(sim['wall'] - real['wall']) / real['wall']:+.1%} | {sim['stage']:.3f} | {real['utilisation']:.0%} | "
+                  f"{(sim['wall'] - real['wall']) / real['wall']:+.1%} | {sim['stage']:.3f} | {sim['dispatch']:.3f} | "
+                  f"{real['utilisation']:.0%} | "
                   f"{sim['utilisation']:.0%} | {real['idle']:.0%} | {sim['idle']:.0%} | "
                   f"{'identical' if same else 'differ'} |", flush=True)
     return 0

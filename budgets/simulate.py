@@ -10,7 +10,9 @@ A real sweep also spends driver time between synchronous stages (the gate, promo
 runs, ``result.json`` and the artifacts, starting the next stage's task runs), during which no trial
 runs: ``stage_seconds`` charges it once per stage, where the real driver spends it: before the first
 stage (set-up, search) and after each rung's barrier (gate, promote, the next bracket's search), outside
-the stages' own spans.
+the stages' own spans. Inside a stage, a slot handed a job waits ``dispatch_seconds`` before the trial
+starts (submitting the task run, shipping the function, the worker picking it up): idle slot time that
+is not a barrier's. On Ray that is most of a stage's start-up; on threads, almost nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from rungflow.budgets.ledger import Ledger, SpendRecord, TrialStatus
 from rungflow.budgets.scheduling import RungDecision, TrialScore, gate_rung
 from rungflow.budgets.searchers import Observation, Searcher
 
-__all__ = ["VirtualClock", "SimulatedExecutor", "Durations", "Scores", "Busy", "stage_overhead"]
+__all__ = ["VirtualClock", "SimulatedExecutor", "Durations", "Scores", "Busy", "stage_overhead", "dispatch_overhead"]
 
 # Seconds to train ``config`` from budget ``start`` to budget ``stop``.
 Durations = Callable[[Mapping[str, Any], float, float], float]
@@ -76,6 +78,8 @@ class SimulatedExecutor:
     cpus_per_trial: float = 1.0
     # Driver seconds per synchronous stage (see the module's docstring); asynchronous schedulers have no stages.
     stage_seconds: float = 0.0
+    # Seconds a slot holds a job before its trial starts (see the module's docstring).
+    dispatch_seconds: float = 0.0
     busy: list[Busy] = field(default_factory=list)
     _running: list[tuple[float, int, _Run]] = field(default_factory=list)
     _queued: deque[_Run] = field(default_factory=deque)
@@ -87,8 +91,9 @@ class SimulatedExecutor:
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise ValueError(f"The value of slots is {self.slots}, but must be at least 1")
-        if not self.stage_seconds >= 0:
-            raise ValueError(f"The value of stage_seconds is {self.stage_seconds}, but must be zero or more")
+        for name in ("stage_seconds", "dispatch_seconds"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"The value of {name} is {getattr(self, name)}, but must be zero or more")
 
     # --- the executor contract --------------------------------------------------------------------
     def suggest(self, searcher: Searcher, count: int, bracket: int) -> list[dict[str, Any]]:
@@ -160,7 +165,7 @@ class SimulatedExecutor:
 
     # --- running ----------------------------------------------------------------------------------
     def _begin(self, run: _Run) -> None:
-        job, now = run.job, self.clock.now
+        job, now = run.job, self.clock.now + self.dispatch_seconds
         # A clone starts where its parent's checkpoint at that rung left off; anyone else resumes from its own.
         if job.clone_from is not None and job.resume_from_rung is not None:
             start = self._reached.get((job.clone_from, job.resume_from_rung), 0.0)
@@ -190,24 +195,67 @@ class SimulatedExecutor:
         )
 
 
+def _stage_spans(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]]
+                 ) -> dict[tuple[int, int], tuple[float, float, list[SpendRecord]]]:
+    """Each synchronous stage's span, as the driver logged it (from its start to its barrier, where the log has
+    them; else from its first trial's start to its last trial's finish), with its records."""
+    logged = {(b["bracket"], r["rung"]): r for b in schedule if not b.get("asynchronous") for r in b.get("rungs", [])
+              if "started_at" in r}
+    spans: dict[tuple[int, int], tuple[float, float, list[SpendRecord]]] = {}
+    for r in records:
+        key = (r.bracket, r.rung)
+        if key not in logged:
+            continue
+        first, last, members = spans.get(key, (r.started_at, r.finished_at, []))
+        members.append(r)
+        spans[key] = (min(first, r.started_at), max(last, r.finished_at), members)
+    for key, (first, last, members) in spans.items():
+        rung = logged[key]
+        spans[key] = (min(first, float(rung["started_at"])), max(last, float(rung.get("finished_at", last))), members)
+    return spans
+
+
 def stage_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]],
                    elapsed_seconds: float) -> float | None:
     """Driver seconds per synchronous stage in a real run: its wall-clock (``elapsed_seconds``, from the
-    sweep's start to its last result) less each stage's span from its first trial's start to its last trial's finish, over the
-    stages. None when the run had no synchronous stage (ASHA) or no record to measure.
+    sweep's start to its last result) less each stage's span (:func:`_stage_spans`), over the stages. None
+    when the run had no synchronous stage (ASHA) or no record to measure.
 
     ``records`` and ``schedule`` are the run's ledger records and ``result.json`` ``schedule``.
     """
-    stages = {(b["bracket"], r["rung"]) for b in schedule if not b.get("asynchronous") for r in b.get("rungs", [])
-              if "started_at" in r}
-    spans: dict[tuple[int, int], tuple[float, float]] = {}
-    for r in records:
-        key = (r.bracket, r.rung)
-        if key not in stages:
-            continue
-        first, last = spans.get(key, (r.started_at, r.finished_at))
-        spans[key] = (min(first, r.started_at), max(last, r.finished_at))
+    spans = _stage_spans(records, schedule)
     if not spans:
         return None
-    busy = sum(last - first for first, last in spans.values())
-    return max(0.0, (elapsed_seconds - busy) / len(spans))
+    inside = sum(last - first for first, last, _ in spans.values())
+    return max(0.0, (elapsed_seconds - inside) / len(spans))
+
+
+def _list_schedule_idle(seconds: Sequence[float], slots: int) -> float:
+    """Slot-seconds idle when ``seconds`` run in order on ``slots`` slots, each job on the first free slot."""
+    free = [0.0] * slots
+    for duration in seconds:
+        heapq.heapreplace(free, free[0] + duration)
+    return slots * max(free) - sum(seconds)
+
+
+def dispatch_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]], elapsed_seconds: float,
+                      slots: int) -> float | None:
+    """Seconds a slot held each job before its trial started, in a real run: the slot time idle inside its
+    stages beyond what their trials' own durations leave idle when packed on ``slots`` slots in the order
+    they started, per trial. An asynchronous run is one stage, from the sweep's start to its last result.
+    None with no record to measure."""
+    done = [r for r in records if r.finished_at >= r.started_at]
+    if not done or slots < 1:
+        return None
+    spans = _stage_spans(done, schedule)
+    if not spans:
+        end = max(r.finished_at for r in done)
+        spans = {(0, 0): (min(end - elapsed_seconds, min(r.started_at for r in done)), end, done)}
+    residual, trials = 0.0, 0
+    for first, last, members in spans.values():
+        members = sorted(members, key=lambda r: r.started_at)
+        durations = [r.finished_at - r.started_at for r in members]
+        idle = slots * (last - first) - sum(durations)
+        residual += idle - _list_schedule_idle(durations, slots)
+        trials += len(members)
+    return max(0.0, residual / trials)

@@ -101,21 +101,32 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
 
 def _plan_simulated(config, args: argparse.Namespace) -> int:
     """The real driver on ``--workers`` simulated GPUs: sync Hyperband and ASHA side by side, or one ``--json`` object."""
-    from rungflow.flows.plan_sim import PlanError, compare, describe, durations_for, simulate, stage_seconds_for
+    from rungflow.flows.plan_sim import (
+        PlanError,
+        compare,
+        describe,
+        dispatch_seconds_for,
+        durations_for,
+        simulate,
+        stage_seconds_for,
+    )
 
     try:
         if args.workers < 1:
             raise PlanError(f"--workers: {args.workers} must be at least 1")
         durations, source = durations_for(config, args.costs_from, args.seconds_per_unit)
         stage, stage_source = stage_seconds_for(args.costs_from, args.stage_seconds)
+        dispatch, dispatch_source = dispatch_seconds_for(args.costs_from, args.dispatch_seconds)
         if args.json:
-            print(json.dumps(simulate(config, workers=args.workers, durations=durations, stage_seconds=stage)))
+            print(json.dumps(simulate(config, workers=args.workers, durations=durations, stage_seconds=stage,
+                                      dispatch_seconds=dispatch)))
             return 0
-        results = compare(config, workers=args.workers, durations=durations, stage_seconds=stage)
+        results = compare(config, workers=args.workers, durations=durations, stage_seconds=stage, dispatch_seconds=dispatch)
     except PlanError as exc:
         raise CLIError(str(exc)) from None
     console.print(f"simulated: {config.name} on {args.workers} GPUs ({config.runtime.gpus_per_trial:g} per trial), "
-                  f"durations from {source}, {stage:.2f} s per synchronous stage ({stage_source})", highlight=False)
+                  f"durations from {source}, {stage:.2f} s per synchronous stage ({stage_source}), {dispatch:.3f} s to "
+                  f"dispatch a trial ({dispatch_source})", highlight=False)
     for result in results.values():
         console.print(describe(result), highlight=False)
     return 0
@@ -588,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-seconds", type=float, metavar="S",
                    help="--simulate: driver seconds between synchronous stages (default: measured in --costs-from, "
                         "else 0.35)")
+    p.add_argument("--dispatch-seconds", type=float, metavar="S",
+                   help="--simulate: seconds a worker holds each trial before it starts (default: measured in "
+                        "--costs-from, else 0)")
     p.add_argument("--json", action="store_true", help="--simulate: print one JSON object")
     p.set_defaults(func=cmd_plan)
 

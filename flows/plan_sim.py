@@ -10,7 +10,8 @@ gate keeps the first trials, which is enough to plan time and money.
 
 Between synchronous stages a real sweep spends driver time no trial uses (:mod:`budgets.simulate`);
 the seconds per stage come from ``--stage-seconds``, else as measured in the ``--costs-from`` run,
-else :data:`DEFAULT_STAGE_SECONDS`.
+else :data:`DEFAULT_STAGE_SECONDS`. Inside a stage each job waits a dispatch delay before its trial
+starts: ``--dispatch-seconds``, else as measured in the ``--costs-from`` run, else none.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ from rungflow.budgets.driver import SweepDriver
 from rungflow.budgets.ledger import Ledger, SpendRecord
 from rungflow.budgets.schedulers import make_scheduler
 from rungflow.budgets.search_registry import make_searcher
-from rungflow.budgets.simulate import Durations, Scores, SimulatedExecutor, VirtualClock, stage_overhead
+from rungflow.budgets.simulate import Durations, Scores, SimulatedExecutor, VirtualClock, dispatch_overhead, stage_overhead
 from rungflow.config import SweepConfig
 
-__all__ = ["PlanError", "durations_for", "stage_seconds_for", "simulate", "SURROGATES", "DEFAULT_STAGE_SECONDS"]
+__all__ = ["PlanError", "durations_for", "stage_seconds_for", "dispatch_seconds_for", "simulate", "SURROGATES", "DEFAULT_STAGE_SECONDS"]
 
 # Driver seconds per synchronous stage on the thread runtime, measured on a 2-core machine under load
 # (Hyperband 1..9, noop trials; bench/README.md): the gate, promote and search task runs, result.json,
@@ -117,23 +118,48 @@ def durations_for(config: SweepConfig, costs_from: str | None = None,
                     "(a previous run's ledger) or --seconds-per-unit S, or use a trainable with a cost model")
 
 
+def _past_run(costs_from: str | None) -> tuple[list[SpendRecord], dict[str, Any]] | None:
+    """A previous run's ledger records and result.json, where ``costs_from`` has both."""
+    if costs_from is None:
+        return None
+    run_dir = Path(costs_from)
+    if not (run_dir / "result.json").is_file():
+        return None
+    result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    ledger = Ledger(run_dir / "ledger.jsonl", replay=True) if (run_dir / "ledger.jsonl").is_file() else None
+    return ([*ledger.records, *ledger.pending] if ledger is not None else []), result
+
+
 def stage_seconds_for(costs_from: str | None = None, stage_seconds: float | None = None) -> tuple[float, str]:
     """Driver seconds per synchronous stage, and where they came from."""
     if stage_seconds is not None:
         if not (stage_seconds >= 0 and math.isfinite(stage_seconds)):
             raise PlanError(f"--stage-seconds: {stage_seconds:g} must be zero or more")
         return stage_seconds, "--stage-seconds"
-    if costs_from is not None:
-        run_dir = Path(costs_from)
-        path = run_dir / "result.json"
-        if path.is_file():
-            result = json.loads(path.read_text(encoding="utf-8"))
-            ledger = Ledger(run_dir / "ledger.jsonl", replay=True) if (run_dir / "ledger.jsonl").is_file() else None
-            records = [*ledger.records, *ledger.pending] if ledger is not None else []
-            measured = stage_overhead(records, result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0))
-            if measured is not None:
-                return measured, f"measured in {costs_from}"
+    past = _past_run(costs_from)
+    if past is not None:
+        records, result = past
+        measured = stage_overhead(records, result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0))
+        if measured is not None:
+            return measured, f"measured in {costs_from}"
     return DEFAULT_STAGE_SECONDS, "the thread runtime's default"
+
+
+def dispatch_seconds_for(costs_from: str | None = None, dispatch_seconds: float | None = None) -> tuple[float, str]:
+    """Seconds a slot holds each job before its trial starts, and where they came from (default: none)."""
+    if dispatch_seconds is not None:
+        if not (dispatch_seconds >= 0 and math.isfinite(dispatch_seconds)):
+            raise PlanError(f"--dispatch-seconds: {dispatch_seconds:g} must be zero or more")
+        return dispatch_seconds, "--dispatch-seconds"
+    past = _past_run(costs_from)
+    if past is not None:
+        records, result = past
+        slots = int((result.get("utilisation") or {}).get("slots") or 0)
+        measured = dispatch_overhead(records, result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0),
+                                     slots)
+        if measured is not None:
+            return measured, f"measured in {costs_from}"
+    return 0.0, "none given"
 
 
 def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
@@ -155,7 +181,8 @@ def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
 
 
 def simulate(config: SweepConfig, *, workers: int, durations: Durations,
-             scheduler_kind: str | None = None, stage_seconds: float = DEFAULT_STAGE_SECONDS) -> dict[str, Any]:
+             scheduler_kind: str | None = None, stage_seconds: float = DEFAULT_STAGE_SECONDS,
+             dispatch_seconds: float = 0.0) -> dict[str, Any]:
     """Run ``config``'s sweep on ``workers`` simulated GPUs; the figures ``--json`` prints."""
     if workers < 1:
         raise PlanError(f"--workers: {workers} must be at least 1")
@@ -184,10 +211,12 @@ def simulate(config: SweepConfig, *, workers: int, durations: Durations,
                          gpus_per_trial=gpus, cpus_per_trial=config.runtime.cpus_per_trial, clock=clock)
     scores, surrogate = _scores_for(config)
     executor = SimulatedExecutor(slots, clock, durations, scores, ledger, gpus_per_trial=gpus,
-                                 cpus_per_trial=config.runtime.cpus_per_trial, stage_seconds=stage_seconds)
+                                 cpus_per_trial=config.runtime.cpus_per_trial, stage_seconds=stage_seconds,
+                                 dispatch_seconds=dispatch_seconds)
     driver.run(executor)
     out = summarise(driver, executor, kind, workers, surrogate)
     out["stage_seconds"] = stage_seconds if scheduler.synchronous else 0.0
+    out["dispatch_seconds"] = dispatch_seconds
     return out
 
 
@@ -241,10 +270,10 @@ def summarise(driver: SweepDriver, executor: SimulatedExecutor, kind: str, worke
 
 
 def compare(config: SweepConfig, *, workers: int, durations: Durations, kinds: tuple[str, ...] = ("hyperband", "asha"),
-            stage_seconds: float = DEFAULT_STAGE_SECONDS) -> dict[str, dict[str, Any]]:
+            stage_seconds: float = DEFAULT_STAGE_SECONDS, dispatch_seconds: float = 0.0) -> dict[str, dict[str, Any]]:
     """The same config under each scheduler in ``kinds``, side by side."""
-    return {k: simulate(config, workers=workers, durations=durations, scheduler_kind=k, stage_seconds=stage_seconds)
-            for k in kinds}
+    return {k: simulate(config, workers=workers, durations=durations, scheduler_kind=k, stage_seconds=stage_seconds,
+                        dispatch_seconds=dispatch_seconds) for k in kinds}
 
 
 def describe(result: Mapping[str, Any], unit: Callable[[float], str] | None = None) -> str:

@@ -10,7 +10,7 @@ import yaml
 
 from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.budgets.rungs import hyperband_plan
-from rungflow.budgets.simulate import stage_overhead
+from rungflow.budgets.simulate import dispatch_overhead, stage_overhead
 from rungflow.flows.cli import main
 from rungflow.flows.plan_sim import DEFAULT_STAGE_SECONDS
 from tests.conftest import sweep_config
@@ -69,12 +69,41 @@ def _record(trial: str, bracket: int, rung: int, start: float, finish: float) ->
 
 
 def test_stage_overhead_is_the_wall_clock_no_stage_spans() -> None:
-    # Two stages: 1 s of set-up, stage (0, 0) from 1 to 4, 0.5 s between stages, stage (0, 1) from 4.5 to 6.
+    # Two stages: 0.9 s of set-up, stage (0, 0) logged from 0.9 to 4, 0.4 s between stages, stage (0, 1) from 4.4 to 6.
     records = [_record("t0", 0, 0, 1.0, 3.0), _record("t1", 0, 0, 1.5, 4.0), _record("t0", 0, 1, 4.5, 6.0)]
-    schedule = [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.9}, {"rung": 1, "started_at": 4.4}]}]
-    assert stage_overhead(records, schedule, elapsed_seconds=6.0) == pytest.approx((6.0 - 3.0 - 1.5) / 2)
+    schedule = [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.9, "finished_at": 4.0},
+                                         {"rung": 1, "started_at": 4.4, "finished_at": 6.0}]}]
+    assert stage_overhead(records, schedule, elapsed_seconds=6.0) == pytest.approx((6.0 - 3.1 - 1.6) / 2)
     # ASHA's schedule has no synchronous stage: nothing to measure.
     assert stage_overhead(records, [{"bracket": 0, "asynchronous": True, "rungs": [{"rung": 0}]}], 6.0) is None
+
+
+def test_dispatch_overhead_is_the_idle_inside_stages_that_packing_the_trials_does_not_explain(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Four 1 s trials on 2 slots in a stage logged from 0 to 3: packed back to back they would leave no slot
+    # idle; 2 slot-seconds were, i.e. each trial waited 0.5 s on its slot before it started.
+    records = [_record("t0", 0, 0, 0.5, 1.5), _record("t1", 0, 0, 0.5, 1.5), _record("t2", 0, 0, 2.0, 3.0),
+               _record("t3", 0, 0, 2.0, 3.0)]
+    schedule = [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.0, "finished_at": 3.0}]}]
+    assert dispatch_overhead(records, schedule, 3.0, slots=2) == pytest.approx(0.5)
+    # Packed back to back with no gap: nothing to charge. Uneven trials idle at the barrier, which is not dispatch.
+    tight = [_record("t0", 0, 0, 0.0, 1.0), _record("t1", 0, 0, 0.0, 2.0), _record("t2", 0, 0, 1.0, 2.0)]
+    assert dispatch_overhead(tight, [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.0, "finished_at": 2.0}]}],
+                             2.0, slots=2) == pytest.approx(0.0)
+    uneven = [_record("t0", 0, 0, 0.0, 3.0), _record("t1", 0, 0, 0.0, 1.0)]
+    assert dispatch_overhead(uneven, [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.0, "finished_at": 3.0}]}],
+                             3.0, slots=2) == pytest.approx(0.0)
+    # The simulator charges it on every trial's slot: a stage of four 10 s trials on 2 slots takes 2 x (10 + d).
+    path = _config(tmp_path)
+    plain = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "0",
+                  "--set", "scheduler.kind=sha", "--set", "scheduler.max_budget=1", "--set", "search.num_trials=4",
+                  "--workers", "2")
+    slow = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "0",
+                 "--set", "scheduler.kind=sha", "--set", "scheduler.max_budget=1", "--set", "search.num_trials=4",
+                 "--workers", "2", "--dispatch-seconds", "0.5")
+    assert slow["dispatch_seconds"] == 0.5 and slow["gpu_hours"] == pytest.approx(plain["gpu_hours"])
+    assert slow["wall_seconds"] == pytest.approx(plain["wall_seconds"] + 2 * 0.5)
+    assert slow["barrier_idle_fraction"] > plain["barrier_idle_fraction"]
 
 
 def test_costs_from_a_run_brings_its_stage_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,7 +119,7 @@ def test_costs_from_a_run_brings_its_stage_cost(tmp_path: Path, capsys: pytest.C
         "schedule": [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.9}, {"rung": 1, "started_at": 4.4}]}]}))
     path = _config(tmp_path)
     out = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--costs-from", str(run))
-    assert out["stage_seconds"] == pytest.approx(0.75)
+    assert out["stage_seconds"] == pytest.approx((6.0 - 3.1 - 1.6) / 2)
     # Given on the command line, it wins over the run's.
     out = _json(capsys, "plan", str(path), "--simulate", "--json", "--costs-from", str(run), "--stage-seconds", "0")
     assert out["stage_seconds"] == 0.0
@@ -121,6 +150,7 @@ def test_side_by_side_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     (["--costs-from", "EMPTY"], "no ledger.jsonl there"),
     (["--costs-from", "OTHER"], "that ledger is of trainable 'sklearn'"),
     (["--seconds-per-unit", "1", "--stage-seconds", "-1"], "--stage-seconds: -1 must be zero or more"),
+    (["--seconds-per-unit", "1", "--dispatch-seconds", "-1"], "--dispatch-seconds: -1 must be zero or more"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
     (tmp_path / "empty").mkdir()
