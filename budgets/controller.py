@@ -351,7 +351,7 @@ class BudgetController:
         """
         self.checks += 1
         s = self.settings
-        curve = incumbent_curve(ledger.records, self.mode, top_k=s.top_k)
+        curve = ledger.incumbent(self.mode, top_k=s.top_k)
         best = curve[-1].score if curve else None
         figures: dict[str, Any] = {"best": best, "next_stage_gpu_hours": next_stage_gpu_hours}
         note = ""

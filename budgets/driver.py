@@ -170,11 +170,8 @@ class SweepDriver:
 
     def predicted_gpu_hours(self, units: float) -> float | None:
         """GPU-hours for ``units`` budget units at the mean cost per unit measured so far."""
-        trained = [r for r in self.ledger.records if r.budget_trained > 0]
-        if not trained:
-            return None
-        per_unit = sum(r.gpu_seconds for r in trained) / sum(r.budget_trained for r in trained)
-        return per_unit * units / 3600.0
+        per_unit = self.ledger.gpu_seconds_per_trained_unit()
+        return None if per_unit is None else per_unit * units / 3600.0
 
     # --- the controller ---------------------------------------------------------------------------
     def decide(self, stage: Stage, units: float) -> BudgetDecision:

@@ -25,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["TrialStatus", "FINISHED", "SpendRecord", "StartMarker", "Ledger", "IncumbentPoint", "incumbent_curve"]
+__all__ = ["TrialStatus", "FINISHED", "SpendRecord", "StartMarker", "Ledger", "IncumbentPoint", "IncumbentCurve", "incumbent_curve"]
 
 Mode = Literal["max", "min"]
 
@@ -152,6 +152,9 @@ class Ledger:
         # each time is O(n²).
         self._gpu_seconds = 0.0
         self._cost = 0.0
+        self._trained_gpu_seconds = 0.0
+        self._trained_units = 0.0
+        self._curves: dict[tuple[str, int], IncumbentCurve] = {}  # (mode, top_k) -> the curve of records so far
         self._latest: dict[tuple[str, int], SpendRecord] = {}  # (trial, rung) -> highest attempt billed
         self._top_attempt: dict[tuple[str, int], int] = {}  # (trial, rung) -> highest attempt billed or started
         if self.path is not None and self.path.exists():
@@ -212,6 +215,20 @@ class Ledger:
             self._gpu_seconds += record.gpu_seconds
             self._cpu_seconds += record.cpu_seconds
             self._cost += record.cost
+            if record.budget_trained > 0:
+                self._trained_gpu_seconds += record.gpu_seconds
+                self._trained_units += record.budget_trained
+
+    def incumbent(self, mode: Mode, *, top_k: int = 1) -> list[IncumbentPoint]:
+        """:func:`incumbent_curve` of :attr:`records`, caught up from where the last call left it (read only)."""
+        curve = self._curves.get((mode, top_k))
+        if curve is None:
+            curve = self._curves[(mode, top_k)] = IncumbentCurve(mode, top_k)
+        return curve.extend(self.records[len(curve.points):]) if len(curve.points) < len(self.records) else curve.points
+
+    def gpu_seconds_per_trained_unit(self) -> float | None:
+        """Mean GPU-seconds per budget unit trained so far (None before anything trained)."""
+        return self._trained_gpu_seconds / self._trained_units if self._trained_units > 0 else None
 
     def _note_attempt(self, trial_id: str, rung: int, attempt: int) -> None:
         self._top_attempt[(trial_id, rung)] = max(attempt, self._top_attempt.get((trial_id, rung), attempt))
@@ -380,38 +397,50 @@ class IncumbentPoint:
     top_k_mean: float | None
 
 
+class IncumbentCurve:
+    """:func:`incumbent_curve`, extended record by record: :meth:`Ledger.incumbent` keeps one per
+    (mode, top_k), so the controller's check, asked every few results, costs the new records only."""
+
+    def __init__(self, mode: Mode, top_k: int = 1) -> None:
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.keep = max(1, top_k)
+        self.points: list[IncumbentPoint] = []
+        self._spent = 0.0
+        self._top_budget = -math.inf
+        # The best top_k scores at the top fidelity (sign-adjusted, a min-heap) and the best of all: kept as
+        # records come, so the curve costs O(n log top_k); sorting every score at the top fidelity per record
+        # made one curve of a 20,000-record ledger take 12 s, and the controller builds one per check.
+        self._top: list[float] = []
+        self._best = -math.inf
+
+    def extend(self, records: Iterable[SpendRecord]) -> list[IncumbentPoint]:
+        sign, points = self.sign, self.points
+        for r in records:
+            self._spent += r.gpu_hours
+            if r.ok:
+                if r.budget > self._top_budget + 1e-9:
+                    self._top_budget, self._top, self._best = r.budget, [], -math.inf
+                if abs(r.budget - self._top_budget) <= 1e-9:
+                    value = sign * float(r.score)  # type: ignore[arg-type]
+                    self._best = max(self._best, value)
+                    if len(self._top) < self.keep:
+                        heapq.heappush(self._top, value)
+                    elif value > self._top[0]:
+                        heapq.heapreplace(self._top, value)
+            if self._top:
+                # Summed best first, as before, so every figure is the same float to the last bit.
+                k = sorted(self._top, reverse=True)
+                points.append(IncumbentPoint(self._spent, self._top_budget, sign * self._best, sign * sum(k) / len(k)))
+            else:
+                points.append(IncumbentPoint(self._spent, self._top_budget if math.isfinite(self._top_budget) else 0.0,
+                                             None, None))
+        return points
+
+
 def incumbent_curve(records: Iterable[SpendRecord], mode: Mode, *, top_k: int = 1) -> list[IncumbentPoint]:
     """The anytime curve that the stop rule reads: scores only count at the highest fidelity reached.
 
     ``top_k_mean`` is the mean of the best ``top_k`` scores at that fidelity, which a single lucky
     noisy evaluation cannot move by more than 1/top_k of its luck.
     """
-    sign = 1.0 if mode == "max" else -1.0
-    spent = 0.0
-    top_budget = -math.inf
-    # The best top_k scores at the top fidelity (sign-adjusted, a min-heap) and the best of all: kept as
-    # records come, so the curve costs O(n log top_k); sorting every score at the top fidelity per record
-    # made one curve of a 20,000-record ledger take 12 s, and the controller builds one per check.
-    keep = max(1, top_k)
-    top: list[float] = []
-    best = -math.inf
-    curve: list[IncumbentPoint] = []
-    for r in records:
-        spent += r.gpu_hours
-        if r.ok:
-            if r.budget > top_budget + 1e-9:
-                top_budget, top, best = r.budget, [], -math.inf
-            if abs(r.budget - top_budget) <= 1e-9:
-                value = sign * float(r.score)  # type: ignore[arg-type]
-                best = max(best, value)
-                if len(top) < keep:
-                    heapq.heappush(top, value)
-                elif value > top[0]:
-                    heapq.heapreplace(top, value)
-        if top:
-            # Summed best first, as before, so every figure is the same float to the last bit.
-            k = sorted(top, reverse=True)
-            curve.append(IncumbentPoint(spent, top_budget, sign * best, sign * sum(k) / len(k)))
-        else:
-            curve.append(IncumbentPoint(spent, top_budget if math.isfinite(top_budget) else 0.0, None, None))
-    return curve
+    return IncumbentCurve(mode, top_k).extend(records)

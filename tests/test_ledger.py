@@ -341,3 +341,22 @@ def test_the_incumbent_curve_kept_as_records_come_is_the_sorted_one(mode: str, t
             cost=0.0, started_at=float(i), finished_at=float(i + 1)))
     got = [(p.gpu_hours, p.budget, p.score, p.top_k_mean) for p in incumbent_curve(records, mode, top_k=top_k)]
     assert got == _curve_by_sorting(records, mode, top_k)
+
+
+def test_the_ledgers_own_curve_caught_up_a_few_records_at_a_time_is_the_curve_of_all_of_them() -> None:
+    import random
+
+    rng = random.Random(3)
+    ledger = Ledger()
+    for i in range(300):
+        budget = rng.choice([1.0, 3.0, 9.0, 27.0]) if i > 20 else 1.0
+        ok = rng.random() > 0.1
+        ledger.charge(SpendRecord(trial_id=f"t{i}", bracket=0, rung=0, budget=budget, score=rng.random() if ok else None,
+                                  status=TrialStatus.COMPLETED if ok else TrialStatus.FAILED, gpu_seconds=rng.uniform(1, 60),
+                                  gpus=1.0, cost=0.0, started_at=0.0, finished_at=1.0, budget_trained=budget))
+        if i % 7 == 0:  # the controller asks every few results
+            for mode in ("max", "min"):
+                assert ledger.incumbent(mode, top_k=3) == incumbent_curve(ledger.records, mode, top_k=3)
+    assert ledger.incumbent("max") == incumbent_curve(ledger.records, "max")
+    trained = [r for r in ledger.records if r.budget_trained > 0]
+    assert ledger.gpu_seconds_per_trained_unit() == sum(r.gpu_seconds for r in trained) / sum(r.budget_trained for r in trained)
