@@ -4,6 +4,9 @@ The real driver, BOHB searcher, scheduler and controller on a simulated cluster 
 --simulate``), durations from the surrogate's own training times. Target: the best 52-epoch accuracy
 of 128 random configurations (seed 0) − 0.5; *GPU-h to target* is the spend when a 52-epoch result
 first reaches it (—: never).
+
+``--growth`` times the simulator itself instead: an ASHA sweep of N noop trials (1 s per epoch, 1..27
+epochs, η = 3, random search) on W simulated workers, for each N and W given.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from rungflow.config import load_config
 from rungflow.flows.plan_sim import durations_for, simulate
 
-__all__ = ["random128_best", "to_target", "main"]
+__all__ = ["random128_best", "to_target", "growth", "main"]
 
 
 def random128_best(config) -> float:
@@ -38,12 +41,35 @@ def to_target(result: dict, target: float, top_budget: float) -> float | None:
     return None
 
 
+def growth(trials: list[int], workers: list[int]) -> None:
+    """Seconds to simulate N-trial ASHA sweeps on W workers (one markdown table)."""
+    from rungflow.config import validate
+
+    print("| trials | workers | simulated in (s) | simulated wall (h) | results |")
+    print("|---:|---:|---:|---:|---:|")
+    for n in trials:
+        for w in workers:
+            config = validate({"name": f"growth-{n}-{w}", "trainable": {"kind": "noop"},
+                               "search": {"algorithm": "random", "seed": 0, "num_trials": n},
+                               "scheduler": {"kind": "asha", "min_budget": 1, "max_budget": 27, "eta": 3},
+                               "runtime": {"kind": "thread", "gpus_per_trial": 1}})
+            t0 = time.perf_counter()
+            r = simulate(config, workers=w, durations=lambda cfg, start, stop: max(0.0, stop - start))
+            took = time.perf_counter() - t0
+            print(f"| {n:,} | {w} | {took:.1f} | {r['wall_seconds'] / 3600:.2f} | {len(r['events']):,} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale")
     parser.add_argument("--config", default="examples/lcbench.yaml")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 8, 64, 256])
     parser.add_argument("--gpus-per-trial", type=float, nargs="+", default=[1.0, 0.25])
+    parser.add_argument("--growth", action="store_true", help="time the simulator on N-trial ASHA sweeps instead")
+    parser.add_argument("--trials", type=int, nargs="+", default=[1000, 3000, 10000], help="--growth: sweep sizes")
     args = parser.parse_args(argv)
+    if args.growth:
+        growth(args.trials, args.workers)
+        return 0
     base = load_config(args.config, [])
     target = random128_best(base) - 0.5
     print(f"target (random-128 best − 0.5): {target:.2f}")

@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=["thread", "ray"], default="thread",
                         help="the real runs' runtime: threads, or Ray (local, or the cluster at --address)")
     parser.add_argument("--address", default=None, help="a running Ray cluster (ray start --head ...), with --runtime ray")
+    parser.add_argument("--resimulate", action="store_true",
+                        help="simulate the runs already in --out again (after a change to the simulator) without rerunning them")
     args = parser.parse_args(argv)
+    if args.resimulate and args.out is None:
+        parser.error("--resimulate needs --out, the directory of an earlier bench.sim_check")
     quiet_env()
     out = args.out or Path(tempfile.mkdtemp(prefix="rungflow-sim-check-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for n in args.slots:
         runs[n] = out / f"run-{n}"
+        if args.resimulate:
+            continue
         runtime = ["--set", f"runtime.kind={args.runtime}"]
         if args.address:
             runtime += ["--set", f"runtime.address={args.address}"]

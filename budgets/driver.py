@@ -31,8 +31,10 @@ __all__ = ["TrialJob", "Executor", "SweepDriver", "MAX_RUNTIME_FAILURES"]
 # runtime_failed, instead of spending the rest of its schedule on a dead cluster.
 MAX_RUNTIME_FAILURES = 5
 # Between results, result.json, the UI's artifacts and the mirrors are refreshed at most this often: each refresh
-# is O(trials), per result it would be O(n²).
+# is O(trials), per result it would be O(n²). And at most PUBLISH_SHARE of the driver's time: a refresh that takes
+# 0.3 s on a loaded machine waits 6 s, so sweeps of second-long trials do not spend their driver on their UI.
 PUBLISH_EVERY_SECONDS = 2.0
+PUBLISH_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class SweepDriver:
     clock: Callable[[], float] = time.time
     max_runtime_failures: int = MAX_RUNTIME_FAILURES
     _last_publish: float = 0.0
+    _publish_seconds: float = 0.0  # what the last refresh took, in real seconds (the clock may be virtual)
     _runtime_failures: int = 0
     # Resume: finished records still to replay per (trial, rung), with their position in the ledger.
     _replay: dict[tuple[str, int], SpendRecord] = field(default_factory=dict)
@@ -283,7 +286,12 @@ class SweepDriver:
 
     def _publish(self, executor: Executor) -> None:
         self._last_publish = self.clock()
+        began = time.perf_counter()
         executor.publish()
+        self._publish_seconds = time.perf_counter() - began
+
+    def _publish_due(self) -> bool:
+        return self.clock() - self._last_publish >= max(PUBLISH_EVERY_SECONDS, self._publish_seconds / PUBLISH_SHARE)
 
     def _run_synchronous(self, executor: Executor) -> None:
         for bracket in self.scheduler.brackets:
@@ -393,7 +401,7 @@ class SweepDriver:
                     executor.cancel([j for _, j in pending.values()] + list(waiting), check.detail)
             # Mid-rung too, throttled: a rung of many long trials would otherwise show the UI, the Optuna study
             # and result.json nothing until its barrier, and leave all of it to write after the last trial.
-            if (pending or waiting) and self.clock() - self._last_publish >= PUBLISH_EVERY_SECONDS:
+            if (pending or waiting) and self._publish_due():
                 self._publish(executor)
             while waiting and len(pending) < window:
                 start_next()
@@ -466,7 +474,7 @@ class SweepDriver:
             scheduler.on_result(job.trial_id, job.rung, _score(result))
             self.searcher.observe(self.observation(result))
             # Throttled by time: publishing is O(trials), per result it would be O(n²).
-            if self.clock() - self._last_publish >= PUBLISH_EVERY_SECONDS:
+            if self._publish_due():
                 self._publish(executor)
             check = None if stopping else self._cap_check()
             if check is not None:

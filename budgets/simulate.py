@@ -10,9 +10,11 @@ A real sweep also spends driver time between synchronous stages (the gate, promo
 runs, ``result.json`` and the artifacts, starting the next stage's task runs), during which no trial
 runs: ``stage_seconds`` charges it once per stage, where the real driver spends it: before the first
 stage (set-up, search) and after each rung's barrier (gate, promote, the next bracket's search), outside
-the stages' own spans. Inside a stage, a slot handed a job waits ``dispatch_seconds`` before the trial
-starts (submitting the task run, shipping the function, the worker picking it up): idle slot time that
-is not a barrier's. On Ray that is most of a stage's start-up; on threads, almost nothing.
+the stages' own spans. Each job also needs ``dispatch_seconds`` of one shared dispatcher before its trial
+can start (submitting the task run, the Prefect API recording it, shipping the function, the worker
+picking it up), first come first served: hidden while trials are long and slots few, it idles slots at a
+stage's start and whenever trials finish faster than the dispatcher hands them out. On Ray it is most of
+a stage's start-up.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class Busy:
 class _Run:
     job: TrialJob
     notify: Callable[[Any], None]
+    ready_at: float = 0.0  # when the dispatcher has handed it out
     record: SpendRecord | None = None
 
 
@@ -78,7 +81,7 @@ class SimulatedExecutor:
     cpus_per_trial: float = 1.0
     # Driver seconds per synchronous stage (see the module's docstring); asynchronous schedulers have no stages.
     stage_seconds: float = 0.0
-    # Seconds a slot holds a job before its trial starts (see the module's docstring).
+    # Seconds of the shared dispatcher each job needs before its trial can start (see the module's docstring).
     dispatch_seconds: float = 0.0
     busy: list[Busy] = field(default_factory=list)
     _running: list[tuple[float, int, _Run]] = field(default_factory=list)
@@ -87,6 +90,7 @@ class SimulatedExecutor:
     _reached: dict[tuple[str, int], float] = field(default_factory=dict)
     _seq: Any = field(default_factory=itertools.count)
     _cancelled: set[tuple[str, int]] = field(default_factory=set)
+    _dispatcher_free: float = 0.0
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -108,7 +112,8 @@ class SimulatedExecutor:
         pass
 
     def start(self, job: TrialJob, notify: Callable[[Any], None]) -> Any:
-        run = _Run(job, notify)
+        self._dispatcher_free = max(self.clock.now, self._dispatcher_free) + self.dispatch_seconds
+        run = _Run(job, notify, ready_at=self._dispatcher_free)
         if len(self._running) < self.slots:
             self._begin(run)
         else:
@@ -165,7 +170,7 @@ class SimulatedExecutor:
 
     # --- running ----------------------------------------------------------------------------------
     def _begin(self, run: _Run) -> None:
-        job, now = run.job, self.clock.now + self.dispatch_seconds
+        job, now = run.job, max(self.clock.now, run.ready_at)
         # A clone starts where its parent's checkpoint at that rung left off; anyone else resumes from its own.
         if job.clone_from is not None and job.resume_from_rung is not None:
             start = self._reached.get((job.clone_from, job.resume_from_rung), 0.0)
@@ -230,32 +235,50 @@ def stage_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[st
     return max(0.0, (elapsed_seconds - inside) / len(spans))
 
 
-def _list_schedule_idle(seconds: Sequence[float], slots: int) -> float:
-    """Slot-seconds idle when ``seconds`` run in order on ``slots`` slots, each job on the first free slot."""
+def _dispatched_idle(seconds: Sequence[float], slots: int, dispatch: float, submitted_at_start: bool) -> float:
+    """Slot-seconds idle when ``seconds`` run in order on ``slots`` slots, each job first taking ``dispatch`` of
+    one shared dispatcher: submitted all at once (a synchronous stage) or as a slot frees (asynchronous)."""
     free = [0.0] * slots
+    dispatcher, end = 0.0, 0.0
     for duration in seconds:
-        heapq.heapreplace(free, free[0] + duration)
-    return slots * max(free) - sum(seconds)
+        slot = heapq.heappop(free)
+        dispatcher = max(0.0 if submitted_at_start else slot, dispatcher) + dispatch
+        finish = max(dispatcher, slot) + duration
+        heapq.heappush(free, finish)
+        end = max(end, finish)
+    return slots * end - sum(seconds)
 
 
 def dispatch_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]], elapsed_seconds: float,
                       slots: int) -> float | None:
-    """Seconds a slot held each job before its trial started, in a real run: the slot time idle inside its
-    stages beyond what their trials' own durations leave idle when packed on ``slots`` slots in the order
-    they started, per trial. An asynchronous run is one stage, from the sweep's start to its last result.
-    None with no record to measure."""
+    """The dispatcher's seconds per job in a real run: the ``dispatch_seconds`` at which the simulator's
+    dispatcher leaves the slots as idle inside the run's stages as they were, with the trials' own
+    durations in the order they started. An asynchronous run is one stage, from the sweep's start to its
+    last result. None with no record to measure."""
     done = [r for r in records if r.finished_at >= r.started_at]
     if not done or slots < 1:
         return None
     spans = _stage_spans(done, schedule)
+    at_start = bool(spans)
     if not spans:
         end = max(r.finished_at for r in done)
         spans = {(0, 0): (min(end - elapsed_seconds, min(r.started_at for r in done)), end, done)}
-    residual, trials = 0.0, 0
+    stages = []
+    real = 0.0
     for first, last, members in spans.values():
-        members = sorted(members, key=lambda r: r.started_at)
-        durations = [r.finished_at - r.started_at for r in members]
-        idle = slots * (last - first) - sum(durations)
-        residual += idle - _list_schedule_idle(durations, slots)
-        trials += len(members)
-    return max(0.0, residual / trials)
+        durations = [r.finished_at - r.started_at for r in sorted(members, key=lambda r: r.started_at)]
+        stages.append(durations)
+        real += slots * (last - first) - sum(durations)
+
+    def modelled(dispatch: float) -> float:
+        return sum(_dispatched_idle(d, slots, dispatch, at_start) for d in stages)
+
+    low, high = 0.0, max(last - first for first, last, _ in spans.values())
+    if modelled(low) >= real:
+        return 0.0
+    if modelled(high) <= real:
+        return high
+    for _ in range(50):  # idle grows with the dispatcher's seconds: bisect to the run's own idle
+        middle = (low + high) / 2
+        low, high = (middle, high) if modelled(middle) < real else (low, middle)
+    return (low + high) / 2

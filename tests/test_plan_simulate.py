@@ -78,10 +78,11 @@ def test_stage_overhead_is_the_wall_clock_no_stage_spans() -> None:
     assert stage_overhead(records, [{"bracket": 0, "asynchronous": True, "rungs": [{"rung": 0}]}], 6.0) is None
 
 
-def test_dispatch_overhead_is_the_idle_inside_stages_that_packing_the_trials_does_not_explain(
+def test_dispatch_overhead_is_the_dispatcher_time_that_leaves_the_stages_as_idle_as_they_were(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Four 1 s trials on 2 slots in a stage logged from 0 to 3: packed back to back they would leave no slot
-    # idle; 2 slot-seconds were, i.e. each trial waited 0.5 s on its slot before it started.
+    # idle; 2 slot-seconds were, as a dispatcher handing out one trial every 0.5 s leaves them
+    # (starts at 0.5, 1.0, 1.5, 2.0).
     records = [_record("t0", 0, 0, 0.5, 1.5), _record("t1", 0, 0, 0.5, 1.5), _record("t2", 0, 0, 2.0, 3.0),
                _record("t3", 0, 0, 2.0, 3.0)]
     schedule = [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.0, "finished_at": 3.0}]}]
@@ -93,7 +94,8 @@ def test_dispatch_overhead_is_the_idle_inside_stages_that_packing_the_trials_doe
     uneven = [_record("t0", 0, 0, 0.0, 3.0), _record("t1", 0, 0, 0.0, 1.0)]
     assert dispatch_overhead(uneven, [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.0, "finished_at": 3.0}]}],
                              3.0, slots=2) == pytest.approx(0.0)
-    # The simulator charges it on every trial's slot: a stage of four 10 s trials on 2 slots takes 2 x (10 + d).
+    # The simulator's dispatcher hands out one trial every d: four 10 s trials on 2 slots, the last starts at
+    # 10 + 2d (its slot's first trial started at 2d), so the stage ends 2d later than without it.
     path = _config(tmp_path)
     plain = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "0",
                   "--set", "scheduler.kind=sha", "--set", "scheduler.max_budget=1", "--set", "search.num_trials=4",
