@@ -2,8 +2,8 @@
 
 Runs the same deterministic sweep (noop trials sleeping 0.4 s, random search seed 0, Hyperband 1..9,
 η = 3) for real at 1, 2 and 4 slots, then simulates each: with durations and the per-stage driver cost
-and the per-trial dispatch delay from the run itself, from the first (1-slot) run, with the 0.35 s default
-and no dispatch delay, and with no driver cost at all. It
+and the per-trial dispatch delay from the run itself, from the first (1-slot) run, from the run one size down,
+with the defaults (0.12 s a stage and for set-up, no dispatch delay), and with no driver cost at all. It
 prints wall-clock (the sweep's start to its last result, as result.json counts it), utilisation and idle
 at barriers for both, and whether the trials, rungs and scores are identical. About a minute of CPU.
 """
@@ -39,20 +39,17 @@ def _scored(events: list[tuple[str, int, float | None]]) -> list[tuple[str, int,
 
 
 def real_figures(run_dir: Path) -> dict[str, Any]:
-    """A real run's figures, computed as the simulator computes its own (capacity = slots × wall-clock)."""
+    """A real run's figures, computed as the simulator computes its own (capacity = slots × wall-clock; idle at
+    barriers inside each stage's span, the first stage from its first trial, as budgets.simulate.stage_spans)."""
     from rungflow.budgets.ledger import Ledger
+    from rungflow.budgets.simulate import stage_spans
 
     result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
     ledger = Ledger(run_dir / "ledger.jsonl", replay=True)
     records = [*ledger.records, *ledger.pending]
     wall, slots = result["elapsed_seconds"], result["utilisation"]["slots"]
-    idle = 0.0
-    for bracket in result["schedule"]:
-        for rung in bracket.get("rungs", []):
-            if "started_at" in rung:
-                busy = sum(r.finished_at - r.started_at for r in records
-                           if r.bracket == bracket["bracket"] and r.rung == rung["rung"])
-                idle += max(0.0, slots * (rung["finished_at"] - rung["started_at"]) - busy)
+    idle = sum(max(0.0, slots * (last - first) - sum(r.finished_at - r.started_at for r in members))
+               for first, last, members in stage_spans(records, result["schedule"]).values())
     return {"wall": wall, "utilisation": sum(r.wall_seconds for r in records) / (slots * wall),
             "idle": idle / (slots * wall), "trials": len(result["trials"]),
             "scores": _scored([(r.trial_id, r.rung, r.score) for r in records])}
@@ -65,6 +62,7 @@ def simulated_figures(config: Path, workers: int, costs_from: Path, *extra: str)
     sim = json.loads(out.stdout)
     return {"wall": sim["wall_seconds"], "utilisation": sim["utilisation"], "idle": sim["barrier_idle_fraction"],
             "trials": sim["trials"], "stage": sim["stage_seconds"], "dispatch": sim["dispatch_seconds"],
+            "setup": sim["setup_seconds"],
             "scores": _scored([(e["trial_id"], e["rung"], e["score"]) for e in sim["events"]])}
 
 
@@ -97,18 +95,26 @@ def main(argv: list[str] | None = None) -> int:
                         f"runtime.max_concurrent={n}", "--set", f"storage.run_dir={runs[n]}", *runtime],
                        check=True, stdout=subprocess.DEVNULL)
     first = runs[args.slots[0]]
-    print("| slots | simulated from | real wall (s) | simulated (s) | error | stage (s) | dispatch (s) | real utilisation "
-          "| simulated | real idle at barriers | simulated | trials, rungs, scores |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| slots | simulated from | real wall (s) | simulated (s) | error | set-up (s) | stage (s) | dispatch (s) "
+          "| real utilisation | simulated | real idle at barriers | simulated | trials, rungs, scores |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    previous: Path | None = None
     for n, run in runs.items():
         real = real_figures(run)
-        for label, source, extra in (("its own run", run, ()), (first.name, first, ()),
-                                     ("the 0.35 s default", first, ("--stage-seconds", "0.35", "--dispatch-seconds", "0")),
-                                     ("no driver cost", first, ("--stage-seconds", "0", "--dispatch-seconds", "0"))):
+        # The run one size down shares this machine's contention (trials sharing two cores with the Prefect
+        # server run longer than alone), which the 1-slot run cannot show.
+        sources = [("its own run", run, ()), (first.name, first, ())]
+        if previous is not None and previous != first:
+            sources.append((previous.name, previous, ()))
+        previous = run
+        for label, source, extra in (*sources,
+                                     ("the defaults", first, ("--stage-seconds", "0.12", "--dispatch-seconds", "0", "--setup-seconds", "0.12")),
+                                     ("no driver cost", first, ("--stage-seconds", "0", "--dispatch-seconds", "0", "--setup-seconds", "0"))):
             sim = simulated_figures(config, n, source, *extra)
             same = real["scores"] == sim["scores"] and real["trials"] == sim["trials"]
             print(f"| {n} | {label} | {real['wall']:.2f} | {sim['wall']:.2f} | "
-                  f"{(sim['wall'] - real['wall']) / real['wall']:+.1%} | {sim['stage']:.3f} | {sim['dispatch']:.3f} | "
+                  f"{(sim['wall'] - real['wall']) / real['wall']:+.1%} | {sim['setup']:.2f} | {sim['stage']:.3f} | "
+                  f"{sim['dispatch']:.3f} | "
                   f"{real['utilisation']:.0%} | "
                   f"{sim['utilisation']:.0%} | {real['idle']:.0%} | {sim['idle']:.0%} | "
                   f"{'identical' if same else 'differ'} |", flush=True)

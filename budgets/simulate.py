@@ -8,13 +8,12 @@ would on a cluster, and a sweep of 10,000 trials simulates in seconds.
 
 A real sweep also spends driver time between synchronous stages (the gate, promote and search task
 runs, ``result.json`` and the artifacts, starting the next stage's task runs), during which no trial
-runs: ``stage_seconds`` charges it once per stage, where the real driver spends it: before the first
-stage (set-up, search) and after each rung's barrier (gate, promote, the next bracket's search), outside
-the stages' own spans. Each job also needs ``dispatch_seconds`` of one shared dispatcher before its trial
+runs: ``stage_seconds`` charges it after each rung's barrier (gate, promote, the next bracket's search),
+outside the stages' own spans, and ``setup_seconds`` once before the first trial (starting the runtime;
+on Ray, the actors warming up). Each job also needs ``dispatch_seconds`` of one shared dispatcher before its trial
 can start (submitting the task run, the Prefect API recording it, shipping the function, the worker
 picking it up), first come first served: hidden while trials are long and slots few, it idles slots at a
-stage's start and whenever trials finish faster than the dispatcher hands them out. On Ray it is most of
-a stage's start-up.
+stage's start and whenever trials finish faster than the dispatcher hands them out.
 """
 
 from __future__ import annotations
@@ -31,7 +30,8 @@ from rungflow.budgets.ledger import Ledger, SpendRecord, TrialStatus
 from rungflow.budgets.scheduling import RungDecision, TrialScore, gate_rung
 from rungflow.budgets.searchers import Observation, Searcher
 
-__all__ = ["VirtualClock", "SimulatedExecutor", "Durations", "Scores", "Busy", "stage_overhead", "dispatch_overhead"]
+__all__ = ["VirtualClock", "SimulatedExecutor", "Durations", "Scores", "Busy", "stage_spans", "stage_overhead",
+           "setup_overhead", "dispatch_overhead"]
 
 # Seconds to train ``config`` from budget ``start`` to budget ``stop``.
 Durations = Callable[[Mapping[str, Any], float, float], float]
@@ -81,6 +81,9 @@ class SimulatedExecutor:
     cpus_per_trial: float = 1.0
     # Driver seconds per synchronous stage (see the module's docstring); asynchronous schedulers have no stages.
     stage_seconds: float = 0.0
+    # Seconds from the sweep's start to its first trial (starting the runtime, Ray's actors warming up);
+    # None: one stage's charge, as before.
+    setup_seconds: float | None = None
     # Seconds of the shared dispatcher each job needs before its trial can start (see the module's docstring).
     dispatch_seconds: float = 0.0
     busy: list[Busy] = field(default_factory=list)
@@ -91,10 +94,13 @@ class SimulatedExecutor:
     _seq: Any = field(default_factory=itertools.count)
     _cancelled: set[tuple[str, int]] = field(default_factory=set)
     _dispatcher_free: float = 0.0
+    _set_up: bool = False
 
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise ValueError(f"The value of slots is {self.slots}, but must be at least 1")
+        if self.setup_seconds is not None and not self.setup_seconds >= 0:
+            raise ValueError(f"The value of setup_seconds is {self.setup_seconds}, but must be zero or more")
         for name in ("stage_seconds", "dispatch_seconds"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"The value of {name} is {getattr(self, name)}, but must be zero or more")
@@ -102,10 +108,11 @@ class SimulatedExecutor:
     # --- the executor contract --------------------------------------------------------------------
     def suggest(self, searcher: Searcher, count: int, bracket: int) -> list[dict[str, Any]]:
         # Before the first stage: the sweep's set-up. A later bracket's search is part of the charge at the
-        # barrier before it, so a schedule of S stages pays S charges up to its last result, as
-        # :func:`stage_overhead` measures them.
-        if not self.busy:
-            self._driver_busy()
+        # barrier before it, so a schedule of S stages pays the set-up and S - 1 charges up to its last
+        # result, as :func:`stage_overhead` and :func:`setup_overhead` measure them.
+        if not self.busy and not self._set_up:
+            self._set_up = True
+            self.clock.now += self.stage_seconds if self.setup_seconds is None else self.setup_seconds
         return searcher.suggest(count)
 
     def ready(self) -> None:
@@ -200,7 +207,7 @@ class SimulatedExecutor:
         )
 
 
-def _stage_spans(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]]
+def stage_spans(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]]
                  ) -> dict[tuple[int, int], tuple[float, float, list[SpendRecord]]]:
     """Each synchronous stage's span, as the driver logged it (from its start to its barrier, where the log has
     them; else from its first trial's start to its last trial's finish), with its records."""
@@ -214,25 +221,42 @@ def _stage_spans(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str,
         first, last, members = spans.get(key, (r.started_at, r.finished_at, []))
         members.append(r)
         spans[key] = (min(first, r.started_at), max(last, r.finished_at), members)
+    opening = min(spans, key=lambda k: float(logged[k]["started_at"]), default=None)
     for key, (first, last, members) in spans.items():
         rung = logged[key]
-        spans[key] = (min(first, float(rung["started_at"])), max(last, float(rung.get("finished_at", last))), members)
+        # The first stage from its first trial: what comes before it (starting the runtime, actors warming
+        # up, the first task runs) happens once a sweep, and is its set-up (:func:`setup_overhead`).
+        start = first if key == opening else min(first, float(rung["started_at"]))
+        spans[key] = (start, max(last, float(rung.get("finished_at", last))), members)
     return spans
 
 
 def stage_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]],
                    elapsed_seconds: float) -> float | None:
-    """Driver seconds per synchronous stage in a real run: its wall-clock (``elapsed_seconds``, from the
-    sweep's start to its last result) less each stage's span (:func:`_stage_spans`), over the stages. None
-    when the run had no synchronous stage (ASHA) or no record to measure.
+    """Driver seconds between synchronous stages in a real run: its wall-clock (``elapsed_seconds``, from the
+    sweep's start to its last result) less its set-up (:func:`setup_overhead`) and each stage's span
+    (:func:`stage_spans`), over the stages after the first. None when the run had no synchronous stage
+    (ASHA) or no record to measure.
 
     ``records`` and ``schedule`` are the run's ledger records and ``result.json`` ``schedule``.
     """
-    spans = _stage_spans(records, schedule)
-    if not spans:
+    spans = stage_spans(records, schedule)
+    setup = setup_overhead(records, schedule, elapsed_seconds)
+    if not spans or setup is None:
         return None
+    if len(spans) == 1:
+        return 0.0
     inside = sum(last - first for first, last, _ in spans.values())
-    return max(0.0, (elapsed_seconds - inside) / len(spans))
+    return max(0.0, (elapsed_seconds - setup - inside) / (len(spans) - 1))
+
+
+def setup_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]],
+                   elapsed_seconds: float) -> float | None:
+    """Seconds from a real run's start to its first trial's start (None with no record)."""
+    if not records:
+        return None
+    end = max(r.finished_at for r in records)
+    return max(0.0, min(r.started_at for r in records) - (end - elapsed_seconds))
 
 
 def _dispatched_idle(seconds: Sequence[float], slots: int, dispatch: float, submitted_at_start: bool) -> float:
@@ -252,17 +276,22 @@ def _dispatched_idle(seconds: Sequence[float], slots: int, dispatch: float, subm
 def dispatch_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]], elapsed_seconds: float,
                       slots: int) -> float | None:
     """The dispatcher's seconds per job in a real run: the ``dispatch_seconds`` at which the simulator's
-    dispatcher leaves the slots as idle inside the run's stages as they were, with the trials' own
-    durations in the order they started. An asynchronous run is one stage, from the sweep's start to its
-    last result. None with no record to measure."""
+    dispatcher leaves the slots as idle inside the run's stages (after the first) as they were, with the
+    trials' own durations in the order they started. An asynchronous run is one stage, from the sweep's
+    start to its last result. None with no record to measure."""
     done = [r for r in records if r.finished_at >= r.started_at]
     if not done or slots < 1:
         return None
-    spans = _stage_spans(done, schedule)
+    spans = stage_spans(done, schedule)
     at_start = bool(spans)
     if not spans:
         end = max(r.finished_at for r in done)
         spans = {(0, 0): (min(end - elapsed_seconds, min(r.started_at for r in done)), end, done)}
+    elif len(spans) > 1:
+        # The first stage is where the runtime warms up (Ray's actors take seconds to their first trial, and
+        # then a few hundredths of a second a trial): its idle is the set-up's, not the dispatcher's.
+        opening = min(spans.values(), key=lambda span: span[0])
+        spans = {k: v for k, v in spans.items() if v is not opening}
     stages = []
     real = 0.0
     for first, last, members in spans.values():

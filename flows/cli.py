@@ -107,6 +107,7 @@ def _plan_simulated(config, args: argparse.Namespace) -> int:
         describe,
         dispatch_seconds_for,
         durations_for,
+        setup_seconds_for,
         simulate,
         stage_seconds_for,
     )
@@ -117,11 +118,13 @@ def _plan_simulated(config, args: argparse.Namespace) -> int:
         durations, source = durations_for(config, args.costs_from, args.seconds_per_unit)
         stage, stage_source = stage_seconds_for(args.costs_from, args.stage_seconds)
         dispatch, dispatch_source = dispatch_seconds_for(args.costs_from, args.dispatch_seconds)
+        setup = setup_seconds_for(args.costs_from, args.setup_seconds)
         if args.json:
             print(json.dumps(simulate(config, workers=args.workers, durations=durations, stage_seconds=stage,
-                                      dispatch_seconds=dispatch)))
+                                      dispatch_seconds=dispatch, setup_seconds=setup)))
             return 0
-        results = compare(config, workers=args.workers, durations=durations, stage_seconds=stage, dispatch_seconds=dispatch)
+        results = compare(config, workers=args.workers, durations=durations, stage_seconds=stage, dispatch_seconds=dispatch,
+                          setup_seconds=setup)
     except PlanError as exc:
         raise CLIError(str(exc)) from None
     console.print(f"simulated: {config.name} on {args.workers} GPUs ({config.runtime.gpus_per_trial:g} per trial), "
@@ -598,7 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--simulate: trial durations as S seconds per budget unit")
     p.add_argument("--stage-seconds", type=float, metavar="S",
                    help="--simulate: driver seconds between synchronous stages (default: measured in --costs-from, "
-                        "else 0.35)")
+                        "else 0.12)")
+    p.add_argument("--setup-seconds", type=float, metavar="S",
+                   help="--simulate: seconds from the sweep's start to its first trial (default: measured in "
+                        "--costs-from, else one stage's charge)")
     p.add_argument("--dispatch-seconds", type=float, metavar="S",
                    help="--simulate: seconds a worker holds each trial before it starts (default: measured in "
                         "--costs-from, else 0)")

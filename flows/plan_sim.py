@@ -28,16 +28,24 @@ from rungflow.budgets.driver import SweepDriver
 from rungflow.budgets.ledger import Ledger, SpendRecord
 from rungflow.budgets.schedulers import make_scheduler
 from rungflow.budgets.search_registry import make_searcher
-from rungflow.budgets.simulate import Durations, Scores, SimulatedExecutor, VirtualClock, dispatch_overhead, stage_overhead
+from rungflow.budgets.simulate import (
+    Durations,
+    Scores,
+    SimulatedExecutor,
+    VirtualClock,
+    dispatch_overhead,
+    setup_overhead,
+    stage_overhead,
+)
 from rungflow.config import SweepConfig
 
-__all__ = ["PlanError", "durations_for", "stage_seconds_for", "dispatch_seconds_for", "simulate", "SURROGATES", "DEFAULT_STAGE_SECONDS"]
+__all__ = ["PlanError", "durations_for", "stage_seconds_for", "setup_seconds_for", "dispatch_seconds_for", "simulate", "SURROGATES", "DEFAULT_STAGE_SECONDS"]
 
-# Driver seconds per synchronous stage on the thread runtime, measured on a 2-core machine under load
-# (Hyperband 1..9, noop trials; bench/README.md): the gate, promote and search task runs, result.json,
-# the artifacts, and starting the next stage's task runs. Small beside hour-long trials, a quarter of
-# the wall-clock of a sweep of seconds-long ones.
-DEFAULT_STAGE_SECONDS = 0.35
+# Driver seconds between synchronous stages on the thread runtime, measured on a 2-core machine (Hyperband
+# 1..9, noop trials, 1, 2 and 4 slots: 0.11-0.15 s; bench/README.md): the gate, promote and search task
+# runs, result.json, the artifacts, and starting the next stage's task runs. Small beside hour-long
+# trials. Ray's set-up alone is seconds: plan a Ray sweep --costs-from a Ray run.
+DEFAULT_STAGE_SECONDS = 0.12
 
 # Trainables whose train() is an instant, deterministic answer (no data, no sleep): the simulation asks them.
 SURROGATES = frozenset({"yahpo_lcbench", "noop"})
@@ -145,6 +153,20 @@ def stage_seconds_for(costs_from: str | None = None, stage_seconds: float | None
     return DEFAULT_STAGE_SECONDS, "the thread runtime's default"
 
 
+def setup_seconds_for(costs_from: str | None = None, setup_seconds: float | None = None) -> float | None:
+    """Seconds from the sweep's start to its first trial: given, else measured in ``costs_from``, else None
+    (the set-up costs one stage's charge)."""
+    if setup_seconds is not None:
+        if not (setup_seconds >= 0 and math.isfinite(setup_seconds)):
+            raise PlanError(f"--setup-seconds: {setup_seconds:g} must be zero or more")
+        return setup_seconds
+    past = _past_run(costs_from)
+    if past is None:
+        return None
+    records, result = past
+    return setup_overhead(records, result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0))
+
+
 def dispatch_seconds_for(costs_from: str | None = None, dispatch_seconds: float | None = None) -> tuple[float, str]:
     """Seconds a slot holds each job before its trial starts, and where they came from (default: none)."""
     if dispatch_seconds is not None:
@@ -182,7 +204,7 @@ def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
 
 def simulate(config: SweepConfig, *, workers: int, durations: Durations,
              scheduler_kind: str | None = None, stage_seconds: float = DEFAULT_STAGE_SECONDS,
-             dispatch_seconds: float = 0.0) -> dict[str, Any]:
+             dispatch_seconds: float = 0.0, setup_seconds: float | None = None) -> dict[str, Any]:
     """Run ``config``'s sweep on ``workers`` simulated GPUs; the figures ``--json`` prints."""
     if workers < 1:
         raise PlanError(f"--workers: {workers} must be at least 1")
@@ -212,11 +234,12 @@ def simulate(config: SweepConfig, *, workers: int, durations: Durations,
     scores, surrogate = _scores_for(config)
     executor = SimulatedExecutor(slots, clock, durations, scores, ledger, gpus_per_trial=gpus,
                                  cpus_per_trial=config.runtime.cpus_per_trial, stage_seconds=stage_seconds,
-                                 dispatch_seconds=dispatch_seconds)
+                                 dispatch_seconds=dispatch_seconds, setup_seconds=setup_seconds)
     driver.run(executor)
     out = summarise(driver, executor, kind, workers, surrogate)
     out["stage_seconds"] = stage_seconds if scheduler.synchronous else 0.0
     out["dispatch_seconds"] = dispatch_seconds
+    out["setup_seconds"] = stage_seconds if setup_seconds is None else setup_seconds
     return out
 
 
@@ -270,10 +293,11 @@ def summarise(driver: SweepDriver, executor: SimulatedExecutor, kind: str, worke
 
 
 def compare(config: SweepConfig, *, workers: int, durations: Durations, kinds: tuple[str, ...] = ("hyperband", "asha"),
-            stage_seconds: float = DEFAULT_STAGE_SECONDS, dispatch_seconds: float = 0.0) -> dict[str, dict[str, Any]]:
+            stage_seconds: float = DEFAULT_STAGE_SECONDS, dispatch_seconds: float = 0.0,
+            setup_seconds: float | None = None) -> dict[str, dict[str, Any]]:
     """The same config under each scheduler in ``kinds``, side by side."""
     return {k: simulate(config, workers=workers, durations=durations, scheduler_kind=k, stage_seconds=stage_seconds,
-                        dispatch_seconds=dispatch_seconds) for k in kinds}
+                        dispatch_seconds=dispatch_seconds, setup_seconds=setup_seconds) for k in kinds}
 
 
 def describe(result: Mapping[str, Any], unit: Callable[[float], str] | None = None) -> str:

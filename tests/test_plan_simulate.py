@@ -10,7 +10,7 @@ import yaml
 
 from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.budgets.rungs import hyperband_plan
-from rungflow.budgets.simulate import dispatch_overhead, stage_overhead
+from rungflow.budgets.simulate import dispatch_overhead, setup_overhead, stage_overhead
 from rungflow.flows.cli import main
 from rungflow.flows.plan_sim import DEFAULT_STAGE_SECONDS
 from tests.conftest import sweep_config
@@ -69,11 +69,12 @@ def _record(trial: str, bracket: int, rung: int, start: float, finish: float) ->
 
 
 def test_stage_overhead_is_the_wall_clock_no_stage_spans() -> None:
-    # Two stages: 0.9 s of set-up, stage (0, 0) logged from 0.9 to 4, 0.4 s between stages, stage (0, 1) from 4.4 to 6.
+    # 1 s of set-up to the first trial, stage (0, 0) to 4, 0.4 s between stages, stage (0, 1) logged from 4.4 to 6.
     records = [_record("t0", 0, 0, 1.0, 3.0), _record("t1", 0, 0, 1.5, 4.0), _record("t0", 0, 1, 4.5, 6.0)]
     schedule = [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.9, "finished_at": 4.0},
                                          {"rung": 1, "started_at": 4.4, "finished_at": 6.0}]}]
-    assert stage_overhead(records, schedule, elapsed_seconds=6.0) == pytest.approx((6.0 - 3.1 - 1.6) / 2)
+    assert setup_overhead(records, schedule, elapsed_seconds=6.0) == pytest.approx(1.0)
+    assert stage_overhead(records, schedule, elapsed_seconds=6.0) == pytest.approx(6.0 - 1.0 - 3.0 - 1.6)
     # ASHA's schedule has no synchronous stage: nothing to measure.
     assert stage_overhead(records, [{"bracket": 0, "asynchronous": True, "rungs": [{"rung": 0}]}], 6.0) is None
 
@@ -83,10 +84,12 @@ def test_dispatch_overhead_is_the_dispatcher_time_that_leaves_the_stages_as_idle
     # Four 1 s trials on 2 slots in a stage logged from 0 to 3: packed back to back they would leave no slot
     # idle; 2 slot-seconds were, as a dispatcher handing out one trial every 0.5 s leaves them
     # (starts at 0.5, 1.0, 1.5, 2.0).
-    records = [_record("t0", 0, 0, 0.5, 1.5), _record("t1", 0, 0, 0.5, 1.5), _record("t2", 0, 0, 2.0, 3.0),
-               _record("t3", 0, 0, 2.0, 3.0)]
-    schedule = [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.0, "finished_at": 3.0}]}]
-    assert dispatch_overhead(records, schedule, 3.0, slots=2) == pytest.approx(0.5)
+    # The first stage (t9, the runtime warming up) is the set-up's, not the dispatcher's.
+    records = [_record("t9", 0, 0, 0.0, 5.0), _record("t0", 1, 0, 10.5, 11.5), _record("t1", 1, 0, 10.5, 11.5),
+               _record("t2", 1, 0, 12.0, 13.0), _record("t3", 1, 0, 12.0, 13.0)]
+    schedule = [{"bracket": 0, "rungs": [{"rung": 0, "started_at": -3.0, "finished_at": 5.0}]},
+                {"bracket": 1, "rungs": [{"rung": 0, "started_at": 10.0, "finished_at": 13.0}]}]
+    assert dispatch_overhead(records, schedule, 16.0, slots=2) == pytest.approx(0.5)
     # Packed back to back with no gap: nothing to charge. Uneven trials idle at the barrier, which is not dispatch.
     tight = [_record("t0", 0, 0, 0.0, 1.0), _record("t1", 0, 0, 0.0, 2.0), _record("t2", 0, 0, 1.0, 2.0)]
     assert dispatch_overhead(tight, [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.0, "finished_at": 2.0}]}],
@@ -121,7 +124,7 @@ def test_costs_from_a_run_brings_its_stage_cost(tmp_path: Path, capsys: pytest.C
         "schedule": [{"bracket": 0, "rungs": [{"rung": 0, "started_at": 0.9}, {"rung": 1, "started_at": 4.4}]}]}))
     path = _config(tmp_path)
     out = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--costs-from", str(run))
-    assert out["stage_seconds"] == pytest.approx((6.0 - 3.1 - 1.6) / 2)
+    assert out["stage_seconds"] == pytest.approx(0.4) and out["setup_seconds"] == pytest.approx(1.0)
     # Given on the command line, it wins over the run's.
     out = _json(capsys, "plan", str(path), "--simulate", "--json", "--costs-from", str(run), "--stage-seconds", "0")
     assert out["stage_seconds"] == 0.0
@@ -153,6 +156,7 @@ def test_side_by_side_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     (["--costs-from", "OTHER"], "that ledger is of trainable 'sklearn'"),
     (["--seconds-per-unit", "1", "--stage-seconds", "-1"], "--stage-seconds: -1 must be zero or more"),
     (["--seconds-per-unit", "1", "--dispatch-seconds", "-1"], "--dispatch-seconds: -1 must be zero or more"),
+    (["--seconds-per-unit", "1", "--setup-seconds", "-1"], "--setup-seconds: -1 must be zero or more"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
     (tmp_path / "empty").mkdir()
