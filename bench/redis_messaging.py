@@ -4,7 +4,13 @@ For each broker a fresh ``prefect server start`` (SQLite, rungflow's recommended
 and, for Redis, a fresh ``redis-server``; the same sweep (fifo, N no-op trials, threads, 2 at a time)
 through the CLI in its own process. Reported: the sweep's wall-clock, how long it held back trials
 for the UI (``ui_sync``), train task runs the API shows when the CLI returns and how long until it
-shows all N, and the peak RSS of the server's process tree (and of redis-server).
+shows all N (and, when it never does, which train task runs it left in which state), and the peak RSS of
+the server's process tree (and of redis-server).
+
+``--publisher-batch-size 1`` sets ``PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE`` for the Redis server:
+prefect-redis 0.2.8's publisher clears its batch after awaiting the deduplication pipeline, so an event
+that arrives during a periodic flush of a part-full batch (default 5, every 10 s) is dropped unpublished;
+a batch of one is flushed by the call that added it.
 
     flock /tmp/rungflow-cpu.lock .venv/bin/python -m bench.redis_messaging --trials 10000 --json bench/out/redis.json
 """
@@ -67,7 +73,7 @@ class PeakRSS:
         return round(self.peak, 1)
 
 
-def run(broker: str, trials: int, work: Path) -> dict[str, Any]:
+def run(broker: str, trials: int, work: Path, publisher_batch_size: int | None = None) -> dict[str, Any]:
     work.mkdir(parents=True)
     env: dict[str, str] = {}
     redis = None
@@ -82,6 +88,8 @@ def run(broker: str, trials: int, work: Path) -> dict[str, Any]:
             time.sleep(0.2)
         env = {"PREFECT_MESSAGING_BROKER": "prefect_redis.messaging", "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
                "PREFECT_REDIS_MESSAGING_HOST": "127.0.0.1", "PREFECT_REDIS_MESSAGING_PORT": str(port)}
+        if publisher_batch_size is not None:
+            env["PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE"] = str(publisher_batch_size)
     (work / "prefect").mkdir()
     server = RestartablePrefect(work / "prefect", env=env)
     name = f"redis-bench-{broker}"
@@ -111,6 +119,17 @@ def run(broker: str, trials: int, work: Path) -> dict[str, Any]:
             time.sleep(1)
             shown = int(httpx.post(f"{api}/task_runs/count", json=query).json())
         catch_up = time.perf_counter() - t1
+        # The train task runs the API never showed completed: name and the state it holds them in.
+        stuck: list[str] = []
+        if shown < trials:
+            query_all = {"flow_runs": query["flow_runs"], "task_runs": {"name": {"like_": "train-"}}}
+            offset = 0
+            while len(stuck) < 10:
+                page = httpx.post(f"{api}/task_runs/filter", json={**query_all, "limit": 200, "offset": offset}).json()
+                stuck += [f"{t['name']}: {t['state_type']}" for t in page if t["state_type"] != "COMPLETED"]
+                if len(page) < 200:
+                    break
+                offset += 200
         # Proof the server's messages went through Redis: the commands it served and the streams it holds.
         redis_commands = None
         if redis is not None:
@@ -120,10 +139,10 @@ def run(broker: str, trials: int, work: Path) -> dict[str, Any]:
                                       if line.startswith("total_commands_processed")))
         server_log = "\n".join((work / "prefect").glob("server-*.log").__next__().read_text().splitlines()[-40:])
         return {
-            "broker": broker, "trials": trials, "server_start_s": round(startup, 1), "cli_wall_s": round(wall, 1),
+            "broker": broker, "publisher_batch_size": publisher_batch_size, "trials": trials, "server_start_s": round(startup, 1), "cli_wall_s": round(wall, 1),
             "ms_per_trial": round(1000 * wall / trials, 2), "flow_run_state": flow_run["state_type"],
             "ui_sync": result.get("ui_sync"), "task_runs_shown_at_return": at_return, "task_runs_shown": shown,
-            "catch_up_s": round(catch_up, 1), "server_peak_rss_mb": rss.stop(),
+            "catch_up_s": round(catch_up, 1), "not_completed_in_api": stuck[:10], "server_peak_rss_mb": rss.stop(),
             "redis_peak_rss_mb": redis_rss.stop() if redis_rss else None, "redis_commands": redis_commands,
             "server_errors": [line for line in server_log.splitlines() if "ERROR" in line or "Traceback" in line][:5],
         }
@@ -138,12 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.redis_messaging", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10000)
     parser.add_argument("--brokers", nargs="+", default=["memory", "redis"], choices=["memory", "redis"])
+    parser.add_argument("--publisher-batch-size", type=int,
+                        help="PREFECT_REDIS_MESSAGING_PUBLISHER_BATCH_SIZE for the Redis server (prefect-redis's default: 5)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="rungflow-redis-"))
     rows = []
     for broker in args.brokers:
-        row = run(broker, args.trials, work / broker)
+        row = run(broker, args.trials, work / broker, args.publisher_batch_size if broker == "redis" else None)
         print(json.dumps(row), flush=True)
         rows.append(row)
     if args.json:
