@@ -110,7 +110,7 @@ class SimulatedExecutor:
         # Before the first stage: the sweep's set-up. A later bracket's search is part of the charge at the
         # barrier before it, so a schedule of S stages pays the set-up and S - 1 charges up to its last
         # result, as :func:`stage_overhead` and :func:`setup_overhead` measure them.
-        if not self.busy and not self._set_up:
+        if not self._set_up:
             self._set_up = True
             self.clock.now += self.stage_seconds if self.setup_seconds is None else self.setup_seconds
         return searcher.suggest(count)

@@ -105,20 +105,18 @@ def _plan_simulated(config, args: argparse.Namespace) -> int:
         PlanError,
         compare,
         describe,
-        dispatch_seconds_for,
+        driver_costs_for,
         durations_for,
-        setup_seconds_for,
         simulate,
-        stage_seconds_for,
     )
 
     try:
         if args.workers < 1:
             raise PlanError(f"--workers: {args.workers} must be at least 1")
         durations, source = durations_for(config, args.costs_from, args.seconds_per_unit)
-        stage, stage_source = stage_seconds_for(args.costs_from, args.stage_seconds)
-        dispatch, dispatch_source = dispatch_seconds_for(args.costs_from, args.dispatch_seconds)
-        setup = setup_seconds_for(args.costs_from, args.setup_seconds)
+        costs = driver_costs_for(args.costs_from, stage_seconds=args.stage_seconds,
+                                 dispatch_seconds=args.dispatch_seconds, setup_seconds=args.setup_seconds)
+        stage, dispatch, setup = costs.stage_seconds, costs.dispatch_seconds, costs.setup_seconds
         if args.json:
             print(json.dumps(simulate(config, workers=args.workers, durations=durations, stage_seconds=stage,
                                       dispatch_seconds=dispatch, setup_seconds=setup)))
@@ -128,8 +126,8 @@ def _plan_simulated(config, args: argparse.Namespace) -> int:
     except PlanError as exc:
         raise CLIError(str(exc)) from None
     console.print(f"simulated: {config.name} on {args.workers} GPUs ({config.runtime.gpus_per_trial:g} per trial), "
-                  f"durations from {source}, {stage:.2f} s per synchronous stage ({stage_source}), {dispatch:.3f} s to "
-                  f"dispatch a trial ({dispatch_source})", highlight=False)
+                  f"durations from {source}, {stage:.2f} s per synchronous stage ({costs.stage_source}), {dispatch:.3f} s "
+                  f"to dispatch a trial ({costs.dispatch_source})", highlight=False)
     for result in results.values():
         console.print(describe(result), highlight=False)
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from rungflow.budgets.simulate import (
 )
 from rungflow.config import SweepConfig
 
-__all__ = ["PlanError", "durations_for", "stage_seconds_for", "setup_seconds_for", "dispatch_seconds_for", "simulate", "SURROGATES", "DEFAULT_STAGE_SECONDS"]
+__all__ = ["PlanError", "durations_for", "DriverCosts", "driver_costs_for", "simulate", "SURROGATES", "DEFAULT_STAGE_SECONDS"]
 
 # Driver seconds between synchronous stages on the thread runtime, measured on a 2-core machine (Hyperband
 # 1..9, noop trials, 1, 2 and 4 slots: 0.11-0.15 s; bench/README.md): the gate, promote and search task
@@ -138,50 +139,50 @@ def _past_run(costs_from: str | None) -> tuple[list[SpendRecord], dict[str, Any]
     return ([*ledger.records, *ledger.pending] if ledger is not None else []), result
 
 
-def stage_seconds_for(costs_from: str | None = None, stage_seconds: float | None = None) -> tuple[float, str]:
-    """Driver seconds per synchronous stage, and where they came from."""
-    if stage_seconds is not None:
-        if not (stage_seconds >= 0 and math.isfinite(stage_seconds)):
-            raise PlanError(f"--stage-seconds: {stage_seconds:g} must be zero or more")
-        return stage_seconds, "--stage-seconds"
-    past = _past_run(costs_from)
+@dataclass(frozen=True)
+class DriverCosts:
+    """The driver's time the simulator charges (budgets.simulate), and where each figure came from."""
+
+    stage_seconds: float
+    stage_source: str
+    dispatch_seconds: float
+    dispatch_source: str
+    setup_seconds: float | None  # None: one stage's charge
+
+
+def _given(flag: str, value: float | None) -> float | None:
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        raise PlanError(f"{flag}: {value:g} must be zero or more")
+    return value
+
+
+def driver_costs_for(costs_from: str | None = None, *, stage_seconds: float | None = None,
+                     dispatch_seconds: float | None = None, setup_seconds: float | None = None) -> DriverCosts:
+    """Each of the three charges as given on the command line, else measured in the ``costs_from`` run (read
+    once), else the default: :data:`DEFAULT_STAGE_SECONDS` a stage, no dispatcher, set-up as one stage."""
+    stage, dispatch, setup = (_given("--stage-seconds", stage_seconds), _given("--dispatch-seconds", dispatch_seconds),
+                              _given("--setup-seconds", setup_seconds))
+    measured_stage = measured_dispatch = measured_setup = None
+    past = _past_run(costs_from) if None in (stage, dispatch, setup) else None
     if past is not None:
         records, result = past
-        measured = stage_overhead(records, result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0))
-        if measured is not None:
-            return measured, f"measured in {costs_from}"
-    return DEFAULT_STAGE_SECONDS, "the thread runtime's default"
-
-
-def setup_seconds_for(costs_from: str | None = None, setup_seconds: float | None = None) -> float | None:
-    """Seconds from the sweep's start to its first trial: given, else measured in ``costs_from``, else None
-    (the set-up costs one stage's charge)."""
-    if setup_seconds is not None:
-        if not (setup_seconds >= 0 and math.isfinite(setup_seconds)):
-            raise PlanError(f"--setup-seconds: {setup_seconds:g} must be zero or more")
-        return setup_seconds
-    past = _past_run(costs_from)
-    if past is None:
-        return None
-    records, result = past
-    return setup_overhead(records, result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0))
-
-
-def dispatch_seconds_for(costs_from: str | None = None, dispatch_seconds: float | None = None) -> tuple[float, str]:
-    """Seconds a slot holds each job before its trial starts, and where they came from (default: none)."""
-    if dispatch_seconds is not None:
-        if not (dispatch_seconds >= 0 and math.isfinite(dispatch_seconds)):
-            raise PlanError(f"--dispatch-seconds: {dispatch_seconds:g} must be zero or more")
-        return dispatch_seconds, "--dispatch-seconds"
-    past = _past_run(costs_from)
-    if past is not None:
-        records, result = past
+        schedule, elapsed = result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0)
         slots = int((result.get("utilisation") or {}).get("slots") or 0)
-        measured = dispatch_overhead(records, result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0),
-                                     slots)
-        if measured is not None:
-            return measured, f"measured in {costs_from}"
-    return 0.0, "none given"
+        measured_stage = stage_overhead(records, schedule, elapsed)
+        measured_dispatch = dispatch_overhead(records, schedule, elapsed, slots)
+        measured_setup = setup_overhead(records, schedule, elapsed)
+    measured = f"measured in {costs_from}"
+
+    def pick(given: float | None, flag: str, found: float | None, default: float, fallback: str) -> tuple[float, str]:
+        if given is not None:
+            return given, flag
+        return (found, measured) if found is not None else (default, fallback)
+
+    stage_value, stage_source = pick(stage, "--stage-seconds", measured_stage, DEFAULT_STAGE_SECONDS,
+                                     "the thread runtime's default")
+    dispatch_value, dispatch_source = pick(dispatch, "--dispatch-seconds", measured_dispatch, 0.0, "none given")
+    return DriverCosts(stage_value, stage_source, dispatch_value, dispatch_source,
+                       setup if setup is not None else measured_setup)
 
 
 def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
