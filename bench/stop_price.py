@@ -143,7 +143,7 @@ def judge(records: Sequence[Any], stop_at: int | None, price: float) -> dict[str
 
 
 def run_cell(instance: str, seed: int, *, iterations: int, price: float, noise_std: float,
-             rules: Sequence[str]) -> dict[str, Any]:
+             rules: Sequence[str], ceiling: bool = False) -> dict[str, Any]:
     from bench import search_sim as S
     from bench.stopping import TERMINATOR_ERROR, oracle, replay_controller, replay_plateau, terminator_bounds, terminator_stop
     from rungflow.budgets.schedulers import make_scheduler
@@ -167,6 +167,10 @@ def run_cell(instance: str, seed: int, *, iterations: int, price: float, noise_s
         else:
             stop_at, _ = replay_controller(records, scheduler, rule=rule, seed=seed, min_gain=price)
         out["rules"][rule] = {"stopped": stop_at is not None, **judge(records, stop_at, price)}
+    if ceiling:
+        from bench.stop_ceiling import cell_ceiling
+
+        out["ceiling"] = cell_ceiling(records, price, scheduler, seed, judge)
     return out
 
 
@@ -254,6 +258,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", nargs="+", default=list(DEFAULT_RULES), choices=list(RULES))
     p.add_argument("--out", type=Path, default=Path("bench/out/stopprice"))
     p.add_argument("--render", action="store_true", help="rewrite --out's results.md from its results.json, no sweeps")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also score rules tuned in hindsight on these runs (bench/stop_ceiling.py): what any rule of their kind can capture")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -262,7 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         data = json.loads((args.out / "results.json").read_text())
         rows = summarize(data["cells"], data["meta"]["rules"])
-        text = markdown(rows, data["cells"], data["meta"])
+        text = markdown(rows, data["cells"], data["meta"]) + _ceiling_text(data["cells"])
         (args.out / "results.md").write_text(text)
         print(text)
         return {"summary": rows, "cells": data["cells"]}
@@ -271,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for inst in args.instances:
         for seed in args.seeds:
             cell = run_cell(str(inst), seed, iterations=args.iterations, price=args.price, noise_std=args.noise_std,
-                            rules=args.rules)
+                            rules=args.rules, ceiling=args.ceiling)
             cells.append(cell)
             print(f"  {inst} s{seed}: {cell['gpu_hours']:.2f} GPU-h | " + "; ".join(
                 f"{k}: net {fmt(v['net'])} of {fmt(v['hindsight'])}" for k, v in cell["rules"].items()), flush=True)
@@ -282,7 +288,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "versions": library_versions()}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "results.json", {"meta": meta, "summary": rows, "cells": cells})
-    text = markdown(rows, cells, meta)
+    text = markdown(rows, cells, meta) + _ceiling_text(cells)
     (args.out / "results.md").write_text(text)
     print(text)
     return {"summary": rows, "cells": cells}
+
+
+def _ceiling_text(cells: Sequence[Mapping[str, Any]]) -> str:
+    if not cells or "ceiling" not in cells[0]:
+        return ""
+    from bench.stop_ceiling import markdown_ceiling, summarize_ceiling
+
+    return "\n\n" + markdown_ceiling(summarize_ceiling(cells))
