@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -174,10 +175,16 @@ def test_hard_cap_mid_stage_cancels_in_flight_ray_trials_and_bills_them(
 
 
 def _ray_node(ray_bin: str, args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    """One Ray node in the foreground (``--block``), in its own process group so the test stops exactly it."""
+    """One Ray node in the foreground (``--block``), in its own process group so the test stops exactly it.
+
+    A node joining a cluster gets a temp dir of its own, as it would on its own machine. Sharing the head's, two
+    runtime-env agents unpack one working_dir into the same folder, and the second unpacking deletes the folder
+    the first one's workers already run in. Under /tmp, not tmp_path: Ray's socket paths must stay short.
+    """
+    own_dir = ["--temp-dir", tempfile.mkdtemp(prefix="ray-node-")] if "--address" in args else []
     return subprocess.Popen([ray_bin, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                             "--disable-usage-stats", *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                             "--disable-usage-stats", *own_dir, *args], env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
