@@ -40,8 +40,19 @@ def _searcher(name: str, **options: Any) -> Callable[[Any, int, float], Any]:
     return make
 
 
+def _per_bracket(name: str) -> Callable[[Any, int, float], Any]:
+    def make(space: Any, seed: int, max_budget: float = LCBENCH_MAX_EPOCH) -> Any:
+        from bench.search_sim import BracketStudies
+
+        return BracketStudies(lambda s: _searcher(name)(space, s, max_budget), seed)
+
+    return make
+
+
 SEARCH_METHODS: dict[str, Callable[..., Any]] = {
     "hyperband+tpe": _searcher("tpe"),
+    "hyperband+tpe per-bracket": _per_bracket("tpe"),
+    "hyperband+bohb per-bracket": _per_bracket("bohb"),
     "hyperband+bohb": _searcher("bohb"),
     "hyperband+bohb rho0": _searcher("bohb", random_fraction=0.0),
     "hyperband+random": _searcher("random"),

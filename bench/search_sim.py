@@ -23,7 +23,7 @@ import numpy as np
 
 from bench.common import LCBENCH_MAX_EPOCH
 
-__all__ = ["Curves", "Reference", "SimRun", "reference", "simulate", "spearman", "expected_max_of_k"]
+__all__ = ["BracketStudies", "Curves", "Reference", "SimRun", "reference", "simulate", "spearman", "expected_max_of_k"]
 
 POOL_SIZE = 4096  # random full-budget configurations behind the reference
 REFERENCE_TRIALS = 128
@@ -234,6 +234,8 @@ def simulate(instance: str, searcher: Any, *, seed: int, method: str, iterations
         run.bracket_s[bracket.index] = bracket.s
         if _halt(run, spent, cap_gpu_hours, stop, bracket.index, 0):
             break
+        if hasattr(searcher, "start_bracket"):  # one study per bracket (:class:`BracketStudies`)
+            searcher.start_bracket(bracket.s)
         configs = searcher.suggest(bracket.rungs[0].num_trials)
         c.prefetch(configs)
         alive = []
@@ -384,3 +386,32 @@ def _consecutive_rung_rho(run: SimRun, min_pairs: int) -> dict[tuple[float, floa
         if r is not None and len(a) >= min_pairs:
             out[k] = r
     return out
+
+
+class BracketStudies:
+    """Optuna's HyperbandPruner trick: every bracket s is a study of its own. The searcher proposing for
+    bracket s has only seen the trials of earlier brackets with the same s, so a bracket whose low rungs
+    mislead cannot steer the proposals of the brackets that start higher.
+
+    ``make(seed)`` builds one searcher; bracket s gets seed ``seed * 16 + s``.
+    """
+
+    def __init__(self, make: Callable[[int], Any], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._by_s: dict[int, Any] = {}
+        self._owner: dict[tuple[Any, ...], int] = {}
+        self._current = 0
+
+    def start_bracket(self, s: int) -> None:
+        self._current = s
+        if s not in self._by_s:
+            self._by_s[s] = self._make(self._seed * 16 + s)
+
+    def suggest(self, n: int) -> list[dict[str, Any]]:
+        configs = self._by_s[self._current].suggest(n)
+        for c in configs:
+            self._owner[Curves.key(c)] = self._current
+        return configs
+
+    def observe(self, observation: Any) -> None:
+        self._by_s[self._owner[Curves.key(observation.config)]].observe(observation)
