@@ -62,3 +62,32 @@ def test_the_rung_trust_policy_skips_a_bracket_whose_entry_rung_ranks_backwards(
     assert 3 not in later and later == [2, 1, 0]
     assert S.expected_max_normal(1) == pytest.approx(0.0, abs=1e-6)
     assert S.expected_max_normal(2) == pytest.approx(1 / np.sqrt(np.pi), rel=1e-4)
+
+
+def test_bracket_studies_give_each_bracket_a_searcher_that_sees_only_its_own_trials():
+    from bench.search_sim import BracketStudies
+    from rungflow.budgets.searchers import Observation
+
+    made: dict[int, list] = {}
+
+    class Recorder:
+        def __init__(self, seed: int) -> None:
+            self.seed, self.seen = seed, []
+            made[seed] = self.seen
+
+        def suggest(self, n: int) -> list[dict]:
+            return [{"x": self.seed * 100 + i} for i in range(n)]
+
+        def observe(self, observation: Observation) -> None:
+            self.seen.append(observation.config["x"])
+
+    studies = BracketStudies(Recorder, seed=2)
+    studies.start_bracket(3)
+    first = studies.suggest(2)
+    studies.start_bracket(0)
+    other = studies.suggest(1)
+    for config in [*first, *other]:
+        studies.observe(Observation("t", config, 1.0, 0.5))
+    studies.start_bracket(3)  # the next iteration's s = 3 bracket: the same study, not a fresh one
+    assert studies.suggest(1) == [{"x": (2 * 16 + 3) * 100}]
+    assert made == {2 * 16 + 3: [3500, 3501], 2 * 16 + 0: [3200]}
