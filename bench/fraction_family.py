@@ -185,4 +185,4 @@ def reference(name: str, pool: int = POOL_SIZE, k: int = 128) -> Any:
     sec = np.array([s for _, s in fits])
     draws = [np.max(rng.choice(acc, size=k, replace=False)) for _ in range(2000)]
     return Reference(name, expected_max_of_k(acc, k), k * float(np.mean(sec)) / 3600.0, float(np.std(draws)),
-                     float(acc.max()), pool)
+                     float(acc.max()), pool, tuple(acc.tolist()))

@@ -133,6 +133,7 @@ class Reference:
     draw_std: float  # std of one draw's B (Monte Carlo over 2,000 draws)
     pool_best: float
     pool: int
+    pool_accuracy: tuple[float, ...] = field(default=(), repr=False)  # every pool configuration's, at the full budget
 
 
 @functools.lru_cache(maxsize=64)
@@ -146,7 +147,7 @@ def reference(instance: str, pool: int = POOL_SIZE, k: int = REFERENCE_TRIALS) -
     sec = np.array([c.curve(x)[1][-1] for x in configs])
     draws = [np.max(rng.choice(acc, size=k, replace=False)) for _ in range(2000)]
     return Reference(str(instance), expected_max_of_k(acc, k), k * float(np.mean(sec)) / 3600.0,
-                     float(np.std(draws)), float(acc.max()), pool)
+                     float(np.std(draws)), float(acc.max()), pool, tuple(acc.tolist()))
 
 
 def one_draw(instance: str, seed: int, k: int = REFERENCE_TRIALS) -> tuple[float, float]:
@@ -393,25 +394,22 @@ class BracketStudies:
     bracket s has only seen the trials of earlier brackets with the same s, so a bracket whose low rungs
     mislead cannot steer the proposals of the brackets that start higher.
 
-    ``make(seed)`` builds one searcher; bracket s gets seed ``seed * 16 + s``.
+    ``make(seed)`` builds one searcher; bracket s gets seed ``seed * 16 + s``. :func:`simulate` tells a
+    bracket's results before it starts the next bracket, so they go to the study of the bracket being run.
     """
 
     def __init__(self, make: Callable[[int], Any], seed: int) -> None:
         self._make, self._seed = make, seed
         self._by_s: dict[int, Any] = {}
-        self._owner: dict[tuple[Any, ...], int] = {}
-        self._current = 0
+        self._current: Any = None
 
     def start_bracket(self, s: int) -> None:
-        self._current = s
         if s not in self._by_s:
             self._by_s[s] = self._make(self._seed * 16 + s)
+        self._current = self._by_s[s]
 
     def suggest(self, n: int) -> list[dict[str, Any]]:
-        configs = self._by_s[self._current].suggest(n)
-        for c in configs:
-            self._owner[Curves.key(c)] = self._current
-        return configs
+        return self._current.suggest(n)
 
     def observe(self, observation: Any) -> None:
-        self._by_s[self._owner[Curves.key(observation.config)]].observe(observation)
+        self._current.observe(observation)

@@ -26,19 +26,24 @@ __all__ = ["WINDOW_VARIANTS", "cell_ceiling", "summarize_ceiling", "markdown_cei
 WINDOW_VARIANTS = ("rungflow window p1", "rungflow window", "rungflow window p3")  # patience 1, 2, 3
 
 
-def cell_ceiling(records: Sequence[Any], price: float, scheduler: Any, seed: int,
-                 judge: Callable[[Sequence[Any], int | None, float], Mapping[str, Any]]) -> dict[str, Any]:
+def cell_ceiling(records: Sequence[Any], scheduler: Any, seed: int,
+                 score: Callable[[int | None], Mapping[str, Any]]) -> dict[str, Any]:
     """Every run's net under each fixed stop k (before its k-th stage: where the controller is asked) and each
-    window setting; ``judge`` scores a stop (:func:`bench.stop_price.judge`, passed in: that module calls this one)."""
+    window setting; ``score`` judges a stop of this run (a :class:`bench.stop_price.Judge`)."""
     from bench.stopping import OUR_GRID, _stage_starts, replay_controller
 
-    fixed = [judge(records, start, price)["net"] for start in _stage_starts(records)[1:]]
+    fixed = [score(start)["net"] for start in _stage_starts(records)[1:]]
     window = {}
     for variant in WINDOW_VARIANTS:
         for gain in OUR_GRID:
             stop_at, _ = replay_controller(records, scheduler, rule=variant, seed=seed, min_gain=gain)
-            window[f"{variant} @ {gain:g}"] = judge(records, stop_at, price)["net"]
+            window[f"{variant} @ {gain:g}"] = score(stop_at)["net"]
     return {"fixed": fixed, "window": window}
+
+
+def _hindsight(cell: Mapping[str, Any]) -> float:
+    """The run's best net in hindsight: every rule's judgement of the run carries the same one."""
+    return next(iter(cell["rules"].values()))["hindsight"]
 
 
 def _captured(net: float | None, hindsight: float) -> float | None:
@@ -48,7 +53,7 @@ def _captured(net: float | None, hindsight: float) -> float | None:
 
 
 def _score(cells: Sequence[Mapping[str, Any]], nets: Sequence[float | None]) -> dict[str, Any]:
-    hindsights = [c["rules"][next(iter(c["rules"]))]["hindsight"] for c in cells]
+    hindsights = [_hindsight(c) for c in cells]
     captured = [_captured(n, h) for n, h in zip(nets, hindsights)]
     shortfall_small = [h - (n if n is not None else -float("inf")) for n, h in zip(nets, hindsights) if h < 2.0]
     return {"median_captured": median(captured), "runs_95": sum(1 for x in captured if x is not None and x >= 0.95),

@@ -168,9 +168,10 @@ def driver_costs_for(costs_from: str | None = None, *, stage_seconds: float | No
         records, result = past
         schedule, elapsed = result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0)
         slots = int((result.get("utilisation") or {}).get("slots") or 0)
-        measured_stage = stage_overhead(records, schedule, elapsed)
-        measured_dispatch = dispatch_overhead(records, schedule, elapsed, slots)
-        measured_setup = setup_overhead(records, schedule, elapsed)
+        # Only what was not given: fitting the dispatcher replays the run's stages in the simulator.
+        measured_stage = stage_overhead(records, schedule, elapsed) if stage is None else None
+        measured_dispatch = dispatch_overhead(records, schedule, elapsed, slots) if dispatch is None else None
+        measured_setup = setup_overhead(records, schedule, elapsed) if setup is None else None
     measured = f"measured in {costs_from}"
 
     def pick(given: float | None, flag: str, found: float | None, default: float, fallback: str) -> tuple[float, str]:

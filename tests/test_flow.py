@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,24 +182,30 @@ def _ray_node(ray_bin: str, args: list[str], env: dict[str, str], log: Path) -> 
     runtime-env agents unpack one working_dir into the same folder, and the second unpacking deletes the folder
     the first one's workers already run in. Under /tmp, not tmp_path: Ray's socket paths must stay short.
     """
-    own_dir = ["--temp-dir", tempfile.mkdtemp(prefix="ray-node-")] if "--address" in args else []
-    return subprocess.Popen([ray_bin, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                             "--disable-usage-stats", *own_dir, *args], env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    own_dir = tempfile.mkdtemp(prefix="ray-node-") if "--address" in args else None
+    proc = subprocess.Popen([ray_bin, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                             "--disable-usage-stats", *(["--temp-dir", own_dir] if own_dir else []), *args], env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc.ray_temp_dir = own_dir  # removed by _stop_group once the node is down
+    return proc
 
 
 def _stop_group(proc: subprocess.Popen) -> None:
     # Never `ray stop`: it stops every Ray instance on the machine, not just this test's nodes.
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    try:
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        if getattr(proc, "ray_temp_dir", None):
+            shutil.rmtree(proc.ray_temp_dir, ignore_errors=True)
 
 
 def test_sweep_on_a_ray_cluster_reached_by_address(prefect_server: str, tmp_path: Path, ray_shutdown: None) -> None:

@@ -83,11 +83,12 @@ def test_bracket_studies_give_each_bracket_a_searcher_that_sees_only_its_own_tri
 
     studies = BracketStudies(Recorder, seed=2)
     studies.start_bracket(3)
-    first = studies.suggest(2)
+    for config in studies.suggest(2):
+        studies.observe(Observation("t", config, 1.0, 0.5))
     studies.start_bracket(0)
-    other = studies.suggest(1)
-    for config in [*first, *other]:
+    for config in studies.suggest(1):
         studies.observe(Observation("t", config, 1.0, 0.5))
     studies.start_bracket(3)  # the next iteration's s = 3 bracket: the same study, not a fresh one
     assert studies.suggest(1) == [{"x": (2 * 16 + 3) * 100}]
-    assert made == {2 * 16 + 3: [3500, 3501], 2 * 16 + 0: [3200]}
+    studies.observe(Observation("t", {"x": 9}, 1.0, 0.5))
+    assert made == {2 * 16 + 3: [3500, 3501, 9], 2 * 16 + 0: [3200]}
