@@ -33,7 +33,17 @@ __all__ = [
     "value_at",
     "median",
     "write_json",
+    "publish",
     "fmt",
+    "add_lcbench_grid_arguments",
+    "by_instance",
+    "neg_inf_if_none",
+    "acc_cell",
+    "anytime_figure",
+    "median_anytime",
+    "label_anytime_panel",
+    "blank_spare_panels",
+    "save_figure",
     "PLATEAU",
     "TERMINATOR_ERROR",
     "TERMINATOR_MIN_TRIALS",
@@ -74,7 +84,7 @@ def quiet_env(isolated_prefect_home: bool = True) -> None:
 @contextlib.contextmanager
 def prefect_api() -> Iterator[float]:
     """Start the embedded Prefect server exactly as ``rungflow sweep`` does; yields its start-up seconds."""
-    from rungflow.flows.cli import _flush_prefect_logs, check_prefect_api, ensure_prefect_api
+    from rungflow.flows.prefect_server import check_prefect_api, ensure_prefect_api, stop_prefect_server
 
     t0 = time.perf_counter()
     server = ensure_prefect_api()
@@ -84,9 +94,8 @@ def prefect_api() -> Iterator[float]:
         yield startup
     finally:
         if server is not None:
-            _flush_prefect_logs()
             _drain_events_before_stop()
-            server.stop()
+            stop_prefect_server(server)
         home = os.environ.get("PREFECT_HOME", "")
         if server is not None and Path(home).name.startswith("rungflow-bench-prefect-"):
             shutil.rmtree(home, ignore_errors=True)
@@ -137,6 +146,20 @@ def run_config(
     if space is not None:
         cfg["space"] = dict(space)
     return cfg
+
+
+def add_lcbench_grid_arguments(p: Any, instances: Sequence[str], seeds: Sequence[int]) -> None:
+    """``--instances`` and ``--seeds``, the grid every LCBench sweep bench runs over (``p``: an argparse parser)."""
+    p.add_argument("--instances", nargs="+", default=list(instances), help="LCBench OpenML task ids")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(seeds))
+
+
+def by_instance(cells: Sequence[Any]) -> dict[str, list[Any]]:
+    """Cells (anything with an ``instance``) grouped per instance, instances in the order first seen."""
+    groups: dict[str, list[Any]] = {}
+    for c in cells:
+        groups.setdefault(c.instance, []).append(c)
+    return groups
 
 
 def fresh_dir(path: Path) -> Path:
@@ -215,6 +238,13 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def publish(out: Path, data: Any, text: str) -> None:
+    """Write a bench's results.json and results.md into ``out`` and show the table on stdout."""
+    write_json(out / "results.json", data)
+    (out / "results.md").write_text(text)
+    print(text)
+
+
 def _json_safe(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
@@ -233,6 +263,73 @@ def fmt(x: float | None, spec: str = ".2f", none: str = "-") -> str:
     text = format(x, spec)
     # A hair below zero (a peer that overshot its cap by one epoch) reads as "-0%": zero is what it means.
     return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text
+
+
+def neg_inf_if_none(x: float | None) -> float:
+    # A run with no full-budget result at that spend has nothing to deploy: rank it below any accuracy.
+    return -math.inf if x is None else x
+
+
+def acc_cell(x: float | None) -> str:
+    """An accuracy table cell; -inf (see :func:`neg_inf_if_none`) reads as "none yet"."""
+    return "none yet" if x is not None and math.isinf(x) and x < 0 else fmt(x, ".2f")
+
+
+# --- anytime plots ----------------------------------------------------------------------------------
+def anytime_figure(instances: Sequence[str], extra_panels: int = 0) -> tuple[Any, Any, Any]:
+    """pyplot, a figure and its axes: one panel per instance, three to a row, plus ``extra_panels``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(instances))
+    rows = math.ceil((len(instances) + extra_panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), dpi=110, squeeze=False)
+    return plt, fig, axes
+
+
+def median_anytime(pairs: Sequence[tuple[Any, Any]], grid: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The median over seeds of (run, cell) pairs' incumbent curves, spend as a share of each cell's G.
+
+    A run has ``curve`` ((GPU-hours, best) steps) and ``gpu_hours``, a cell ``gpu_hours`` (its G). Only
+    points where the median is a finite accuracy come back.
+    """
+    xs: list[float] = []
+    ys: list[float] = []
+    for x in grid:
+        # Only where every seed's run has spent that much: beyond a capped run's stop the curve ends.
+        if not all(x <= r.gpu_hours / c.gpu_hours + 1e-12 for r, c in pairs):
+            break
+        y = median([neg_inf_if_none(value_at([Point(g / c.gpu_hours, b) for g, b in r.curve], x)) for r, c in pairs])
+        if y is not None and math.isfinite(y):
+            xs.append(x)
+            ys.append(y)
+    return xs, ys
+
+
+def label_anytime_panel(ax: Any, instance: str, seeds: int, xmin: float) -> None:
+    # Log spend: the interesting part (first full-budget results, the 5-20 % marks) sits near the left.
+    ax.set_xscale("log")
+    ax.set_xlim(xmin, 1)
+    ax.set_title(f"LCBench {instance} (median of {seeds} seed{'' if seeds == 1 else 's'})")
+    ax.set_xlabel("GPU-hours spent / G of random-128")
+    ax.set_ylabel("best accuracy at 52 epochs (%)")
+    ax.grid(alpha=0.3)
+
+
+def blank_spare_panels(axes: Any, used: int) -> list[Any]:
+    """Turn off the panels past the first ``used``; they are returned so one can hold the legend."""
+    spare = list(axes.flat)[used:]
+    for ax in spare:
+        ax.axis("off")
+    return spare
+
+
+def save_figure(plt: Any, fig: Any, path: Path) -> Path:
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 # The libraries whose releases change what a bench measures: the same seed gave different BOHB sweeps

@@ -27,12 +27,21 @@ from typing import Any
 from bench.common import (
     LCBENCH_MAX_EPOCH,
     Point,
+    acc_cell,
+    add_lcbench_grid_arguments,
+    anytime_figure,
+    blank_spare_panels,
+    by_instance,
     first_reach,
     fmt,
     incumbent_curve,
+    label_anytime_panel,
     median,
+    median_anytime,
+    neg_inf_if_none,
     peak_rss_mb,
     prefect_api,
+    save_figure,
     value_at,
     write_json,
 )
@@ -148,10 +157,6 @@ def run_cell(instance: str, seed: int, out: Path, methods: Sequence[str], *, max
 
 
 # --- summary ------------------------------------------------------------------------------------------
-def _neg_inf_if_none(x: float | None) -> float:
-    return -math.inf if x is None else x
-
-
 def summarize(cells: Sequence[CompareCell], methods: Sequence[str], fractions: Sequence[float]) -> list[dict[str, Any]]:
     instances = list(dict.fromkeys(c.instance for c in cells))
     rows = []
@@ -170,7 +175,7 @@ def summarize(cells: Sequence[CompareCell], methods: Sequence[str], fractions: S
                 "median_final52_gap_expected": median([None if r.final52 is None or c.expected_best is None
                                                        else r.final52 - c.expected_best for r, c in pairs]),
                 "median_fraction": median([math.inf if r.reach_fraction is None else r.reach_fraction for r, _ in pairs]),
-                "median_at": {str(f): median([_neg_inf_if_none(r.at_fraction.get(str(f))) for r, _ in pairs])
+                "median_at": {str(f): median([neg_inf_if_none(r.at_fraction.get(str(f))) for r, _ in pairs])
                               for f in fractions},
                 "median_final52": median([r.final52 for r, _ in pairs]),
                 "median_final52_gap": median([None if r.final52 is None else r.final52 - c.best_full for r, c in pairs]),
@@ -179,10 +184,6 @@ def summarize(cells: Sequence[CompareCell], methods: Sequence[str], fractions: S
                 "median_wall_seconds": median([r.wall_seconds for r, _ in pairs]),
             })
     return rows
-
-
-def _acc(x: float | None) -> str:
-    return "none yet" if x is not None and math.isinf(x) and x < 0 else fmt(x, ".2f")
 
 
 def markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
@@ -208,7 +209,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     ]
     for r in rows:
         overall = r["instance"] == "all"
-        accs = " | ".join("n/a" if overall else _acc(r["median_at"][str(f)]) for f in fractions)
+        accs = " | ".join("n/a" if overall else acc_cell(r["median_at"][str(f)]) for f in fractions)
         final = fmt(r["median_final52_gap"], "+.2f") if overall else fmt(r["median_final52"], ".2f")
         lines.append(
             f"| {'**all**' if overall else r['instance']} | {r['method']} | {r.get('reached_expected', '-')}/{r['runs']} | "
@@ -242,34 +243,18 @@ STYLES: dict[str, tuple[str, str]] = {
 
 def plot(cells: Sequence[CompareCell], methods: Sequence[str], path: Path, cap_fraction: float) -> Path:
     """Median anytime curves per instance; spend as a fraction of each seed's G so seeds align."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    instances = list(dict.fromkeys(c.instance for c in cells))
-    cols = min(3, len(instances))
-    rows = math.ceil((len(instances) + 1) / cols)  # one more panel for the legend
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), dpi=110, squeeze=False)
+    groups = by_instance(cells)
+    plt, fig, axes = anytime_figure(list(groups), extra_panels=1)  # one more panel for the legend
     grid = np.geomspace(0.005, 1.0, 400)
-    for ax, inst in zip(axes.flat, instances):
-        cs = [c for c in cells if c.instance == inst]
+    for ax, (inst, cs) in zip(axes.flat, groups.items()):
         lows: list[float] = []
         for name in [BASELINE, *methods]:
             pairs = [(c.runs[name], c) for c in cs if name in c.runs]
             if not pairs:
                 continue
-            xs, ys = [], []
-            for x in grid:
-                # Only where every seed's run has spent that much: beyond a capped run's stop the curve ends.
-                if not all(x <= r.gpu_hours / c.gpu_hours + 1e-12 for r, c in pairs):
-                    break
-                y = median([_neg_inf_if_none(value_at([Point(g / c.gpu_hours, b) for g, b in r.curve], x))
-                            for r, c in pairs])
-                if y is not None and math.isfinite(y):
-                    xs.append(x)
-                    ys.append(y)
+            xs, ys = median_anytime(pairs, grid)
             if xs:
                 color, style = STYLES.get(name, (None, "-"))
                 ax.step(xs, ys, where="post", color=color, linestyle=style, label=name)
@@ -281,33 +266,23 @@ def plot(cells: Sequence[CompareCell], methods: Sequence[str], path: Path, cap_f
         highs = [b for c in cs for r in c.runs.values() for _, b in r.curve[-1:]]
         if lows and target is not None:
             ax.set_ylim(min(min(lows), target) - 0.5, max([top, *highs]) + 0.5)
-        ax.set_xscale("log")
-        ax.set_xlim(0.005, 1)
-        ax.set_title(f"LCBench {inst} (median of {len(cs)} seed{'' if len(cs) == 1 else 's'})")
-        ax.set_xlabel("GPU-hours spent / G of random-128")
-        ax.set_ylabel("best accuracy at 52 epochs (%)")
-        ax.grid(alpha=0.3)
-    spare = list(axes.flat)[len(instances):]
-    for ax in spare:
-        ax.axis("off")
+        label_anytime_panel(ax, inst, len(cs), xmin=0.005)
+    spare = blank_spare_panels(axes, len(groups))
     # A method may have no curve on the first panel (no 52-epoch result yet): collect labels from all.
     legend: dict[str, Any] = {}
-    for ax in list(axes.flat)[:len(instances)]:
+    for ax in list(axes.flat)[:len(groups)]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     spare[0].legend(list(legend.values()), list(legend), loc="center", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 # --- command ------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from bench.efficiency import DEFAULT_INSTANCES, DEFAULT_SEEDS
 
-    p.add_argument("--instances", nargs="+", default=list(DEFAULT_INSTANCES), help="LCBench OpenML task ids")
-    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    add_lcbench_grid_arguments(p, DEFAULT_INSTANCES, DEFAULT_SEEDS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                    help="random-128 always runs: it sets G, the target and the cap")
     p.add_argument("--out", type=Path, default=Path("bench/out/compare"))

@@ -31,17 +31,26 @@ from typing import Any
 from bench.common import (
     LCBENCH_MAX_EPOCH,
     Point,
+    add_lcbench_grid_arguments,
+    by_instance,
     first_reach,
     fmt,
     library_versions,
     median,
     peak_rss_mb,
     prefect_api,
-    run_config,
+    publish,
     wall_and_load,
-    write_json,
 )
-from bench.efficiency import BASELINE_TRIALS, CAP_FRACTION, TARGET_MARGIN, _metrics, _run
+from bench.efficiency import (
+    BASELINE_TRIALS,
+    CAP_FRACTION,
+    TARGET_MARGIN,
+    _metrics,
+    _run,
+    baseline_config,
+    capped_config,
+)
 
 __all__ = ["METHODS", "run", "add_arguments"]
 
@@ -107,14 +116,8 @@ def _as_run(instance: str, seed: int, method: str, result: Mapping[str, Any], wa
 
 def run_cell(instance: str, seed: int, out: Path, *, runtime: Mapping[str, Any], methods: Sequence[str],
              iterations: int) -> Cell:
-    trainable = {"kind": "yahpo_lcbench", "options": {"instance": instance}}
     runs = out / "runs" / instance / f"seed{seed}"
-    cfg = run_config(
-        f"bench-random128-{instance}-s{seed}", trainable=trainable, algorithm="random", seed=seed,
-        scheduler={"kind": "fifo", "min_budget": LCBENCH_MAX_EPOCH, "max_budget": LCBENCH_MAX_EPOCH},
-        runtime=runtime, num_trials=BASELINE_TRIALS,
-    )
-    result, wall = _run(cfg, runs / "random128")
+    result, wall = _run(baseline_config(instance, seed, runtime), runs / "random128")
     base = _as_run(instance, seed, "random-128", result, wall, None)
     if base.best is None or base.gpu_hours <= 0:
         raise RuntimeError(f"baseline {instance}/seed {seed} produced no full-budget result; see {runs / 'random128'}")
@@ -125,12 +128,8 @@ def run_cell(instance: str, seed: int, out: Path, *, runtime: Mapping[str, Any],
           f"training {fmt(base.median_full_seconds, '.0f')} s ({wall:.1f} s)", flush=True)
     for name in methods:
         algorithm, cost_aware = METHODS[name]
-        cfg = run_config(
-            f"bench-{name.replace('+', '-')}-{instance}-s{seed}", trainable=trainable, algorithm=algorithm, seed=seed,
-            scheduler={"kind": "hyperband", "min_budget": 1, "max_budget": LCBENCH_MAX_EPOCH, "eta": 3,
-                       "iterations": iterations},
-            runtime=runtime, max_gpu_hours=CAP_FRACTION * base.gpu_hours,
-        )
+        cfg = capped_config(name, instance, seed, kind="hyperband", algorithm=algorithm, runtime=runtime,
+                            iterations=iterations, max_gpu_hours=CAP_FRACTION * base.gpu_hours)
         cfg["search"]["cost_aware"] = cost_aware
         result, wall = _run(cfg, runs / name.replace("+", "-"))
         r = _as_run(instance, seed, name, result, wall, target)
@@ -143,9 +142,7 @@ def run_cell(instance: str, seed: int, out: Path, *, runtime: Mapping[str, Any],
 
 def summarize(cells: Sequence[Cell], methods: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
-    instances = list(dict.fromkeys(c.instance for c in cells))
-    for inst in instances:
-        cs = [c for c in cells if c.instance == inst]
+    for inst, cs in by_instance(cells).items():
         for name in ["random-128", *methods]:
             runs = [c.baseline if name == "random-128" else c.runs[name] for c in cs]
             reach = [r.reach_gpu_hours for r in runs]
@@ -187,8 +184,7 @@ def markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--instances", nargs="+", default=list(DEFAULT_INSTANCES), help="LCBench OpenML task ids")
-    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    add_lcbench_grid_arguments(p, DEFAULT_INSTANCES, DEFAULT_SEEDS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--out", type=Path, default=Path("bench/out/costaware"))
     p.add_argument("--max-concurrent", type=int, default=2, help="thread runtime slots")
@@ -218,9 +214,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     rows = summarize(cells, args.methods)
     data = {"meta": meta, "summary": rows, "cells": [asdict(c) for c in cells]}
-    write_json(out / "results.json", data)
-    text = markdown(rows, meta)
-    (out / "results.md").write_text(text)
-    print(text)
+    publish(out, data, markdown(rows, meta))
     print(f"costaware: wrote {out / 'results.json'}, {out / 'results.md'}", flush=True)
     return data

@@ -30,16 +30,25 @@ from typing import Any
 from bench.common import (
     LCBENCH_MAX_EPOCH,
     Point,
+    acc_cell,
+    add_lcbench_grid_arguments,
+    anytime_figure,
+    blank_spare_panels,
+    by_instance,
     first_reach,
     fmt,
     fresh_dir,
     incumbent_curve,
+    label_anytime_panel,
     median,
+    median_anytime,
+    neg_inf_if_none,
     peak_rss_mb,
     prefect_api,
+    publish,
     run_config,
+    save_figure,
     value_at,
-    write_json,
 )
 
 __all__ = ["METHODS", "DEFAULT_INSTANCES", "DEFAULT_SEEDS", "SPEND_FRACTIONS", "run", "add_arguments"]
@@ -105,6 +114,30 @@ def honest_reference(instance: str) -> tuple[float, float]:
     return ref.expected_best, ref.expected_gpu_hours
 
 
+def lcbench_trainable(instance: str) -> dict[str, Any]:
+    return {"kind": "yahpo_lcbench", "options": {"instance": instance}}
+
+
+def baseline_config(instance: str, seed: int, runtime: Mapping[str, Any]) -> dict[str, Any]:
+    """random-128: the full-budget random search whose best B and GPU-hours G set the target and the cap."""
+    return run_config(
+        f"bench-random128-{instance}-s{seed}", trainable=lcbench_trainable(instance), algorithm="random", seed=seed,
+        scheduler={"kind": "fifo", "min_budget": LCBENCH_MAX_EPOCH, "max_budget": LCBENCH_MAX_EPOCH},
+        runtime=runtime, num_trials=BASELINE_TRIALS,
+    )
+
+
+def capped_config(name: str, instance: str, seed: int, *, kind: str, algorithm: str, runtime: Mapping[str, Any],
+                  iterations: int, max_gpu_hours: float) -> dict[str, Any]:
+    """A method's sweep: 1..52 epochs, η = 3, under the cap; ``iterations`` is large so the cap ends it."""
+    return run_config(
+        f"bench-{name.replace('+', '-')}-{instance}-s{seed}", trainable=lcbench_trainable(instance),
+        algorithm=algorithm, seed=seed,
+        scheduler={"kind": kind, "min_budget": 1, "max_budget": LCBENCH_MAX_EPOCH, "eta": 3, "iterations": iterations},
+        runtime=runtime, max_gpu_hours=max_gpu_hours,
+    )
+
+
 def _run(cfg: dict[str, Any], run_dir: Path) -> tuple[dict[str, Any], float]:
     from rungflow.config import validate
     from rungflow.flows.sweep import run_sweep
@@ -144,14 +177,8 @@ def _score_against(m: RunMetrics, G: float, target: float, expected: tuple[float
 
 def run_cell(instance: str, seed: int, out: Path, *, runtime: Mapping[str, Any], methods: Sequence[str],
              iterations: int, log: Callable[[str], None] = print) -> Cell:
-    trainable = {"kind": "yahpo_lcbench", "options": {"instance": instance}}
     runs = out / "runs" / instance / f"seed{seed}"
-    cfg = run_config(
-        f"bench-random128-{instance}-s{seed}", trainable=trainable, algorithm="random", seed=seed,
-        scheduler={"kind": "fifo", "min_budget": LCBENCH_MAX_EPOCH, "max_budget": LCBENCH_MAX_EPOCH},
-        runtime=runtime, num_trials=BASELINE_TRIALS,
-    )
-    result, wall = _run(cfg, runs / "random128")
+    result, wall = _run(baseline_config(instance, seed, runtime), runs / "random128")
     base = _metrics(instance, seed, "random-128", result, wall)
     if base.best is None or base.gpu_hours <= 0:
         raise RuntimeError(f"baseline {instance}/seed {seed} produced no full-budget result; see {runs / 'random128'}")
@@ -164,12 +191,8 @@ def run_cell(instance: str, seed: int, out: Path, *, runtime: Mapping[str, Any],
         f"E[G]={expected[1]:.3f}")
     for name in methods:
         kind, algorithm = METHODS[name]
-        cfg = run_config(
-            f"bench-{name.replace('+', '-')}-{instance}-s{seed}", trainable=trainable, algorithm=algorithm, seed=seed,
-            scheduler={"kind": kind, "min_budget": 1, "max_budget": LCBENCH_MAX_EPOCH, "eta": 3,
-                       "iterations": iterations},
-            runtime=runtime, max_gpu_hours=CAP_FRACTION * G,
-        )
+        cfg = capped_config(name, instance, seed, kind=kind, algorithm=algorithm, runtime=runtime,
+                            iterations=iterations, max_gpu_hours=CAP_FRACTION * G)
         result, wall = _run(cfg, runs / name.replace("+", "-"))
         m = _metrics(instance, seed, name, result, wall)
         _score_against(m, G, cell.target, expected)
@@ -181,18 +204,12 @@ def run_cell(instance: str, seed: int, out: Path, *, runtime: Mapping[str, Any],
 
 
 # --- summary ------------------------------------------------------------------------------------------
-def _neg_inf_if_none(x: float | None) -> float:
-    # A run with no full-budget result at that spend has nothing to deploy: rank it below any accuracy.
-    return -math.inf if x is None else x
-
-
 def summarize(cells: Sequence[Cell], methods: Sequence[str]) -> dict[str, Any]:
     """Per-instance and overall medians; every figure is computed from the raw runs in ``cells``."""
-    instances = list(dict.fromkeys(c.instance for c in cells))
+    groups = by_instance(cells)
     key = str(HEADLINE_FRACTION)
     baseline_rows = []
-    for inst in instances:
-        cs = [c for c in cells if c.instance == inst]
+    for inst, cs in groups.items():
         baseline_rows.append({
             "instance": inst, "seeds": len(cs),
             "median_best": median([c.best_full for c in cs]),
@@ -201,11 +218,11 @@ def summarize(cells: Sequence[Cell], methods: Sequence[str]) -> dict[str, Any]:
             "median_gpu_hours": median([c.gpu_hours for c in cs]),
             "median_wall_seconds": median([c.baseline.wall_seconds for c in cs]),
             "median_reach_fraction": median([c.baseline.reach_fraction for c in cs]),
-            "median_at": {str(f): median([_neg_inf_if_none(c.baseline.at_fraction[str(f)]) for c in cs])
+            "median_at": {str(f): median([neg_inf_if_none(c.baseline.at_fraction[str(f)]) for c in cs])
                           for f in SPEND_FRACTIONS},
         })
     method_rows = []
-    for scope in [*instances, "all"]:
+    for scope in [*groups, "all"]:
         cs = [c for c in cells if scope in ("all", c.instance)]
         for name in ["random-128", *methods]:
             runs = [c.baseline if name == "random-128" else c.methods[name] for c in cs]
@@ -218,9 +235,9 @@ def summarize(cells: Sequence[Cell], methods: Sequence[str]) -> dict[str, Any]:
                                                     for r in runs]),
                 "median_fraction_reached": median([f for f in fractions if f is not None]),
                 "median_fraction_inf": median([math.inf if f is None else f for f in fractions]),
-                "median_at": {str(f): median([_neg_inf_if_none(r.at_fraction[str(f)]) for r in runs])
+                "median_at": {str(f): median([neg_inf_if_none(r.at_fraction[str(f)]) for r in runs])
                               for f in SPEND_FRACTIONS},
-                "median_gap_at_headline": median([_neg_inf_if_none(r.at_fraction[key]) - c.best_full
+                "median_gap_at_headline": median([neg_inf_if_none(r.at_fraction[key]) - c.best_full
                                                   for r, c in zip(runs, cs)]),
                 "stopped_by_cap": sum(1 for r in runs if r.stop_reason == "max_gpu_hours"),
                 "median_spent_fraction": median([r.gpu_hours / c.gpu_hours for r, c in zip(runs, cs)]),
@@ -229,10 +246,6 @@ def summarize(cells: Sequence[Cell], methods: Sequence[str]) -> dict[str, Any]:
                 "max_wall_seconds": max(r.wall_seconds for r in runs),
             })
     return {"baseline": baseline_rows, "methods": method_rows}
-
-
-def _acc(x: float | None) -> str:
-    return "none yet" if x is not None and math.isinf(x) and x < 0 else fmt(x, ".2f")
 
 
 def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
@@ -278,11 +291,11 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
     for r in summary["methods"]:
         inst = "**all**" if r["instance"] == "all" else r["instance"]
         # Accuracies of different datasets do not pool; the overall row keeps only Δ vs B, which does.
-        accs = " | ".join("n/a" if r["instance"] == "all" else _acc(r["median_at"][str(f)]) for f in SPEND_FRACTIONS)
+        accs = " | ".join("n/a" if r["instance"] == "all" else acc_cell(r["median_at"][str(f)]) for f in SPEND_FRACTIONS)
         lines.append(
             f"| {inst} | {r['method']} | {r.get('reached_expected', '-')}/{r['runs']} | "
             f"{fmt(r.get('median_fraction_expected'), '.3f')} | {r['reached']}/{r['runs']} | {fmt(r['median_fraction_reached'], '.3f')} | "
-            f"{fmt(r['median_fraction_inf'], '.3f')} | {accs} | {_acc(r['median_gap_at_headline'])} | "
+            f"{fmt(r['median_fraction_inf'], '.3f')} | {accs} | {acc_cell(r['median_gap_at_headline'])} | "
             f"{r['stopped_by_cap']}/{r['runs']} | {fmt(r['median_spent_fraction'], '.3f')} | "
             f"{fmt(r['median_wall_seconds'], '.1f')} |"
         )
@@ -302,32 +315,18 @@ def markdown(summary: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
 
 def plot(cells: Sequence[Cell], methods: Sequence[str], path: Path) -> Path:
     """Median anytime curves per instance, spend as a fraction of each seed's G (so seeds align)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    instances = list(dict.fromkeys(c.instance for c in cells))
-    cols = min(3, len(instances))
-    rows = math.ceil(len(instances) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), dpi=110, squeeze=False)
+    groups = by_instance(cells)
+    plt, fig, axes = anytime_figure(list(groups))
     grid = np.geomspace(0.01, 1.0, 400)
     colors = {"random-128": "#718096", "hyperband+tpe": "#2b6cb0", "hyperband+bohb": "#c05621", "asha+tpe": "#2f855a"}
-    for ax, inst in zip(axes.flat, instances):
-        cs = [c for c in cells if c.instance == inst]
+    for ax, (inst, cs) in zip(axes.flat, groups.items()):
         lows: list[float] = []
         highs: list[float] = []  # methods can beat B, so the top is whatever was plotted
         for name in ["random-128", *methods]:
             runs = [c.baseline if name == "random-128" else c.methods[name] for c in cs]
-            ys = []
-            for x in grid:
-                vals = [value_at([Point(g / c.gpu_hours, b) for g, b in r.curve], x) for r, c in zip(runs, cs)]
-                # Only where every seed's run has spent that much: beyond a capped run's stop the curve ends.
-                spent = all(x <= r.gpu_hours / c.gpu_hours + 1e-12 for r, c in zip(runs, cs))
-                ys.append(median([_neg_inf_if_none(v) for v in vals]) if spent else None)
-            xs_ok = [x for x, y in zip(grid, ys) if y is not None and math.isfinite(y)]
-            ys_ok = [y for y in ys if y is not None and math.isfinite(y)]
+            xs_ok, ys_ok = median_anytime(list(zip(runs, cs)), grid)
             if xs_ok:
                 ax.step(xs_ok, ys_ok, where="post", color=colors.get(name), label=name,
                         linestyle="--" if name == "random-128" else "-")
@@ -339,16 +338,8 @@ def plot(cells: Sequence[Cell], methods: Sequence[str], path: Path) -> Path:
         top = max([c.best_full for c in cs] + highs)
         if lows and target is not None:
             ax.set_ylim(min(min(lows), target) - 0.5, top + 0.5)
-        # Log spend: the interesting part (first full-budget results, the 5-20 % marks) sits near the left.
-        ax.set_xscale("log")
-        ax.set_xlim(0.01, 1)
-        ax.set_title(f"LCBench {inst} (median of {len(cs)} seed{'' if len(cs) == 1 else 's'})")
-        ax.set_xlabel("GPU-hours spent / G of random-128")
-        ax.set_ylabel("best accuracy at 52 epochs (%)")
-        ax.grid(alpha=0.3)
-    spare = list(axes.flat)[len(instances):]
-    for ax in spare:
-        ax.axis("off")
+        label_anytime_panel(ax, inst, len(cs), xmin=0.01)
+    spare = blank_spare_panels(axes, len(groups))
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if spare:  # an empty panel holds the legend, so no curve is hidden under it
         spare[0].legend(handles, labels, loc="center", fontsize=10)
@@ -357,15 +348,12 @@ def plot(cells: Sequence[Cell], methods: Sequence[str], path: Path) -> Path:
         ncol = min(len(labels), 3)
         fig.tight_layout(rect=(0, 0.05 * math.ceil(len(labels) / ncol), 1, 1))
         fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=9)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 # --- command ------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--instances", nargs="+", default=list(DEFAULT_INSTANCES), help="LCBench OpenML task ids")
-    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    add_lcbench_grid_arguments(p, DEFAULT_INSTANCES, DEFAULT_SEEDS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--out", type=Path, default=Path("bench/out/efficiency"))
     p.add_argument("--max-concurrent", type=int, default=2, help="thread runtime slots")
@@ -395,11 +383,8 @@ def load_cells(path: Path) -> tuple[list[Cell], dict[str, Any]]:
 def _write_outputs(out: Path, cells: Sequence[Cell], meta: Mapping[str, Any]) -> dict[str, Any]:
     summary = summarize(cells, meta["methods"])
     data = {"meta": dict(meta), "summary": summary, "cells": [asdict(c) for c in cells]}
-    write_json(out / "results.json", data)
-    text = markdown(summary, meta)
-    (out / "results.md").write_text(text)
+    publish(out, data, markdown(summary, meta))
     png = plot(cells, meta["methods"], out / "anytime.png")
-    print(text)
     print(f"efficiency: wrote {out / 'results.json'}, {out / 'results.md'}, {png}", flush=True)
     return data
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import fmt, fresh_dir, peak_rss_mb, prefect_api, run_config, write_json
+from bench.common import fmt, fresh_dir, peak_rss_mb, prefect_api, publish, run_config
 
 __all__ = ["METHODS", "Measurement", "run", "add_arguments"]
 
@@ -334,10 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "versions": _versions(),
     }
     data = {"meta": meta, "measurements": [asdict(m) for m in measurements]}
-    write_json(out / "results.json", data)
-    text = markdown(measurements, meta)
-    (out / "results.md").write_text(text)
-    print(text)
+    publish(out, data, markdown(measurements, meta))
     print(f"overhead: wrote {out / 'results.json'}, {out / 'results.md'} in {wall:.0f} s", flush=True)
     return data
 

@@ -50,11 +50,13 @@ from bench.common import (
     PLATEAU,
     TERMINATOR_ERROR,
     TERMINATOR_MIN_TRIALS,
+    add_lcbench_grid_arguments,
     fmt,
     library_versions,
     median,
     peak_rss_mb,
     prefect_api,
+    publish,
     run_config,
     wall_and_load,
     write_json,
@@ -559,8 +561,7 @@ def markdown(rows: Sequence[dict[str, Any]], cells: Sequence[Cell], meta: dict[s
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--instances", nargs="+", default=list(DEFAULT_INSTANCES), help="LCBench OpenML task ids")
-    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    add_lcbench_grid_arguments(p, DEFAULT_INSTANCES, DEFAULT_SEEDS)
     p.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     p.add_argument("--iterations", type=int, default=12, help="Hyperband iterations of each full run")
     p.add_argument("--noise-std", type=float, default=0.0,
@@ -634,9 +635,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     trade = tradeoff(cells, args.rules)
     data = {"meta": meta, "summary": rows, "tradeoff": trade, "cells": [asdict(c) for c in cells],
             "live": [asdict(o) for o in live]}
-    write_json(out / "results.json", data)
-    text = markdown(rows, cells, meta, trade, live)
-    (out / "results.md").write_text(text)
-    print(text)
+    publish(out, data, markdown(rows, cells, meta, trade, live))
     print(f"stopping: wrote {out / 'results.json'}, {out / 'results.md'}", flush=True)
     return data
