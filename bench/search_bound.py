@@ -23,7 +23,7 @@ import numpy as np
 from bench.robust import DEV_INSTANCES, TARGET_MARGIN
 from bench.search_sim import REFERENCE_TRIALS, reference
 
-# Held out from ourselves while the defaults were chosen (bench/README.md).
+# Held out from ourselves while the defaults were chosen (bench/pages/robust-search.md).
 HELDOUT = ("167149", "168910", "189906", "167168", "189866", "146212")
 
 

@@ -332,7 +332,7 @@ def pool_rank_correlation(instance: str, budgets: Sequence[int] = (2, 6, 17, 52)
     return out
 
 
-# --- a bracket policy that distrusts misleading rungs (tried; see bench/README.md) ---------------------------
+# --- a bracket policy that distrusts misleading rungs (tried; see bench/pages/robust-search.md) ------------------
 def expected_max_normal(n: int) -> float:
     """E[max of n independent standard normals], by quadrature."""
     from math import erf, pi, sqrt
