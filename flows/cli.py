@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rungflow.flows.prefect_server import SERVER_LOG, PrefectAPIDown, check_prefect_api, ensure_prefect_api, stop_prefect_server
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -183,35 +185,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 # --- sweep --------------------------------------------------------------------------------------------
-def ensure_prefect_api() -> Any:
-    """Use ``PREFECT_API_URL`` if set; otherwise start one embedded server that the flow and its Ray workers share."""
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    from rungflow.tasks.ui_sync import recommended_server_settings
-
-    for name, value in recommended_server_settings().items():
-        os.environ.setdefault(name, value)
-    server = SubprocessASGIServer()
-    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-    os.environ["PREFECT_API_URL"] = server.api_url
-    return server
-
-
-def check_prefect_api() -> None:
-    """Fail fast, naming PREFECT_API_URL, when the configured API does not answer."""
-    import httpx
-
-    url = os.environ["PREFECT_API_URL"].rstrip("/")
-    try:
-        httpx.get(f"{url}/health", timeout=5).raise_for_status()
-    except Exception as exc:
-        raise CLIError(f"PREFECT_API_URL={url} does not answer ({type(exc).__name__}); start `prefect server start` "
-                       "or unset PREFECT_API_URL to use the embedded server") from None
-
-
 class _HideAPILoss(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.exc_info and record.exc_info[1] is not None and _api_lost(record.exc_info[1]))
@@ -389,8 +362,6 @@ def quiet_prefect_console(verbose: bool) -> None:
     """The console shows Prefect's warnings and errors only; its INFO lines still reach the API (the UI) and the
     run directory's log file. ``-v`` brings them back. Must run before Prefect configures logging."""
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO" if verbose else "WARNING")
-    # The embedded server's telemetry would print a banner and, offline, a failed-heartbeat traceback.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def log_to_run_dir(run_dir: Path) -> logging.Handler:
@@ -489,7 +460,7 @@ def _run(config) -> int:
     # whose API died would crawl for many minutes before failing. Two retries ride out a blip; a longer
     # outage is the API watch's (tasks/api_watch.py), which skips the calls while the server is down.
     os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "2")
-    server = ensure_prefect_api()
+    server = ensure_prefect_api(config.run_dir() / SERVER_LOG)
     from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     # The flow engine logs a failed run with its traceback; for a lost API the one line below replaces it.
@@ -497,7 +468,10 @@ def _run(config) -> int:
     for name in ("prefect.flow_runs", "prefect.task_runs", "prefect"):
         logging.getLogger(name).addFilter(_HideAPILoss())
     try:
-        check_prefect_api()
+        try:
+            check_prefect_api()
+        except PrefectAPIDown as exc:
+            raise CLIError(str(exc)) from None
         with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"],
                                          PREFECT_CLIENT_MAX_RETRIES: int(os.environ["PREFECT_CLIENT_MAX_RETRIES"])}):
             return _sweep(config)
@@ -514,8 +488,7 @@ def _run(config) -> int:
                        "continues from the ledger)") from None
     finally:
         if server is not None:
-            _flush_prefect_logs()
-            server.stop()
+            stop_prefect_server(server)
 
 
 def _sweep(config) -> int:
@@ -542,16 +515,6 @@ def _sweep(config) -> int:
     plot = plot_anytime(result, config.run_dir() / "anytime.png")
     console.print(f"run directory: {config.run_dir()} (result.json, ledger.jsonl, sweep.log, {plot.name})")
     return 0
-
-
-def _flush_prefect_logs() -> None:
-    # Logs are shipped to the API in the background; send them before the embedded server goes.
-    try:
-        from prefect.logging.handlers import APILogHandler
-
-        APILogHandler().flush()
-    except Exception:
-        pass
 
 
 # --- report -------------------------------------------------------------------------------------------

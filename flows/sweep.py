@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
@@ -44,6 +45,7 @@ from rungflow.budgets.search_registry import make_searcher
 from rungflow.budgets.searchers import Observation, Searcher
 from rungflow.config import ConfigError, SweepConfig, resume_conflicts, validate
 from rungflow.faults import fault_point
+from rungflow.flows.prefect_server import SERVER_LOG, prefect_api
 from rungflow.redact import install_log_redaction, redact, redact_json
 from rungflow.tasks.api_watch import PrefectAPIWatch
 from rungflow.tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
@@ -523,5 +525,13 @@ def _function_folder(config: SweepConfig) -> str | None:
 
 def run_sweep(config: SweepConfig, run_dir: str | Path | None = None, warm_start: dict[str, Any] | None = None,
               refit: bool = True) -> dict[str, Any]:
-    """Run a sweep as a Prefect flow on the configured runtime; returns the result dict."""
-    return sweep_flow(config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None, warm_start, refit)
+    """Run a sweep as a Prefect flow on the configured runtime; returns the result dict.
+
+    Inside a flow of the caller's, the sweep is its subflow and reports where the caller does. Otherwise it reports
+    to ``PREFECT_API_URL``, or to an embedded server for the length of the sweep, logging to the run directory.
+    """
+    args = (config.model_dump(mode="json"), str(run_dir) if run_dir is not None else None, warm_start, refit)
+    if FlowRunContext.get() is not None:
+        return sweep_flow(*args)
+    with prefect_api(Path(run_dir) / SERVER_LOG if run_dir is not None else config.run_dir() / SERVER_LOG):
+        return sweep_flow(*args)

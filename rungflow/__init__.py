@@ -8,8 +8,16 @@ numpy only, and Prefect, Ray and torch load when a sweep actually runs.
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import Any
+
+# Prefect's SDK prints a telemetry notice on its first import in a terminal of a machine where it never ran, and
+# sends onboarding events; only DO_NOT_TRACK (or a CI variable) turns that off. Its embedded server's analytics
+# would, offline, log a failed heartbeat. Set here, before any rungflow module can import Prefect, so a user's first
+# sweep is as quiet as their hundredth; a user's own setting of either variable wins.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # public name -> (module, attribute in it)
 _LAZY: dict[str, tuple[str, str]] = {

@@ -21,6 +21,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The suite never reads or writes the machine's ~/.prefect: whether Prefect ever ran here (its telemetry notice, its
+# profiles, its SQLite database) must not decide what a test sees. Set before anything imports prefect, which reads
+# its settings once; each xdist worker gets a home of its own, removed when it ends.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="rungflow-tests-prefect-home-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+
 
 # CI installs everything these tests skip without (YAHPO data, Playwright, chromium, SeaweedFS, AutoGluon,
 # the auto-sklearn env): there a skip means a broken install, not a missing optional part, so with

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prefect._internal.analytics.ci_detection import CI_ENV_VARS
 
 from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.flows.cli import _Progress, trial_counts_line
@@ -74,8 +75,13 @@ def test_a_sweep_in_a_real_terminal_prints_one_progress_line_and_no_prefect_info
     config.write_text(CONFIG)
     run_dir, done = tmp_path / "run", tmp_path / "exit-status"
     socket = str(tmp_path / "tmux.sock")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_LOGGING", "PREFECT_SERVER_ANALYTICS",
-                                                                     "PREFECT_API_URL"))}
+    # A newcomer's first run: a Prefect home that never saw Prefect, no CI variable and no opt-out of our making
+    # (Prefect stays quiet under any of those, so each would hide its first-run telemetry notice).
+    prefect_home = tmp_path / "brand-new-prefect-home"
+    env = {k: v for k, v in os.environ.items()
+           if k not in CI_ENV_VARS and k != "DO_NOT_TRACK"
+           and not k.startswith(("PREFECT_LOGGING", "PREFECT_SERVER_ANALYTICS", "PREFECT_API_URL"))}
+    env["PREFECT_HOME"] = str(prefect_home)
     command = (f"cd {REPO} && {sys.executable} -m rungflow.flows.cli sweep {config} --out {run_dir}; "
                f"echo $? > {done}; sleep 600")
     subprocess.run([tmux, "-S", socket, "new-session", "-d", "-x", "150", "-y", "50", command], env=env, check=True)
@@ -90,6 +96,10 @@ def test_a_sweep_in_a_real_terminal_prints_one_progress_line_and_no_prefect_info
     assert done.exists() and done.read_text().strip() == "0", pane
     assert "| INFO" not in pane, pane  # Prefect's per-task lines stay off the console ...
     assert "telemetry" not in pane.lower() and "Traceback" not in pane, pane
+    assert "anonymous usage" not in pane and "DO_NOT_TRACK" not in pane, pane  # Prefect's first-run notice
+    # Prefect marks the notice shown once it has printed it; with telemetry off it never does. (It still notes
+    # milestones in the same folder, but sends no event under DO_NOT_TRACK.)
+    assert not (prefect_home / ".sdk_telemetry" / "notice_shown").exists()
     bars = re.findall(r"(\d+)/(\d+) units", pane)
     assert len(bars) == 1, pane  # one line, redrawn in place, not one per update
     assert bars[0][0] == bars[0][1], pane  # ends at the plan's total
