@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import queue
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rungflow.budgets.bracket_loop import run_brackets
 from rungflow.budgets.controller import BudgetController, BudgetDecision, StopReason
 from rungflow.budgets.forecast import Forecast, stage_forecast
 from rungflow.budgets.ledger import Ledger, SpendRecord, StartMarker, TrialStatus
@@ -177,14 +177,19 @@ class SweepDriver:
         return None if per_unit is None else per_unit * units / 3600.0
 
     # --- the controller ---------------------------------------------------------------------------
-    def decide(self, stage: Stage, units: float) -> BudgetDecision:
-        """Ask the controller before ``stage``, which would buy ``units`` budget units."""
+    def decide(self, stage: Stage, units: float, complete_below: int | None = None) -> BudgetDecision:
+        """Ask the controller before ``stage``, which would buy ``units`` budget units.
+
+        ``complete_below``: every bracket below this index has passed its last barrier (default: the stage's own
+        bracket, as when brackets run one after another); the iteration window judges complete brackets only.
+        """
         settings = self.controller.settings
         forecast = None
         if settings.stop_rule == "forecast" and settings.min_gain_per_gpu_hour is not None:
             forecast = self.forecast(stage)
         decision = self.controller.check_before_stage(
-            self.ledger, stage=str(stage), next_stage_gpu_hours=self.predicted_gpu_hours(units), bracket=stage.bracket,
+            self.ledger, stage=str(stage), next_stage_gpu_hours=self.predicted_gpu_hours(units),
+            bracket=stage.bracket if complete_below is None else complete_below,
             expected_gain=forecast.expected_gain if forecast is not None else None,
             forecast_gpu_hours=self.predicted_gpu_hours(forecast.budget_units) if forecast is not None else None,
             forecast_detail=forecast.detail if forecast is not None else "",
@@ -294,118 +299,7 @@ class SweepDriver:
         return self.clock() - self._last_publish >= max(PUBLISH_EVERY_SECONDS, self._publish_seconds / PUBLISH_SHARE)
 
     def _run_synchronous(self, executor: Executor) -> None:
-        for bracket in self.scheduler.brackets:
-            first = bracket.rungs[0]
-            if self.decide(Stage(bracket.index, 0), first.num_trials * first.budget).stop:
-                return
-            configs = executor.suggest(self.searcher, first.num_trials, bracket.index)
-            executor.reached("search")
-            if not configs:
-                self.stop_reason, self.stop_detail = str(StopReason.SCHEDULE_COMPLETE), "the search space is exhausted"
-                return
-            alive = [self.new_trial(c, bracket.index) for c in configs]
-            bracket_log: dict[str, Any] = {"bracket": bracket.index, "s": bracket.s, "rungs": []}
-            self.schedule.append(bracket_log)
-            previous_budget = 0.0
-            for position, rung in enumerate(bracket.rungs):
-                if position > 0:
-                    units = len(alive) * (rung.budget - previous_budget)
-                    if self.decide(Stage(bracket.index, rung.index), units).stop:
-                        return
-                resume = bracket.rungs[position - 1].index if position else None
-                jobs = [self.job(t, bracket.index, rung.index, rung.budget, resume) for t in alive]
-                stage_start = self.clock()
-                results = self._run_stage(executor, jobs)
-                bracket_log["rungs"].append(
-                    {"rung": rung.index, "budget": rung.budget, "num_trials": len(jobs), "planned_trials": rung.num_trials,
-                     "started_at": stage_start, "finished_at": self.clock()}
-                )
-                observations = [self.observation(r) for r in results if r.status != TrialStatus.CANCELLED]
-                last = position == len(bracket.rungs) - 1
-                keep = 0 if last else bracket.rungs[position + 1].num_trials
-                scores = [TrialScore(r.trial_id, _score(r)) for r in results]
-                decision = executor.gate(scores, keep, self.mode, bracket.index, rung.index)
-                executor.reached("gate")
-                alive = executor.promote(self.searcher, observations, decision, bracket.index, rung.index)
-                executor.reached("promote")
-                self._publish(executor)
-                if self.stop_reason is not None:
-                    return
-                previous_budget = rung.budget
-                if not alive:
-                    break
-
-    def _replay_stage(self, executor: Executor, jobs: list[TrialJob]) -> tuple[list[SpendRecord], list[TrialJob], bool]:
-        """Replay the stage's finished trials in ledger order: (their records, the jobs still to run, stopped).
-
-        The hard caps are checked after each, as the live stage does; if one stops the stage, the
-        rest are cancelled as they were before the crash (their records, if any, are adopted).
-        """
-        found = [(r, j) for j in jobs if (r := self.replayed(j)) is not None]
-        if not found:
-            return [], jobs, False
-        found.sort(key=lambda rj: self._replay_order.get((rj[0].trial_id, rj[0].rung), 0))
-        results: list[SpendRecord] = []
-        done = {r.trial_id for r, _ in found}
-        rest = [j for j in jobs if j.trial_id not in done]
-        for record, job in found:
-            results.append(self.adopt(record))
-            if self._cap_check(str(Stage(job.bracket, job.rung))) is not None:
-                for r, _ in found[len(results):]:  # billed already; their records stay as they were
-                    results.append(self.adopt(r))
-                for j in rest:  # never dispatched: nothing to bill, whatever they left on disk is adopted
-                    self.ledger.adopt(j.trial_id, j.rung)
-                    results.append(self._cancelled(j))
-                return results, [], True
-        return results, rest, False
-
-    def _run_stage(self, executor: Executor, jobs: list[TrialJob]) -> list[SpendRecord]:
-        """Run jobs concurrently; after each result, check the hard caps and cancel the rest if one is hit."""
-        if not jobs:
-            return []
-        replayed, jobs, stopped = self._replay_stage(executor, jobs)
-        if stopped or not jobs:
-            return replayed
-        done: queue.Queue[Any] = queue.Queue()
-        waiting = deque(jobs)
-        pending: dict[int, tuple[Any, TrialJob]] = {}
-        # Started, not yet finished: enough to keep every slot busy while the next trials' runs are set up,
-        # and no more, so a 10,000-trial rung neither floods the executor nor holds 10,000 handles.
-        window = 2 * executor.slots + 8
-
-        def start_next() -> None:
-            job = waiting.popleft()
-            handle = self.dispatch(job, executor, done.put)
-            pending[id(handle)] = (handle, job)
-
-        while waiting and len(pending) < window:
-            start_next()
-        executor.reached("dispatch")
-        results: list[SpendRecord] = list(replayed)
-        cancelling = False
-        while pending:
-            handle = _next(done, executor)
-            if id(handle) not in pending:
-                continue
-            _, job = pending.pop(id(handle))
-            results.append(self.charge(executor.collect(handle, job)))
-            if not cancelling and self._runtime_down(results[-1]):
-                cancelling = True
-                executor.cancel([j for _, j in pending.values()] + list(waiting), self.stop_detail)
-            if not cancelling and (pending or waiting):
-                check = self._cap_check(str(Stage(job.bracket, job.rung)))
-                if check is not None:
-                    cancelling = True
-                    # The executor stops what it can; every job still comes back, billed for what it used;
-                    # those not yet started come back at once.
-                    executor.cancel([j for _, j in pending.values()] + list(waiting), check.detail)
-            # Mid-rung too, throttled: a rung of many long trials would otherwise show the UI, the Optuna study
-            # and result.json nothing until its barrier, and leave all of it to write after the last trial.
-            if (pending or waiting) and self._publish_due():
-                self._publish(executor)
-            while waiting and len(pending) < window:
-                start_next()
-        return results
+        run_brackets(self, executor, getattr(self.scheduler, "max_open_brackets", None))
 
     def _run_asynchronous(self, executor: Executor, scheduler: AsyncScheduler) -> None:
         plan = scheduler.brackets[0]

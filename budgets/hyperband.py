@@ -2,6 +2,8 @@
 
 Each is a list of brackets (see :mod:`budgets.rungs` for the arithmetic); the driver runs every rung
 as a stage that ends at a barrier, where :func:`budgets.scheduling.gate_rung` keeps the top 1/η.
+Brackets run several at a time when slots are free (:mod:`budgets.bracket_loop`), up to
+``max_open_brackets``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ class SyncScheduler:
     min_budget: float
     max_budget: float
     eta: float
+    # Brackets open at once (None: as many as free slots take; 1: one after another). See budgets.bracket_loop.
+    max_open_brackets: int | None = None
     synchronous: bool = field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_open_brackets is not None and self.max_open_brackets < 1:
+            raise ValueError(f"The value of max_open_brackets is {self.max_open_brackets}, but must be at least 1 "
+                             "(1 runs the brackets one after another)")
 
     def budget_units(self) -> float:
         return sum(b.budget_units() for b in self.brackets)
@@ -75,7 +84,7 @@ def FIFOScheduler(*, num_trials: int, max_budget: float, min_budget: float | Non
 
 def SuccessiveHalvingScheduler(
     *, min_budget: float, max_budget: float, eta: float, integer: bool = True, num_trials: int | None = None,
-    iterations: int = 1,
+    iterations: int = 1, max_open_brackets: int | None = None,
 ) -> SyncScheduler:
     """Successive halving (Jamieson & Talwalkar, 2016): Hyperband's most aggressive bracket, repeated."""
     s_max = max_bracket_index(min_budget, max_budget, eta)
@@ -84,12 +93,17 @@ def SuccessiveHalvingScheduler(
                      num_trials=num_trials)
         for i in range(iterations)
     )
-    return SyncScheduler(SchedulerKind.SHA, brackets, min_budget, max_budget, eta)
+    return SyncScheduler(SchedulerKind.SHA, brackets, min_budget, max_budget, eta, max_open_brackets)
 
 
 def HyperbandScheduler(
-    *, min_budget: float, max_budget: float, eta: float, integer: bool = True, iterations: int = 1
+    *, min_budget: float, max_budget: float, eta: float, integer: bool = True, iterations: int = 1,
+    max_open_brackets: int | None = None,
 ) -> SyncScheduler:
-    """Hyperband (Li et al., 2018): brackets s = s_max … 0, each a successive-halving run; repeated."""
+    """Hyperband (Li et al., 2018): brackets s = s_max … 0, each a successive-halving run; repeated.
+
+    ``max_open_brackets``: how many brackets may run at once when slots are free (None: as many as the slots
+    take; 1: one after another, each rung's barrier idling the slots its slowest trial leaves).
+    """
     brackets = tuple(hyperband_plan(min_budget, max_budget, eta, integer=integer, iterations=iterations))
-    return SyncScheduler(SchedulerKind.HYPERBAND, brackets, min_budget, max_budget, eta)
+    return SyncScheduler(SchedulerKind.HYPERBAND, brackets, min_budget, max_budget, eta, max_open_brackets)

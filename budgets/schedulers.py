@@ -43,15 +43,15 @@ def _fifo(*, min_budget: float, max_budget: float, eta: float, integer: bool, it
 
 
 def _sha(*, min_budget: float, max_budget: float, eta: float, integer: bool, iterations: int, num_trials: int | None,
-         mode: Mode, **_: Any) -> Scheduler:
+         mode: Mode, max_open_brackets: int | None = None, **_: Any) -> Scheduler:
     return SuccessiveHalvingScheduler(min_budget=min_budget, max_budget=max_budget, eta=eta, integer=integer,
-                                      num_trials=num_trials, iterations=iterations)
+                                      num_trials=num_trials, iterations=iterations, max_open_brackets=max_open_brackets)
 
 
 def _hyperband(*, min_budget: float, max_budget: float, eta: float, integer: bool, iterations: int,
-               num_trials: int | None, mode: Mode, **_: Any) -> Scheduler:
+               num_trials: int | None, mode: Mode, max_open_brackets: int | None = None, **_: Any) -> Scheduler:
     return HyperbandScheduler(min_budget=min_budget, max_budget=max_budget, eta=eta, integer=integer,
-                              iterations=iterations)
+                              iterations=iterations, max_open_brackets=max_open_brackets)
 
 
 def _asha(*, min_budget: float, max_budget: float, eta: float, integer: bool, iterations: int, num_trials: int | None,

@@ -119,6 +119,13 @@ class SimulatedExecutor:
         pass
 
     def start(self, job: TrialJob, notify: Callable[[Any], None]) -> Any:
+        if (job.trial_id, job.rung) in self._cancelled:
+            # Handed out after a cancel that named it: it comes back cancelled at once, as the runtime's do.
+            run = _Run(job, notify, ready_at=self.clock.now)
+            run.record = self._record(job, TrialStatus.CANCELLED, None, self.clock.now, self.clock.now, 0.0,
+                                      error="cancelled: a hard budget cap was reached mid-stage")
+            notify(run)
+            return run
         self._dispatcher_free = max(self.clock.now, self._dispatcher_free) + self.dispatch_seconds
         run = _Run(job, notify, ready_at=self._dispatcher_free)
         if len(self._running) < self.slots:

@@ -26,11 +26,12 @@ def seconds(config: Any, start: float, stop: float) -> float:
     return (stop - start) * SECONDS_PER_UNIT
 
 
-def drive(kind: str, slots: int = 1, seed: int = 0, **settings: Any) -> tuple[SweepDriver, SimulatedExecutor]:
+def drive(kind: str, slots: int = 1, seed: int = 0, iterations: int = 1, max_open_brackets: int | None = None,
+          **settings: Any) -> tuple[SweepDriver, SimulatedExecutor]:
     clock = VirtualClock()
     ledger = Ledger()
-    scheduler = make_scheduler(kind, min_budget=1, max_budget=9, eta=3, integer=True, iterations=1, num_trials=None,
-                               mode="max")
+    scheduler = make_scheduler(kind, min_budget=1, max_budget=9, eta=3, integer=True, iterations=iterations,
+                               num_trials=None, mode="max", max_open_brackets=max_open_brackets)
     controller = BudgetController(BudgetSettings(**settings), mode="max", clock=clock, started_at=0.0, full_budget=9)
     driver = SweepDriver(make_searcher("random", SPACE, seed=seed, mode="max", max_budget=9), scheduler, ledger,
                          controller, "max", 1, 9, seed=seed, clock=clock)
@@ -61,15 +62,21 @@ def test_same_seed_same_sweep(kind: str) -> None:
            [(r.trial_id, r.rung, r.score, r.finished_at) for r in b.ledger.records]
 
 
-def test_one_slot_runs_back_to_back_and_barriers_idle_wider_clusters() -> None:
+def _utilisation(executor: SimulatedExecutor) -> float:
+    return sum(b.finished_at - b.started_at for b in executor.busy) / (executor.slots * executor.clock.now)
+
+
+def test_one_slot_runs_back_to_back_and_barriers_idle_wider_clusters_only_one_bracket_at_a_time() -> None:
     driver, executor = drive("hyperband", slots=1)
     assert executor.clock.now == pytest.approx(driver.scheduler.budget_units() * SECONDS_PER_UNIT)
-    _, wide = drive("hyperband", slots=8)
-    _, asha = drive("asha", slots=8)
-    busy = sum(b.finished_at - b.started_at for b in wide.busy)
-    # Eight slots idle at every rung barrier where fewer than eight trials are left; ASHA keeps them busier.
-    assert busy / (8 * wide.clock.now) < 0.9
-    assert sum(b.finished_at - b.started_at for b in asha.busy) / (8 * asha.clock.now) > busy / (8 * wide.clock.now)
+    _, sequential = drive("hyperband", slots=8, iterations=3, max_open_brackets=1)
+    _, filled = drive("hyperband", slots=8, iterations=3)
+    _, asha = drive("asha", slots=8, iterations=3)
+    # One bracket at a time, eight slots idle at every rung barrier where fewer than eight trials are left; ASHA keeps
+    # them busier, and so does Hyperband when a free slot takes the next bracket's trials.
+    assert _utilisation(sequential) < 0.6
+    assert _utilisation(asha) > _utilisation(sequential)
+    assert _utilisation(filled) > 0.85 and filled.clock.now < 0.6 * sequential.clock.now
 
 
 def test_the_deadline_runs_on_the_injected_clock() -> None:
