@@ -1,4 +1,4 @@
-"""``python -m bench efficiency|overhead|compare|costaware|stopping|stopprice|robust|automl|warmstart|all``: the benchmark entry point.
+"""``python -m bench efficiency|overhead|compare|costaware|stopping|stopprice|robust|automl|warmstart|gpu|all``: the benchmark entry point.
 
 The environment is prepared (quiet Prefect, isolated Prefect home) before anything imports
 prefect, which is why the command modules are imported only after :func:`quiet_env`.
@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     robust.add_arguments(p)
     p = sub.add_parser("stopprice", help="stop rules judged at the user's price: net, hindsight net, captured, shortfall")
     stop_price.add_arguments(p)
+    from bench import gpu
+
+    p = sub.add_parser("gpu", help="a torch sweep packed 4 to a GPU: the ledger's GPU-seconds against nvidia-smi")
+    gpu.add_arguments(p)
     p = sub.add_parser("all", help="efficiency then overhead, with their default settings")
     p.add_argument("--out", type=Path, default=Path("bench/out"), help="parent of efficiency/ and overhead/")
     return parser
@@ -60,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bench import automl, compare, costaware, efficiency, overhead, stopping
 
     t0 = time.perf_counter()
+    status = 0
     if args.command == "automl":
         automl.run(args)
     elif args.command == "efficiency":
@@ -80,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import stop_price
 
         stop_price.run(args)
+    elif args.command == "gpu":
+        from bench import gpu
+
+        status = gpu.run(args)
     elif args.command == "warmstart":
         from bench import warmstart
 
@@ -93,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet_env()  # a fresh Prefect home for the second server
         overhead.run(ovh)
     print(f"bench {args.command}: {time.perf_counter() - t0:.0f} s", flush=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
