@@ -1,0 +1,215 @@
+"""The sections that decide which trials exist and in what order: trainable, metric, search, scheduler."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from rungflow.budgets.schedulers import SchedulerKind
+from rungflow.budgets.search_registry import SEARCHERS
+from rungflow.config.errors import _Strict
+
+
+class TrainableConfig(_Strict):
+    kind: str = Field(description="the model family, e.g. torch_mlp or yahpo_lcbench; 'function' for your own code")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _function_shorthand(cls, data: Any) -> Any:
+        # `trainable: {function: "train.py:train"}` is the function family with that entrypoint.
+        if isinstance(data, dict) and "function" in data:
+            data = dict(data)
+            entrypoint = data.pop("function")
+            if data.get("kind", "function") != "function":
+                raise ValueError(f"trainable: give either kind ({data['kind']!r}) or function, not both")
+            data["kind"] = "function"
+            data["options"] = {**dict(data.get("options") or {}), "entrypoint": entrypoint}
+        return data
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind: str) -> str:
+        from rungflow.tasks.trainables import known_kinds, moved_module_hint
+
+        if kind not in known_kinds() and (hint := moved_module_hint(kind)) is not None:
+            raise ValueError(hint)
+        if kind not in known_kinds():
+            raise ValueError(f"unknown trainable {kind!r}; use one of {', '.join(known_kinds())}")
+        return kind
+
+
+class MetricConfig(_Strict):
+    name: str | None = None
+    mode: Literal["max", "min"] | None = None
+
+
+class SearchConfig(_Strict):
+    algorithm: str = "bohb"
+    seed: int = 0
+    num_trials: int | None = Field(default=None, description="trials to start where the scheduler does not fix it")
+    grid_points: int = 4
+    random_fraction: float | None = None
+    min_points_in_model: int | None = None
+    cost_aware: bool = Field(default=False, description="tpe/bohb: rank candidates by expected improvement per predicted GPU-hour")
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in SEARCHERS:
+            raise ValueError(f"unknown searcher {name!r}; use one of {', '.join(SEARCHERS)}")
+        return name
+
+    @field_validator("num_trials")
+    @classmethod
+    def _positive(cls, n: int | None) -> int | None:
+        if n is not None and n < 1:
+            raise ValueError("must be at least 1; set search.num_trials to how many trials to start")
+        return n
+
+    @field_validator("random_fraction")
+    @classmethod
+    def _fraction(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 <= v <= 1.0:
+            raise ValueError("must be within [0, 1] (the share of BOHB proposals drawn at random), e.g. 0.33")
+        return v
+
+    @field_validator("min_points_in_model")
+    @classmethod
+    def _min_points(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1; leave it out for the default (number of parameters + 2)")
+        return v
+
+    @field_validator("grid_points")
+    @classmethod
+    def _grid(cls, n: int) -> int:
+        if n < 1:
+            raise ValueError("must be at least 1 value per numeric parameter, e.g. search.grid_points=4")
+        return n
+
+    @model_validator(mode="after")
+    def _cost_aware_needs_tpe(self) -> SearchConfig:
+        if self.cost_aware and self.algorithm not in ("tpe", "bohb"):
+            raise ValueError(
+                f"search.cost_aware: only tpe and bohb rank candidates by cost, not {self.algorithm!r}; "
+                "use search.algorithm=tpe or remove cost_aware"
+            )
+        return self
+
+
+# Options only one scheduler reads: setting one for another scheduler is a mistake worth naming.
+_SCHEDULER_OPTIONS = {
+    "median": ("grace_budget", "min_samples"),
+    "pbt": ("population", "perturbation_interval", "quantile_fraction", "resample_probability", "mutations", "burn_in"),
+}
+
+
+class SchedulerConfig(_Strict):
+    kind: str = "hyperband"
+    min_budget: float | None = Field(default=None, description="r_min; defaults to the trainable's")
+    max_budget: float | None = Field(default=None, description="R; defaults to the trainable's")
+    eta: float = 3
+    iterations: int = 1
+    grace_budget: float | None = Field(default=None, description="median: no stopping below this budget (default 0)")
+    min_samples: int | None = Field(default=None, description="median: other trials' results needed at a rung (default 3)")
+    population: int | None = Field(default=None, description="pbt: members trained at once (default search.num_trials or 8)")
+    perturbation_interval: float | None = Field(default=None, description="pbt: budget units per generation "
+                                                                          "(default min_budget)")
+    quantile_fraction: float | None = Field(default=None, description="pbt: share replaced at each gate (default 0.25)")
+    resample_probability: float | None = Field(default=None, description="pbt: chance a mutation resamples (default 0.25)")
+    mutations: list[str] | None = Field(default=None, description="pbt: parameters explore may change (default every "
+                                                                  "float and int the trainable declares mutable)")
+    burn_in: float | None = Field(default=None, description="pbt: budget trained before the first exploit (default 0)")
+
+    @field_validator("population")
+    @classmethod
+    def _population(cls, v: int | None) -> int | None:
+        if v is not None and v < 2:
+            raise ValueError("must be at least 2: exploit copies a strong member over a weak one; 8 or more is usual")
+        return v
+
+    @field_validator("quantile_fraction")
+    @classmethod
+    def _quantile(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 0.5:
+            raise ValueError("must be above 0 and at most 0.5 (the top and bottom quantiles may not overlap); 0.25 is usual")
+        return v
+
+    @field_validator("resample_probability")
+    @classmethod
+    def _probability(cls, v: float | None) -> float | None:
+        if v is not None and not 0 <= v <= 1:
+            raise ValueError("must be within [0, 1] (the chance a mutated parameter is drawn afresh), e.g. 0.25")
+        return v
+
+    @field_validator("perturbation_interval")
+    @classmethod
+    def _interval(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError("must be a positive number of budget units per generation, e.g. 2 (epochs)")
+        return v
+
+    @field_validator("burn_in", "grace_budget")
+    @classmethod
+    def _non_negative_budget(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise ValueError("must be zero or more budget units")
+        return v
+
+    @field_validator("min_samples")
+    @classmethod
+    def _samples(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1 (other trials' results at a rung before the median can stop one); 3 is usual")
+        return v
+
+    @model_validator(mode="after")
+    def _options_of_the_kind(self) -> SchedulerConfig:
+        for kind, names in _SCHEDULER_OPTIONS.items():
+            for name in names:
+                if kind != self.kind and getattr(self, name) is not None:
+                    raise ValueError(f"scheduler.{name}: only scheduler.kind: {kind} reads it, not {self.kind}; "
+                                     f"remove it or use kind: {kind}")
+        return self
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, kind: str) -> str:
+        allowed = [k.value for k in SchedulerKind]
+        if kind not in allowed:
+            raise ValueError(f"unknown scheduler {kind!r}; use one of {', '.join(allowed)}")
+        return kind
+
+    @field_validator("min_budget", "max_budget")
+    @classmethod
+    def _budget_positive(cls, v: float | None) -> float | None:
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise ValueError("must be a positive number of budget units (e.g. epochs)")
+        return v
+
+    @field_validator("eta")
+    @classmethod
+    def _eta(cls, eta: float) -> float:
+        if not eta >= 2:
+            raise ValueError("must be at least 2 (η: the fraction 1/η of trials survives each rung); 3 is usual")
+        return eta
+
+    @field_validator("iterations")
+    @classmethod
+    def _iterations(cls, n: int) -> int:
+        if n < 1:
+            raise ValueError("must be at least 1 (how many times the bracket schedule repeats)")
+        return n
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SchedulerConfig:
+        if self.min_budget is not None and self.max_budget is not None and self.min_budget > self.max_budget:
+            raise ValueError(
+                f"scheduler.min_budget ({self.min_budget:g}) is above scheduler.max_budget ({self.max_budget:g}); "
+                "lower min_budget or raise max_budget"
+            )
+        return self
+
