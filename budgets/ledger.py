@@ -25,7 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["TrialStatus", "FINISHED", "SpendRecord", "StartMarker", "Ledger", "IncumbentPoint", "IncumbentCurve", "incumbent_curve"]
+__all__ = ["TrialStatus", "FINISHED", "trial_outcome", "SpendRecord", "StartMarker", "Ledger", "IncumbentPoint", "IncumbentCurve", "incumbent_curve"]
 
 Mode = Literal["max", "min"]
 
@@ -73,6 +73,9 @@ class SpendRecord:
     # Wall-clock x CPUs held: a CPU-only sweep's real bill, beside its GPU-hours (0 there).
     cpu_seconds: float = 0.0
     cpus: float = 0.0
+    # Where it trained ("cuda:0", "cpu"), and the budget a promoted trial resumed from (None: from scratch).
+    device: str = "cpu"
+    resumed_from_budget: float | None = None
 
     @property
     def gpu_hours(self) -> float:
@@ -121,6 +124,27 @@ class StartMarker:
     @property
     def key(self) -> tuple[str, int, int]:
         return (self.trial_id, self.rung, self.attempt)
+
+
+def trial_outcome(last: SpendRecord, bracket_top_rung: int, max_budget: float, *, final: bool,
+                  asynchronous: bool = False) -> str | None:
+    """What happened to a trial, from its last record; ``None`` while that may still change.
+
+    ``full_budget``; the status of an attempt that failed or timed out; ``stopped_by_gate`` once a higher rung
+    of its bracket ran (final for a synchronous gate at once; ASHA may still promote it, so only at the end);
+    at the end of the sweep, ``unfinished`` for a trial whose next stage never ran, or the status of a last
+    attempt that did not finish (``cancelled``, ``lost``, ``interrupted``). ``bracket_top_rung``: the highest
+    rung any trial of ``last.bracket`` reached. The ledger's counts, the Optuna study and MLflow all read this.
+    """
+    if last.ok and last.budget >= max_budget - 1e-9:
+        return "full_budget"
+    if not last.ok and last.status in (TrialStatus.FAILED, TrialStatus.TIMEOUT):
+        return str(last.status)
+    if last.ok and bracket_top_rung > last.rung and (final or not asynchronous):
+        return "stopped_by_gate"
+    if final:
+        return "unfinished" if last.ok else str(last.status)
+    return None
 
 
 def _finite(value: Any) -> bool:
@@ -362,14 +386,8 @@ class Ledger:
             top_rung[r.bracket] = max(top_rung.get(r.bracket, r.rung), r.rung)
         out = {"full_budget": 0, "stopped_by_gate": 0, "failed": 0, "unfinished": 0}
         for r in last.values():
-            if not r.ok:
-                out["failed"] += 1
-            elif r.budget >= max_budget - 1e-9:
-                out["full_budget"] += 1
-            elif top_rung[r.bracket] > r.rung:
-                out["stopped_by_gate"] += 1
-            else:
-                out["unfinished"] += 1
+            outcome = trial_outcome(r, top_rung[r.bracket], max_budget, final=True)
+            out[outcome if outcome in out else "failed"] += 1  # timed out, cancelled, lost: its last attempt failed
         return out
 
     def summary(self, max_budget: float) -> dict[str, Any]:

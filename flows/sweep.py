@@ -238,10 +238,11 @@ class Sweep(SweepDriver):
             attempt_dir=str(self.attempts_dir.resolve()),
         )
 
-    def record_of(self, result: TrialResult) -> SpendRecord:
-        """The ledger's record of a trial result: the one place a TrialResult becomes a SpendRecord."""
-        return spend_record(result, cpus=self.config.runtime.cpus_per_trial,
-                            cost=self.ledger.cost_of(result.gpu_seconds, result.cpu_seconds))
+    def priced(self, record: SpendRecord) -> SpendRecord:
+        """A worker's record as the ledger bills it: priced here (workers do not know the price), its error
+        redacted once more (a lost worker's error is written by the runtime, not the trial)."""
+        return dataclasses.replace(record, cost=self.ledger.cost_of(record.gpu_seconds, record.cpu_seconds),
+                                   error=None if record.error is None else redact(record.error))
 
     def run(self, runtime: Runtime) -> dict[str, Any]:
         self.runtime_note = runtime.note
@@ -291,17 +292,6 @@ class Sweep(SweepDriver):
         return result
 
 
-def spend_record(result: TrialResult, *, cpus: float, cost: float) -> SpendRecord:
-    return SpendRecord(
-        trial_id=result.trial_id, bracket=result.bracket, rung=result.rung, budget=result.budget,
-        score=result.score, status=result.status, gpu_seconds=result.gpu_seconds, gpus=result.gpus,
-        cpu_seconds=result.cpu_seconds, cpus=cpus, cost=cost, started_at=result.started_at,
-        finished_at=result.finished_at, budget_trained=result.budget_trained, attempt=result.attempt,
-        error=None if result.error is None else redact(result.error), metrics=result.metrics,
-        wall_seconds=result.wall_seconds, trainable_seconds=result.trainable_seconds, worker=result.worker,
-    )
-
-
 class PrefectExecutor:
     """The driver's jobs as Prefect task runs on the runtime: search → train → gate → promote, as in the UI."""
 
@@ -330,7 +320,7 @@ class PrefectExecutor:
         result = self._result_of(handle, job)
         if self.sweep.recorded is not None:
             self.sweep.recorded.task_run_finished()
-        return [self.sweep.record_of(r) for r in (*result.lost_attempts, result)]
+        return [self.sweep.priced(r) for r in (*result.lost_attempts, result.record)]
 
     def _result_of(self, future: Any, job: TrialJob) -> TrialResult:
         future.wait()
@@ -342,12 +332,13 @@ class PrefectExecutor:
             return data
         # The task itself crashed (not the trainable: run_trial never raises): nothing to bill we can see.
         now = self.sweep.clock()
-        return TrialResult(
+        return TrialResult(SpendRecord(
             trial_id=job.trial_id, bracket=job.bracket, rung=job.rung, budget=job.budget, score=None,
-            status=TrialStatus.FAILED, gpu_seconds=0.0, gpus=self.sweep.gpus_per_trial, started_at=now, finished_at=now,
-            wall_seconds=0.0, trainable_seconds=0.0, budget_trained=0.0, attempt=job.attempt,
+            status=TrialStatus.FAILED, gpu_seconds=0.0, gpus=self.sweep.gpus_per_trial, cost=0.0, started_at=now,
+            finished_at=now, wall_seconds=0.0, trainable_seconds=0.0, budget_trained=0.0, attempt=job.attempt,
             error=f"{type(data).__name__}: {data}" if isinstance(data, BaseException) else f"train task returned {data!r}",
-        )
+            cpus=self.sweep.config.runtime.cpus_per_trial,
+        ))
 
     def cancel(self, jobs: Sequence[TrialJob], reason: str) -> None:
         self.runtime.cancel([self.sweep.spec(j) for j in jobs], reason)

@@ -14,9 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rungflow.budgets.ledger import SpendRecord
+from rungflow.budgets.ledger import SpendRecord, trial_outcome
 from rungflow.redact import redact
 from rungflow.tasks.mirror import BackgroundSync, LedgerGroups
+
+# A trial's outcome as an MLflow run status; anything that neither finished nor failed was killed.
+_MLFLOW_RUN_STATUS = {"full_budget": "FINISHED", "failed": "FAILED", "timeout": "FAILED"}
 
 __all__ = ["MLflowTracker", "TrackingError", "open_tracker_for"]
 
@@ -140,16 +143,11 @@ class MLflowTracker:
 
     def _outcome(self, records: list[SpendRecord], top_rung: Mapping[int, int], final: bool) -> tuple[str, str] | None:
         last = records[-1]
-        if last.ok and last.budget >= self._max_budget - 1e-9:
-            return "full_budget", "FINISHED"
-        if not last.ok and str(last.status) in ("failed", "timeout"):
-            return str(last.status), "FAILED"
-        gated = last.ok and top_rung[last.bracket] > last.rung
-        if gated and (final or not self._asynchronous):
-            return "stopped_by_gate", "KILLED"
-        if final:
-            return ("unfinished" if last.ok else str(last.status)), "KILLED"
-        return None
+        outcome = trial_outcome(last, top_rung[last.bracket], self._max_budget, final=final,
+                                asynchronous=self._asynchronous)
+        if outcome is None:
+            return None
+        return outcome, _MLFLOW_RUN_STATUS.get(outcome, "KILLED")
 
 
 def open_tracker_for(config: Any, *, asynchronous: bool, max_budget: float) -> MLflowTracker | None:

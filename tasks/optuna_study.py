@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rungflow.budgets.ledger import SpendRecord
+from rungflow.budgets.ledger import SpendRecord, trial_outcome
 from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from rungflow.redact import redact
 from rungflow.tasks.mirror import BackgroundSync, LedgerGroups
@@ -33,6 +33,8 @@ BUDGETS_ATTR = "budgets"
 FINGERPRINT_ATTR = "rungflow_fingerprint"
 _BATCH = 500  # trials a transaction: the end of a 10,000-trial ASHA sweep is 20 commits, none of them huge
 log = logging.getLogger("rungflow.optuna_study")
+# A trial's outcome as an Optuna state; anything that neither finished nor failed shows as pruned.
+_OPTUNA_STATE = {"full_budget": "COMPLETE", "failed": "FAIL", "timeout": "FAIL"}
 # Sections that may change on resume (rungflow.config.RESUMABLE) do not make it a different sweep.
 _SWEEP_SECTIONS = ("name", "trainable", "metric", "space", "search", "scheduler")
 
@@ -153,17 +155,11 @@ class StudyRecorder:
 
     def _outcome(self, records: list[SpendRecord], top_rung: Mapping[int, int], final: bool) -> tuple[str, str] | None:
         last = records[-1]
-        if last.ok and last.budget >= self._max_budget - 1e-9:
-            return "COMPLETE", "full_budget"
-        if not last.ok and str(last.status) in ("failed", "timeout"):
-            return "FAIL", str(last.status)
-        # A synchronous gate is final once a higher rung of the bracket ran; ASHA may still promote later.
-        if last.ok and not self._asynchronous and top_rung[last.bracket] > last.rung:
-            return "PRUNED", "stopped_by_gate"
-        if final:
-            return ("PRUNED", "stopped_by_gate" if last.ok and top_rung[last.bracket] > last.rung else
-                    "unfinished" if last.ok else str(last.status))
-        return None
+        outcome = trial_outcome(last, top_rung[last.bracket], self._max_budget, final=final,
+                                asynchronous=self._asynchronous)
+        if outcome is None:
+            return None
+        return _OPTUNA_STATE.get(outcome, "PRUNED"), outcome
 
     def _frozen(self, trial_id: str, records: list[SpendRecord], config: Mapping[str, Any], state: str, status: str) -> Any:
         optuna = self._optuna

@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rungflow.budgets.ledger import TrialStatus
+from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.redact import is_secret_name
 from rungflow.tasks.train import TrialResult, TrialSpec, run_trial
 from rungflow.tasks.trainables.function import FUNCTION_FROM_WORKING_DIR_ENV, install_callables, registered_callables
@@ -44,11 +44,12 @@ def _unfinished(spec: TrialSpec, status: TrialStatus, started: float, error: str
     now = time.time()
     wall = max(0.0, now - started)
     held = spec.gpus if gpus is None else gpus
-    return TrialResult(
+    return TrialResult(SpendRecord(
         trial_id=spec.trial_id, bracket=spec.bracket, rung=spec.rung, budget=spec.budget, score=None, status=status,
-        gpu_seconds=wall * held, gpus=held, started_at=started, finished_at=now, wall_seconds=wall,
+        gpu_seconds=wall * held, gpus=held, cost=0.0, started_at=started, finished_at=now, wall_seconds=wall,
         trainable_seconds=0.0, budget_trained=0.0, attempt=spec.attempt, error=error, cpu_seconds=wall * spec.cpus,
-    )
+        cpus=spec.cpus,
+    ))
 
 
 def _key(spec: TrialSpec) -> tuple[str, int]:
@@ -178,9 +179,11 @@ def _trial_worker_class() -> Any:
                 result = run_trial(spec)
             finally:
                 self._trial_thread = None
-            if result.error and result.error.startswith("MemoryError") and self._limit:
-                result = replace(result, error=f"MemoryError: the trial's worker passed runtime.memory_per_trial_gb="
-                                               f"{self._limit / 2**30:g} GiB")
+            error = result.record.error
+            if error and error.startswith("MemoryError") and self._limit:
+                result = replace(result, record=replace(
+                    result.record, error=f"MemoryError: the trial's worker passed runtime.memory_per_trial_gb="
+                                         f"{self._limit / 2**30:g} GiB"))
             return result
 
     return TrialWorker
@@ -257,18 +260,20 @@ class RayRuntime(Runtime):
         self._idle.put(None)
 
     def execute(self, spec: TrialSpec) -> TrialResult:
-        lost: list[TrialResult] = []
+        lost: list[SpendRecord] = []
         attempt_spec = spec
         while True:
             result = self._attempt(attempt_spec)
-            if result.status != TrialStatus.LOST or attempt_spec.attempt - spec.attempt >= self.max_retries:
-                if result.status == TrialStatus.LOST:
-                    result = replace(result, status=TrialStatus.FAILED,
-                                     error=f"{result.error}; gave up after runtime.max_retries={self.max_retries}")
+            record = result.record
+            if record.status != TrialStatus.LOST or attempt_spec.attempt - spec.attempt >= self.max_retries:
+                if record.status == TrialStatus.LOST:
+                    result = replace(result, record=replace(
+                        record, status=TrialStatus.FAILED,
+                        error=f"{record.error}; gave up after runtime.max_retries={self.max_retries}"))
                 return replace(result, lost_attempts=tuple(lost)) if lost else result
             log.warning("trial %s rung %s: %s; retrying from its last checkpoint (attempt %d of %d)",
-                        spec.trial_id, spec.rung, result.error, attempt_spec.attempt - spec.attempt + 1, self.max_retries)
-            lost.append(result)
+                        spec.trial_id, spec.rung, record.error, attempt_spec.attempt - spec.attempt + 1, self.max_retries)
+            lost.append(record)
             attempt_spec = replace(attempt_spec, attempt=attempt_spec.attempt + 1)
 
     def _attempt(self, spec: TrialSpec) -> TrialResult:

@@ -17,11 +17,11 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from rungflow.budgets.ledger import TrialStatus
+from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.redact import redact
 from rungflow.tasks.checkpoints import CorruptCheckpoint, copy_checkpoint, open_store
 from rungflow.tasks.trainables import Trainable, TrainRequest, get_trainable_class
@@ -72,42 +72,20 @@ def _stamp(spec: TrialSpec, when: float) -> None:
 
 @dataclass(frozen=True)
 class TrialResult:
-    trial_id: str
-    bracket: int
-    rung: int
-    budget: float
-    score: float | None
-    status: TrialStatus
-    gpu_seconds: float
-    gpus: float
-    started_at: float
-    finished_at: float
-    wall_seconds: float
-    trainable_seconds: float
-    budget_trained: float
-    attempt: int = 0
-    error: str | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    device: str = "cpu"
-    worker: str = ""
-    resumed_from_budget: float | None = None
-    cpu_seconds: float = 0.0
+    """What a worker sends back: the attempt's spend record, and what only the flow reads besides.
+
+    ``record.cost`` is 0 here: the worker does not know the price; the flow prices the record as it bills it.
+    """
+
+    record: SpendRecord
     # Log lines the trial emitted in its worker, replayed into the Prefect task run's logs by the flow.
     logs: tuple[tuple[int, str], ...] = ()
     # Earlier attempts of this (trial, rung) whose worker was lost; each is billed once.
-    lost_attempts: tuple[TrialResult, ...] = ()
+    lost_attempts: tuple[SpendRecord, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.status == TrialStatus.COMPLETED
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["status"] = str(self.status)
-        data["metrics"] = dict(self.metrics)
-        data.pop("lost_attempts")
-        data.pop("logs")
-        return data
+        return self.record.ok
 
 
 MAX_LOG_LINES = 200
@@ -267,7 +245,7 @@ def _run_trial(spec: TrialSpec) -> TrialResult:
     _stamp(spec, started + wall)
     # Wall-clock x GPUs held, unless the trainable knows its own cost (a surrogate does).
     gpu_seconds = reported_gpu_seconds if reported_gpu_seconds is not None else wall * spec.gpus
-    return TrialResult(
+    return TrialResult(SpendRecord(
         trial_id=spec.trial_id,
         bracket=spec.bracket,
         rung=spec.rung,
@@ -276,6 +254,7 @@ def _run_trial(spec: TrialSpec) -> TrialResult:
         status=status,
         gpu_seconds=float(gpu_seconds),
         gpus=spec.gpus,
+        cost=0.0,
         started_at=started,
         finished_at=time.time(),
         wall_seconds=wall,
@@ -288,7 +267,8 @@ def _run_trial(spec: TrialSpec) -> TrialResult:
         worker=worker,
         resumed_from_budget=resumed_from,
         cpu_seconds=wall * spec.cpus,
-    )
+        cpus=spec.cpus,
+    ))
 
 
 _worker_logs_redacted = False

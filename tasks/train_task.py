@@ -23,10 +23,11 @@ def _as_state(result: TrialResult) -> Any:
     """A trial that failed shows red in the Prefect UI with its error; the result rides along as the state's data."""
     from prefect.states import Cancelled, Completed, Failed
 
-    if result.ok:
+    record = result.record
+    if record.ok:
         return Completed(data=result)
-    message = f"{result.status}: {result.error}" if result.error else str(result.status)
-    if result.status == TrialStatus.CANCELLED:
+    message = f"{record.status}: {record.error}" if record.error else str(record.status)
+    if record.status == TrialStatus.CANCELLED:
         return Cancelled(message=message, data=result)
     return Failed(message=message, data=result)
 
@@ -49,5 +50,6 @@ def train_trial(spec: TrialSpec) -> Any:
     for lost in result.lost_attempts:
         logger.warning("attempt %d: %s", lost.attempt, redact(lost.error or ""))
     if not result.ok:
-        logger.warning("trial %s rung %s %s: %s", spec.trial_id, spec.rung, result.status, redact(result.error or ""))
+        logger.warning("trial %s rung %s %s: %s", spec.trial_id, spec.rung, result.record.status,
+                       redact(result.record.error or ""))
     return _as_state(result)

@@ -106,18 +106,17 @@ def test_cost_aware_is_refused_for_searchers_that_cannot_use_it(tmp_path) -> Non
 
 
 def test_the_sweep_tells_the_searcher_what_each_result_cost_per_budget_unit(tmp_path) -> None:
-    from rungflow.budgets.ledger import TrialStatus
+    from rungflow.budgets.ledger import SpendRecord, TrialStatus
     from rungflow.flows.sweep import Sweep
-    from rungflow.tasks.train import TrialResult
 
     cfg = validate(sweep_config(tmp_path, search={"algorithm": "tpe", "cost_aware": True}))
     sweep = Sweep.create(cfg, tmp_path / "run")
     assert sweep.searcher.cost_aware  # type: ignore[attr-defined]
     trial = sweep.new_trial({"x": 1}, 0)
 
-    def result(gpu_seconds: float, budget_trained: float, status: TrialStatus = TrialStatus.COMPLETED) -> TrialResult:
-        return TrialResult(trial_id=trial, bracket=0, rung=1, budget=3.0, score=0.5, status=status,
-                           gpu_seconds=gpu_seconds, gpus=1.0, started_at=0.0, finished_at=1.0, wall_seconds=1.0,
+    def result(gpu_seconds: float, budget_trained: float, status: TrialStatus = TrialStatus.COMPLETED) -> SpendRecord:
+        return SpendRecord(trial_id=trial, bracket=0, rung=1, budget=3.0, score=0.5, status=status,
+                           gpu_seconds=gpu_seconds, gpus=1.0, cost=0.0, started_at=0.0, finished_at=1.0, wall_seconds=1.0,
                            trainable_seconds=1.0, budget_trained=budget_trained)
 
     # A promoted trial resumed from budget 1 to 3: 2 units trained for 30 GPU-seconds.

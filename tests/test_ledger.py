@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rungflow.budgets.ledger import IncumbentPoint, Ledger, SpendRecord, TrialStatus, incumbent_curve
+from rungflow.budgets.ledger import IncumbentPoint, Ledger, SpendRecord, TrialStatus, incumbent_curve, trial_outcome
 
 PRICE = 2.5
 
@@ -360,3 +360,25 @@ def test_the_ledgers_own_curve_caught_up_a_few_records_at_a_time_is_the_curve_of
     assert ledger.incumbent("max") == incumbent_curve(ledger.records, "max")
     trained = [r for r in ledger.records if r.budget_trained > 0]
     assert ledger.gpu_seconds_per_trained_unit() == sum(r.gpu_seconds for r in trained) / sum(r.budget_trained for r in trained)
+
+
+def _last(rung: int, budget: float, status: TrialStatus = TrialStatus.COMPLETED) -> SpendRecord:
+    return SpendRecord(trial_id="t", bracket=0, rung=rung, budget=budget, score=0.5 if status == "completed" else None,
+                       status=status, gpu_seconds=1.0, gpus=1.0, cost=0.0, started_at=0.0, finished_at=1.0)
+
+
+@pytest.mark.parametrize(("last", "top", "final", "asynchronous", "expected"), [
+    (_last(2, 9), 2, False, False, "full_budget"),
+    (_last(2, 9, TrialStatus.FAILED), 2, False, False, "failed"),  # a failed last attempt never counts as finished
+    (_last(0, 1, TrialStatus.TIMEOUT), 0, False, True, "timeout"),
+    (_last(0, 1), 1, False, False, "stopped_by_gate"),  # a synchronous gate is final at once ...
+    (_last(0, 1), 1, False, True, None),  # ... ASHA may still promote it
+    (_last(0, 1), 1, True, True, "stopped_by_gate"),
+    (_last(0, 1), 0, False, False, None),  # its next rung has not run yet
+    (_last(0, 1), 0, True, False, "unfinished"),
+    (_last(0, 1, TrialStatus.CANCELLED), 0, False, False, None),
+    (_last(0, 1, TrialStatus.CANCELLED), 1, True, False, "cancelled"),
+])
+def test_one_rule_says_what_happened_to_a_trial(last: SpendRecord, top: int, final: bool, asynchronous: bool,
+                                                expected: str | None) -> None:
+    assert trial_outcome(last, top, 9.0, final=final, asynchronous=asynchronous) == expected

@@ -1,23 +1,25 @@
 """Where two layers share fields, one defines them and a test holds the other in step.
 
 ``BudgetConfig`` (what a user writes) and ``BudgetSettings`` (what the controller reads) name the same
-knobs; a ``TrialResult`` (what a worker reports) becomes a ``SpendRecord`` (what the ledger bills) in
-one function. A field added to one side and forgotten on the other fails here, not in a sweep.
+knobs; a worker reports the ``SpendRecord`` the ledger bills, with only what the flow reads besides it
+beside it. A field added to one side and forgotten on the other fails here, not in a sweep.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rungflow.budgets.controller import BudgetSettings
 from rungflow.budgets.ledger import SpendRecord, TrialStatus
-from rungflow.config import BUDGET_FROM_SCHEDULER, BUDGET_RENAMED, BudgetConfig, parse_duration
-from rungflow.flows.sweep import spend_record
+from rungflow.config import BUDGET_FROM_SCHEDULER, BUDGET_RENAMED, BudgetConfig, parse_duration, validate
+from rungflow.flows.sweep import Sweep
 from rungflow.tasks.train import TrialResult
+from tests.conftest import sweep_config
 
 SETTINGS = {f.name: f for f in dataclasses.fields(BudgetSettings)}
 SETTINGS_TYPES = typing.get_type_hints(BudgetSettings)
@@ -63,34 +65,21 @@ def test_every_budget_key_reaches_the_controller() -> None:
     assert settings.brackets_per_iteration is None  # the scheduler's to fill
 
 
-def _distinct(field: dataclasses.Field[Any], n: int) -> Any:
-    """A value for ``field`` that no other field of the result shares, so a swapped field shows."""
-    if field.name == "status":
-        return TrialStatus.FAILED
-    if field.name in ("trial_id", "error", "device", "worker"):
-        return f"{field.name}-{n}"
-    if field.name == "metrics":
-        return {"loss": 0.125 + n}
-    if field.name in ("logs", "lost_attempts"):
-        return ()
-    if field.name in ("bracket", "rung", "attempt"):
-        return n
-    return 100.0 + n
+def test_a_worker_reports_the_ledgers_own_record_and_nothing_twice() -> None:
+    # Only what the flow reads besides the bill rides beside the record; a field of the bill belongs in SpendRecord.
+    assert [f.name for f in dataclasses.fields(TrialResult)] == ["record", "logs", "lost_attempts"]
 
 
-def test_a_trial_result_becomes_a_record_field_for_field() -> None:
-    result = TrialResult(**{f.name: _distinct(f, i) for i, f in enumerate(dataclasses.fields(TrialResult))})
-    record = spend_record(result, cpus=2.5, cost=9.75)
-    shared = {f.name for f in dataclasses.fields(SpendRecord)} & {f.name for f in dataclasses.fields(TrialResult)}
-    for name in shared:
-        assert getattr(record, name) == getattr(result, name), name
-    # The rest the ledger knows and the worker does not: how many CPUs were held, and the price.
-    assert {f.name for f in dataclasses.fields(SpendRecord)} - shared == {"cost", "cpus"}
-    assert (record.cpus, record.cost) == (2.5, 9.75)
-
-
-def test_the_record_of_a_result_redacts_its_error() -> None:
-    fields = {f.name: _distinct(f, i) for i, f in enumerate(dataclasses.fields(TrialResult))}
-    fields["error"] = "OperationalError: could not connect to postgresql://alice:hunter2@db:5432/study"
-    record = spend_record(TrialResult(**fields), cpus=1.0, cost=0.0)
-    assert record.error is not None and "hunter2" not in record.error and "db:5432" in record.error
+def test_the_flow_prices_a_workers_record_and_redacts_its_error(tmp_path: Path) -> None:
+    cfg = validate(sweep_config(tmp_path, budget={"max_gpu_hours": 10.0, "price_per_gpu_hour": 4.0}))
+    sweep = Sweep.create(cfg, tmp_path / "run")
+    try:
+        record = SpendRecord(trial_id="t0000", bracket=0, rung=0, budget=1.0, score=None, status=TrialStatus.FAILED,
+                             gpu_seconds=1800.0, gpus=1.0, cost=0.0, started_at=0.0, finished_at=1800.0,
+                             error="OperationalError: could not connect to postgresql://alice:hunter2@db:5432/study")
+        priced = sweep.priced(record)
+    finally:
+        sweep.close()
+    assert priced.cost == pytest.approx(2.0)  # 0.5 GPU-hours at 4 an hour
+    assert priced.error is not None and "hunter2" not in priced.error and "db:5432" in priced.error
+    assert dataclasses.replace(priced, cost=0.0, error=record.error) == record  # nothing else changed

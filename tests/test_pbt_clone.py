@@ -30,9 +30,9 @@ def test_copy_is_verified_on_both_sides(tmp_path: Path) -> None:
 
 
 def test_a_clone_resumes_from_its_parents_checkpoint_and_is_billed_only_its_interval(tmp_path: Path) -> None:
-    parent = run_trial(spec(tmp_path, "t0000", 0, 2))
+    parent = run_trial(spec(tmp_path, "t0000", 0, 2)).record
     assert parent.ok and parent.budget_trained == 2
-    clone = run_trial(spec(tmp_path, "t0004", 1, 4, resume_from_rung=0, clone_from="t0000"))
+    clone = run_trial(spec(tmp_path, "t0004", 1, 4, resume_from_rung=0, clone_from="t0000")).record
     assert clone.ok and clone.budget_trained == 2 and clone.resumed_from_budget == 2
     assert clone.metrics["clone_seconds"] >= 0 and clone.error is None
     store = LocalCheckpointStore(tmp_path / "ckpt")
@@ -44,6 +44,6 @@ def test_a_clone_whose_parent_checkpoint_is_corrupt_trains_from_scratch_and_says
     run_trial(spec(tmp_path, "t0000", 0, 2))
     (tmp_path / "ckpt" / "t0000" / "rung-0.ckpt").write_bytes(b"garbage")
     clone = run_trial(spec(tmp_path, "t0004", 1, 4, resume_from_rung=0, clone_from="t0000"))
-    assert clone.status == TrialStatus.COMPLETED and clone.budget_trained == 4
-    assert clone.resumed_from_budget is None
+    assert clone.record.status == TrialStatus.COMPLETED and clone.record.budget_trained == 4
+    assert clone.record.resumed_from_budget is None
     assert any("does not match its checksum" in line and "from scratch" in line for _, line in clone.logs)

@@ -108,7 +108,7 @@ def test_trainables_come_from_names_and_entry_points_never_import_strings(plugin
     assert cfg.trainable_class().__name__ == "LeakyTrainable"
     result = run_trial(TrialSpec(trial_id="t0", config={"x": 0.25}, bracket=0, rung=0, budget=3, trainable_kind="leaky",
                                  trainable_options={}, checkpoint_dir=str(plugin_path / "ckpt")))
-    assert result.ok and result.score == 0.25
+    assert result.ok and result.record.score == 0.25
     for kind in ("leaky_plugin:LeakyTrainable", "os:system", "rungflow.tasks.trainables.noop.NoopTrainable", "__import__('os')"):
         with pytest.raises(ConfigError, match="unknown trainable"):
             validate({"name": "evil", "trainable": {"kind": kind}})
