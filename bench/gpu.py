@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -140,17 +141,36 @@ class SmiSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nvidia-smi-sampler", daemon=True)
 
-    def _query(self, args: Sequence[str]) -> str:
-        out = subprocess.run([self.binary, "-i", self.gpu, *args], capture_output=True, text=True, timeout=10)
-        if out.returncode != 0:
-            raise RuntimeError((out.stderr or out.stdout).strip().splitlines()[0] if (out.stderr or out.stdout).strip()
-                               else f"exit status {out.returncode}")
-        return out.stdout
+    def _start(self, args: Sequence[str]) -> subprocess.Popen[str]:
+        return subprocess.Popen([self.binary, "-i", self.gpu, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    @staticmethod
+    def _output(proc: subprocess.Popen[str]) -> str:
+        try:
+            out, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        if proc.returncode != 0:
+            said = (err or out).strip()
+            raise RuntimeError(said.splitlines()[0] if said else f"exit status {proc.returncode}")
+        return out
 
     def read(self) -> Sample:
-        t = time.time()
-        utilisation, memory = parse_gpu_query(self._query(GPU_QUERY))
-        return Sample(t, utilisation, memory, parse_apps_query(self._query(APPS_QUERY)))
+        """Both queries at once, stamped halfway through: one nvidia-smi call can take a good part of a period."""
+        began = time.time()
+        gpu_query, apps_query = self._start(GPU_QUERY), self._start(APPS_QUERY)
+        try:
+            utilisation, memory = parse_gpu_query(self._output(gpu_query))
+            apps = parse_apps_query(self._output(apps_query))
+        finally:
+            for proc in (gpu_query, apps_query):
+                if proc.poll() is None:  # its sibling failed first: no zombie left behind
+                    proc.kill()
+                    proc.communicate()
+        return Sample((began + time.time()) / 2, utilisation, memory, apps)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -193,20 +213,22 @@ def smi_available(binary: str = "nvidia-smi") -> str | None:
 
 # --- the trial -----------------------------------------------------------------------------------
 def checkpoint_locations(data: bytes) -> tuple[list[str], int]:
-    """(where each storage in a torch_mlp checkpoint was saved, e.g. ``cuda:0``; the epoch it reached).
+    """(where each model tensor of a torch_mlp checkpoint was saved, e.g. ``cuda:0``; the epoch it reached).
 
-    Read without moving anything to a device, so a CUDA checkpoint is recognised as one on any machine.
+    Read without moving anything to a device, so a CUDA checkpoint is recognised as one on any machine. Only
+    the model's tensors are judged: AdamW keeps its step counters on the CPU whatever device it trains on.
     """
     import torch
 
-    locations: list[str] = []
+    saved_at: dict[int, str] = {}
 
     def keep_where_read(storage: Any, location: str) -> Any:
-        locations.append(str(location))
+        saved_at[storage.data_ptr()] = str(location)
         return storage
 
     state = torch.load(io.BytesIO(data), weights_only=True, map_location=keep_where_read)
-    return locations, int(state["epoch"])
+    model = state["model"].values()
+    return [saved_at.get(t.untyped_storage().data_ptr(), "unknown") for t in model], int(state["epoch"])
 
 
 def probe(config: dict[str, Any], budget: int, checkpoint: bytes | None) -> Any:
@@ -224,8 +246,8 @@ def probe(config: dict[str, Any], budget: int, checkpoint: bytes | None) -> Any:
     metrics: dict[str, float] = {"pid": float(os.getpid())}
     if checkpoint is not None:
         locations, epoch = checkpoint_locations(checkpoint)
-        metrics.update(checkpoint_epoch=float(epoch), checkpoint_storages=float(len(locations)),
-                       checkpoint_cuda_storages=float(sum(loc.startswith("cuda") for loc in locations)))
+        metrics.update(checkpoint_epoch=float(epoch), checkpoint_tensors=float(len(locations)),
+                       checkpoint_cuda_tensors=float(sum(loc.startswith("cuda") for loc in locations)))
     device = rungflow.trial_device()
     # The family seeds a trial by its id, which a training function is not told: the config stands in for it.
     trial = hashlib.blake2b(json.dumps(config, sort_keys=True).encode(), digest_size=6).hexdigest()
@@ -296,12 +318,14 @@ def max_overlap(spans: Iterable[tuple[float, float]]) -> int:
 
 
 def _weights(samples: Sequence[Sample], period: float) -> list[float]:
-    """Seconds each sample stands for: until the next one, at most two periods (a stalled read is not held time)."""
-    out = []
-    for i, s in enumerate(samples):
-        gap = samples[i + 1].t - s.t if i + 1 < len(samples) else period
-        out.append(min(max(gap, 0.0), 2 * period))
-    return out
+    """Seconds each sample stands for: until the next one, at most two usual gaps (a stalled read is not held time).
+
+    The usual gap is the median one, not ``period``: where nvidia-smi itself takes longer than a period, reads
+    come as fast as it answers.
+    """
+    gaps = [b.t - a.t for a, b in zip(samples, samples[1:])]
+    usual = max(period, statistics.median(gaps)) if gaps else period
+    return [min(max(gap, 0.0), 2 * usual) for gap in gaps] + ([usual] if samples else [])
 
 
 def held_seconds(samples: Sequence[Sample], period: float) -> dict[int, float]:
@@ -410,7 +434,7 @@ def account(intervals: Sequence[Interval], samples: Sequence[Sample], period: fl
 class Resumes:
     promoted: int  # records above rung 0 that completed
     continued: int  # of them: resumed at the previous rung's epoch and trained only the rest
-    cuda_checkpoints: int  # of them: every storage of the checkpoint they resumed from was a CUDA one
+    cuda_checkpoints: int  # of them: every model tensor of the checkpoint they resumed from was a CUDA one
     on_cuda: int  # records (any rung) that trained on a CUDA device
     records: int
     problems: list[str]
@@ -439,8 +463,8 @@ def check_resumes(intervals: Sequence[Interval]) -> Resumes:
             problems.append(f"{iv.trial_id} rung {iv.rung}: checkpoint at epoch {m['checkpoint_epoch']:g} "
                             f"(previous rung {previous}), trained {m.get('epochs_this_call')}, "
                             f"reached {m.get('epochs_total')} of {iv.budget:g}")
-        storages = m.get("checkpoint_storages", 0.0)
-        if storages > 0 and m.get("checkpoint_cuda_storages") == storages:
+        tensors = m.get("checkpoint_tensors", 0.0)
+        if tensors > 0 and m.get("checkpoint_cuda_tensors") == tensors:
             cuda += 1
     on_cuda = sum(iv.metrics.get("on_cuda") == 1.0 for iv in intervals)
     return Resumes(promoted, continued, cuda, on_cuda, len(intervals), problems)
@@ -492,7 +516,7 @@ def evaluate(intervals: Sequence[Interval], samples: Sequence[Sample] | None, pe
     acc = account(intervals, samples, period, baseline) if samples is not None else None
     total = sum(iv.gpu_seconds for iv in intervals)
     row("nvidia-smi", "", f"sampled every {period:g} s: {len(samples)} samples" if samples is not None
-        else f"unavailable ({smi_note})", None)
+        else f"unavailable ({smi_note})", None if samples is None else bool(samples))
     row("trials / records billed, all completed", f"{len({iv.trial_id for iv in intervals})} / {len(intervals)}", "",
         bool(intervals) and all(iv.status == "completed" for iv in intervals))
     row(f"GPU-s − wall × {GPU_SHARE:g}, largest", f"{worst:.4f}" + (f"; {len(wrong_share)} not at {GPU_SHARE:g} GPU"
@@ -606,10 +630,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     _hide_gpus_or_pick_one(args.cpu)
     smi_note = "--cpu hides the GPUs" if args.cpu else smi_available()
-    sampler = baseline = None
+    sampler: SmiSampler | None = None
+    baseline: set[int] = set()
     if smi_note is None:
         sampler = SmiSampler(plan.period, _gpu_selector())
-        baseline = set(sampler.read().apps)
+        try:
+            baseline = set(sampler.read().apps)  # processes on the GPU before the sweep: not the sweep's
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            smi_note, sampler = f"nvidia-smi -i {sampler.gpu} failed: {exc}", None
     import ray
 
     started_ray = not ray.is_initialized()
@@ -624,7 +652,7 @@ def run(args: argparse.Namespace) -> int:
                 ray.shutdown()
             samples = sampler.stop() if sampler is not None else None
     intervals = intervals_from_ledger(run_dir / "ledger.jsonl")
-    figures = evaluate(intervals, samples, plan.period, baseline or (), smi_note)
+    figures = evaluate(intervals, samples, plan.period, baseline, smi_note)
     wall = time.perf_counter() - t0
     note = (f"{result.get('runtime', {}).get('note') or ''}").strip()
     footer = (f"Sweep: successive halving of {plan.num_trials} torch_mlp trials on {DATASET}, {plan.min_budget}→"

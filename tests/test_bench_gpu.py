@@ -79,7 +79,7 @@ def _interval(trial: str, rung: int, budget: float, pid: int, start: float, end:
 
 def _promoted(trial: str, pid: int, start: float, end: float, previous: float = 1.0, budget: float = 2.0,
               **overrides: float) -> Interval:
-    metrics = {"checkpoint_epoch": previous, "checkpoint_storages": 8.0, "checkpoint_cuda_storages": 8.0,
+    metrics = {"checkpoint_epoch": previous, "checkpoint_tensors": 4.0, "checkpoint_cuda_tensors": 4.0,
                "epochs_this_call": budget - previous, "epochs_total": budget, **overrides}
     return _interval(trial, 1, budget, pid, start, end, **metrics)
 
@@ -156,7 +156,7 @@ def test_a_promotion_that_restarted_from_zero_or_from_a_cpu_checkpoint_fails() -
     assert check_resumes(no_checkpoint).continued == 1
 
     on_cpu = _sweep()
-    on_cpu[-1] = _promoted("t5", WORKERS[3], 10.0, 15.0, checkpoint_cuda_storages=0.0)
+    on_cpu[-1] = _promoted("t5", WORKERS[3], 10.0, 15.0, checkpoint_cuda_tensors=3.0)
     assert "... from a checkpoint of CUDA tensors" in evaluate(on_cpu, _samples(), PERIOD, {OTHER})["failed"]
     # Without a GPU a CPU checkpoint is what is expected: nothing to fail.
     assert evaluate(on_cpu, None, PERIOD, smi_note="nvidia-smi not found")["ok"]
@@ -181,9 +181,11 @@ def test_checkpoint_locations_tells_a_cuda_checkpoint_on_a_machine_without_cuda(
 
     model = torch.nn.Linear(4, 2)
     optimiser = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    optimiser.step()  # AdamW's state now holds a step counter per parameter: a one-element CPU tensor even on a GPU
     assert gpu.checkpoint_locations(_save(model, optimiser, 3, 0.5)) == (["cpu", "cpu"], 3)
-    # What torch.save writes for tensors on the first GPU: the location tag, read back without moving anything.
-    monkeypatch.setattr("torch.serialization.location_tag", lambda storage: "cuda:0")
+    # What torch.save writes for a model trained on the first GPU: every tensor but the step counters tagged cuda:0.
+    monkeypatch.setattr("torch.serialization.location_tag", lambda storage: "cuda:0" if storage.nbytes() > 4 else "cpu")
     locations, epoch = gpu.checkpoint_locations(_save(model, optimiser, 7, 0.5))
     assert epoch == 7 and locations == ["cuda:0", "cuda:0"]
 
