@@ -18,6 +18,7 @@ stage's start and whenever trials finish faster than the dispatcher hands them o
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections import deque
@@ -31,7 +32,7 @@ from rungflow.budgets.scheduling import RungDecision, TrialScore, gate_rung
 from rungflow.budgets.searchers import Observation, Searcher
 
 __all__ = ["VirtualClock", "SimulatedExecutor", "Durations", "Scores", "Busy", "stage_spans", "stage_overhead",
-           "setup_overhead", "dispatch_overhead"]
+           "setup_overhead", "dispatch_overhead", "slot_spans", "critical_path", "idle_within"]
 
 # Seconds to train ``config`` from budget ``start`` to budget ``stop``.
 Durations = Callable[[Mapping[str, Any], float, float], float]
@@ -51,13 +52,15 @@ class VirtualClock:
 
 @dataclass(frozen=True)
 class Busy:
-    """One job's span on a slot, for utilisation and idle-at-barrier figures."""
+    """One job's span on a slot, for utilisation and idle-at-barrier figures; ``slot`` numbers the slot it ran on
+    (0 … slots − 1), so what each slot held, from its first job to its last, can be read back per slot."""
 
     trial_id: str
     bracket: int
     rung: int
     started_at: float
     finished_at: float
+    slot: int = 0
 
 
 @dataclass
@@ -66,6 +69,7 @@ class _Run:
     notify: Callable[[Any], None]
     ready_at: float = 0.0  # when the dispatcher has handed it out
     record: SpendRecord | None = None
+    slot: int = 0
 
 
 @dataclass
@@ -88,6 +92,7 @@ class SimulatedExecutor:
     dispatch_seconds: float = 0.0
     busy: list[Busy] = field(default_factory=list)
     _running: list[tuple[float, int, _Run]] = field(default_factory=list)
+    _free_slots: list[int] = field(default_factory=list)  # a heap: the lowest free slot runs the next job
     _queued: deque[_Run] = field(default_factory=deque)
     _trained_to: dict[str, float] = field(default_factory=dict)
     _reached: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -104,6 +109,7 @@ class SimulatedExecutor:
         for name in ("stage_seconds", "dispatch_seconds"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"The value of {name} is {getattr(self, name)}, but must be zero or more")
+        self._free_slots = list(range(self.slots))
 
     # --- the executor contract --------------------------------------------------------------------
     def suggest(self, searcher: Searcher, count: int, bracket: int) -> list[dict[str, Any]]:
@@ -139,6 +145,7 @@ class SimulatedExecutor:
         if not self._running:
             raise RuntimeError("the simulated cluster has nothing running, yet the driver waits for a result")
         finish, _, run = heapq.heappop(self._running)
+        heapq.heappush(self._free_slots, run.slot)
         self.clock.now = max(self.clock.now, finish)
         while self._queued and len(self._running) < self.slots:
             self._begin(self._queued.popleft())
@@ -198,7 +205,8 @@ class SimulatedExecutor:
                                   error=None if score is not None else "failed (simulated)")
         self._trained_to[job.trial_id] = max(start, job.budget)
         self._reached[(job.trial_id, job.rung)] = max(start, job.budget)
-        self.busy.append(Busy(job.trial_id, job.bracket, job.rung, now, now + seconds))
+        run.slot = heapq.heappop(self._free_slots)
+        self.busy.append(Busy(job.trial_id, job.bracket, job.rung, now, now + seconds, run.slot))
         heapq.heappush(self._running, (now + seconds, next(self._seq), run))
 
     def _record(self, job: TrialJob, status: TrialStatus, score: float | None, started: float, finished: float,
@@ -212,6 +220,59 @@ class SimulatedExecutor:
             budget_trained=trained, attempt=job.attempt, error=error, wall_seconds=wall, trainable_seconds=wall,
             worker=f"sim-{job.trial_id}",
         )
+
+
+def slot_spans(busy: Sequence[Busy]) -> dict[int, tuple[float, float]]:
+    """Each slot's span from its first job's start to its last job's finish: what a runtime that keeps a worker per
+    slot from its first trial to its last holds (idle time between jobs included)."""
+    spans: dict[int, tuple[float, float]] = {}
+    for b in busy:
+        first, last = spans.get(b.slot, (b.started_at, b.finished_at))
+        spans[b.slot] = (min(first, b.started_at), max(last, b.finished_at))
+    return spans
+
+
+def critical_path(busy: Sequence[Busy], *, asynchronous: bool, brackets_in_sequence: bool) -> float:
+    """Seconds no number of slots can beat for these jobs: the longest chain of work that must run in order.
+
+    Synchronous: a bracket's rungs run one after another and each waits for its slowest trial, so a bracket's
+    chain is the sum of its rungs' longest jobs; brackets run side by side (the longest chain) or, one bracket at a
+    time, one after another (the sum). Asynchronous: a trial's rungs run in order, so the longest trial's jobs.
+    The driver's own time (set-up, stage charges) is not in it.
+    """
+    if asynchronous:
+        per_trial: dict[str, float] = {}
+        for b in busy:
+            per_trial[b.trial_id] = per_trial.get(b.trial_id, 0.0) + (b.finished_at - b.started_at)
+        return max(per_trial.values(), default=0.0)
+    longest: dict[tuple[int, int], float] = {}
+    for b in busy:
+        key = (b.bracket, b.rung)
+        longest[key] = max(longest.get(key, 0.0), b.finished_at - b.started_at)
+    chains: dict[int, float] = {}
+    for (bracket, _), seconds in longest.items():
+        chains[bracket] = chains.get(bracket, 0.0) + seconds
+    return sum(chains.values()) if brackets_in_sequence else max(chains.values(), default=0.0)
+
+
+def idle_within(spans: Sequence[tuple[float, float]], busy: Sequence[Busy], slots: int) -> float:
+    """Slot-seconds idle while at least one of ``spans`` is open (stages may overlap: each moment counts once)."""
+    merged: list[list[float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    if not merged:
+        return 0.0
+    starts = [m[0] for m in merged]
+    inside = 0.0
+    for b in busy:
+        i = max(0, bisect.bisect_right(starts, b.started_at) - 1)
+        while i < len(merged) and merged[i][0] < b.finished_at:
+            inside += max(0.0, min(b.finished_at, merged[i][1]) - max(b.started_at, merged[i][0]))
+            i += 1
+    return max(0.0, slots * sum(end - start for start, end in merged) - inside)
 
 
 def stage_spans(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]]
@@ -253,7 +314,11 @@ def stage_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[st
         return None
     if len(spans) == 1:
         return 0.0
-    inside = sum(last - first for first, last, _ in spans.values())
+    # Stages of brackets that run side by side overlap: a moment inside any stage counts once.
+    inside, reach = 0.0, -float("inf")
+    for first, last in sorted((first, last) for first, last, _ in spans.values()):
+        inside += max(0.0, last - max(first, reach))
+        reach = max(reach, last)
     return max(0.0, (elapsed_seconds - setup - inside) / (len(spans) - 1))
 
 

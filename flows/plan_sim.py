@@ -34,19 +34,26 @@ from rungflow.budgets.simulate import (
     Scores,
     SimulatedExecutor,
     VirtualClock,
+    critical_path,
     dispatch_overhead,
+    idle_within,
     setup_overhead,
     stage_overhead,
 )
 from rungflow.config import SweepConfig
 
-__all__ = ["PlanError", "durations_for", "DriverCosts", "driver_costs_for", "simulate", "SURROGATES", "DEFAULT_STAGE_SECONDS"]
+__all__ = ["PlanError", "durations_for", "DriverCosts", "driver_costs_for", "simulate", "fill_warning", "SURROGATES",
+           "DEFAULT_STAGE_SECONDS", "FILLED_UTILISATION"]
 
 # Driver seconds between synchronous stages on the thread runtime, measured on a 2-core machine (Hyperband
 # 1..9, noop trials, 1, 2 and 4 slots: 0.11-0.15 s; bench/README.md): the gate, promote and search task
 # runs, result.json, the artifacts, and starting the next stage's task runs. Small beside hour-long
 # trials. Ray's set-up alone is seconds: plan a Ray sweep --costs-from a Ray run.
 DEFAULT_STAGE_SECONDS = 0.12
+
+# Below this utilisation on more than one GPU, the plan warns that the sweep cannot fill the cluster: the share a
+# cluster run should keep busy (a sweep at 0.8 on 8 GPUs still runs about 6.4 times as fast as on one).
+FILLED_UTILISATION = 0.8
 
 # Trainables whose train() is an instant, deterministic answer (no data, no sleep): the simulation asks them.
 SURROGATES = frozenset({"yahpo_lcbench", "noop"})
@@ -206,8 +213,31 @@ def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
 
 def simulate(config: SweepConfig, *, workers: int, durations: Durations,
              scheduler_kind: str | None = None, stage_seconds: float = DEFAULT_STAGE_SECONDS,
-             dispatch_seconds: float = 0.0, setup_seconds: float | None = None) -> dict[str, Any]:
-    """Run ``config``'s sweep on ``workers`` simulated GPUs; the figures ``--json`` prints."""
+             dispatch_seconds: float = 0.0, setup_seconds: float | None = None, against_one_gpu: bool = True,
+             scheduler_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``config``'s sweep on ``workers`` simulated GPUs; the figures ``--json`` prints.
+
+    ``against_one_gpu``: also run it on one GPU for the speed-up (``speedup_over_one_gpu``); ``scheduler_options``
+    override the scheduler's (e.g. ``max_open_brackets``).
+    """
+    out = _simulate_once(config, workers=workers, durations=durations, scheduler_kind=scheduler_kind,
+                         stage_seconds=stage_seconds, dispatch_seconds=dispatch_seconds, setup_seconds=setup_seconds,
+                         scheduler_options=scheduler_options)
+    one = out
+    if against_one_gpu and workers != 1:
+        one = _simulate_once(config, workers=1, durations=durations, scheduler_kind=scheduler_kind,
+                             stage_seconds=stage_seconds, dispatch_seconds=dispatch_seconds,
+                             setup_seconds=setup_seconds, scheduler_options=scheduler_options)
+    if against_one_gpu:
+        out["one_gpu_wall_seconds"] = one["wall_seconds"]
+        out["speedup_over_one_gpu"] = one["wall_seconds"] / out["wall_seconds"] if out["wall_seconds"] > 0 else None
+    out["warning"] = fill_warning(out, config)
+    return out
+
+
+def _simulate_once(config: SweepConfig, *, workers: int, durations: Durations, scheduler_kind: str | None,
+                   stage_seconds: float, dispatch_seconds: float, setup_seconds: float | None,
+                   scheduler_options: Mapping[str, Any] | None) -> dict[str, Any]:
     if workers < 1:
         raise PlanError(f"--workers: {workers} must be at least 1")
     kind = scheduler_kind or config.scheduler.kind
@@ -221,7 +251,8 @@ def simulate(config: SweepConfig, *, workers: int, durations: Durations,
     scheduler = make_scheduler(kind, min_budget=lo, max_budget=hi, eta=config.scheduler.eta,
                                integer=config.trainable_class().integer_budget, iterations=config.scheduler.iterations,
                                num_trials=config.search.num_trials, mode=mode,
-                               **(config.scheduler_options() if kind == config.scheduler.kind else {}))
+                               **(config.scheduler_options() if kind == config.scheduler.kind else {}),
+                               **(scheduler_options or {}))
     import dataclasses
 
     settings = dataclasses.replace(settings, brackets_per_iteration=scheduler.brackets_per_iteration)
@@ -246,17 +277,11 @@ def simulate(config: SweepConfig, *, workers: int, durations: Durations,
 
 
 def _barrier_idle(driver: SweepDriver, executor: SimulatedExecutor) -> float:
-    """Slot-seconds idle inside synchronous stages (slots waiting for a rung's last trials)."""
-    idle = 0.0
-    for bracket in driver.schedule:
-        for rung in bracket.get("rungs", []):
-            if "started_at" not in rung:
-                continue
-            span = rung["finished_at"] - rung["started_at"]
-            busy = sum(b.finished_at - b.started_at for b in executor.busy
-                       if b.bracket == bracket["bracket"] and b.rung == rung["rung"])
-            idle += max(0.0, executor.slots * span - busy)
-    return idle
+    """Slot-seconds idle while a synchronous stage was open (slots waiting for a rung's last trials with nothing
+    else to hand out); stages of brackets running side by side overlap, and each moment counts once."""
+    spans = [(rung["started_at"], rung["finished_at"]) for bracket in driver.schedule
+             for rung in bracket.get("rungs", []) if "started_at" in rung]
+    return idle_within(spans, executor.busy, executor.slots)
 
 
 def summarise(driver: SweepDriver, executor: SimulatedExecutor, kind: str, workers: int,
@@ -281,6 +306,10 @@ def summarise(driver: SweepDriver, executor: SimulatedExecutor, kind: str, worke
         "cost": driver.ledger.cost,
         "utilisation": busy / capacity if capacity > 0 else 0.0,
         "barrier_idle_fraction": _barrier_idle(driver, executor) / capacity if capacity > 0 else 0.0,
+        "critical_path_seconds": critical_path(
+            executor.busy, asynchronous=not driver.scheduler.synchronous,
+            brackets_in_sequence=getattr(driver.scheduler, "max_open_brackets", None) == 1),
+        "max_open_brackets": getattr(driver.scheduler, "max_open_brackets", None),
         "trials": len(driver.trials),
         "events": [{"trial_id": r.trial_id, "bracket": r.bracket, "rung": r.rung, "budget": r.budget,
                     "status": str(r.status), "score": r.score, "gpu_hours": r.gpu_hours, "started_at": r.started_at,
@@ -294,6 +323,25 @@ def summarise(driver: SweepDriver, executor: SimulatedExecutor, kind: str, worke
     return out
 
 
+def fill_warning(result: Mapping[str, Any], config: SweepConfig) -> str | None:
+    """One line when the sweep leaves more than 1 − FILLED_UTILISATION of ``result``'s slots idle on more than one
+    GPU, naming the config fields that would fill them (None: it fills them)."""
+    workers, utilisation = result["workers"], result["utilisation"]
+    if workers <= 1 or utilisation >= FILLED_UTILISATION or not result["wall_seconds"] > 0:
+        return None
+    wall, path = result["wall_seconds"], result.get("critical_path_seconds") or 0.0
+    kind = result["scheduler"]
+    more = "scheduler.iterations" if kind in ("hyperband", "sha") else "search.num_trials"
+    why = (f"its critical path ({path / 3600:.2f} h, the longest chain of trials that must run in order) is "
+           f"{path / wall:.0%} of its {wall / 3600:.2f} h wall-clock" if path >= 0.5 * wall else
+           f"{result['trials']} trials leave {result['slots']} slots without work between barriers")
+    first = ("brackets run one at a time (scheduler.max_open_brackets: 1, leave it unset to fill free slots); "
+             if result.get("max_open_brackets") == 1 else "")
+    return (f"warning: {kind} cannot fill {workers} GPUs ({result['slots']} slots, utilisation {utilisation:.0%}): "
+            f"{why}; {first}more trials ({more}), shorter chains (scheduler.max_budget, scheduler.eta) or fewer "
+            "slots (runtime.gpus_per_trial) fill them")
+
+
 def compare(config: SweepConfig, *, workers: int, durations: Durations, kinds: tuple[str, ...] = ("hyperband", "asha"),
             stage_seconds: float = DEFAULT_STAGE_SECONDS, dispatch_seconds: float = 0.0,
             setup_seconds: float | None = None) -> dict[str, dict[str, Any]]:
@@ -303,9 +351,12 @@ def compare(config: SweepConfig, *, workers: int, durations: Durations, kinds: t
 
 
 def describe(result: Mapping[str, Any], unit: Callable[[float], str] | None = None) -> str:
-    """One line per simulation for the terminal."""
-    best = result.get("best_score")
-    return (f"{result['scheduler']:>9}: {result['wall_seconds'] / 3600:.2f} h wall, {result['gpu_hours']:.2f} GPU-h, "
+    """One line per simulation for the terminal, and the fill warning on a line of its own where there is one."""
+    best, speedup = result.get("best_score"), result.get("speedup_over_one_gpu")
+    line = (f"{result['scheduler']:>9}: {result['wall_seconds'] / 3600:.2f} h wall, {result['gpu_hours']:.2f} GPU-h, "
             f"{result['cost']:.2f} cost, utilisation {result['utilisation']:.0%}, idle at barriers "
-            f"{result['barrier_idle_fraction']:.0%}, {result['trials']} trials, stop {result['stop_reason']}"
+            f"{result['barrier_idle_fraction']:.0%}, critical path {result['critical_path_seconds'] / 3600:.2f} h"
+            + ("" if speedup is None else f", {speedup:.1f}x the speed of 1 GPU")
+            + f", {result['trials']} trials, stop {result['stop_reason']}"
             + ("" if best is None else f", best {best:.4g}"))
+    return line if not result.get("warning") else f"{line}\n{' ' * 11}{result['warning']}"

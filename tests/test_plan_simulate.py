@@ -149,6 +149,31 @@ def test_side_by_side_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "hyperband:" in out and "asha:" in out and "utilisation" in out and "idle at barriers" in out
 
 
+def test_the_plan_shows_speedup_critical_path_and_warns_when_it_cannot_fill_the_cluster(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path)
+    one = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "0")
+    assert one["speedup_over_one_gpu"] == 1.0 and one["warning"] is None
+    assert 0 < one["critical_path_seconds"] <= one["wall_seconds"]
+    # A one-iteration Hyperband of 1..9 epochs on 64 GPUs: its longest bracket is the wall-clock, most slots idle.
+    wide = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "0",
+                 "--workers", "64")
+    assert wide["one_gpu_wall_seconds"] == pytest.approx(one["wall_seconds"])
+    assert wide["speedup_over_one_gpu"] == pytest.approx(one["wall_seconds"] / wide["wall_seconds"])
+    assert wide["critical_path_seconds"] == pytest.approx(wide["wall_seconds"])
+    warning = wide["warning"]
+    assert warning.startswith("warning: hyperband cannot fill 64 GPUs") and "\n" not in warning
+    for name in ("scheduler.iterations", "scheduler.max_budget", "scheduler.eta", "runtime.gpus_per_trial"):
+        assert name in warning
+    # More iterations give the slots work: the same cluster, filled.
+    filled = _json(capsys, "plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "0",
+                   "--workers", "2", "--set", "scheduler.iterations=4")
+    assert filled["warning"] is None and filled["utilisation"] >= 0.8
+    assert main(["plan", str(path), "--simulate", "--seconds-per-unit", "10", "--workers", "64"]) == 0
+    text = capsys.readouterr().out
+    assert "the speed of 1 GPU" in text and "critical path" in text and "cannot fill 64 GPUs" in text
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--workers", "0", "--seconds-per-unit", "1"], "--workers: 0 must be at least 1"),
     ([], "has no cost model: give durations with --costs-from RUN_DIR"),
