@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,6 +53,43 @@ def test_parse_apps_query_reads_pids_and_memory() -> None:
     assert parse_apps_query(APPS_NOT_SUPPORTED) == {48211: None, 48212: None}
     assert parse_apps_query("") == {}
     assert parse_apps_query("No running processes found\n") == {}
+
+
+def _fake_smi(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "nvidia-smi"
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_the_sampler_reads_the_selected_gpu_every_period(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    binary = _fake_smi(tmp_path, f"""echo "$@" >> {calls}
+case "$*" in
+  *--query-gpu=*) printf '{GPU_LINE}' ;;
+  *--query-compute-apps=*) printf '{APPS_OUTPUT}' ;;
+esac
+""")
+    sampler = gpu.SmiSampler(0.1, "GPU-8f3e", binary=binary).start()
+    time.sleep(0.8)
+    samples = sampler.stop()
+    assert len(samples) >= 3 and not sampler.errors
+    assert samples[0].utilisation == 37.0 and samples[0].memory_mib == 2287.0
+    assert set(samples[0].apps) == {OTHER, *WORKERS}
+    assert all(b.t > a.t for a, b in zip(samples, samples[1:]))
+    assert all(line.startswith("-i GPU-8f3e --query-") for line in calls.read_text().splitlines())
+
+
+def test_a_failing_nvidia_smi_is_reported_and_fails_the_check(tmp_path: Path) -> None:
+    binary = _fake_smi(tmp_path, "echo 'Failed to initialize NVML: Driver/library version mismatch' >&2\nexit 9\n")
+    sampler = gpu.SmiSampler(0.1, "0", binary=binary)
+    with pytest.raises(RuntimeError, match="Driver/library version mismatch"):
+        sampler.read()
+    sampler.start()
+    time.sleep(0.3)
+    assert sampler.stop() == [] and "Driver/library version mismatch" in sampler.errors[0]
+    figures = evaluate(_sweep(), [], PERIOD, baseline={OTHER})
+    assert "nvidia-smi" in figures["failed"]
 
 
 def _samples(until: float = 20.0, first_listed: float = 2.0, listed=WORKERS, gaps: dict[int, tuple[float, float]] | None = None,
