@@ -5,8 +5,12 @@ The real driver, BOHB searcher, scheduler and controller on a simulated cluster 
 of 128 random configurations (seed 0) − 0.5; *GPU-h to target* is the spend when a 52-epoch result
 first reaches it (—: never).
 
-``--growth`` times the simulator itself instead: an ASHA sweep of N noop trials (1 s per epoch, 1..27
-epochs, η = 3, random search) on W simulated workers, for each N and W given.
+``--growth`` times the simulator itself instead: a sweep of N noop trials (1 s per epoch, 1..27 epochs, η = 3,
+random search) on W simulated workers, for each N and W given, under ASHA and under Hyperband with its brackets
+side by side.
+
+``--fill`` compares Hyperband + BOHB one bracket at a time with brackets side by side at 1, 8 and 64 GPUs on LCBench
+instances, with the robust bench's quality figures (:mod:`bench.fill`).
 """
 
 from __future__ import annotations
@@ -42,21 +46,28 @@ def to_target(result: dict, target: float, top_budget: float) -> float | None:
 
 
 def growth(trials: list[int], workers: list[int]) -> None:
-    """Seconds to simulate N-trial ASHA sweeps on W workers (one markdown table)."""
+    """Seconds to simulate N-trial sweeps on W workers (one markdown table)."""
     from rungflow.config import validate
 
-    print("| trials | workers | simulated in (s) | simulated wall (h) | results |")
-    print("|---:|---:|---:|---:|---:|")
-    for n in trials:
-        for w in workers:
-            config = validate({"name": f"growth-{n}-{w}", "trainable": {"kind": "noop"},
-                               "search": {"algorithm": "random", "seed": 0, "num_trials": n},
-                               "scheduler": {"kind": "asha", "min_budget": 1, "max_budget": 27, "eta": 3},
-                               "runtime": {"kind": "thread", "gpus_per_trial": 1}})
-            t0 = time.perf_counter()
-            r = simulate(config, workers=w, durations=lambda cfg, start, stop: max(0.0, stop - start))
-            took = time.perf_counter() - t0
-            print(f"| {n:,} | {w} | {took:.1f} | {r['wall_seconds'] / 3600:.2f} | {len(r['events']):,} |", flush=True)
+    print("| scheduler | trials | workers | simulated in (s) | simulated wall (h) | utilisation | results |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for kind in ("asha", "hyperband"):
+        for n in trials:
+            for w in workers:
+                # Hyperband starts 49 trials an iteration at 1..27 epochs: as many iterations as reach N trials.
+                scheduler = ({"kind": "asha"} if kind == "asha" else
+                             {"kind": "hyperband", "iterations": max(1, round(n / 49))})
+                search = {"algorithm": "random", "seed": 0, **({"num_trials": n} if kind == "asha" else {})}
+                config = validate({"name": f"growth-{n}-{w}", "trainable": {"kind": "noop"}, "search": search,
+                                   "scheduler": {**scheduler, "min_budget": 1, "max_budget": 27, "eta": 3},
+                                   "budget": {"max_gpu_hours": 1e9},
+                                   "runtime": {"kind": "thread", "gpus_per_trial": 1}})
+                t0 = time.perf_counter()
+                r = simulate(config, workers=w, durations=lambda cfg, start, stop: max(0.0, stop - start),
+                             against_one_gpu=False)
+                took = time.perf_counter() - t0
+                print(f"| {kind} | {r['trials']:,} | {w} | {took:.1f} | {r['wall_seconds'] / 3600:.2f} | "
+                      f"{r['utilisation']:.2f} | {len(r['events']):,} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-trial", type=float, nargs="+", default=[1.0, 0.25])
     parser.add_argument("--growth", action="store_true", help="time the simulator on N-trial ASHA sweeps instead")
     parser.add_argument("--trials", type=int, nargs="+", default=[1000, 3000, 10000], help="--growth: sweep sizes")
+    parser.add_argument("--fill", action="store_true", help="one bracket at a time against side by side (bench.fill)")
+    from bench import fill
+
+    fill.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.fill:
+        fill.main(args)
+        return 0
     if args.growth:
         growth(args.trials, args.workers)
         return 0
@@ -82,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 config = load_config(args.config, [f"runtime.gpus_per_trial={gpus}", f"scheduler.kind={kind}"])
                 durations, _ = durations_for(config)
                 t0 = time.perf_counter()
-                r = simulate(config, workers=workers, durations=durations)
+                r = simulate(config, workers=workers, durations=durations, against_one_gpu=False)
                 took = time.perf_counter() - t0
                 hit = to_target(r, target, config.budget_range()[1])
                 print(f"| {workers} | {gpus:g} | {kind} | {r['wall_seconds'] / 3600:.2f} | {r['utilisation']:.0%} | "

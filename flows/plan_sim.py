@@ -214,20 +214,21 @@ def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
 def simulate(config: SweepConfig, *, workers: int, durations: Durations,
              scheduler_kind: str | None = None, stage_seconds: float = DEFAULT_STAGE_SECONDS,
              dispatch_seconds: float = 0.0, setup_seconds: float | None = None, against_one_gpu: bool = True,
-             scheduler_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             scheduler_options: Mapping[str, Any] | None = None, scores: Scores | None = None) -> dict[str, Any]:
     """Run ``config``'s sweep on ``workers`` simulated GPUs; the figures ``--json`` prints.
 
     ``against_one_gpu``: also run it on one GPU for the speed-up (``speedup_over_one_gpu``); ``scheduler_options``
-    override the scheduler's (e.g. ``max_open_brackets``).
+    override the scheduler's (e.g. ``max_open_brackets``); ``scores`` replaces the trainable's own answers (a bench
+    reading whole learning curves at once).
     """
     out = _simulate_once(config, workers=workers, durations=durations, scheduler_kind=scheduler_kind,
                          stage_seconds=stage_seconds, dispatch_seconds=dispatch_seconds, setup_seconds=setup_seconds,
-                         scheduler_options=scheduler_options)
+                         scheduler_options=scheduler_options, scores=scores)
     one = out
     if against_one_gpu and workers != 1:
         one = _simulate_once(config, workers=1, durations=durations, scheduler_kind=scheduler_kind,
                              stage_seconds=stage_seconds, dispatch_seconds=dispatch_seconds,
-                             setup_seconds=setup_seconds, scheduler_options=scheduler_options)
+                             setup_seconds=setup_seconds, scheduler_options=scheduler_options, scores=scores)
     if against_one_gpu:
         out["one_gpu_wall_seconds"] = one["wall_seconds"]
         out["speedup_over_one_gpu"] = one["wall_seconds"] / out["wall_seconds"] if out["wall_seconds"] > 0 else None
@@ -237,7 +238,7 @@ def simulate(config: SweepConfig, *, workers: int, durations: Durations,
 
 def _simulate_once(config: SweepConfig, *, workers: int, durations: Durations, scheduler_kind: str | None,
                    stage_seconds: float, dispatch_seconds: float, setup_seconds: float | None,
-                   scheduler_options: Mapping[str, Any] | None) -> dict[str, Any]:
+                   scheduler_options: Mapping[str, Any] | None, scores: Scores | None = None) -> dict[str, Any]:
     if workers < 1:
         raise PlanError(f"--workers: {workers} must be at least 1")
     kind = scheduler_kind or config.scheduler.kind
@@ -264,7 +265,7 @@ def _simulate_once(config: SweepConfig, *, workers: int, durations: Durations, s
     )
     driver = SweepDriver(searcher, scheduler, ledger, controller, mode, lo, hi, seed=config.search.seed,
                          gpus_per_trial=gpus, cpus_per_trial=config.runtime.cpus_per_trial, clock=clock)
-    scores, surrogate = _scores_for(config)
+    scores, surrogate = (scores, True) if scores is not None else _scores_for(config)
     executor = SimulatedExecutor(slots, clock, durations, scores, ledger, gpus_per_trial=gpus,
                                  cpus_per_trial=config.runtime.cpus_per_trial, stage_seconds=stage_seconds,
                                  dispatch_seconds=dispatch_seconds, setup_seconds=setup_seconds)
