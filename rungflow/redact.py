@@ -16,7 +16,8 @@ import os
 import re
 from typing import Any
 
-__all__ = ["MASK", "is_secret_name", "secret_values", "redact", "redact_json", "RedactingFilter", "install_log_redaction"]
+__all__ = ["MASK", "is_secret_name", "secret_values", "redact", "redact_json", "RedactingFilter", "install_log_redaction",
+           "add_secret"]
 
 MASK = "***"
 # Names of environment variables that hold credentials; matched case-insensitively.
@@ -25,6 +26,14 @@ _SECRET_NAME = re.compile(
 )
 _URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.\-]*://[^\s:/@]+:)(?P<pw>[^\s@/]+)(?=@)", re.I)
 _MIN_LEN = 6
+# Values read at run time from a secret store (Prefect blocks), which no environment variable names.
+_added: set[str] = set()
+
+
+def add_secret(value: str) -> None:
+    """Mask ``value`` from now on, in this process, as if an environment variable with a secret's name held it."""
+    if value and len(value) >= _MIN_LEN:
+        _added.add(value)
 
 
 def is_secret_name(name: str) -> bool:
@@ -35,7 +44,7 @@ def is_secret_name(name: str) -> bool:
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     """Credential values in the environment, longest first (so a secret containing another is masked whole)."""
     env = os.environ if environ is None else environ
-    values = {v for k, v in env.items() if is_secret_name(k) and v and len(v) >= _MIN_LEN}
+    values = {v for k, v in env.items() if is_secret_name(k) and v and len(v) >= _MIN_LEN} | _added
     return sorted(values, key=len, reverse=True)
 
 

@@ -2,9 +2,11 @@
 
 Where to connect comes from an ``s3://bucket/prefix`` URL whose query may carry the client settings
 (``?endpoint_url=http://127.0.0.1:8333&connect_timeout=2``), so a URL alone is enough for a Ray
-worker to reach the store; nothing secret is ever in it. Credentials come only from the standard
-AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, instance roles): they are
-never read from config files and never written to logs, artifacts or error messages.
+worker to reach the store; nothing secret is ever in it. Credentials come from the standard AWS chain
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, instance roles), or, where the URL
+names one (``?block=NAME``), from a prefect-aws ``AwsCredentials`` or ``S3Bucket`` block that each
+process reads from the Prefect API itself (:mod:`tasks.prefect_blocks`). They are never read from
+config files and never written to logs, artifacts or error messages.
 
 Faults: botocore's standard retry mode rides out a blip (connection errors, timeouts, 5xx,
 throttling, each with exponential backoff and jitter); :func:`S3Store.call` then keeps backing off
@@ -47,7 +49,7 @@ class S3NotFound(S3Error):
 # Options a URL query or a config section may set; anything else is rejected by name.
 _FLOAT_OPTIONS = ("connect_timeout", "read_timeout", "outage_seconds", "backoff_seconds", "max_backoff_seconds")
 _INT_OPTIONS = ("max_attempts",)
-_STR_OPTIONS = ("endpoint_url", "region")
+_STR_OPTIONS = ("endpoint_url", "region", "block")
 
 
 @dataclass(frozen=True)
@@ -64,12 +66,19 @@ class S3Settings:
     outage_seconds: float = 300.0
     backoff_seconds: float = 0.5
     max_backoff_seconds: float = 20.0
+    block: str | None = None  # a Prefect block's name: credentials from it instead of the AWS chain
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def endpoint(self) -> str:
         """The endpoint as shown in errors: the configured URL or the AWS default."""
-        return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3 (default endpoint)"
+        return (self.endpoint_url or (self.block and _block_credentials(self.block).endpoint_url)
+                or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3 (default endpoint)")
+
+    @property
+    def credentials_source(self) -> str:
+        """Where the credentials come from, as errors name it."""
+        return f"Prefect block {self.block!r}" if self.block else "the AWS credentials in the environment or profile"
 
     def url(self, key: str = "") -> str:
         """``s3://bucket/prefix[/key]`` with the non-default client settings as the query."""
@@ -115,6 +124,16 @@ def parse_s3_url(url: str, **overrides: Any) -> S3Settings:
 # client from a shared session reuses the loaded service model (a fresh session costs ~100 ms).
 _session_lock = threading.Lock()
 _session: Any = None
+_profile_sessions: dict[str, Any] = {}
+
+
+def _block_credentials(name: str) -> Any:
+    from rungflow.tasks.prefect_blocks import BlockError, s3_credentials
+
+    try:
+        return s3_credentials(name)
+    except BlockError as exc:
+        raise S3Error(f"S3 credentials block {name!r} (storage.s3.block, or ?block= in the URL): {exc}") from None
 
 
 def _make_client(settings: S3Settings) -> Any:
@@ -129,11 +148,24 @@ def _make_client(settings: S3Settings) -> Any:
         s3={"addressing_style": "path"},  # S3-compatible servers rarely serve virtual-host buckets
         signature_version="s3v4",
     )
+    endpoint_url, region, keys = settings.endpoint_url, settings.region, {}
     with _session_lock:
         if _session is None:
             _session = boto3.session.Session()
-        return _session.client("s3", endpoint_url=settings.endpoint_url, region_name=settings.region or _session.region_name
-                               or "us-east-1", config=config)
+        session = _session
+    if settings.block:
+        creds = _block_credentials(settings.block)
+        # What the URL (the config) sets wins over the block's client parameters, as it does over the environment.
+        endpoint_url, region = endpoint_url or creds.endpoint_url, region or creds.region
+        if creds.access_key_id:
+            keys = {"aws_access_key_id": creds.access_key_id, "aws_secret_access_key": creds.secret_access_key,
+                    "aws_session_token": creds.session_token}
+        elif creds.profile_name:
+            with _session_lock:
+                session = _profile_sessions.setdefault(creds.profile_name, boto3.session.Session(profile_name=creds.profile_name))
+    with _session_lock:
+        return session.client("s3", endpoint_url=endpoint_url, region_name=region or session.region_name or "us-east-1",
+                              config=config, **keys)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -207,7 +239,7 @@ class S3Store:
                     raise S3NotFound(f"{what}: not found ({self.where()})") from None
                 if not _is_transient(exc):
                     raise S3Error(f"{what} failed at {s.endpoint} (bucket {s.bucket!r}): {_describe(exc)}; check the "
-                                  "bucket exists and the AWS credentials in the environment or profile may use it") from None
+                                  f"bucket exists and {s.credentials_source} may use it") from None
                 waited = time.monotonic() - started
                 if waited >= s.outage_seconds:
                     raise S3Unavailable(

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
+from rungflow.config.credentials import check_s3_block, dump_secret_field, resolve_secret_field
 from rungflow.config.errors import _Strict
 
 _CREDENTIAL_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key", "secret_key",
@@ -27,6 +28,15 @@ class S3Config(_Strict):
     read_timeout: float = 30.0
     max_attempts: int = 5
     outage_seconds: float = 300.0
+    block: str | None = Field(default=None, description="a prefect-aws AwsCredentials or S3Bucket block: credentials "
+                                                        "(and endpoint, region) from it instead of the AWS chain")
+
+    @field_validator("block")
+    @classmethod
+    def _block(cls, name: str | None) -> str | None:
+        if name is not None:
+            check_s3_block(name)
+        return name
 
     @model_validator(mode="before")
     @classmethod
@@ -36,7 +46,8 @@ class S3Config(_Strict):
                 if str(key).lower() in _CREDENTIAL_KEYS:
                     raise ValueError(
                         f"{key}: credentials never go in config files; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                        "in the environment or use an AWS profile (AWS_PROFILE)"
+                        "in the environment, use an AWS profile (AWS_PROFILE), or name a prefect-aws block in "
+                        "storage.s3.block"
                     )
         return data
 
@@ -66,10 +77,30 @@ class S3Config(_Strict):
 
 class StorageConfig(_Strict):
     run_dir: str | None = None
-    optuna_url: str | None = Field(default=None, description="Optuna storage; default sqlite in the run directory")
+    optuna_url: str | None = Field(default=None, description="Optuna storage; default sqlite in the run directory; "
+                                                            "{secret: NAME} reads it from a Prefect Secret block")
     checkpoints: str | None = Field(default=None, description="checkpoint store: a directory or s3://bucket/prefix; "
                                                               "default RUN_DIR/checkpoints")
     s3: S3Config = Field(default_factory=S3Config)
+
+    @field_validator("optuna_url", mode="wrap")
+    @classmethod
+    def _optuna_secret(cls, value: Any, handler: Any) -> Any:
+        return resolve_secret_field(value, handler)
+
+    @field_serializer("optuna_url")
+    def _dump_optuna_url(self, value: Any) -> Any:
+        return dump_secret_field(value)
+
+    @model_validator(mode="after")
+    def _bucket_of_the_block(self) -> StorageConfig:
+        if self.s3.block and self.checkpoints and self.checkpoints.startswith("s3://"):
+            bucket = check_s3_block(self.s3.block).bucket
+            named = self.checkpoints.removeprefix("s3://").split("/", 1)[0].split("?", 1)[0]
+            if bucket and named != bucket:
+                raise ValueError(f"storage.checkpoints names bucket {named!r}, but storage.s3.block {self.s3.block!r} is "
+                                 f"an S3Bucket block for bucket {bucket!r}; use s3://{bucket}/PREFIX or a block of that bucket")
+        return self
 
     @field_validator("checkpoints")
     @classmethod
@@ -96,7 +127,8 @@ class StorageConfig(_Strict):
 
 class MLflowConfig(_Strict):
     tracking_uri: str = Field(description="an MLflow tracking server (http://host:5000) or store URI; credentials "
-                              "belong in MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, not here")
+                              "belong in MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, or the whole "
+                              "URI in a Prefect Secret block: {secret: NAME}")
     experiment: str | None = Field(default=None, description="MLflow experiment; default: the sweep's name")
 
     @field_validator("tracking_uri")
@@ -106,6 +138,15 @@ class MLflowConfig(_Strict):
             raise ValueError("expected an MLflow tracking URI such as http://127.0.0.1:5000, sqlite:///mlflow.db or "
                              "file:///path/mlruns")
         return value.strip()
+
+    @field_validator("tracking_uri", mode="wrap")
+    @classmethod
+    def _uri_secret(cls, value: Any, handler: Any) -> Any:
+        return resolve_secret_field(value, handler)
+
+    @field_serializer("tracking_uri")
+    def _dump_tracking_uri(self, value: Any) -> Any:
+        return dump_secret_field(value)
 
 
 class TrackingConfig(_Strict):
