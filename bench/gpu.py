@@ -2,8 +2,8 @@
 
 The torch_mlp family trains on scikit-learn's digits under successive halving, on the Ray runtime with
 ``gpus_per_trial: 0.25``, so four trials share one GPU. Each trial runs the family's own ``train`` and
-reports, from inside its worker, the device it trained on, where the tensors of the checkpoint it resumed
-from were saved (``cuda:0`` or ``cpu``) and the epoch that checkpoint had reached. A background thread
+reports, from inside its worker, the device it trained on, where the model tensors of the checkpoint it
+resumed from were saved (``cuda:0`` or ``cpu``) and the epoch that checkpoint had reached. A background thread
 samples ``nvidia-smi`` every ``--period`` seconds: utilisation, memory, and the processes holding the GPU.
 
 Checked afterwards, from the ledger and the samples:
@@ -12,8 +12,10 @@ Checked afterwards, from the ledger and the samples:
 * four trials ran at once (their billed intervals overlap) and four processes held the GPU at once;
 * each promoted trial resumed from its checkpoint and trained on from its epoch, not from zero, and on a
   GPU that checkpoint's tensors were CUDA tensors;
-* for each Ray worker, the GPU-seconds billed to the trials it ran against the time nvidia-smi saw it
-  hold the GPU × 0.25, and how much of its billed time nvidia-smi saw it there (coverage).
+* for each Ray worker, the GPU-seconds billed to its trials against the time nvidia-smi listed it × 0.25:
+  billed may not exceed held, beyond what was billed before its first listing (its first trial loads the
+  data and creates the CUDA context); and once listed, it must be listed in at least 90% of the samples
+  taken while it was billed.
 
 Without a GPU (no nvidia-smi, or torch sees no CUDA device; ``--cpu`` forces it) the same sweep runs on
 CPU, billed its GPU share as rungflow bills it there, and the table says what nvidia-smi could not show.
@@ -509,6 +511,13 @@ def evaluate(intervals: Sequence[Interval], samples: Sequence[Sample] | None, pe
         if ok is False:
             failed.append(what.strip())
 
+    def gpu_row(what: str, ledger: str, ok: bool) -> None:
+        """A check only a GPU can pass: without one the row says it was not judged, rather than passing."""
+        if gpu:
+            row(what, ledger, "", ok)
+        else:
+            rows.append((what, ledger, "", "n/a: no GPU"))
+
     gpu = samples is not None
     worst, wrong_share = check_billing(intervals)
     overlap = max_overlap((iv.started_at, iv.finished_at) for iv in intervals)
@@ -525,12 +534,11 @@ def evaluate(intervals: Sequence[Interval], samples: Sequence[Sample] | None, pe
     listed = acc is not None and acc.listed_any
     row(f"trials at once (≥ {PACKED})", str(overlap), f"{acc.max_processes} processes" if acc and listed else "-",
         overlap >= PACKED and (not listed or acc is not None and acc.max_processes >= PACKED))
-    row("records trained on CUDA", f"{resumes.on_cuda} of {resumes.records}", "",
-        resumes.on_cuda == resumes.records if gpu else None)
+    gpu_row("records trained on CUDA", f"{resumes.on_cuda} of {resumes.records}", resumes.on_cuda == resumes.records)
     row("promoted trials resumed at their epoch", f"{resumes.continued} of {resumes.promoted}", "",
         resumes.promoted > 0 and resumes.continued == resumes.promoted)
-    row("... from a checkpoint of CUDA tensors", f"{resumes.cuda_checkpoints} of {resumes.promoted}", "",
-        resumes.promoted > 0 and resumes.cuda_checkpoints == resumes.promoted if gpu else None)
+    gpu_row("... from a checkpoint of CUDA tensors", f"{resumes.cuda_checkpoints} of {resumes.promoted}",
+            resumes.promoted > 0 and resumes.cuda_checkpoints == resumes.promoted)
     if acc is None:
         row("GPU-seconds billed", f"{total:.1f}", "-", None)
     else:
@@ -601,12 +609,13 @@ def plan_of(args: argparse.Namespace) -> Plan:
 
 def _hide_gpus_or_pick_one(cpu: bool) -> None:
     """Before Ray starts: ``--cpu`` hides every GPU; otherwise the workers see one GPU, so 0.25 each packs them."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    elif not os.environ.get("CUDA_VISIBLE_DEVICES"):
+    elif visible is None or visible.strip():
         # nvidia-smi numbers GPUs in PCI order; so must CUDA, for "GPU 0" to be the same card to both.
         os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-        os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+        os.environ["CUDA_VISIBLE_DEVICES"] = (visible or "0").split(",")[0].strip()
 
 
 def sweep(plan: Plan, run_dir: Path) -> dict[str, Any]:
@@ -628,6 +637,7 @@ def sweep(plan: Plan, run_dir: Path) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     plan = plan_of(args)
     t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
     _hide_gpus_or_pick_one(args.cpu)
     smi_note = "--cpu hides the GPUs" if args.cpu else smi_available()
     sampler: SmiSampler | None = None
@@ -658,14 +668,16 @@ def run(args: argparse.Namespace) -> int:
     footer = (f"Sweep: successive halving of {plan.num_trials} torch_mlp trials on {DATASET}, {plan.min_budget}→"
               f"{plan.max_budget} epochs, η = {plan.eta}, {GPU_SHARE:g} GPU per trial; stop: {result.get('stop_reason')}; "
               f"best val_accuracy {_f((result.get('best') or {}).get('score'), '.3f')}. Wall time {wall:.0f} s on "
-              f"{platform.node() or 'this machine'}, {os.cpu_count()} CPUs"
+              f"{platform.node() or 'this machine'}, {os.cpu_count()} CPUs, 1-min load average {load_before:.2f} before, "
+              f"{os.getloadavg()[0]:.2f} after"
               + "".join(f"; {k} {v}" for k, v in library_versions().items() if k in ("torch", "ray", "prefect"))
               + (f". {note}." if note else ".")
               + (f" nvidia-smi read errors: {len(sampler.errors)} ({sampler.errors[0]})." if sampler and sampler.errors else "")
               + ("" if figures["ok"] else f" FAILED: {', '.join(figures['failed'])}."))
     print(render(figures["rows"], footer), flush=True)
     if args.out is not None:
-        write_json(args.out, {"plan": asdict(plan), "wall_seconds": wall, "stop_reason": result.get("stop_reason"),
+        write_json(args.out, {"plan": asdict(plan), "wall_seconds": wall, "loadavg_before": load_before,
+                              "loadavg_after": os.getloadavg()[0], "stop_reason": result.get("stop_reason"),
                               "runtime_note": note, "nvidia_smi": smi_note or "available", "table": figures["rows"],
                               "ok": figures["ok"], "failed": figures["failed"],
                               "figures": {k: v for k, v in figures.items() if k not in ("rows", "failed", "ok")},

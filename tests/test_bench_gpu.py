@@ -1,4 +1,4 @@
-"""``python -m bench gpu``: nvidia-smi's output read and accounted as recorded on a GPU machine, and the CPU path end to end.
+"""``python -m bench gpu``: nvidia-smi's output parsed and accounted, and the CPU path end to end.
 
 The accounting tests build a sweep's ledger intervals and nvidia-smi samples by hand: four workers that hold a
 GPU from their first trial on, next to a process that held it before the sweep. Each check is then broken once
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +32,8 @@ from bench.gpu import (
     render,
 )
 
-# Recorded on one GPU with four Ray workers of a sweep and one other process (nvidia-smi 550, csv,noheader,nounits).
+# nvidia-smi's csv,noheader,nounits output for one GPU held by four Ray workers of a sweep and one other process.
+# Written in that format by hand: no GPU machine has run this check yet, so none was captured from one.
 GPU_LINE = "37, 2287\n"
 APPS_OUTPUT = "41807, 618\n48211, 416\n48212, 416\n48213, 412\n48214, 416\n"
 APPS_NOT_SUPPORTED = "48211, [N/A]\n48212, [Not Supported]\n"
@@ -226,6 +228,23 @@ def test_checkpoint_locations_tells_a_cuda_checkpoint_on_a_machine_without_cuda(
     monkeypatch.setattr("torch.serialization.location_tag", lambda storage: "cuda:0" if storage.nbytes() > 4 else "cpu")
     locations, epoch = gpu.checkpoint_locations(_save(model, optimiser, 7, 0.5))
     assert epoch == 7 and locations == ["cuda:0", "cuda:0"]
+
+
+@pytest.mark.parametrize(("visible", "cpu", "workers_see"), [
+    (None, False, "0"), ("2,3", False, "2"), ("GPU-8f3e", False, "GPU-8f3e"), ("", False, ""), ("0,1", True, ""),
+])
+def test_the_workers_see_one_gpu_or_none(monkeypatch: pytest.MonkeyPatch, visible: str | None, cpu: bool,
+                                         workers_see: str) -> None:
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "")  # so that the teardown restores what the test process had
+    monkeypatch.delenv("CUDA_DEVICE_ORDER")
+    gpu._hide_gpus_or_pick_one(cpu)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == workers_see  # two shares on two cards would not be packing
+    if workers_see:
+        assert gpu._gpu_selector() == workers_see and os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
 
 
 @pytest.mark.slow
