@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rungflow.budgets.holding import Bill
 from rungflow.budgets.ledger import IncumbentPoint, Ledger, SpendRecord, incumbent_curve
 
 __all__ = [
@@ -93,6 +94,8 @@ class BudgetSettings:
     window_iterations: int | None = 1
     # When the window is judged: sliding, once per completed bracket, or once per completed iteration.
     verdict_every: Literal["bracket", "iteration"] = "bracket"
+    # Which GPU-hours the caps and the money read: what trials trained, or what their workers held (busy or idle).
+    bill: Literal["trained", "held"] = "trained"
     # Filled in from the scheduler, not by users: Hyperband s_max + 1, successive halving 1, else None.
     brackets_per_iteration: int | None = None
 
@@ -290,17 +293,21 @@ class BudgetController:
     def hard_cap_reached(self, ledger: Ledger, next_stage_gpu_hours: float = 0.0) -> tuple[StopReason, str] | None:
         """The first hard cap that is reached now, or would be by spending ``next_stage_gpu_hours`` more."""
         s = self.settings
-        spent, cost = ledger.gpu_hours, ledger.cost
+        held = s.bill == Bill.HELD
+        spent, cost = (ledger.gpu_hours_held, ledger.cost_held) if held else (ledger.gpu_hours, ledger.cost)
+        cpu_hours = ledger.cpu_hours_held if held else ledger.cpu_hours
+        what = " held" if held else ""
         if s.max_gpu_hours is not None and spent + next_stage_gpu_hours >= s.max_gpu_hours - 1e-12:
             extra = f" + {next_stage_gpu_hours:.4g} predicted for the next stage" if next_stage_gpu_hours else ""
-            return StopReason.MAX_GPU_HOURS, f"spent {spent:.4g} GPU-h{extra} reaches the cap of {s.max_gpu_hours:.4g} GPU-h"
+            return StopReason.MAX_GPU_HOURS, (f"spent {spent:.4g} GPU-h{what}{extra} reaches the cap of "
+                                              f"{s.max_gpu_hours:.4g} GPU-h")
         next_cost = ledger.cost_of(next_stage_gpu_hours * 3600.0)
         if s.max_cost is not None and cost + next_cost >= s.max_cost - 1e-12:
             extra = f" + {next_cost:.4g} predicted for the next stage" if next_cost else ""
-            return StopReason.MAX_COST, f"spent {cost:.4g}{extra} reaches the cost cap of {s.max_cost:.4g}"
+            return StopReason.MAX_COST, f"spent {cost:.4g}{what}{extra} reaches the cost cap of {s.max_cost:.4g}"
         # CPU-hours are billed as trials finish; no stage forecast predicts them, so the cap is on what was spent.
-        if s.max_cpu_hours is not None and ledger.cpu_hours >= s.max_cpu_hours - 1e-12:
-            return StopReason.MAX_CPU_HOURS, f"spent {ledger.cpu_hours:.4g} CPU-h reaches the cap of {s.max_cpu_hours:.4g} CPU-h"
+        if s.max_cpu_hours is not None and cpu_hours >= s.max_cpu_hours - 1e-12:
+            return StopReason.MAX_CPU_HOURS, f"spent {cpu_hours:.4g} CPU-h{what} reaches the cap of {s.max_cpu_hours:.4g} CPU-h"
         if s.deadline_seconds is not None and self.clock() - self.started_at >= s.deadline_seconds:
             return StopReason.DEADLINE, f"{self.clock() - self.started_at:.0f} s elapsed, deadline {s.deadline_seconds:.0f} s"
         return None

@@ -19,11 +19,15 @@ import heapq
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
+
+from rungflow.budgets.holding import Holds, HoldSpan
 
 __all__ = ["TrialStatus", "FINISHED", "trial_outcome", "SpendRecord", "StartMarker", "Ledger", "IncumbentPoint", "IncumbentCurve", "incumbent_curve"]
 
@@ -158,10 +162,15 @@ class Ledger:
     """
 
     def __init__(self, path: str | Path | None = None, *, price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0,
-                 replay: bool = False) -> None:
+                 replay: bool = False, clock: Callable[[], float] = time.time, last_alive: float | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self.price_per_gpu_hour = price_per_gpu_hour
         self.price_per_cpu_hour = price_per_cpu_hour
+        # Reads how long the workers still held have been held; a simulator gives its virtual clock.
+        self.clock = clock
+        # What the workers held, busy or idle (budgets/holding.py); written from the runtime's threads.
+        self.holds = Holds()
+        self._holds_lock = threading.Lock()
         self._cpu_seconds = 0.0
         self.records: list[SpendRecord] = []
         self.decisions: list[dict[str, Any]] = []
@@ -182,9 +191,11 @@ class Ledger:
         self._latest: dict[tuple[str, int], SpendRecord] = {}  # (trial, rung) -> highest attempt billed
         self._top_attempt: dict[tuple[str, int], int] = {}  # (trial, rung) -> highest attempt billed or started
         if self.path is not None and self.path.exists():
-            self._load(replay)
+            self._load(replay, last_alive)
 
-    def _load(self, replay: bool = False) -> None:
+    def _load(self, replay: bool = False, last_alive: float | None = None) -> None:
+        """Read the ledger back; ``last_alive``: when the process that wrote it was last seen alive (its heartbeat),
+        up to which the workers it still held when it died are billed."""
         assert self.path is not None
         raw = self.path.read_bytes()
         if raw and not raw.endswith(b"\n"):
@@ -192,6 +203,8 @@ class Ledger:
             # a fresh line (glued onto the fragment, it would be lost on the following load).
             with self.path.open("r+b") as fh:
                 fh.truncate(raw.rfind(b"\n") + 1)
+        spans: dict[tuple[str, float], HoldSpan] = {}
+        last_seen = 0.0  # the last moment the sweep that wrote this ledger is shown to have been alive
         with self.path.open("r", encoding="utf-8") as fh:
             for line in fh:
                 line = line.strip()
@@ -205,6 +218,7 @@ class Ledger:
                 kind = entry.get("type")
                 if kind == "spend":
                     record = SpendRecord.from_json(entry["record"])
+                    last_seen = max(last_seen, record.finished_at)
                     if record.key not in self._keys:
                         self._note(record)
                         if replay:
@@ -219,10 +233,16 @@ class Ledger:
                 elif kind == "started":
                     fields = {k: v for k, v in entry["start"].items() if k in StartMarker.__dataclass_fields__}
                     marker = StartMarker(**fields)
+                    last_seen = max(last_seen, marker.started_at)
                     self.starts.setdefault(marker.key, marker)
                     self._note_attempt(marker.trial_id, marker.rung, marker.attempt)
                 elif kind == "session":
                     self.sessions.append(entry["session"])
+                elif kind == "hold":
+                    span = HoldSpan(**{k: v for k, v in entry["hold"].items() if k in HoldSpan.__dataclass_fields__})
+                    spans[(span.worker, span.acquired_at)] = span  # the release line replaces the acquire line
+                    last_seen = max(last_seen, span.acquired_at, span.released_at or 0.0)
+        self.holds.restore(spans.values(), open_until=max(last_seen, last_alive or 0.0))
 
     def _append(self, entry: Mapping[str, Any]) -> None:
         if self.path is None:
@@ -278,6 +298,38 @@ class Ledger:
 
     def has(self, trial_id: str, rung: int, attempt: int = 0) -> bool:
         return (trial_id, rung, attempt) in self._keys
+
+    def acquire_hold(self, worker: str, gpus: float, cpus: float, at: float | None = None) -> None:
+        """A worker asked for its resources (a Ray actor was created); held from now until :meth:`release_hold`."""
+        with self._holds_lock:
+            span = self.holds.acquire(worker, gpus, cpus, self.clock() if at is None else at)
+            self._append({"type": "hold", "hold": span.to_json()})
+
+    def release_hold(self, worker: str, at: float | None = None) -> None:
+        """The worker gave its resources back (stopped idle, lost, or the sweep ended)."""
+        with self._holds_lock:
+            span = self.holds.release(worker, self.clock() if at is None else at)
+            if span is not None:
+                self._append({"type": "hold", "hold": span.to_json()})
+
+    def release_all_holds(self) -> None:
+        with self._holds_lock:
+            for span in self.holds.release_all(self.clock()):
+                self._append({"type": "hold", "hold": span.to_json()})
+
+    @property
+    def gpu_hours_held(self) -> float:
+        """GPU-hours the workers held, busy or idle (workers still held count up to now)."""
+        return self.holds.gpu_seconds(self.clock()) / 3600.0
+
+    @property
+    def cpu_hours_held(self) -> float:
+        return self.holds.cpu_seconds(self.clock()) / 3600.0
+
+    @property
+    def cost_held(self) -> float:
+        now = self.clock()
+        return self.cost_of(self.holds.gpu_seconds(now), self.holds.cpu_seconds(now))
 
     def record_decision(self, decision: Mapping[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in decision.items()}
@@ -391,9 +443,15 @@ class Ledger:
         return out
 
     def summary(self, max_budget: float) -> dict[str, Any]:
+        now = self.clock()
+        held_gpu_seconds, held_cpu_seconds = self.holds.gpu_seconds(now), self.holds.cpu_seconds(now)
         return {
             "gpu_hours": self.gpu_hours,
             "cost": self.cost,
+            "gpu_hours_held": held_gpu_seconds / 3600.0,
+            "cpu_hours_held": held_cpu_seconds / 3600.0,
+            "cost_held": self.cost_of(held_gpu_seconds, held_cpu_seconds),
+            "workers_held": len(self.holds.closed) + len(self.holds.open),
             "price_per_gpu_hour": self.price_per_gpu_hour,
             "cpu_hours": self.cpu_hours,
             "price_per_cpu_hour": self.price_per_cpu_hour,

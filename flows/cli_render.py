@@ -42,7 +42,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     ledger = result["ledger"]
     lines = [
         f"status: {result['status']}; stop reason: {result['stop_reason']} ({result.get('stop_detail', '')})",
-        f"spent: {ledger['gpu_hours']:.4g} GPU-hours, {ledger.get('cpu_hours', 0.0):.4g} CPU-hours, cost {ledger['cost']:.4g}",
+        spent_line(ledger),
         trial_counts_line(ledger),
     ]
     best = result.get("best")
@@ -64,6 +64,16 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if result.get("runtime", {}).get("note"):
         lines.append(f"note: {result['runtime']['note']}")
     return lines
+
+
+def spent_line(ledger: dict[str, Any]) -> str:
+    """What the trials trained and what their workers held (busy or idle), and which of the two the caps read."""
+    line = f"spent: {ledger['gpu_hours']:.4g} GPU-hours trained, {ledger.get('cpu_hours', 0.0):.4g} CPU-hours, cost {ledger['cost']:.4g}"
+    if "gpu_hours_held" not in ledger:  # a run from before workers' holds were kept
+        return line
+    billed = " (billed: budget.bill=held)" if ledger.get("bill") == "held" else ""
+    return (f"{line}; held {ledger['gpu_hours_held']:.4g} GPU-hours by {ledger.get('workers_held', 0)} workers, "
+            f"cost {ledger.get('cost_held', 0.0):.4g}{billed}")
 
 
 def trial_counts_line(ledger: dict[str, Any]) -> str:

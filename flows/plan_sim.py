@@ -26,6 +26,7 @@ from typing import Any
 from rungflow.budgets.controller import BudgetController
 from rungflow.budgets.cost import CostModel
 from rungflow.budgets.driver import SweepDriver
+from rungflow.budgets.holding import RELEASE_NEVER, held_seconds, idle_grace
 from rungflow.budgets.ledger import Ledger, SpendRecord
 from rungflow.budgets.schedulers import make_scheduler
 from rungflow.budgets.search_registry import make_searcher
@@ -248,12 +249,13 @@ def _simulate_once(config: SweepConfig, *, workers: int, durations: Durations, s
     mode = config.mode()
     clock = VirtualClock()
     settings = config.budget.settings()
-    ledger = Ledger(price_per_gpu_hour=settings.price_per_gpu_hour, price_per_cpu_hour=settings.price_per_cpu_hour)
+    ledger = Ledger(price_per_gpu_hour=settings.price_per_gpu_hour, price_per_cpu_hour=settings.price_per_cpu_hour,
+                    clock=clock)
     scheduler = make_scheduler(kind, min_budget=lo, max_budget=hi, eta=config.scheduler.eta,
                                integer=config.trainable_class().integer_budget, iterations=config.scheduler.iterations,
                                num_trials=config.search.num_trials, mode=mode,
-                               **(config.scheduler_options() if kind == config.scheduler.kind else {}),
-                               **(scheduler_options or {}))
+                               **{**(config.scheduler_options() if kind == config.scheduler.kind else {}),
+                                  **(scheduler_options or {})})
     import dataclasses
 
     settings = dataclasses.replace(settings, brackets_per_iteration=scheduler.brackets_per_iteration)
@@ -271,10 +273,24 @@ def _simulate_once(config: SweepConfig, *, workers: int, durations: Durations, s
                                  dispatch_seconds=dispatch_seconds, setup_seconds=setup_seconds)
     driver.run(executor)
     out = summarise(driver, executor, kind, workers, surrogate)
+    startup = stage_seconds if setup_seconds is None else setup_seconds
+    out["gpu_hours_held"] = _held_gpu_hours(executor, config, gpus, startup)
     out["stage_seconds"] = stage_seconds if scheduler.synchronous else 0.0
     out["dispatch_seconds"] = dispatch_seconds
     out["setup_seconds"] = stage_seconds if setup_seconds is None else setup_seconds
     return out
+
+
+def _held_gpu_hours(executor: SimulatedExecutor, config: SweepConfig, gpus: float, startup: float) -> float:
+    """GPU-hours the simulated workers held, busy or idle: each slot is a pool worker, given back after
+    ``runtime.release_idle_after`` idle (threads keep theirs to the end), billed its GPU share."""
+    release_after = config.runtime.release_idle_after if config.runtime.kind == "ray" else RELEASE_NEVER
+    grace = idle_grace(release_after, startup)
+    end = max((b.finished_at for b in executor.busy), default=0.0)
+    by_slot: dict[int, list[tuple[float, float]]] = {}
+    for b in executor.busy:
+        by_slot.setdefault(b.slot, []).append((b.started_at, b.finished_at))
+    return sum(held_seconds(jobs, grace=grace, startup=startup, end=end) for jobs in by_slot.values()) * gpus / 3600
 
 
 def _barrier_idle(driver: SweepDriver, executor: SimulatedExecutor) -> float:
@@ -354,7 +370,9 @@ def compare(config: SweepConfig, *, workers: int, durations: Durations, kinds: t
 def describe(result: Mapping[str, Any], unit: Callable[[float], str] | None = None) -> str:
     """One line per simulation for the terminal, and the fill warning on a line of its own where there is one."""
     best, speedup = result.get("best_score"), result.get("speedup_over_one_gpu")
-    line = (f"{result['scheduler']:>9}: {result['wall_seconds'] / 3600:.2f} h wall, {result['gpu_hours']:.2f} GPU-h, "
+    held = result.get("gpu_hours_held")
+    line = (f"{result['scheduler']:>9}: {result['wall_seconds'] / 3600:.2f} h wall, {result['gpu_hours']:.2f} GPU-h "
+            f"trained" + ("" if held is None else f" ({held:.2f} held)") + ", "
             f"{result['cost']:.2f} cost, utilisation {result['utilisation']:.0%}, idle at barriers "
             f"{result['barrier_idle_fraction']:.0%}, critical path {result['critical_path_seconds'] / 3600:.2f} h"
             + ("" if speedup is None else f", {speedup:.1f}x the speed of 1 GPU")

@@ -163,7 +163,8 @@ class Sweep(SweepDriver):
         # Read before the ledger is opened: trimming a torn tail would move the ledger's mtime.
         last_alive = last_sign_of_life(run_dir) if resumed else None
         ledger = Ledger(ledger_path, price_per_gpu_hour=settings.price_per_gpu_hour,
-                        price_per_cpu_hour=settings.price_per_cpu_hour, replay=resumed)
+                        price_per_cpu_hour=settings.price_per_cpu_hour, replay=resumed, clock=clock,
+                        last_alive=last_alive)
         now = clock()
         elapsed_before, first_start = 0.0, now
         if ledger.sessions and last_alive is not None:
@@ -251,6 +252,7 @@ class Sweep(SweepDriver):
                 max_cost=self.config.budget.max_cost, max_cpu_hours=self.config.budget.max_cpu_hours, mode=self.mode,
                 name=self.config.name)
         heartbeat = Heartbeat(self.run_dir / "heartbeat")
+        runtime.bill_holds_to(self.ledger)
         try:
             with use_runtime(runtime):
                 SweepDriver.run(self, PrefectExecutor(self, runtime))
@@ -261,6 +263,10 @@ class Sweep(SweepDriver):
             raise
         finally:
             heartbeat.stop()
+            # The runtime gave its idle workers back as it closed; any it could not (one stuck in a trial that
+            # a cap cancelled) is billed up to now, and no later hold of a reused runtime lands in this ledger.
+            self.ledger.release_all_holds()
+            runtime.bill_holds_to(None)
             self.close()
         # What the resumed driver did not reach (a cap lowered on resume) was still billed: keep it.
         self.ledger.adopt_all()
@@ -503,7 +509,8 @@ def runtime_of(config: SweepConfig) -> Runtime:
     return make_runtime(rt.kind, address=rt.address, gpus_per_trial=rt.gpus_per_trial,
                         cpus_per_trial=rt.cpus_per_trial, max_concurrent=rt.max_concurrent,
                         trial_timeout=rt.trial_timeout, max_retries=rt.max_retries,
-                        memory_per_trial_gb=rt.memory_per_trial_gb, working_dir=_function_folder(config))
+                        memory_per_trial_gb=rt.memory_per_trial_gb, working_dir=_function_folder(config),
+                        release_idle_after=rt.release_idle_after)
 
 
 def _function_folder(config: SweepConfig) -> str | None:

@@ -203,7 +203,7 @@ def build_result(sweep: SweepState, final: bool = False) -> dict[str, Any]:
         "status": "finished" if final else "running",
         "metric": {"name": sweep.config.metric_name(), "mode": sweep.mode},
         "best": best,
-        "ledger": sweep.ledger.summary(sweep.max_budget),
+        "ledger": {**sweep.ledger.summary(sweep.max_budget), "bill": sweep.config.budget.bill},
         "stop_reason": sweep.stop_reason,
         "stop_detail": sweep.stop_detail,
         "decisions": sweep.decisions,

@@ -70,6 +70,15 @@ def leaderboard_rows(result: Mapping[str, Any], top_n: int = TOP_N) -> list[dict
     ]
 
 
+def _held_lines(ledger: Mapping[str, Any]) -> list[str]:
+    if "gpu_hours_held" not in ledger:
+        return []
+    billed = "the caps and the money read this figure (`budget.bill: held`)" if ledger.get("bill") == "held" else \
+        "the caps read GPU-hours trained (`budget.bill: trained`)"
+    return [f"**Held:** {ledger['gpu_hours_held']:.4g} GPU-hours by {ledger.get('workers_held', 0)} workers, busy or "
+            f"idle, ${ledger.get('cost_held', 0.0):.2f}; {billed}.", ""]
+
+
 def _counts_line(result: Mapping[str, Any]) -> str:
     c = result.get("counts") or {}
     if not c:
@@ -139,9 +148,10 @@ def summary_markdown(result: Mapping[str, Any], top: int = 5) -> str:
         lines += ["**Best:** no trial finished with a score.", ""]
     lines += schedule_markdown(result)
     lines += [
-        f"**Spent:** {ledger['gpu_hours']:.4g} GPU-hours, {ledger.get('cpu_hours', 0.0):.4g} CPU-hours, "
+        f"**Spent:** {ledger['gpu_hours']:.4g} GPU-hours trained, {ledger.get('cpu_hours', 0.0):.4g} CPU-hours, "
         f"${ledger['cost']:.2f} (at ${price:g} per GPU-hour{_cpu_price(result)}) on "
         f"{(result.get('counts') or {}).get('trials', 0)} trials; {_counts_line(result)}.", "",
+        *_held_lines(ledger),
         f"**Stop reason:** `{result.get('stop_reason')}` — {result.get('stop_detail', '')}", "",
     ]
     stops = [d for d in result.get("decisions") or [] if d.get("action") == "stop"]
@@ -263,13 +273,20 @@ class SweepArtifacts:
     def _budget(self, result: Mapping[str, Any], cap_gpu_hours: float | None) -> None:
         from prefect.artifacts import create_progress_artifact
 
-        spent = result["ledger"]["gpu_hours"]
+        ledger = result["ledger"]
+        held = ledger.get("bill") == "held"
+        # The bar fills with what the caps read; the other figure rides in the description.
+        spent = ledger.get("gpu_hours_held", 0.0) if held else ledger["gpu_hours"]
+        cost = ledger.get("cost_held", 0.0) if held else ledger["cost"]
+        what = "held" if held else "trained"
+        other = (f"; {ledger['gpu_hours']:.4f} trained" if held else
+                 f"; {ledger['gpu_hours_held']:.4f} held" if "gpu_hours_held" in ledger else "")
         if cap_gpu_hours:
             percent = min(100.0, 100.0 * spent / cap_gpu_hours)
-            description = f"{spent:.4f} of {cap_gpu_hours:g} GPU-hours spent, cost ${result['ledger']['cost']:.2f}"
+            description = f"{spent:.4f} of {cap_gpu_hours:g} GPU-hours spent ({what}{other}), cost ${cost:.2f}"
         else:
             percent = 100.0 if result["status"] == "finished" else 0.0
-            description = f"{spent:.4f} GPU-hours spent (no cap), cost ${result['ledger']['cost']:.2f}"
+            description = f"{spent:.4f} GPU-hours spent ({what}{other}, no cap), cost ${cost:.2f}"
         self._put("budget", create_progress_artifact, percent, percent, description)
 
     def _decision(self, result: Mapping[str, Any]) -> None:

@@ -22,17 +22,18 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import queue
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rungflow.budgets.holding import RELEASE_AUTO, RELEASE_NEVER
 from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.redact import is_secret_name
 from rungflow.tasks.train import TrialResult, TrialSpec, run_trial
 from rungflow.tasks.trainables.function import FUNCTION_FROM_WORKING_DIR_ENV, install_callables, registered_callables
+from rungflow.tasks.worker_pool import HoldSink, WorkerPool
 
 __all__ = ["Runtime", "ThreadRuntime", "RayRuntime", "make_runtime", "active_runtime", "use_runtime"]
 
@@ -65,8 +66,27 @@ class Runtime(ABC):
     trial_timeout: float | None = None
     max_retries: int = 0
     note: str = ""
+    # What each worker holds, as billed: its GPU share even where it runs on CPU, and its CPUs.
+    hold_gpus: float = 0.0
+    hold_cpus: float = 1.0
+    release_idle_after: float | str = RELEASE_AUTO
     _cancelled: set[tuple[str, int]] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pool: WorkerPool = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._pool = self._make_pool()
+
+    def _make_pool(self) -> WorkerPool:
+        """The runtime's workers: created on demand, reused, given back when idle. Here, slots of the flow process,
+        each held from its first trial to the end: the process keeps what its threads loaded (a CUDA context among
+        them), so there is nothing to give back early."""
+        return WorkerPool(self.slots, create=object, destroy=lambda _slot: None, gpus=self.hold_gpus,
+                          cpus=self.hold_cpus, release_after=RELEASE_NEVER, name=self.kind)
+
+    def bill_holds_to(self, holds: HoldSink | None) -> None:
+        """Report each worker's hold on its resources (start to release) to ``holds``, the sweep's ledger."""
+        self._pool.holds = holds
 
 
     @abstractmethod
@@ -84,6 +104,7 @@ class Runtime(ABC):
 
     def close(self) -> None:
         """Release workers (actors); the runtime can still be used afterwards, it starts them again."""
+        self._pool.close()
 
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
@@ -104,13 +125,13 @@ class ThreadRuntime(Runtime):
     cancelled by a cap runs to its end and is billed in full.
     """
 
-    def __post_init__(self) -> None:
-        # The flow's thread pool may be wider than the slots (it is sized for any runtime); this bounds the work.
-        self._gate = threading.Semaphore(self.slots)
-
     def execute(self, spec: TrialSpec) -> TrialResult:
-        with self._gate:
+        # The flow's thread pool may be wider than the slots (it is sized for any runtime); the pool bounds the work.
+        slot = self._pool.acquire()
+        try:
             return self._execute(spec)
+        finally:
+            self._pool.release(slot)
 
     def _execute(self, spec: TrialSpec) -> TrialResult:
         started = time.time()
@@ -197,8 +218,6 @@ class RayRuntime(Runtime):
     ray_num_gpus: float = 0.0
     ray_num_cpus: float = 1.0
     memory_limit_bytes: int | None = None
-    _idle: queue.Queue[Any] = field(default_factory=queue.Queue)
-    _actors: int = 0
     _running: dict[tuple[str, int], Any] = field(default_factory=dict)
     _function_refs: dict[str, Any] = field(default_factory=dict)
 
@@ -218,46 +237,26 @@ class RayRuntime(Runtime):
                 self._function_refs[token] = ray.put(blob)
             return (token, self._function_refs[token])
 
-    def _acquire(self) -> Any:
-        with self._lock:
-            create = self._idle.empty() and self._actors < self.slots
-            if create:
-                self._actors += 1
-        if not create:
-            return self._idle.get()
+    def _make_pool(self) -> WorkerPool:
+        return WorkerPool(self.slots, create=self._start_actor, destroy=_kill_actor, gpus=self.hold_gpus,
+                          cpus=self.hold_cpus, release_after=self.release_idle_after, name="actor")
+
+    def _start_actor(self) -> Any:
         import ray
 
-        actor = self._new_actor()
+        options: dict[str, Any] = {"num_cpus": self.ray_num_cpus, "num_gpus": self.ray_num_gpus,
+                                   "scheduling_strategy": "SPREAD"}
+        if self.memory_limit_bytes:
+            options["memory"] = self.memory_limit_bytes
+        actor = _trial_worker_class().options(**options).remote(self.memory_limit_bytes)
         try:
             # Wait for the worker process to start and import rungflow before any trial clock runs, so
             # start-up (seconds on a busy node) never counts against runtime.trial_timeout.
             ray.get(actor.ready.remote())
         except Exception:
-            self._discard(actor)
+            _kill_actor(actor)
             raise
         return actor
-
-    def _new_actor(self) -> Any:
-        options: dict[str, Any] = {"num_cpus": self.ray_num_cpus, "num_gpus": self.ray_num_gpus,
-                                   "scheduling_strategy": "SPREAD"}
-        if self.memory_limit_bytes:
-            options["memory"] = self.memory_limit_bytes
-        return _trial_worker_class().options(**options).remote(self.memory_limit_bytes)
-
-    def _release(self, actor: Any) -> None:
-        self._idle.put(actor)
-
-    def _discard(self, actor: Any) -> None:
-        import ray
-
-        try:
-            ray.kill(actor, no_restart=True)
-        except Exception:
-            pass
-        with self._lock:
-            self._actors -= 1
-            # Wake one waiter, if any, so it creates the replacement actor.
-        self._idle.put(None)
 
     def execute(self, spec: TrialSpec) -> TrialResult:
         lost: list[SpendRecord] = []
@@ -283,10 +282,8 @@ class RayRuntime(Runtime):
         started = time.time()
         if self.is_cancelled(spec):
             return _unfinished(spec, TrialStatus.CANCELLED, started, "cancelled: a hard budget cap was reached")
-        actor = None
         try:
-            while actor is None:
-                actor = self._acquire()  # None is a wake-up left by a discarded actor: try again
+            actor = self._pool.acquire()
         except Exception as exc:
             return _unfinished(spec, TrialStatus.LOST, started, f"worker did not start ({type(exc).__name__}: {exc})")
         with self._lock:
@@ -295,25 +292,25 @@ class RayRuntime(Runtime):
         try:
             result = ray.get(actor.run.remote(spec, *self._function_args(spec)), timeout=self.trial_timeout)
         except GetTimeoutError:
-            self._discard(actor)
+            self._pool.discard(actor)
             log.warning("trial %s rung %s ran past runtime.trial_timeout=%gs; its worker was stopped",
                         spec.trial_id, spec.rung, self.trial_timeout)
             return _unfinished(spec, TrialStatus.TIMEOUT, started,
                                f"timed out: no result within runtime.trial_timeout={self.trial_timeout:g}s")
         except (RayActorError, WorkerCrashedError) as exc:
-            self._discard(actor)
+            self._pool.discard(actor)
             if self.is_cancelled(spec):
                 return _unfinished(spec, TrialStatus.CANCELLED, started,
                                    "cancelled: a hard budget cap was reached mid-trial")
             cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return _unfinished(spec, TrialStatus.LOST, started, f"worker lost ({type(exc).__name__}: {cause[:200]})")
         except Exception as exc:  # e.g. the spec or result could not be (de)serialized
-            self._release(actor)
+            self._pool.release(actor)
             return _unfinished(spec, TrialStatus.FAILED, started, f"{type(exc).__name__}: {exc}")
         finally:
             with self._lock:
                 self._running.pop(_key(spec), None)
-        self._release(actor)
+        self._pool.release(actor)
         return result
 
     def cancel(self, specs: list[TrialSpec], reason: str) -> None:
@@ -326,21 +323,10 @@ class RayRuntime(Runtime):
             # The waiting task thread sees RayActorError, finds the trial cancelled and bills its time.
             ray.kill(actor, no_restart=True)
 
-    def close(self) -> None:
-        import ray
+def _kill_actor(actor: Any) -> None:
+    import ray
 
-        while True:
-            try:
-                actor = self._idle.get_nowait()
-            except queue.Empty:
-                break
-            if actor is not None:
-                try:
-                    ray.kill(actor, no_restart=True)
-                except Exception:
-                    pass
-        with self._lock:
-            self._actors = 0
+    ray.kill(actor, no_restart=True)
 
 
 # --- the runtime the flow's train tasks use -----------------------------------------------------------
@@ -388,10 +374,12 @@ def _ray_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 def make_runtime(kind: str, *, address: str | None, gpus_per_trial: float, cpus_per_trial: float,
                  max_concurrent: int | None, trial_timeout: float | None = None, max_retries: int = 0,
-                 memory_per_trial_gb: float | None = None, working_dir: str | None = None) -> Runtime:
+                 memory_per_trial_gb: float | None = None, working_dir: str | None = None,
+                 release_idle_after: float | str = RELEASE_AUTO) -> Runtime:
+    held = {"hold_gpus": gpus_per_trial, "hold_cpus": cpus_per_trial}
     if kind == "thread":
         slots = max_concurrent or max(1, int((os.cpu_count() or 1) // max(cpus_per_trial, 1)))
-        return ThreadRuntime("thread", slots, trial_timeout=trial_timeout, max_retries=0)
+        return ThreadRuntime("thread", slots, trial_timeout=trial_timeout, max_retries=0, **held)
     import ray
 
     init_kwargs: dict[str, Any] = {
@@ -431,4 +419,5 @@ def make_runtime(kind: str, *, address: str | None, gpus_per_trial: float, cpus_
         slots = min(slots, max_concurrent)
     memory = int(memory_per_trial_gb * 2**30) if memory_per_trial_gb else None
     return RayRuntime("ray", slots, trial_timeout=trial_timeout, max_retries=max_retries, note=note, address=address,
+                      release_idle_after=release_idle_after, **held,
                       ray_num_gpus=ray_gpus, ray_num_cpus=cpus_per_trial, memory_limit_bytes=memory)

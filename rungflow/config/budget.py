@@ -40,6 +40,9 @@ class BudgetConfig(_Strict):
     noisy: bool = Field(default=False, description="scores vary from seed to seed: a rise of the top results' level also counts as gain")
     on_cap: Literal["finish", "cancel"] = "cancel"
     target_score: float | None = Field(default=None, description="stop once a full-budget result reaches this score")
+    bill: Literal["trained", "held"] = Field(
+        default="trained", description="which GPU-hours the caps and the money read: 'trained' (wall-clock x share "
+                                       "while trials ran) or 'held' (while their workers held the share, idle or not)")
 
     @field_validator("target_score")
     @classmethod

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from rungflow.budgets.holding import parse_release_after
 from rungflow.config.errors import _Strict
 
 
@@ -19,6 +20,17 @@ class RuntimeConfig(_Strict):
     trial_timeout: float | None = Field(default=None, description="seconds a trial may run at one rung before it is stopped")
     max_retries: int = Field(default=2, description="retries of a trial whose Ray worker died, from its last checkpoint")
     memory_per_trial_gb: float | None = Field(default=None, description="memory a trial's Ray worker may use")
+    release_idle_after: float | str = Field(
+        default="auto", description="seconds an idle Ray worker keeps its GPU share before it is given back; 'auto' "
+                                    "waits as long as a worker took to start, 'never' keeps every worker to the end")
+
+    @field_validator("release_idle_after", mode="before")
+    @classmethod
+    def _release_after(cls, v: object) -> float | str:
+        try:
+            return parse_release_after(v)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, e.g. 30") from None
 
     @field_validator("trial_timeout")
     @classmethod

@@ -102,8 +102,9 @@ class SearchConfig(_Strict):
 
 # Options only one scheduler reads: setting one for another scheduler is a mistake worth naming.
 _SCHEDULER_OPTIONS = {
-    "median": ("grace_budget", "min_samples"),
-    "pbt": ("population", "perturbation_interval", "quantile_fraction", "resample_probability", "mutations", "burn_in"),
+    ("median",): ("grace_budget", "min_samples"),
+    ("pbt",): ("population", "perturbation_interval", "quantile_fraction", "resample_probability", "mutations", "burn_in"),
+    ("hyperband", "sha"): ("max_open_brackets",),
 }
 
 
@@ -123,6 +124,16 @@ class SchedulerConfig(_Strict):
     mutations: list[str] | None = Field(default=None, description="pbt: parameters explore may change (default every "
                                                                   "float and int the trainable declares mutable)")
     burn_in: float | None = Field(default=None, description="pbt: budget trained before the first exploit (default 0)")
+    max_open_brackets: int | None = Field(
+        default=None, description="hyperband, sha: brackets that may train at once (default: as many as free slots "
+                                  "take; 1 runs them one after another)")
+
+    @field_validator("max_open_brackets")
+    @classmethod
+    def _open_brackets(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1 (1 runs the brackets one after another); remove it to fill free slots")
+        return v
 
     @field_validator("population")
     @classmethod
@@ -168,11 +179,12 @@ class SchedulerConfig(_Strict):
 
     @model_validator(mode="after")
     def _options_of_the_kind(self) -> SchedulerConfig:
-        for kind, names in _SCHEDULER_OPTIONS.items():
+        for kinds, names in _SCHEDULER_OPTIONS.items():
             for name in names:
-                if kind != self.kind and getattr(self, name) is not None:
-                    raise ValueError(f"scheduler.{name}: only scheduler.kind: {kind} reads it, not {self.kind}; "
-                                     f"remove it or use kind: {kind}")
+                if self.kind not in kinds and getattr(self, name) is not None:
+                    readers = " or ".join(kinds)
+                    raise ValueError(f"scheduler.{name}: only scheduler.kind: {readers} reads it, not {self.kind}; "
+                                     f"remove it or use kind: {kinds[0]}")
         return self
 
     @field_validator("kind")

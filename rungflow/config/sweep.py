@@ -138,6 +138,8 @@ class SweepConfig(_Strict):
                     "quantile_fraction": s.quantile_fraction, "resample_probability": s.resample_probability,
                     "burn_in": s.burn_in, "mutations": self.pbt_mutations(), "space": self.search_space(),
                     "seed": self.search.seed}
+        if s.kind in ("hyperband", "sha"):
+            return {"max_open_brackets": s.max_open_brackets}
         return {}
 
     # Resolved views ---------------------------------------------------------------------------
