@@ -342,7 +342,7 @@ def held_seconds(samples: Sequence[Sample], period: float) -> dict[int, float]:
 @dataclass
 class ProcessFigures:
     pid: int
-    trials: int
+    records: int
     ledger_gpu_seconds: float
     held_seconds: float | None  # None: nvidia-smi never listed this pid
     startup_seconds: float | None  # from its first trial's start to its first listing
@@ -364,11 +364,11 @@ class ProcessFigures:
         """Listed whenever billed, and billed no more than it held: the ledger and the GPU tell the same story.
 
         What it was billed before its first listing (the dataset load and the CUDA context its first trial
-        creates) is time nvidia-smi could not see; each trial's two ends may fall between two samples.
+        creates) is time nvidia-smi could not see; each record's two ends may fall between two samples.
         """
         if self.held_gpu_seconds is None:
             return False
-        unseen = self.billed_before_listed_gpu_seconds + self.trials * 2 * period * GPU_SHARE
+        unseen = self.billed_before_listed_gpu_seconds + self.records * 2 * period * GPU_SHARE
         return (self.coverage is None or self.coverage >= MIN_COVERAGE) and \
             self.ledger_gpu_seconds <= self.held_gpu_seconds + unseen
 
@@ -411,7 +411,7 @@ def account(intervals: Sequence[Interval], samples: Sequence[Sample], period: fl
         inside = [s for s in samples if s.t >= cut and any(iv.started_at <= s.t <= iv.finished_at for iv in ivs)]
         mib = [v for s in samples if (v := s.apps.get(pid)) is not None]
         processes.append(ProcessFigures(
-            pid=pid, trials=len(ivs), ledger_gpu_seconds=sum(iv.gpu_seconds for iv in ivs), held_seconds=held.get(pid),
+            pid=pid, records=len(ivs), ledger_gpu_seconds=sum(iv.gpu_seconds for iv in ivs), held_seconds=held.get(pid),
             startup_seconds=None if first is None else first - min(iv.started_at for iv in ivs),
             billed_before_listed_gpu_seconds=sum(max(0.0, min(iv.finished_at, cut) - iv.started_at) for iv in ivs) * GPU_SHARE,
             samples_while_billed=len(inside), listed_while_billed=sum(pid in s.apps for s in inside),
@@ -547,7 +547,7 @@ def evaluate(intervals: Sequence[Interval], samples: Sequence[Sample] | None, pe
         if acc.pids_match:
             for p in acc.processes:
                 cov = None if p.coverage is None else p.coverage * 100
-                row(f"  worker {p.pid}: {p.trials} records", f"{p.ledger_gpu_seconds:.1f}",
+                row(f"  worker {p.pid}: {p.records} records", f"{p.ledger_gpu_seconds:.1f}",
                     f"{_f(p.held_gpu_seconds)}; listed in {_f(cov, '.0f')}% of samples while billed; "
                     f"first {_f(p.startup_seconds)} s into its first trial; peak {_f(p.peak_mib, ',.0f')} MiB",
                     p.verdict(period))
