@@ -45,7 +45,7 @@ from bench.common import fresh_dir, library_versions, prefect_api, write_json
 
 __all__ = [
     "GPU_SHARE", "Plan", "Sample", "Interval", "parse_gpu_query", "parse_apps_query", "SmiSampler",
-    "checkpoint_locations", "probe", "intervals_from_ledger", "max_overlap", "held_seconds", "account",
+    "checkpoint_locations", "probe", "intervals_from_ledger", "held_from_ledger", "max_overlap", "held_seconds", "account",
     "check_resumes", "check_billing", "render", "add_arguments", "run",
 ]
 
@@ -308,6 +308,23 @@ def intervals_from_ledger(path: Path) -> list[Interval]:
     return out
 
 
+def held_from_ledger(path: Path) -> tuple[float, int, int]:
+    """(GPU-seconds the ledger's hold lines say the workers held, workers, of them never released).
+
+    Each worker's release line repeats its acquire line with ``released_at`` set; the later line wins. A ledger
+    written before workers' holds were recorded has none: (0, 0, 0).
+    """
+    spans: dict[tuple[str, float], Mapping[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line) if line.strip() else {}
+        if entry.get("type") == "hold":
+            hold = entry["hold"]
+            spans[(hold["worker"], hold["acquired_at"])] = hold
+    done = [h for h in spans.values() if h.get("released_at") is not None]
+    seconds = sum((h["released_at"] - h["acquired_at"]) * h["gpus"] for h in done)
+    return seconds, len(spans), len(spans) - len(done)
+
+
 def max_overlap(spans: Iterable[tuple[float, float]]) -> int:
     """The most spans open at one instant (one that ends where another starts does not overlap it)."""
     spans = list(spans)
@@ -487,8 +504,9 @@ def check_billing(intervals: Sequence[Interval]) -> tuple[float, list[str]]:
 # The clock of the billed seconds (perf_counter in the worker) and of finished − started (time.time(), taken a
 # moment later) differ by the few milliseconds between them; more means the bill is not wall × share.
 BILLING_TOLERANCE_GPU_SECONDS = 0.05
-# A worker holds its CUDA context from its first trial until the sweep ends, so once listed it should be
-# listed in nearly every sample taken while it is billed; a read that straddles a trial's end may miss it.
+# A worker holds its CUDA context from its first trial until it is given back (idle too long, or the sweep's end),
+# so once listed it should be listed in nearly every sample taken while it is billed; a read that straddles a
+# trial's end may miss it.
 MIN_COVERAGE = 0.9
 
 
@@ -498,10 +516,13 @@ def _f(x: float | None, spec: str = ".1f", none: str = "-") -> str:
 
 
 def evaluate(intervals: Sequence[Interval], samples: Sequence[Sample] | None, period: float,
-             baseline: Iterable[int] = (), smi_note: str | None = None) -> dict[str, Any]:
+             baseline: Iterable[int] = (), smi_note: str | None = None,
+             held: tuple[float, int, int] | None = None) -> dict[str, Any]:
     """Rows of the table (what, ledger, nvidia-smi, verdict) and whether every check passed.
 
-    ``samples`` None: no GPU, so only what the ledger and the trials' own reports show is checked.
+    ``samples`` None: no GPU, so only what the ledger and the trials' own reports show is checked. ``held``: the
+    ledger's hold lines (:func:`held_from_ledger`), shown beside what nvidia-smi saw held, not judged: a hold
+    starts when the worker is asked for, before its process exists.
     """
     rows: list[tuple[str, str, str, str]] = []
     failed: list[str] = []
@@ -517,6 +538,11 @@ def evaluate(intervals: Sequence[Interval], samples: Sequence[Sample] | None, pe
             row(what, ledger, "", ok)
         else:
             rows.append((what, ledger, "", "n/a: no GPU"))
+
+    def held_row(smi_held: float | None) -> None:
+        if held is not None and held[1]:
+            row("GPU-seconds the workers held, idle included", f"{held[0]:.1f} ({held[1]} workers"
+                + (f", {held[2]} never released)" if held[2] else ")"), _f(smi_held), None)
 
     gpu = samples is not None
     worst, wrong_share = check_billing(intervals)
@@ -541,6 +567,7 @@ def evaluate(intervals: Sequence[Interval], samples: Sequence[Sample] | None, pe
             resumes.promoted > 0 and resumes.cuda_checkpoints == resumes.promoted)
     if acc is None:
         row("GPU-seconds billed", f"{total:.1f}", "-", None)
+        held_row(None)
     else:
         row(f"GPU-seconds: billed, held × {GPU_SHARE:g}", f"{total:.1f}", f"{acc.held_gpu_seconds_total:.1f}"
             if listed else "-", all(p.verdict(period) for p in acc.processes) if acc.pids_match else None)
@@ -559,6 +586,7 @@ def evaluate(intervals: Sequence[Interval], samples: Sequence[Sample] | None, pe
         else:
             row("worker processes in nvidia-smi", "", "none listed (a container's processes can be invisible to it)",
                 None)
+        held_row(acc.held_gpu_seconds_total if listed else None)
         row("GPU utilisation: mean, peak", "", f"{_f(acc.utilisation_mean, '.0f')}%, {_f(acc.utilisation_peak, '.0f')}%"
             " while workers were listed", None)
         row("GPU memory used, peak", "", f"{_f(acc.memory_peak_mib, ',.0f')} MiB", None)
@@ -662,7 +690,7 @@ def run(args: argparse.Namespace) -> int:
                 ray.shutdown()
             samples = sampler.stop() if sampler is not None else None
     intervals = intervals_from_ledger(run_dir / "ledger.jsonl")
-    figures = evaluate(intervals, samples, plan.period, baseline, smi_note)
+    figures = evaluate(intervals, samples, plan.period, baseline, smi_note, held_from_ledger(run_dir / "ledger.jsonl"))
     wall = time.perf_counter() - t0
     note = (f"{result.get('runtime', {}).get('note') or ''}").strip()
     footer = (f"Sweep: successive halving of {plan.num_trials} torch_mlp trials on {DATASET}, {plan.min_budget}→"

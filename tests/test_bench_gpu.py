@@ -209,6 +209,27 @@ def test_billing_at_another_share_or_not_wall_times_share_fails() -> None:
     assert worst == pytest.approx(5.5 * 0.25) and len(wrong) == 1
 
 
+def test_held_from_ledger_takes_each_workers_release_line(tmp_path: Path) -> None:
+    def hold(worker: str, at: float, released: float | None) -> str:
+        return json.dumps({"type": "hold", "hold": {"worker": worker, "gpus": 0.25, "cpus": 1.0, "acquired_at": at,
+                                                     "released_at": released}})
+
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text("\n".join([
+        hold("actor-0", 100.0, None), hold("actor-1", 101.0, None), json.dumps({"type": "session", "session": {}}),
+        hold("actor-0", 100.0, 140.0), hold("actor-0", 150.0, None), hold("actor-0", 150.0, 160.0),
+        hold("actor-1", 101.0, None),
+    ]) + "\n")
+    # actor-0 twice (40 s, then 10 s), actor-1 never released: 50 s x 0.25, three workers, one still open.
+    assert gpu.held_from_ledger(ledger) == (pytest.approx(12.5), 3, 1)
+    assert gpu.held_from_ledger(_write(tmp_path / "old.jsonl", "")) == (0, 0, 0)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def test_max_overlap_counts_spans_open_at_once() -> None:
     assert max_overlap((a, b) for a, b in [(0, 2), (1, 3), (2, 4)]) == 2  # touching ends do not overlap
     assert max_overlap([(0, 5), (1, 5), (2, 5), (3, 5)]) == 4
