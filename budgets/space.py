@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -26,17 +26,30 @@ class SpaceError(ValueError):
     """A search space that cannot be searched; the message names the parameter and the fix."""
 
 
+N = TypeVar("N", int, float)
+
+
 @dataclass(frozen=True)
-class FloatParam:
+class _Range(Generic[N]):
+    """A numeric parameter: ``low`` to ``high`` inclusive, sampled evenly or on a log scale."""
+
     name: str
-    low: float
-    high: float
+    low: N
+    high: N
     log: bool = False
     when: Condition = ()
 
     def __post_init__(self) -> None:
-        _check_bounds(self.name, self.low, self.high, self.log)
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise SpaceError(f"space.{self.name}: bounds must be finite numbers, got low={self.low}, high={self.high}")
+        if self.low > self.high:
+            raise SpaceError(f"space.{self.name}: low={self.low} is above high={self.high}; swap them")
+        if self.log and self.low <= 0:
+            raise SpaceError(f"space.{self.name}: log scale needs low > 0, got low={self.low}; raise low or set log: false")
 
+
+@dataclass(frozen=True)
+class FloatParam(_Range[float]):
     def sample(self, rng: np.random.Generator) -> float:
         if self.log:
             return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
@@ -54,20 +67,14 @@ class FloatParam:
 
 
 @dataclass(frozen=True)
-class IntParam:
-    name: str
-    low: int
-    high: int
-    log: bool = False
-    when: Condition = ()
-
+class IntParam(_Range[int]):
     def __post_init__(self) -> None:
         if int(self.low) != self.low or int(self.high) != self.high:
             raise SpaceError(
                 f"space.{self.name}: int bounds must be whole numbers, got low={self.low}, high={self.high}; "
                 "use type: float for fractional values"
             )
-        _check_bounds(self.name, self.low, self.high, self.log)
+        super().__post_init__()
 
     def sample(self, rng: np.random.Generator) -> int:
         if self.log:
@@ -134,15 +141,6 @@ def _condition_from(name: str, raw: Any) -> Condition:
             raise SpaceError(f"space.{name}.when.{parent}: empty list of values; give the value(s) that activate {name}")
         out.append((str(parent), allowed))
     return tuple(out)
-
-
-def _check_bounds(name: str, low: float, high: float, log: bool) -> None:
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise SpaceError(f"space.{name}: bounds must be finite numbers, got low={low}, high={high}")
-    if low > high:
-        raise SpaceError(f"space.{name}: low={low} is above high={high}; swap them")
-    if log and low <= 0:
-        raise SpaceError(f"space.{name}: log scale needs low > 0, got low={low}; raise low or set log: false")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rungflow.budgets.ledger import SpendRecord
+from rungflow.budgets.ledger import SpendRecord, trial_outcome
 from rungflow.redact import redact
 
 __all__ = ["BackgroundSync", "LedgerGroups"]
@@ -91,3 +91,8 @@ class LedgerGroups:
         if end:
             self._seen, self._last = end, records[end - 1]
         return list(touched), raised
+
+    def outcome(self, trial_id: str, max_budget: float, *, final: bool, asynchronous: bool) -> str | None:
+        """:func:`trial_outcome` of the trial's last record so far, against its bracket's highest rung."""
+        last = self.by_trial[trial_id][-1]
+        return trial_outcome(last, self.top_rung[last.bracket], max_budget, final=final, asynchronous=asynchronous)

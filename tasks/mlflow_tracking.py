@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rungflow.budgets.ledger import SpendRecord, trial_outcome
+from rungflow.budgets.ledger import SpendRecord
 from rungflow.redact import redact
 from rungflow.tasks.mirror import BackgroundSync, LedgerGroups
 
@@ -119,11 +119,10 @@ class MLflowTracker:
                 self.client.log_metric(run_id, "gpu_hours", sum(r.gpu_hours for r in trial_records))
                 self.client.log_metric(run_id, "cpu_hours", sum(r.cpu_hours for r in trial_records))
                 self.client.set_tag(run_id, "rungflow.logged", " ".join(f"{rung}.{attempt}" for rung, attempt in sorted(logged)))
-            outcome = self._outcome(trial_records, groups.top_rung, final)
+            outcome = groups.outcome(trial_id, self._max_budget, final=final, asynchronous=self._asynchronous)
             if outcome is not None:
-                status, run_status = outcome
-                self.client.set_tag(run_id, "status", status)
-                self.client.set_terminated(run_id, run_status)
+                self.client.set_tag(run_id, "status", outcome)
+                self.client.set_terminated(run_id, _MLFLOW_RUN_STATUS.get(outcome, "KILLED"))
                 self._closed.add(trial_id)
         if final:
             if summary_markdown:
@@ -140,14 +139,6 @@ class MLflowTracker:
                 self.client.log_param(run.info.run_id, key, value)
             self._children[trial_id] = run.info.run_id
         return self._children[trial_id]
-
-    def _outcome(self, records: list[SpendRecord], top_rung: Mapping[int, int], final: bool) -> tuple[str, str] | None:
-        last = records[-1]
-        outcome = trial_outcome(last, top_rung[last.bracket], self._max_budget, final=final,
-                                asynchronous=self._asynchronous)
-        if outcome is None:
-            return None
-        return outcome, _MLFLOW_RUN_STATUS.get(outcome, "KILLED")
 
 
 def open_tracker_for(config: Any, *, asynchronous: bool, max_budget: float) -> MLflowTracker | None:

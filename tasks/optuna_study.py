@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rungflow.budgets.ledger import SpendRecord, trial_outcome
+from rungflow.budgets.ledger import SpendRecord
 from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, SearchSpace
 from rungflow.redact import redact
 from rungflow.tasks.mirror import BackgroundSync, LedgerGroups
@@ -127,10 +127,10 @@ class StudyRecorder:
         for trial_id in candidates:
             if trial_id in self._written or trial_id not in configs:
                 continue
-            trial_records = groups.by_trial[trial_id]
-            outcome = self._outcome(trial_records, groups.top_rung, final)
+            outcome = groups.outcome(trial_id, self._max_budget, final=final, asynchronous=self._asynchronous)
             if outcome is not None:
-                batch.append((trial_id, self._frozen(trial_id, trial_records, configs[trial_id], *outcome)))
+                state = _OPTUNA_STATE.get(outcome, "PRUNED")
+                batch.append((trial_id, self._frozen(trial_id, groups.by_trial[trial_id], configs[trial_id], state, outcome)))
         for start in range(0, len(batch), _BATCH):
             chunk = batch[start:start + _BATCH]
             self._add_trials([frozen for _, frozen in chunk])
@@ -152,14 +152,6 @@ class StudyRecorder:
                 self._bulk = False
         for frozen in trials:
             self.study.add_trial(frozen)
-
-    def _outcome(self, records: list[SpendRecord], top_rung: Mapping[int, int], final: bool) -> tuple[str, str] | None:
-        last = records[-1]
-        outcome = trial_outcome(last, top_rung[last.bracket], self._max_budget, final=final,
-                                asynchronous=self._asynchronous)
-        if outcome is None:
-            return None
-        return _OPTUNA_STATE.get(outcome, "PRUNED"), outcome
 
     def _frozen(self, trial_id: str, records: list[SpendRecord], config: Mapping[str, Any], state: str, status: str) -> Any:
         optuna = self._optuna

@@ -6,29 +6,35 @@ main environment (``pip install 'rungflow[autogluon]'``), or any other one named
 ``$RUNGFLOW_AUTOGLUON_ENV``; it still fits in a subprocess, so a crashed fit never takes the trial's worker
 down with it. The trial talks to the worker through files:
 ``request.json`` and ``data.npz`` in, ``result.json`` (metrics, leaderboard) and ``scores.npy`` out,
-the fitted model in ``model/``. The worker scripts under ``tasks/trainables/workers/`` import only
-the standard library, numpy and the AutoML library, never rungflow.
+the fitted model in ``model/``. The worker scripts under ``tasks/trainables/workers/`` (and
+``worker_protocol.py`` beside them, their shared end of those files) import only the standard library,
+numpy and the AutoML library, never rungflow.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from rungflow.tasks.trainables.base import TrainableError
+from rungflow.tasks.data import Dataset
+from rungflow.tasks.models import FittedModel, _kwargs_of
+from rungflow.tasks.trainables.base import TrainableError, TrainableOptions
+from rungflow.tasks.trainables.tabular import TabularOptions, TabularTrainable
 
-__all__ = ["ExternalEnv", "AUTOGLUON", "AUTOSKLEARN", "run_worker"]
+__all__ = ["ExternalEnv", "AUTOGLUON", "AUTOSKLEARN", "run_worker", "worker_request", "ExternalModel", "ExternalOptions", "ExternalTrainable"]
 
 WORKERS = Path(__file__).resolve().parent / "workers"
 
@@ -82,21 +88,22 @@ class ExternalEnv:
             raise TrainableError(self.missing_reason(override))
         return self.python(override)
 
+    @classmethod
+    def cached(cls, key: str, name: str, build_hint: str, in_process_module: str | None = None) -> ExternalEnv:
+        """The environment of library ``key`` as rungflow names every one: ``$RUNGFLOW_<KEY>_ENV`` overrides
+        ``~/.cache/rungflow/<key>``, and ``workers/<key>_worker.py`` runs in it."""
+        return cls(name, f"RUNGFLOW_{key.upper()}_ENV", f"~/.cache/rungflow/{key}", build_hint, f"{key}_worker.py",
+                   in_process_module)
 
-AUTOGLUON = ExternalEnv(
-    name="AutoGluon",
-    env_var="RUNGFLOW_AUTOGLUON_ENV",
-    default_dir="~/.cache/rungflow/autogluon",
-    build_hint="pip install 'rungflow[autogluon]' (or set $RUNGFLOW_AUTOGLUON_ENV to a venv that has autogluon.tabular)",
-    worker="autogluon_worker.py",
+
+AUTOGLUON = ExternalEnv.cached(
+    "autogluon", "AutoGluon",
+    "pip install 'rungflow[autogluon]' (or set $RUNGFLOW_AUTOGLUON_ENV to a venv that has autogluon.tabular)",
     in_process_module="autogluon.tabular",
 )
-AUTOSKLEARN = ExternalEnv(
-    name="auto-sklearn",
-    env_var="RUNGFLOW_AUTOSKLEARN_ENV",
-    default_dir="~/.cache/rungflow/autosklearn",
-    build_hint="bash scripts/autosklearn-env.sh (scripts/setup.sh does it; about 1 minute where CPython 3.9 is installed)",
-    worker="autosklearn_worker.py",
+AUTOSKLEARN = ExternalEnv.cached(
+    "autosklearn", "auto-sklearn",
+    "bash scripts/autosklearn-env.sh (scripts/setup.sh does it; about 1 minute where CPython 3.9 is installed)",
 )
 
 
@@ -117,7 +124,8 @@ def run_worker(env: ExternalEnv, command: str, request: Mapping[str, Any], array
             [str(python), str(WORKERS / env.worker), str(workdir)],
             capture_output=True, text=True, timeout=timeout,
             # A worker in another environment must not see our site-packages or repo on its path: it has its own pins.
-            env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")},
+            # Its own folder must stay on it (no PYTHONSAFEPATH): the scripts import worker_protocol from there.
+            env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSAFEPATH")},
         )
     except subprocess.TimeoutExpired:
         raise TrainableError(f"{env.name} worker ran past {timeout:.0f} s ({command}); lower the budget or raise the timeout") from None
@@ -132,3 +140,99 @@ def run_worker(env: ExternalEnv, command: str, request: Mapping[str, Any], array
     scores_path = workdir / "scores.npy"
     scores = np.load(scores_path, allow_pickle=False) if scores_path.is_file() else None
     return result, scores, workdir
+
+
+def worker_request(dataset: Dataset | Mapping[str, Any]) -> dict[str, Any]:
+    """What every worker is told of the data: its columns, their categories and the task (from a dataset or an encoding)."""
+    enc = dataset.encoding() if isinstance(dataset, Dataset) else dict(dataset)
+    return {
+        "feature_names": enc["feature_names"],
+        "categories": enc.get("categories", {}),
+        "task": enc["task"],
+        "n_classes": len(enc["classes"] or []) if enc.get("classes") else 0,
+    }
+
+
+class ExternalModel(FittedModel):
+    """A model a worker fitted and keeps in ``directory``; it predicts in a worker too, in ``env_spec``'s interpreter.
+
+    Saved as a copy of that directory under ``saved_as``. The library pickles internally, so load it only from
+    directories rungflow wrote.
+    """
+
+    env_spec: ClassVar[ExternalEnv]
+    saved_as: ClassVar[str]
+
+    def __init__(self, directory: str | Path, *, leaderboard: list[dict[str, Any]] | None = None, env: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.directory = Path(directory)
+        self.leaderboard = list(leaderboard or [])
+        self.env = env
+        self._owned: weakref.finalize | None = None
+        self._cached: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        # The validation scores of the fit itself: saves a second interpreter start just to evaluate.
+        if self._cached is not None and x is self._cached[0]:
+            return self._cached[1]
+        request = {**worker_request(self.encoding), "model_dir": str(self.directory.resolve())}
+        _, scores, workdir = run_worker(self.env_spec, "predict", request, {"X_eval": x}, timeout=600, python_override=self.env)
+        shutil.rmtree(workdir, ignore_errors=True)
+        assert scores is not None
+        return scores
+
+    def _extra(self) -> dict[str, Any]:
+        return {"leaderboard": self.leaderboard}
+
+    def _save_files(self, directory: Path) -> None:
+        shutil.copytree(self.directory, directory / self.saved_as)
+
+    @classmethod
+    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> ExternalModel:
+        return cls(directory / cls.saved_as, leaderboard=manifest.get("extra", {}).get("leaderboard"), **_kwargs_of(manifest))
+
+
+class ExternalOptions(TabularOptions):
+    """``env``: the environment's folder, instead of ``$RUNGFLOW_<KEY>_ENV`` or the default one."""
+
+    env: str | None = None
+
+
+class ExternalTrainable(TabularTrainable):
+    """A family whose fits run in :attr:`Model`'s worker, from scratch at each rung, with ``time_limit = budget`` seconds."""
+
+    Options: ClassVar[type[TrainableOptions]] = ExternalOptions
+    options: ExternalOptions
+    Model: ClassVar[type[ExternalModel]]
+
+    def check(self) -> None:
+        # Before any spending: a missing environment is one line naming the command that builds it.
+        self.Model.env_spec.require(self.options.env)
+        super().check()
+
+    def fit_in_worker(self, config: Mapping[str, Any], dataset: Dataset, time_limit: float,
+                      request: Mapping[str, Any]) -> tuple[ExternalModel, dict[str, Any]]:
+        """Fit in a fresh work directory; returns the model (which owns the directory) and the worker's result."""
+        env = self.options.env
+        workdir = Path(tempfile.mkdtemp(prefix=f"rungflow-{self.kind}-"))
+        arrays = {"X_train": dataset.X_train, "y_train": dataset.y_train, "X_eval": dataset.X_valid}
+        try:
+            # Time limits are soft and the interpreter takes seconds to start: leave room.
+            result, scores, _ = run_worker(self.Model.env_spec, "fit", {**worker_request(dataset), **request}, arrays,
+                                           workdir=workdir, timeout=time_limit * 3 + 180, python_override=env)
+        except TrainableError:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        model = self.Model(workdir / "model", leaderboard=result["leaderboard"], env=env, family=self.kind,
+                           encoding=dataset.encoding(), config=dict(config), budget=float(time_limit))
+        assert scores is not None
+        model._cached = (dataset.X_valid, scores)
+        # The fit's temporary directory lives as long as the model object (save_model copies it out).
+        model._owned = weakref.finalize(model, shutil.rmtree, str(workdir), True)
+        return model, result
+
+    def discard(self, model: FittedModel) -> None:
+        # A trial keeps its leaderboard, not its fitted models: the winner is refitted by fit_model.
+        if isinstance(model, ExternalModel) and model._owned is not None:
+            model._owned()

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import model_validator
 
@@ -240,10 +240,7 @@ class FunctionTrainable(Trainable):
 
     kind: ClassVar[str] = "function"
     metric: ClassVar[str] = "score"
-    mode: ClassVar[Literal["max", "min"]] = "max"
     budget_unit: ClassVar[str] = "budget units"
-    integer_budget: ClassVar[bool] = True
-    default_budget: ClassVar[tuple[float, float]] = (1, 27)
     Options: ClassVar[type[TrainableOptions]] = FunctionOptions
     options: FunctionOptions
     resumable: ClassVar[bool] = True

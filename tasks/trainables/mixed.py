@@ -110,7 +110,6 @@ class MixedTrainable(TabularTrainable):
 
     kind: ClassVar[str] = "mixed"
     budget_unit: ClassVar[str] = "units"  # x scale[family]: 10 boosting iterations, 4 trees, 1 epoch, 2 s ...
-    integer_budget: ClassVar[bool] = True
     default_budget: ClassVar[tuple[float, float]] = (1, 27)
     Options: ClassVar[type[TrainableOptions]] = MixedOptions
     options: MixedOptions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -52,9 +52,6 @@ class NoopTrainable(Trainable):
 
     kind: ClassVar[str] = "noop"
     metric: ClassVar[str] = "score"
-    mode: ClassVar[Literal["max", "min"]] = "max"
-    integer_budget: ClassVar[bool] = True
-    default_budget: ClassVar[tuple[float, float]] = (1, 27)
     Options: ClassVar[type[TrainableOptions]] = NoopOptions
     options: NoopOptions
     resumable: ClassVar[bool] = True

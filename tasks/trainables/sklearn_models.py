@@ -9,6 +9,7 @@ its budget, refitting from scratch each rung (it is cheap). Checkpoints are skop
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -42,14 +43,44 @@ def _model(estimator: Any, kind: str, dataset: Dataset, config: Mapping[str, Any
     return SklearnModel(estimator, family=kind, encoding=dataset.encoding(), config=dict(config), budget=budget)
 
 
+class _WarmStartTrainable(TabularTrainable):
+    """A family whose budget is its estimator's size, grown with ``warm_start``: a promoted trial continues."""
+
+    #: The estimator parameter the budget sets.
+    size_param: ClassVar[str]
+
+    @abstractmethod
+    def _estimator(self, config: Mapping[str, Any], dataset: Dataset, seed: int) -> Any:
+        """A fresh estimator with ``warm_start`` on; its size is set before each fit."""
+
+    @abstractmethod
+    def _size(self, estimator: Any) -> int:
+        """How far ``estimator`` has grown."""
+
+    def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
+        target = max(int(round(budget)), 1)
+        est = _resume(checkpoint, self.kind)
+        start = 0 if est is None else self._size(est)
+        if est is None:
+            try:
+                est = self._estimator(config, dataset, seed)
+            except (TypeError, ValueError) as exc:
+                raise TrainableError(f"{self.kind}: bad config {dict(config)}: {exc}") from None
+        if target > start or start == 0:
+            est.set_params(**{self.size_param: max(target, start)})
+            est.fit(dataset.X_train, dataset.y_train)
+        reached = self._size(est)
+        return FamilyFit(_model(est, self.kind, dataset, config, reached), reached, reached - start, _dumps(est))
+
+
 @register
-class HGBTrainable(TabularTrainable):
+class HGBTrainable(_WarmStartTrainable):
     """HistGradientBoosting; budget = boosting iterations, continued with ``warm_start``."""
 
     kind: ClassVar[str] = "hgb"
     budget_unit: ClassVar[str] = "boosting iterations"
-    integer_budget: ClassVar[bool] = True
     default_budget: ClassVar[tuple[float, float]] = (10, 270)
+    size_param = "max_iter"
 
     def default_space(self) -> SearchSpace:
         return SearchSpace(
@@ -62,47 +93,37 @@ class HGBTrainable(TabularTrainable):
             )
         )
 
-    def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
+    def _estimator(self, config, dataset, seed):
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-        target = max(int(round(budget)), 1)
-        est = _resume(checkpoint, self.kind)
-        start = 0 if est is None else int(est.n_iter_)
-        if est is None:
-            # Columns with few categories go in as native categoricals (HGB allows at most max_bins=255).
-            mask = [name in dataset.categories and len(dataset.categories[name]) <= 255 for name in dataset.feature_names]
-            params = dict(
-                learning_rate=number(config, "learning_rate", 0.1, self.kind),
-                max_leaf_nodes=number(config, "max_leaf_nodes", 31, self.kind, int),
-                min_samples_leaf=number(config, "min_samples_leaf", 20, self.kind, int),
-                l2_regularization=number(config, "l2_regularization", 0.0, self.kind),
-                max_features=number(config, "max_features", 1.0, self.kind),
-                # Early stopping would end a rung short of its budget and make resumes differ from scratch runs.
-                early_stopping=False,
-                warm_start=True,
-                categorical_features=mask if any(mask) else None,
-                random_state=seed,
-            )
-            cls = HistGradientBoostingClassifier if dataset.task == "classification" else HistGradientBoostingRegressor
-            try:
-                est = cls(max_iter=target, **params)
-            except (TypeError, ValueError) as exc:
-                raise TrainableError(f"{self.kind}: bad config {dict(config)}: {exc}") from None
-        if target > start or start == 0:
-            est.set_params(max_iter=max(target, start))
-            est.fit(dataset.X_train, dataset.y_train)
-        reached = int(est.n_iter_)
-        return FamilyFit(_model(est, self.kind, dataset, config, reached), reached, reached - start, _dumps(est))
+        # Columns with few categories go in as native categoricals (HGB allows at most max_bins=255).
+        mask = [name in dataset.categories and len(dataset.categories[name]) <= 255 for name in dataset.feature_names]
+        cls = HistGradientBoostingClassifier if dataset.task == "classification" else HistGradientBoostingRegressor
+        return cls(
+            learning_rate=number(config, "learning_rate", 0.1, self.kind),
+            max_leaf_nodes=number(config, "max_leaf_nodes", 31, self.kind, int),
+            min_samples_leaf=number(config, "min_samples_leaf", 20, self.kind, int),
+            l2_regularization=number(config, "l2_regularization", 0.0, self.kind),
+            max_features=number(config, "max_features", 1.0, self.kind),
+            # Early stopping would end a rung short of its budget and make resumes differ from scratch runs.
+            early_stopping=False,
+            warm_start=True,
+            categorical_features=mask if any(mask) else None,
+            random_state=seed,
+        )
+
+    def _size(self, estimator):
+        return int(estimator.n_iter_)
 
 
 @register
-class RandomForestTrainable(TabularTrainable):
+class RandomForestTrainable(_WarmStartTrainable):
     """Random forest; budget = trees, grown with ``warm_start``."""
 
     kind: ClassVar[str] = "random_forest"
     budget_unit: ClassVar[str] = "trees"
-    integer_budget: ClassVar[bool] = True
     default_budget: ClassVar[tuple[float, float]] = (4, 108)
+    size_param = "n_estimators"
 
     def default_space(self) -> SearchSpace:
         return SearchSpace(
@@ -114,32 +135,22 @@ class RandomForestTrainable(TabularTrainable):
             )
         )
 
-    def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
+    def _estimator(self, config, dataset, seed):
         from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-        target = max(int(round(budget)), 1)
-        est = _resume(checkpoint, self.kind)
-        start = 0 if est is None else len(est.estimators_)
-        if est is None:
-            cls = RandomForestClassifier if dataset.task == "classification" else RandomForestRegressor
-            try:
-                est = cls(
-                    n_estimators=target,
-                    max_depth=number(config, "max_depth", None, self.kind, int),
-                    min_samples_leaf=number(config, "min_samples_leaf", 1, self.kind, int),
-                    max_features=number(config, "max_features", 1.0, self.kind),
-                    bootstrap=bool(config.get("bootstrap", True)),
-                    warm_start=True,
-                    random_state=seed,
-                    n_jobs=1,  # trials already fill the cores
-                )
-            except (TypeError, ValueError) as exc:
-                raise TrainableError(f"{self.kind}: bad config {dict(config)}: {exc}") from None
-        if target > start:
-            est.set_params(n_estimators=target)
-            est.fit(dataset.X_train, dataset.y_train)
-        reached = len(est.estimators_)
-        return FamilyFit(_model(est, self.kind, dataset, config, reached), reached, reached - start, _dumps(est))
+        cls = RandomForestClassifier if dataset.task == "classification" else RandomForestRegressor
+        return cls(
+            max_depth=number(config, "max_depth", None, self.kind, int),
+            min_samples_leaf=number(config, "min_samples_leaf", 1, self.kind, int),
+            max_features=number(config, "max_features", 1.0, self.kind),
+            bootstrap=bool(config.get("bootstrap", True)),
+            warm_start=True,
+            random_state=seed,
+            n_jobs=1,  # trials already fill the cores
+        )
+
+    def _size(self, estimator):
+        return len(estimator.estimators_)
 
 
 @register
@@ -151,7 +162,6 @@ class LinearTrainable(TabularTrainable):
 
     kind: ClassVar[str] = "linear"
     budget_unit: ClassVar[str] = "percent of training rows"
-    integer_budget: ClassVar[bool] = True
     default_budget: ClassVar[tuple[float, float]] = (10, 100)
 
     def default_space(self) -> SearchSpace:

@@ -12,7 +12,7 @@ import hashlib
 from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from rungflow.tasks.data import DataError, Dataset, DataSpec, load_dataset
 from rungflow.tasks.models import FittedModel
@@ -43,12 +43,16 @@ class FamilyFit:
     checkpoint: bytes | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
 
+    def outcome(self, metrics: Mapping[str, float]) -> TrainOutcome:
+        """The trial's report of this fit, scored by ``metrics["val_score"]``."""
+        return TrainOutcome(score=metrics["val_score"], budget_reached=self.budget_reached, budget_trained=self.budget_trained,
+                            checkpoint=self.checkpoint, metrics=metrics)
+
 
 class TabularTrainable(Trainable):
     """A model family on a tabular dataset; the score is ``val_score`` (accuracy, or R² for regression)."""
 
     metric: ClassVar[str] = "val_score"
-    mode: ClassVar[Literal["max", "min"]] = "max"
     Options: ClassVar[type[TrainableOptions]] = TabularOptions
 
     def data_spec(self) -> DataSpec:
@@ -72,13 +76,7 @@ class TabularTrainable(Trainable):
                                      seed=self.seed_for(request.seed, request.trial_id), checkpoint=request.checkpoint)
             metrics = {**fit.model.evaluate(dataset), **fit.metrics}
         self.discard(fit.model)
-        return TrainOutcome(
-            score=metrics["val_score"],
-            budget_reached=fit.budget_reached,
-            budget_trained=fit.budget_trained,
-            checkpoint=fit.checkpoint,
-            metrics=metrics,
-        )
+        return fit.outcome(metrics)
 
     def seed_for(self, seed: int, trial_id: str) -> int:
         """The seed a trial trains with; ``fit(seed=seed_for(...))`` refits exactly the trial's model."""

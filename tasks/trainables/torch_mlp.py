@@ -182,10 +182,6 @@ class TorchMLPTrainable(TabularTrainable):
 
     kind: ClassVar[str] = "torch_mlp"
     metric: ClassVar[str] = "val_accuracy"
-    mode: ClassVar[Literal["max", "min"]] = "max"
-    budget_unit: ClassVar[str] = "epochs"
-    integer_budget: ClassVar[bool] = True
-    default_budget: ClassVar[tuple[float, float]] = (1, 27)
     Options: ClassVar[type[TrainableOptions]] = TorchMLPOptions
     resumable: ClassVar[bool] = True
     # What may change on resume: the optimiser's rates and the dropout rate; the layer sizes and the batch
@@ -213,15 +209,7 @@ class TorchMLPTrainable(TabularTrainable):
         dataset = self.dataset()
         run = self._run(request.config, request.budget, dataset, request.device,
                         self.seed_for(request.seed, request.trial_id), request.checkpoint)
-        metrics = {**run.metrics, "epochs_trained_total": float(run.budget_reached)}
-        return TrainOutcome(
-            score=metrics["val_score"],
-            budget_reached=run.budget_reached,
-            budget_trained=run.budget_trained,
-            checkpoint=run.checkpoint,
-            metrics=metrics,
-            gpu_seconds=None,
-        )
+        return run.outcome({**run.metrics, "epochs_trained_total": float(run.budget_reached)})
 
     def seed_for(self, seed: int, trial_id: str) -> int:
         return _derive_seed(seed, trial_id)

@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import field_validator, model_validator
 
@@ -170,9 +170,6 @@ class LCBenchTrainable(Trainable):
 
     kind: ClassVar[str] = "yahpo_lcbench"
     metric: ClassVar[str] = "val_accuracy"
-    mode: ClassVar[Literal["max", "min"]] = "max"
-    budget_unit: ClassVar[str] = "epochs"
-    integer_budget: ClassVar[bool] = True
     default_budget: ClassVar[tuple[float, float]] = (MIN_EPOCH, MAX_EPOCH)
     Options: ClassVar[type[TrainableOptions]] = LCBenchOptions
     options: LCBenchOptions

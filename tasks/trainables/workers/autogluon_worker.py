@@ -7,13 +7,12 @@ WORKDIR/result.json and WORKDIR/scores.npy (class probabilities or predictions f
 from __future__ import annotations
 
 import json
-import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from worker_protocol import serve
 
 LABEL = "__rungflow_label__"
 
@@ -80,18 +79,5 @@ def predict(workdir: Path, request: dict, data) -> dict:
     return {}
 
 
-def main() -> None:
-    workdir = Path(sys.argv[1])
-    request = json.loads((workdir / "request.json").read_text())
-    try:
-        with np.load(workdir / "data.npz", allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        result = {"fit": fit, "predict": predict}[request["command"]](workdir, request, arrays)
-    except Exception as exc:  # reported as one line; the traceback goes to stderr for the log
-        traceback.print_exc()
-        result = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
-    (workdir / "result.json").write_text(json.dumps(result))
-
-
 if __name__ == "__main__":
-    main()
+    serve({"fit": fit, "predict": predict})

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
+from worker_protocol import serve
 
 
 def scores(automl, x, request):
@@ -80,18 +79,5 @@ def predict(workdir, request, data):
     return {}
 
 
-def main():
-    workdir = Path(sys.argv[1])
-    request = json.loads((workdir / "request.json").read_text())
-    try:
-        with np.load(workdir / "data.npz", allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        result = {"fit": fit, "predict": predict}[request["command"]](workdir, request, arrays)
-    except Exception as exc:
-        traceback.print_exc()
-        result = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
-    (workdir / "result.json").write_text(json.dumps(result))
-
-
 if __name__ == "__main__":
-    main()
+    serve({"fit": fit, "predict": predict})
