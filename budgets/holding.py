@@ -3,8 +3,9 @@
 A trial is billed the wall-clock it ran x the GPUs it held. But the worker that runs it (a Ray actor holding its
 GPU share) is held longer: while it starts, and while it waits idle for the next trial, at a rung's barrier or at
 the tail of a sweep. On a cluster that time is paid for and denied to everyone else. A :class:`Holds` keeps one
-span per worker, from the moment its resources were asked for to the moment they were given back; the ledger
-persists them, the simulator keeps them for its virtual workers.
+span per worker, from the moment it started (a Ray actor: where Ray's own record of the actor starts; the second or
+so Ray takes to spawn its process is Ray's, not billed) to the moment it was given back; the ledger persists them,
+the simulator keeps them for its virtual workers.
 
 Idle workers are given back after a grace period (the runtime's ``release_idle_after``). The choice is the ski
 rental problem: an idle worker costs its share each second, a new one costs its start-up (seconds on a busy node,

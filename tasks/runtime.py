@@ -171,6 +171,7 @@ def _trial_worker_class() -> Any:
         """Runs trials one at a time in a long-lived worker process; optionally watches its memory."""
 
         def __init__(self, memory_limit_bytes: int | None) -> None:
+            self.started_at = time.time()  # where Ray's own actor start falls: the worker's hold starts here
             self._limit = memory_limit_bytes
             self._trial_thread: int | None = None
             if memory_limit_bytes:
@@ -189,8 +190,8 @@ def _trial_worker_class() -> Any:
                     if _rss_bytes() > self._limit:
                         os._exit(137)
 
-        def ready(self) -> bool:
-            return True
+        def ready(self) -> float:
+            return self.started_at
 
         def run(self, spec: TrialSpec, function_token: str | None = None, function_blob: bytes | None = None) -> TrialResult:
             if function_token is not None and function_blob is not None:
@@ -219,6 +220,7 @@ class RayRuntime(Runtime):
     ray_num_cpus: float = 1.0
     memory_limit_bytes: int | None = None
     _running: dict[tuple[str, int], Any] = field(default_factory=dict)
+    _actor_started: dict[int, float] = field(default_factory=dict)
     _function_refs: dict[str, Any] = field(default_factory=dict)
 
     def _function_args(self, spec: TrialSpec) -> tuple[Any, ...]:
@@ -239,7 +241,8 @@ class RayRuntime(Runtime):
 
     def _make_pool(self) -> WorkerPool:
         return WorkerPool(self.slots, create=self._start_actor, destroy=_kill_actor, gpus=self.hold_gpus,
-                          cpus=self.hold_cpus, release_after=self.release_idle_after, name="actor")
+                          cpus=self.hold_cpus, release_after=self.release_idle_after, name="actor",
+                          started_at=lambda actor: self._actor_started.pop(id(actor), None))
 
     def _start_actor(self) -> Any:
         import ray
@@ -252,10 +255,12 @@ class RayRuntime(Runtime):
         try:
             # Wait for the worker process to start and import rungflow before any trial clock runs, so
             # start-up (seconds on a busy node) never counts against runtime.trial_timeout.
-            ray.get(actor.ready.remote())
+            started_at = ray.get(actor.ready.remote())
         except Exception:
             _kill_actor(actor)
             raise
+        with self._lock:
+            self._actor_started[id(actor)] = started_at
         return actor
 
     def execute(self, spec: TrialSpec) -> TrialResult:

@@ -37,10 +37,12 @@ class WorkerPool:
 
     def __init__(self, size: int, create: Callable[[], Any], destroy: Callable[[Any], None], *, gpus: float,
                  cpus: float, release_after: float | str = RELEASE_AUTO, holds: HoldSink | None = None,
-                 name: str = "worker", clock: Callable[[], float] = time.time) -> None:
+                 name: str = "worker", clock: Callable[[], float] = time.time,
+                 started_at: Callable[[Any], float | None] | None = None) -> None:
         self.size, self._create, self._destroy = size, create, destroy
         self.gpus, self.cpus, self.release_after, self.holds = gpus, cpus, release_after, holds
         self._clock = clock
+        self._started_at = started_at
         self._names = (f"{name}-{n}" for n in itertools.count())
         self._cond = threading.Condition()
         self._idle: list[tuple[Any, float]] = []  # (worker, idle since), the most recently idle last
@@ -69,15 +71,20 @@ class WorkerPool:
                     name = next(self._names)
                     break
                 self._cond.wait()
-        # The resources are asked for now and held from now, start-up included (the GPU share is reserved).
-        if self.holds is not None:
-            self.holds.acquire_hold(name, self.gpus, self.cpus)
+        # Held from the moment it is asked for, start-up included, unless the worker says when it started: a Ray
+        # actor's hold starts where Ray's own record of the actor does, so the two bills agree.
+        asked_at = self._clock()
+        if self.holds is not None and self._started_at is None:
+            self.holds.acquire_hold(name, self.gpus, self.cpus, asked_at)
         t0 = time.perf_counter()
         try:
             worker = self._create()
         except BaseException:
-            self._forget(name)
+            self._forget(name, held=self._started_at is None)
             raise
+        if self.holds is not None and self._started_at is not None:
+            started = self._started_at(worker)
+            self.holds.acquire_hold(name, self.gpus, self.cpus, asked_at if started is None else started)
         with self._cond:
             self._startup_seconds.append(time.perf_counter() - t0)
             self._name_of[id(worker)] = name
@@ -101,8 +108,8 @@ class WorkerPool:
         if name is not None:
             self._forget(name)
 
-    def _forget(self, name: str) -> None:
-        if self.holds is not None:
+    def _forget(self, name: str, held: bool = True) -> None:
+        if self.holds is not None and held:
             self.holds.release_hold(name)
         with self._cond:
             self._count -= 1

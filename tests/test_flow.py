@@ -242,10 +242,49 @@ def test_sweep_on_a_ray_cluster_reached_by_address(prefect_server: str, tmp_path
         nodes = {e["worker"].split(":")[2] for e in result["events"]}
         assert len(nodes) == 2, f"trials should spread over both nodes, saw {nodes}"
         assert result["ledger"]["trials_completed"] == 6
+
+        # What the sweep held, against Ray's own record of its actors. Hyperband's barriers leave workers idle:
+        # with a 0.3 s grace they are given back and started again, so the holds are many short spans.
+        held_cfg = validate(sweep_config(
+            tmp_path, name="cluster-held",
+            trainable={"kind": "noop", "options": {"sleep_seconds": 1.0}},
+            scheduler={"kind": "hyperband", "min_budget": 1, "max_budget": 9, "eta": 3},
+            search={"algorithm": "random", "seed": 0},
+            runtime={"kind": "ray", "address": f"127.0.0.1:{port}", "cpus_per_trial": 1, "gpus_per_trial": 0.5,
+                     "release_idle_after": 0.3},
+            storage={"run_dir": str(tmp_path / "held")},
+        ))
+        before = _trial_worker_ids()
+        held = run_sweep(held_cfg, tmp_path / "held")["ledger"]
+        lifetimes = _trial_worker_lifetimes(exclude=before)
+        assert held["workers_held"] == len(lifetimes) >= 3, (held, lifetimes)  # released idle and started again
+        ray_gpu_hours = sum(lifetimes) * 0.5 / 3600  # billed its half GPU, on CPU here
+        assert held["gpu_hours_held"] == pytest.approx(ray_gpu_hours, rel=0.02), (held, lifetimes)
+        assert held["gpu_hours_held"] > held["gpu_hours"]  # start-up and idle grace: held is more than trained
     finally:
         ray.shutdown()
         for proc in reversed(nodes_started):
             _stop_group(proc)
+
+
+def _trial_worker_ids() -> set[str]:
+    from ray._private.state import state
+
+    return {actor_id for actor_id, a in state.actor_table(None).items() if "TrialWorker" in a.get("ActorClassName", "")}
+
+
+def _trial_worker_lifetimes(exclude: set[str]) -> list[float]:
+    """Seconds each of the sweep's workers lived, from Ray's actor table (its start to its end, as Ray reports
+    them), once every one of them is dead."""
+    from ray._private.state import state
+
+    deadline = time.time() + 30
+    while True:
+        actors = {i: a for i, a in state.actor_table(None).items()
+                  if "TrialWorker" in a.get("ActorClassName", "") and i not in exclude}
+        if all(a["State"] == "DEAD" and a.get("EndTime") for a in actors.values()) or time.time() > deadline:
+            return [(a["EndTime"] - a["StartTime"]) / 1000.0 for a in actors.values()]
+        time.sleep(0.5)
 
 
 def test_cli_sweep_and_report(prefect_server: str, tmp_path: Path) -> None:
