@@ -21,7 +21,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rungflow.budgets.ledger import Mode
 
 if TYPE_CHECKING:
     from rungflow.budgets.ledger import SpendRecord
@@ -31,8 +33,6 @@ __all__ = [
     "Mode", "SchedulerKind", "TrialScore", "RungDecision", "rank_key", "gate_rung", "Stage", "Job",
     "ForecastScope", "Scheduler", "AsyncScheduler",
 ]
-
-Mode = Literal["max", "min"]
 
 
 class SchedulerKind(StrEnum):
