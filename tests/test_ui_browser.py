@@ -47,10 +47,11 @@ def test_sweep_is_watchable_in_the_prefect_ui(prefect_ui_server: str, tmp_path: 
     config = tmp_path / "sweep.yaml"
     # Hyperband 1..9 plans 69 budget units at 0.01 GPU-hours each (reported, so independent of machine load):
     # brackets of 0.21, 0.21 and 0.27 GPU-hours. A 0.5 GPU-hour cap stops it before the last bracket,
-    # so the summary has a stop and 0.27 GPU-hours of savings to show.
+    # so the summary has a stop and 0.27 GPU-hours of savings to show. One bracket at a time: side by side on three
+    # slots, where the cap falls would follow the order the threads finish in.
     config.write_text(
         f"name: '{NAME}'\ntrainable: {{kind: noop, options: {{gpu_seconds_per_unit: 36}}}}\n"
-        "search: {algorithm: random, seed: 0}\nscheduler: {kind: hyperband, min_budget: 1, max_budget: 9, eta: 3}\n"
+        "search: {algorithm: random, seed: 0}\nscheduler: {kind: hyperband, min_budget: 1, max_budget: 9, eta: 3, max_open_brackets: 1}\n"
         "budget: {max_gpu_hours: 0.5, price_per_gpu_hour: 2.5}\nruntime: {kind: thread, max_concurrent: 3}\n"
     )
     run = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "sweep", str(config), "--out", str(tmp_path / "run")],
