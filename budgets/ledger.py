@@ -48,8 +48,23 @@ class TrialStatus(StrEnum):
 FINISHED: frozenset[TrialStatus] = frozenset({TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.TIMEOUT})
 
 
+class _InHours:
+    """GPU- and CPU-hours of whatever counts GPU- and CPU-seconds (a record, the ledger's running totals)."""
+
+    gpu_seconds: float
+    cpu_seconds: float
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpu_seconds / 3600.0
+
+    @property
+    def cpu_hours(self) -> float:
+        return self.cpu_seconds / 3600.0
+
+
 @dataclass(frozen=True)
-class SpendRecord:
+class SpendRecord(_InHours):
     """What one trial did at one rung and what it cost.
 
     ``gpu_seconds`` is wall-clock seconds x GPUs held (fractional GPUs bill their fraction), or the
@@ -80,14 +95,6 @@ class SpendRecord:
     # Where it trained ("cuda:0", "cpu"), and the budget a promoted trial resumed from (None: from scratch).
     device: str = "cpu"
     resumed_from_budget: float | None = None
-
-    @property
-    def gpu_hours(self) -> float:
-        return self.gpu_seconds / 3600.0
-
-    @property
-    def cpu_hours(self) -> float:
-        return self.cpu_seconds / 3600.0
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -155,7 +162,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-class Ledger:
+class Ledger(_InHours):
     """Spend records in order, optionally persisted to ``path`` (JSON lines, one per record).
 
     With ``replay=True`` the spend records on disk load as :attr:`pending` (see the module docstring).
@@ -171,7 +178,7 @@ class Ledger:
         # What the workers held, busy or idle (budgets/holding.py); written from the runtime's threads.
         self.holds = Holds()
         self._holds_lock = threading.Lock()
-        self._cpu_seconds = 0.0
+        self.cpu_seconds = 0.0
         self.records: list[SpendRecord] = []
         self.decisions: list[dict[str, Any]] = []
         self.sessions: list[dict[str, Any]] = []
@@ -183,7 +190,7 @@ class Ledger:
         self._keys: set[tuple[str, int, int]] = set()
         # Running totals of ``records``: caps are checked after every result, and summing 10,000 records
         # each time is O(n²).
-        self._gpu_seconds = 0.0
+        self.gpu_seconds = 0.0
         self._cost = 0.0
         self._trained_gpu_seconds = 0.0
         self._trained_units = 0.0
@@ -256,8 +263,8 @@ class Ledger:
     def _extend(self, records: list[SpendRecord]) -> None:
         self.records.extend(records)
         for record in records:
-            self._gpu_seconds += record.gpu_seconds
-            self._cpu_seconds += record.cpu_seconds
+            self.gpu_seconds += record.gpu_seconds
+            self.cpu_seconds += record.cpu_seconds
             self._cost += record.cost
             if record.budget_trained > 0:
                 self._trained_gpu_seconds += record.gpu_seconds
@@ -398,14 +405,6 @@ class Ledger:
         moved, self.pending = self.pending, []
         self._extend(moved)
         return moved
-
-    @property
-    def gpu_hours(self) -> float:
-        return self._gpu_seconds / 3600.0
-
-    @property
-    def cpu_hours(self) -> float:
-        return self._cpu_seconds / 3600.0
 
     @property
     def cost(self) -> float:

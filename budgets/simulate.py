@@ -81,8 +81,6 @@ class SimulatedExecutor:
     durations: Durations
     scores: Scores
     ledger: Ledger
-    gpus_per_trial: float = 1.0
-    cpus_per_trial: float = 1.0
     # Driver seconds per synchronous stage (see the module's docstring); asynchronous schedulers have no stages.
     stage_seconds: float = 0.0
     # Seconds from the sweep's start to its first trial (starting the runtime, Ray's actors warming up);
@@ -90,6 +88,9 @@ class SimulatedExecutor:
     setup_seconds: float | None = None
     # Seconds of the shared dispatcher each job needs before its trial can start (see the module's docstring).
     dispatch_seconds: float = 0.0
+    # What each trial holds and is billed for, as the driver's runtime would give it.
+    gpus_per_trial: float = 1.0
+    cpus_per_trial: float = 1.0
     busy: list[Busy] = field(default_factory=list)
     _running: list[tuple[float, int, _Run]] = field(default_factory=list)
     _free_slots: list[int] = field(default_factory=list)  # a heap: the lowest free slot runs the next job
