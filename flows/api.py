@@ -16,7 +16,7 @@ from rungflow.config import ConfigError, SweepConfig, validate
 
 __all__ = ["sweep", "SweepResult"]
 
-_SECTIONS = ("search", "scheduler", "budget", "runtime", "storage", "ui")
+_SECTIONS = ("search", "scheduler", "budget", "runtime", "storage", "ui", "history")
 
 
 class _View:
@@ -91,17 +91,19 @@ def sweep(train: Callable[..., Any] | str, *, space: Mapping[str, Any], metric: 
           mode: str | None = None, name: str | None = None, out: str | Path | None = None,
           search: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
           budget: Mapping[str, Any] | None = None, runtime: Mapping[str, Any] | None = None,
-          storage: Mapping[str, Any] | None = None, ui: Mapping[str, Any] | None = None) -> SweepResult:
+          storage: Mapping[str, Any] | None = None, ui: Mapping[str, Any] | None = None,
+          history: Mapping[str, Any] | None = None) -> SweepResult:
     """Sweep ``train(config, budget, checkpoint)`` over ``space``; blocks until the sweep stops.
 
     ``out`` is the run directory (default ``runs/<name>``). Calling again with the same function and
     arguments on the same ``out`` resumes it: finished trials are replayed from the ledger, not rerun.
+    ``history``: earlier sweeps to learn from, as the YAML section (``{"runs": ["runs/digits-*"]}``).
     """
     from rungflow.flows.sweep import check_resumable, run_sweep
     from rungflow.tasks.trainables import TrainableError
 
     sections = {k: v for k, v in {"search": search, "scheduler": scheduler, "budget": budget, "runtime": runtime,
-                                  "storage": storage, "ui": ui}.items() if v is not None}
+                                  "storage": storage, "ui": ui, "history": history}.items() if v is not None}
     config = build_config(train, space=space, metric=metric, mode=mode, name=name, out=out, **sections)
     try:
         config.trainable_class()(config.trainable.options).check()  # file, function and signature, before spending

@@ -78,6 +78,25 @@ def _plan_simulated(config, args: argparse.Namespace) -> int:
     return 0
 
 
+def history_plan_line(config) -> str:
+    """Which earlier sweeps the prior comes from, read now (an unusable source refuses the plan, as the sweep would)."""
+    from rungflow.tasks.history import HistoryError, prior_for
+
+    try:
+        prior = prior_for(config, config.run_dir())
+    except HistoryError as exc:
+        raise CLIError(str(exc)) from None
+    assert prior is not None
+    s = prior["summary"]
+    names = ", ".join(src["name"] for src in s["sources"][:5]) + (" ..." if len(s["sources"]) > 5 else "")
+    line = (f"history: {s['sweeps']} earlier sweeps ({names}), {s['trials']} trials, {s['tasks']} "
+            f"task{'s' if s['tasks'] != 1 else ''} ({s['same_task']} of the same task); the first "
+            f"{len(prior['portfolio'])} trials are its portfolio, then the search is cold")
+    if s["model_observations"]:
+        line += f"; the model starts from {s['model_observations']} earlier results"
+    return line + "".join(f"\n  note: {n}" for n in s["notes"])
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     config = load_cli_config(args.config, args.set)
     preflight(config)
@@ -111,6 +130,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                            f"{b.max_cost:g}; raise the cap or lower scheduler.max_budget")
     else:
         console.print("predicted GPU-hours: measured from the first rung (the trainable has no cost model)")
+    if config.history is not None:
+        console.print(history_plan_line(config), highlight=False)
     caps = [f"{k}={getattr(b, k)}" for k in ("max_gpu_hours", "max_cost", "deadline", "min_gain_per_gpu_hour")
             if getattr(b, k) is not None]
     console.print("caps: " + (", ".join(caps) if caps else "none"))

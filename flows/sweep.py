@@ -49,6 +49,7 @@ from rungflow.flows.prefect_server import SERVER_LOG, prefect_api
 from rungflow.redact import install_log_redaction, redact, redact_json
 from rungflow.tasks.api_watch import PrefectAPIWatch
 from rungflow.tasks.artifacts import PrefectAPIUnreachable, SweepArtifacts
+from rungflow.tasks.history import HistoryError, prior_for, save_prior
 from rungflow.tasks.mlflow_tracking import TrackingError, open_tracker_for
 from rungflow.tasks.optuna_study import StudyError, open_study_for
 from rungflow.tasks.runtime import Runtime, make_runtime, use_runtime
@@ -125,6 +126,7 @@ class Sweep(SweepDriver):
     study: Any = None  # the Optuna study the sweep is mirrored into (rungflow.tasks.optuna_study)
     tracker: Any = None  # the MLflow runs it is reported to, if tracking.mlflow is set
     api_watch: PrefectAPIWatch | None = None  # whether the Prefect API answers (rungflow.tasks.api_watch)
+    history: dict[str, Any] | None = None  # the prior from history: (rungflow.tasks.history.prior_for)
 
     @classmethod
     def create(cls, config: SweepConfig, run_dir: str | Path | None = None, clock: Callable[[], float] = time.time) -> Sweep:
@@ -474,7 +476,17 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
     """
     install_log_redaction()
     cfg = validate(config)
+    try:  # before the run directory holds anything: an unusable history is one line, and nothing was spent
+        prior = prior_for(cfg, Path(run_dir) if run_dir is not None else cfg.run_dir())
+    except HistoryError as exc:
+        raise ConfigError(redact(str(exc))) from None
     sweep = Sweep.create(cfg, run_dir)
+    if prior is not None:
+        save_prior(sweep.run_dir, prior)
+        sweep.history = prior
+        # The caller's own warm start (the retrain's last week) first, then the history's portfolio.
+        warm_start = {"observations": [*(warm_start or {}).get("observations", []), *prior["warm_start"]["observations"]],
+                      "enqueue": [*(warm_start or {}).get("enqueue", []), *prior["warm_start"]["enqueue"]]}
     if warm_start:
         sweep.searcher.warm_start(
             [Observation(o["trial_id"], o["config"], float(o["budget"]), o["score"]) for o in warm_start.get("observations", [])],

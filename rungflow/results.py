@@ -232,9 +232,27 @@ def build_result(sweep: SweepState, final: bool = False) -> dict[str, Any]:
         "ui_sync": sweep.recorded.summary() if sweep.recorded is not None else None,
         # The Prefect API outages the sweep trained through (tasks/api_watch.py).
         "prefect_api": watch.summary() if (watch := getattr(sweep, "api_watch", None)) is not None else None,
+        "history": history_section(getattr(sweep, "history", None), sweep.trials, records, sweep.mode),
         "started_at": sweep.started_at,
         "elapsed_seconds": (max((r.finished_at for r in records), default=sweep.started_at) - sweep.started_at),
     }
+
+
+def history_section(prior: Mapping[str, Any] | None, trials: Mapping[str, Mapping[str, Any]],
+                    records: Iterable[SpendRecord], mode: str) -> dict[str, Any] | None:
+    """What the history's prior contributed: its sources, the portfolio's trials, the incumbents they gave."""
+    if prior is None:
+        return None
+    from rungflow.budgets.prior import config_key, incumbent_trials
+
+    portfolio = {config_key(c) for c in prior.get("portfolio", [])}
+    taken = [trial_id for trial_id, config in trials.items() if config_key(config) in portfolio]
+    incumbents = incumbent_trials(({"trial_id": r.trial_id, "budget": r.budget, "score": r.score if r.ok else None}
+                                   for r in records), mode)  # type: ignore[arg-type]
+    summary = dict(prior.get("summary") or {})
+    return {**summary, "portfolio": prior.get("portfolio", []), "portfolio_trials": taken,
+            "incumbents": len(incumbents), "incumbents_from_portfolio": sum(t in taken for t in incumbents),
+            "best_from_portfolio": bool(incumbents) and incumbents[-1] in taken}
 
 
 def utilisation(records: list[SpendRecord], slots: int) -> dict[str, Any]:

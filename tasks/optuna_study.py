@@ -26,11 +26,12 @@ from rungflow.budgets.space import CategoricalParam, FloatParam, IntParam, Searc
 from rungflow.redact import redact
 from rungflow.tasks.mirror import BackgroundSync, LedgerGroups
 
-__all__ = ["StudyRecorder", "StudyError", "sweep_fingerprint", "observations_from_study", "study_url_for"]
+__all__ = ["StudyRecorder", "StudyError", "sweep_fingerprint", "task_fingerprint", "observations_from_study", "study_url_for"]
 
 TRIAL_ATTR = "rungflow_trial"
 BUDGETS_ATTR = "budgets"
 FINGERPRINT_ATTR = "rungflow_fingerprint"
+TASK_ATTR = "rungflow_task"  # the trainable and its options: a later sweep's history reads whether scores compare
 _BATCH = 500  # trials a transaction: the end of a 10,000-trial ASHA sweep is 20 commits, none of them huge
 log = logging.getLogger("rungflow.optuna_study")
 # A trial's outcome as an Optuna state; anything that neither finished nor failed shows as pruned.
@@ -48,6 +49,11 @@ def sweep_fingerprint(config_json: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def task_fingerprint(config_json: Mapping[str, Any]) -> str:
+    """What a score means: the trainable and its options (a dataset, an instance), not the space searched."""
+    return hashlib.sha256(json.dumps(config_json.get("trainable"), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _step(budget: float) -> int:
     # Optuna's steps are ints: whole budgets as they are, fractional ones in thousandths (order kept).
     return int(budget) if float(budget).is_integer() else int(round(budget * 1000))
@@ -57,7 +63,7 @@ class StudyRecorder:
     """Writes finished rungflow trials into one Optuna study; ``sync`` may be called as often as wanted."""
 
     def __init__(self, url: str, study_name: str, *, fingerprint: str, direction: str, space: SearchSpace,
-                 max_budget: float, asynchronous: bool) -> None:
+                 max_budget: float, asynchronous: bool, metric: str | None = None, task: str | None = None) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -87,6 +93,15 @@ class StudyRecorder:
                              "another name, or another storage.optuna_url")
         if held is None:
             self.study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
+            # Read by a later sweep that takes this one as history: which metric, and whether its task is the same.
+            if metric is not None:
+                import warnings
+
+                with warnings.catch_warnings():  # experimental since Optuna 3.2, and what the dashboard reads
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.study.set_metric_names([metric])
+            if task is not None:
+                self.study.set_user_attr(TASK_ATTR, task)
         self._written: set[str] = {t.user_attrs[TRIAL_ATTR] for t in self.study.get_trials(deepcopy=False)
                                    if TRIAL_ATTR in t.user_attrs}
         self._storage = storage
@@ -288,4 +303,5 @@ def open_study_for(config: Any, *, asynchronous: bool, max_budget: float, mode: 
     url = study_url_for(config, run_dir)
     return StudyRecorder(url, config.name, fingerprint=sweep_fingerprint(config.model_dump(mode="json")),
                          direction="maximize" if mode == "max" else "minimize", space=config.search_space(),
-                         max_budget=max_budget, asynchronous=asynchronous)
+                         max_budget=max_budget, asynchronous=asynchronous, metric=config.metric_name(),
+                         task=task_fingerprint(config.model_dump(mode="json")))

@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from rungflow.budgets.space import SearchSpace, SpaceError
 from rungflow.config.budget import BudgetConfig
 from rungflow.config.errors import _one_line, _Strict
+from rungflow.config.history import HistoryConfig
 from rungflow.config.runtime import RuntimeConfig, UiConfig
 from rungflow.config.search import MetricConfig, SchedulerConfig, SearchConfig, TrainableConfig
 from rungflow.config.storage import StorageConfig, TrackingConfig, slug
@@ -27,6 +28,7 @@ class SweepConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    history: HistoryConfig | None = None
 
     @field_validator("name")
     @classmethod

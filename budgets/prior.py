@@ -1,0 +1,191 @@
+"""A search prior from earlier sweeps: a zero-shot portfolio, and which of their results may feed a model.
+
+Earlier sweeps rarely evaluated the same configurations, so the classic portfolio matrix (configuration ×
+task) does not exist. Each earlier sweep is instead turned into a utility per trial in [0, 1] (its rank
+within that sweep, a trial that reached a higher rung always above one the gate stopped earlier), and a
+candidate's utility on another sweep is that of its nearest evaluated neighbour there. The greedy portfolio
+(Wistuba et al. 2015; Feurer et al. 2022) then adds, one at a time, the candidate that most raises the sum
+over sweeps of the best utility the portfolio holds on each.
+
+Safety is by construction: the portfolio holds at most ``k`` configurations, proposed first, and after them
+the searcher behaves as it does cold. Earlier results feed a model-based searcher only when they come from
+the same task (see :class:`PastSweep`), where their scores mean what this sweep's will.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from rungflow.budgets.searchers import Observation
+from rungflow.budgets.space import CategoricalParam, SearchSpace
+
+__all__ = ["PastSweep", "Prior", "utilities", "greedy_portfolio", "build_prior", "incumbent_trials", "config_key"]
+
+Mode = Literal["max", "min"]
+# Candidates per earlier sweep: its best few. A sweep's 200th trial never wins a portfolio slot, and the
+# greedy step is candidates × sweeps × trials distances.
+CANDIDATES_PER_SWEEP = 8
+# Utilities are ranks raised to this power: the portfolio should come near each sweep's best, and on plain
+# ranks a configuration that is middling everywhere sums as high as one that is best on most sweeps.
+SHARPNESS = 4.0
+
+
+@dataclass(frozen=True)
+class PastSweep:
+    """One earlier sweep's results, already in this sweep's space; ``same_task``: its scores mean what this
+    sweep's will (same trainable and options), so a model may fit on them beside this sweep's own."""
+
+    name: str
+    observations: tuple[Observation, ...]
+    mode: Mode
+    same_task: bool = False
+
+
+@dataclass
+class Prior:
+    """What a history gives a new sweep: configurations proposed first, results a model may fit on."""
+
+    portfolio: list[dict[str, Any]] = field(default_factory=list)
+    model_observations: list[Observation] = field(default_factory=list)
+    sweeps: int = 0
+    trials: int = 0
+
+    def warm_start(self) -> dict[str, Any]:
+        """In the form ``sweep_flow(warm_start=...)`` takes."""
+        return {"observations": [{"trial_id": o.trial_id, "config": dict(o.config), "budget": o.budget, "score": o.score}
+                                 for o in self.model_observations],
+                "enqueue": [dict(c) for c in self.portfolio]}
+
+
+def config_key(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A hashable identity of a configuration (floats by repr, so 0.1 and 0.1000001 differ)."""
+    return tuple(sorted((str(k), repr(v)) for k, v in config.items()))
+
+
+def utilities(observations: Iterable[Observation], mode: Mode) -> dict[str, tuple[dict[str, Any], float]]:
+    """Per trial: its configuration and its utility in [0, 1] within this sweep (1 = its best trial).
+
+    A trial's standing is its rank at the highest budget it reached, placed in the band of that budget:
+    Hyperband's gate already judged those it stopped, so none of them outranks a survivor.
+    """
+    last: dict[str, Observation] = {}
+    for o in observations:
+        if o.failed:
+            continue
+        held = last.get(o.trial_id)
+        if held is None or o.budget >= held.budget:
+            last[o.trial_id] = o
+    if not last:
+        return {}
+    levels = sorted({o.budget for o in last.values()})
+    out: dict[str, tuple[dict[str, Any], float]] = {}
+    sign = 1.0 if mode == "max" else -1.0
+    for level_index, budget in enumerate(levels):
+        here = sorted((o for o in last.values() if o.budget == budget), key=lambda o: sign * float(o.score))  # type: ignore[arg-type]
+        for position, o in enumerate(here):
+            rank = (position + 1) / len(here)  # worst > 0: a trial that reached this rung beat every one below it
+            out[o.trial_id] = (dict(o.config), ((level_index + rank) / len(levels)) ** SHARPNESS)
+    return out
+
+
+def _encode(space: SearchSpace, configs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[list[Any]]]:
+    """Numeric parameters in [0, 1] (log ones on a log scale), categorical ones kept as values."""
+    numeric = [p for p in space.params if not isinstance(p, CategoricalParam)]
+    categorical = [p for p in space.params if isinstance(p, CategoricalParam)]
+    x = np.full((len(configs), len(numeric)), 0.5)
+    for i, config in enumerate(configs):
+        for j, p in enumerate(numeric):
+            value = config.get(p.name)
+            if value is None:
+                continue
+            lo, hi, v = float(p.low), float(p.high), float(value)
+            if getattr(p, "log", False):
+                lo, hi, v = math.log(lo), math.log(hi), math.log(max(v, 1e-300))
+            x[i, j] = 0.0 if hi == lo else min(1.0, max(0.0, (v - lo) / (hi - lo)))
+    cats = [[config.get(p.name) for p in categorical] for config in configs]
+    return x, cats
+
+
+def _nearest_utility(space: SearchSpace, candidates: Sequence[Mapping[str, Any]],
+                     sweep: Mapping[str, tuple[dict[str, Any], float]]) -> np.ndarray:
+    """For each candidate, the utility of the nearest trial of ``sweep`` (a categorical mismatch counts 1)."""
+    rows = list(sweep.values())
+    cx, cc = _encode(space, candidates)
+    sx, sc = _encode(space, [config for config, _ in rows])
+    util = np.array([u for _, u in rows])
+    d = ((cx[:, None, :] - sx[None, :, :]) ** 2).sum(axis=2)
+    if cc and cc[0]:
+        mismatch = np.array([[sum(a != b for a, b in zip(c, s)) for s in sc] for c in cc], dtype=float)
+        d = d + mismatch
+    return util[np.argmin(d, axis=1)]
+
+
+def greedy_portfolio(space: SearchSpace, sweeps: Sequence[PastSweep], k: int) -> list[dict[str, Any]]:
+    """Up to ``k`` configurations, best across the earlier sweeps first (greedy on the summed best utility)."""
+    tables = [utilities(s.observations, s.mode) for s in sweeps]
+    tables = [t for t in tables if t]
+    if k <= 0 or not tables:
+        return []
+    candidates: list[dict[str, Any]] = []
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for table in tables:
+        for config, _ in sorted(table.values(), key=lambda cu: -cu[1])[:CANDIDATES_PER_SWEEP]:
+            if space.contains(config) and config_key(config) not in seen:
+                seen.add(config_key(config))
+                candidates.append(config)
+    if not candidates:
+        return []
+    # value[c, s]: candidate c's utility on sweep s (its own where it ran there, else its nearest neighbour's).
+    value = np.stack([_nearest_utility(space, candidates, table) for table in tables], axis=1)
+    chosen: list[int] = []
+    held = np.zeros(len(tables))
+    for _ in range(min(k, len(candidates))):
+        gain = np.maximum(value, held[None, :]).sum(axis=1)
+        gain[chosen] = -np.inf
+        best = int(np.argmax(gain))  # ties: the earliest candidate, i.e. the best of the first sweep
+        if chosen and gain[best] <= held.sum() + 1e-12:
+            break  # nothing left adds anything: a shorter portfolio leaves the rest to the cold search
+        chosen.append(best)
+        held = np.maximum(held, value[best])
+    return [candidates[i] for i in chosen]
+
+
+def build_prior(space: SearchSpace, sweeps: Sequence[PastSweep], *, portfolio_size: int,
+                model: bool = True) -> Prior:
+    """The prior of ``sweeps`` for a sweep over ``space``: a portfolio of at most ``portfolio_size``, and the
+    same-task sweeps' results as model observations (``model=False``: none)."""
+    prior = Prior(portfolio=greedy_portfolio(space, sweeps, portfolio_size), sweeps=len(sweeps),
+                  trials=sum(len({o.trial_id for o in s.observations}) for s in sweeps))
+    if model:
+        prior.model_observations = [Observation(f"{s.name}/{o.trial_id}", dict(o.config), o.budget, o.score)
+                                    for s in sweeps if s.same_task for o in s.observations
+                                    if space.contains(o.config)]
+    return prior
+
+
+def incumbent_trials(events: Iterable[Mapping[str, Any]], mode: Mode) -> list[str]:
+    """The trial ids that were the incumbent, in order: the best score at the highest budget reached so far."""
+    sign = 1.0 if mode == "max" else -1.0
+    level, best, best_trial = -math.inf, -math.inf, None
+    out: list[str] = []
+    for e in events:
+        score = e.get("score")
+        if score is None or not math.isfinite(float(score)):
+            continue
+        budget = float(e["budget"])
+        if budget < level:
+            continue
+        if budget > level:
+            level, best = budget, -math.inf
+        if sign * float(score) > best:
+            best = sign * float(score)
+            if e["trial_id"] != best_trial:
+                best_trial = e["trial_id"]
+                out.append(best_trial)
+    return out
+

@@ -1,0 +1,327 @@
+"""Reads ``history:``: earlier sweeps' run directories and Optuna studies, as results in this sweep's space.
+
+Data only: a run directory's ``config.json``, ``ledger.jsonl`` and ``result.json`` are parsed as JSON and a
+study's rows through Optuna's storage API; nothing is unpickled and no checkpoint is opened, so a history
+from another team's storage cannot run code here. Everything that makes a source unusable (it cannot be
+read, a parameter is missing or of another type, another metric or mode) is a :class:`HistoryError` of one
+line naming the source and the fix, raised before the sweep spends anything. What is usable but not whole
+(values outside this sweep's ranges, studies of another space under ``studies: all``) is left out and said
+in :attr:`History.notes`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rungflow.budgets.ledger import SpendRecord
+from rungflow.budgets.prior import PastSweep
+from rungflow.budgets.searchers import Observation
+from rungflow.budgets.space import CategoricalParam, IntParam, SearchSpace, SpaceError
+from rungflow.redact import redact
+from rungflow.tasks.optuna_study import BUDGETS_ATTR, TASK_ATTR, TRIAL_ATTR, task_fingerprint
+
+__all__ = ["HistoryError", "History", "load_history"]
+
+
+class HistoryError(ValueError):
+    """A history source that cannot be used; ``str()`` is one line naming it and the fix."""
+
+
+@dataclass
+class History:
+    sweeps: list[PastSweep] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)  # per sweep: where it came from, its trials, its task
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"sweeps": len(self.sweeps), "trials": sum(s["trials"] for s in self.sources),
+                "tasks": len({s["task"] for s in self.sources}), "same_task": sum(s["same_task"] for s in self.sources),
+                "sources": self.sources, "notes": self.notes}
+
+
+def _kind(param: Any) -> str:
+    return "categorical" if isinstance(param, CategoricalParam) else "int" if isinstance(param, IntParam) else "float"
+
+
+def _check_params(space: SearchSpace, kinds: Mapping[str, str], where: str, fix_missing: str) -> None:
+    for param in space.params:
+        held = kinds.get(param.name)
+        if held is None:
+            raise HistoryError(f"{where}: has no parameter {param.name!r} of this sweep's space; {fix_missing}")
+        if held != _kind(param):
+            raise HistoryError(f"{where}: parameter {param.name!r} is {held} there and {_kind(param)} here; rename one "
+                               "of them, or leave that source out of history")
+
+
+class _Fitter:
+    """Configurations of a source restricted to this sweep's parameters; out-of-range ones are counted."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self.outside = 0
+
+    def fit(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
+        names = set(self.space.names)
+        mine = {k: v for k, v in config.items() if k in names}
+        if self.space.contains(mine):
+            return mine
+        self.outside += 1
+        return None
+
+
+def _observations(fitter: _Fitter, trials: Mapping[str, Mapping[str, Any]],
+                  results: list[tuple[str, float, float | None]]) -> tuple[Observation, ...]:
+    fitted: dict[str, dict[str, Any] | None] = {}
+    out = []
+    for trial_id, budget, score in results:
+        if trial_id not in fitted:
+            config = trials.get(trial_id)
+            fitted[trial_id] = None if config is None else fitter.fit(config)
+        config = fitted[trial_id]
+        if config is not None:
+            out.append(Observation(trial_id, config, budget, score))
+    return tuple(out)
+
+
+def _read_json(path: Path, where: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise HistoryError(f"{where}: {path.name} is missing, so this is not a finished rungflow run directory; "
+                           "point history.runs at one, or resume that sweep first") from None
+    except (OSError, ValueError) as exc:
+        raise HistoryError(f"{where}: {path.name} cannot be read ({type(exc).__name__}); fix its permissions or leave "
+                           "it out of history.runs") from None
+
+
+def _run_dirs(patterns: list[str], own: Path | None) -> list[tuple[str, Path]]:
+    out: list[tuple[str, Path]] = []
+    for i, pattern in enumerate(patterns):
+        where = f"history.runs[{i}] = {pattern!r}"
+        expanded = str(Path(pattern).expanduser())
+        if glob.has_magic(expanded):
+            paths = [Path(p) for p in sorted(glob.glob(expanded)) if Path(p).is_dir()]
+            if not paths:
+                raise HistoryError(f"{where}: matches no directory; fix the glob, or remove it")
+        else:
+            if not Path(expanded).is_dir():
+                raise HistoryError(f"{where}: no such run directory; fix the path, or remove it")
+            paths = [Path(expanded)]
+        # A glob such as runs/digits-* matches the sweep's own directory: never its own history.
+        out += [(where, p) for p in paths if own is None or p.resolve() != own.resolve()]
+    return out
+
+
+def _read_run(path: Path, where: str, config: Any, space: SearchSpace, task: str) -> tuple[PastSweep, dict[str, Any], int]:
+    where = f"{where} ({path})" if str(path) not in where else where
+    saved = _read_json(path / "config.json", where)
+    result = _read_json(path / "result.json", where)
+    metric = result.get("metric") or {}
+    if metric.get("name") != config.metric_name() or metric.get("mode") != config.mode():
+        raise HistoryError(f"{where}: it optimised {metric.get('name')!r} ({metric.get('mode')}) and this sweep "
+                           f"optimises {config.metric_name()!r} ({config.mode()}); leave it out of history.runs, or "
+                           "set metric: to match")
+    try:
+        if saved.get("space") is not None:
+            source_space = SearchSpace.from_dict(saved["space"])
+        else:
+            from rungflow.config import validate
+
+            source_space = validate(saved).search_space()
+    except (SpaceError, ValueError, TypeError) as exc:
+        raise HistoryError(f"{where}: its config.json has no readable space ({str(exc)[:120]}); leave it out of "
+                           "history.runs") from None
+    _check_params(space, {p.name: _kind(p) for p in source_space.params}, where,
+                  "leave that run out of history.runs, or remove the parameter from this sweep's space")
+    ledger = path / "ledger.jsonl"
+    results: list[tuple[str, float, float | None]] = []
+    try:
+        with ledger.open("r", encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill: the ones before it are whole
+                if entry.get("type") == "spend":
+                    record = SpendRecord.from_json(entry["record"])
+                    ok = record.ok and record.score is not None and math.isfinite(record.score)
+                    results.append((record.trial_id, float(record.budget), float(record.score) if ok else None))
+    except OSError as exc:
+        raise HistoryError(f"{where}: ledger.jsonl cannot be read ({type(exc).__name__}); point history.runs at a "
+                           "run directory rungflow wrote") from None
+    fitter = _Fitter(space)
+    observations = _observations(fitter, result.get("trials") or {}, results)
+    trainable = saved.get("trainable") or {}
+    past_task = task_fingerprint({"trainable": trainable})
+    name = str(saved.get("name") or path.name)
+    sweep = PastSweep(name=f"{name}@{path.name}", observations=observations, mode=config.mode(), same_task=past_task == task)
+    source = {"source": str(path), "kind": "run", "name": name, "trials": len({o.trial_id for o in observations}),
+              "task": past_task, "same_task": past_task == task}
+    return sweep, source, fitter.outside
+
+
+def _open_storage(url: str) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shown = redact(url)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        # Optuna would create an empty database there: a typo must not look like a history of no studies.
+        raise HistoryError(f"history.optuna_url = {shown!r}: no such SQLite file; fix the path")
+    try:
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+        names = optuna.study.get_all_study_names(storage)
+    except Exception as exc:
+        raise HistoryError(f"history.optuna_url = {shown!r}: {type(exc).__name__}: {redact(str(exc)).splitlines()[0][:160]}; "
+                           "give an Optuna RDB storage that answers (sqlite:///path/optuna.db, "
+                           "postgresql+psycopg://user@host/db, or {secret: NAME})") from None
+    return storage, names
+
+
+def _study_kinds(study: Any) -> dict[str, str]:
+    import optuna.distributions as d
+
+    kinds: dict[str, str] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for name, dist in trial.distributions.items():
+            kinds[name] = ("categorical" if isinstance(dist, d.CategoricalDistribution)
+                           else "int" if isinstance(dist, d.IntDistribution) else "float")
+    return kinds
+
+
+def _read_study(storage: Any, name: str, config: Any, space: SearchSpace, task: str, max_budget: float,
+                shown: str) -> tuple[PastSweep, dict[str, Any], int]:
+    import optuna
+
+    where = f"history.studies: {name!r} in {shown}"
+    study = optuna.load_study(study_name=name, storage=storage)
+    mode = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
+    metric = (study.metric_names or [None])[0]
+    if mode != config.mode() or (metric is not None and metric != config.metric_name()):
+        raise HistoryError(f"{where}: it {'maximised' if mode == 'max' else 'minimised'} {metric or 'its objective'!r} "
+                           f"and this sweep {'maximises' if config.mode() == 'max' else 'minimises'} "
+                           f"{config.metric_name()!r}; leave it out of history.studies, or set metric: to match")
+    _check_params(space, _study_kinds(study), where, "leave that study out of history.studies, or remove the parameter "
+                                                     "from this sweep's space")
+    trials: dict[str, dict[str, Any]] = {}
+    results: list[tuple[str, float, float | None]] = []
+    for trial in study.get_trials(deepcopy=False):
+        trial_id = str(trial.user_attrs.get(TRIAL_ATTR) or f"n{trial.number}")
+        trials[trial_id] = dict(trial.params)
+        steps = sorted(trial.intermediate_values)
+        budgets = trial.user_attrs.get(BUDGETS_ATTR) or steps
+        if len(budgets) != len(steps):
+            budgets = steps
+        for step, budget in zip(steps, budgets):
+            results.append((trial_id, float(budget), float(trial.intermediate_values[step])))
+        if trial.state == optuna.trial.TrialState.COMPLETE and not steps and trial.value is not None:
+            results.append((trial_id, max_budget, float(trial.value)))  # a plain Optuna trial: its value is the full budget's
+        elif trial.state == optuna.trial.TrialState.FAIL:
+            results.append((trial_id, float(trial.user_attrs.get("budget", 0.0)), None))
+    fitter = _Fitter(space)
+    observations = _observations(fitter, trials, results)
+    past_task = str(study.user_attrs.get(TASK_ATTR) or f"study:{name}")
+    sweep = PastSweep(name=name, observations=observations, mode=config.mode(), same_task=past_task == task)
+    source = {"source": f"{shown} study {name}", "kind": "study", "name": name,
+              "trials": len({o.trial_id for o in observations}), "task": past_task, "same_task": past_task == task}
+    return sweep, source, fitter.outside
+
+
+def load_history(config: Any, run_dir: Path | None = None) -> History | None:
+    """The history of a sweep config (``rungflow.config.SweepConfig``), or None without ``history:``."""
+    h = config.history
+    if h is None:
+        return None
+    space = config.search_space()
+    task = task_fingerprint(config.model_dump(mode="json"))
+    _, max_budget = config.budget_range()
+    history = History()
+    for where, path in _run_dirs(h.runs, run_dir):
+        sweep, source, outside = _read_run(path, where, config, space, task)
+        history.sweeps.append(sweep)
+        history.sources.append(source)
+        if outside:
+            history.notes.append(f"{path}: {outside} trial(s) outside this sweep's ranges left out")
+    if h.optuna_url is not None:
+        shown = redact(str(h.optuna_url))
+        storage, names = _open_storage(str(h.optuna_url))
+        if h.studies == "all":
+            own = {config.name} if (config.storage.optuna_url or "") == h.optuna_url else set()
+            wanted = []
+            for name in names:
+                if name in own:
+                    continue
+                import optuna
+
+                study = optuna.load_study(study_name=name, storage=storage)
+                kinds = _study_kinds(study)
+                metric = (study.metric_names or [None])[0]
+                mode = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
+                if not all(kinds.get(p.name) == _kind(p) for p in space.params):
+                    history.notes.append(f"study {name}: another space, left out")
+                elif mode != config.mode() or metric not in (None, config.metric_name()):
+                    history.notes.append(f"study {name}: another metric or mode, left out")
+                else:
+                    wanted.append(name)
+            if not wanted:
+                raise HistoryError(f"history.studies: all: no study in {shown} has this sweep's parameters "
+                                   f"({', '.join(space.names)}); name the studies, or use another history.optuna_url")
+        else:
+            assert h.studies is not None
+            for name in h.studies:
+                if name not in names:
+                    held = ", ".join(sorted(names)[:8]) + (" ..." if len(names) > 8 else "")
+                    raise HistoryError(f"history.studies: no study {name!r} in {shown} (it holds: {held or 'none'}); "
+                                       "fix the name, or write studies: all")
+            wanted = list(h.studies)
+        for name in wanted:
+            sweep, source, outside = _read_study(storage, name, config, space, task, max_budget, shown)
+            history.sweeps.append(sweep)
+            history.sources.append(source)
+            if outside:
+                history.notes.append(f"study {name}: {outside} trial(s) outside this sweep's ranges left out")
+    if not any(s.observations for s in history.sweeps):
+        raise HistoryError("history: its sources hold no finished trial in this sweep's space; point it at sweeps that "
+                           "ran, or remove the section")
+    return history
+
+
+PRIOR_FILE = "history.json"
+
+
+def prior_for(config: Any, run_dir: Path) -> dict[str, Any] | None:
+    """The prior a sweep in ``run_dir`` starts from: ``{"summary", "portfolio", "warm_start"}``, or None.
+
+    A resumed sweep reads the one its first session saved (:func:`save_prior`), not the sources again: a glob
+    that now matches more runs would change the proposals the ledger replays.
+    """
+    if config.history is None:
+        return None
+    saved = run_dir / PRIOR_FILE
+    if saved.is_file() and (run_dir / "ledger.jsonl").is_file():
+        try:
+            return json.loads(saved.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise HistoryError(f"{saved} cannot be read ({type(exc).__name__}); a resume replays the prior saved "
+                               "there: restore it, or start a new sweep with a new run directory") from None
+    from rungflow.budgets.prior import build_prior
+
+    history = load_history(config, run_dir)
+    assert history is not None
+    h = config.history
+    prior = build_prior(config.search_space(), history.sweeps, portfolio_size=h.portfolio, model=h.model == "auto")
+    summary = {**history.summary(), "portfolio_size": h.portfolio, "model": h.model,
+               "model_observations": len(prior.model_observations)}
+    return {"summary": summary, "portfolio": prior.portfolio, "warm_start": prior.warm_start()}
+
+
+def save_prior(run_dir: Path, prior: Mapping[str, Any]) -> None:
+    from rungflow.results import write_json_atomic
+
+    write_json_atomic(run_dir / PRIOR_FILE, prior)
