@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from rungflow.flows.cli_common import CLIError, console
+from rungflow.results import history_line
 
 
 def leaderboard_table(result: dict[str, Any], limit: int = 10) -> Table:
@@ -66,20 +67,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if result.get("runtime", {}).get("note"):
         lines.append(f"note: {result['runtime']['note']}")
     return lines
-
-
-def history_line(history: dict[str, Any]) -> str:
-    """``history: 3 earlier sweeps (96 trials, 1 task); 4 portfolio configs tried first, 2 of 5 incumbents from them``."""
-    tasks = history.get("tasks", 0)
-    head = (f"history: {history.get('sweeps', 0)} earlier sweeps ({history.get('trials', 0)} trials, {tasks} "
-            f"task{'s' if tasks != 1 else ''})")
-    taken = len(history.get("portfolio_trials") or [])
-    portfolio = (f"{taken} portfolio configs tried first, {history.get('incumbents_from_portfolio', 0)} of "
-                 f"{history.get('incumbents', 0)} incumbents from them"
-                 + (", the best among them" if history.get("best_from_portfolio") else ""))
-    model = history.get("model_observations", 0)
-    return f"{head}; {portfolio}; " + (f"the model also fit on {model} earlier results of the same task" if model
-                                       else "the model fit on this sweep's results only")
 
 
 def spent_line(ledger: dict[str, Any]) -> str:

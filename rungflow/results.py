@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rungflow.config import SweepConfig
 
 __all__ = ["build_result", "SweepState", "write_json_atomic", "leaderboard", "load_result", "plot_anytime", "anytime_png",
-           "events_of", "planned_rungs", "savings", "counts", "hyperparameter_schedule", "schedule_png", "TOP_N"]
+           "events_of", "history_section", "history_line", "planned_rungs", "savings", "counts", "hyperparameter_schedule", "schedule_png", "TOP_N"]
 
 #: Leaderboard rows kept in result.json and shown in the Prefect artifact; the rest are counted, not listed.
 TOP_N = 25
@@ -253,6 +253,20 @@ def history_section(prior: Mapping[str, Any] | None, trials: Mapping[str, Mappin
     return {**summary, "portfolio": prior.get("portfolio", []), "portfolio_trials": taken,
             "incumbents": len(incumbents), "incumbents_from_portfolio": sum(t in taken for t in incumbents),
             "best_from_portfolio": bool(incumbents) and incumbents[-1] in taken}
+
+
+def history_line(history: dict[str, Any]) -> str:
+    """``history: 3 earlier sweeps (96 trials, 1 task); 4 portfolio configs tried first, 2 of 5 incumbents from them``."""
+    tasks = history.get("tasks", 0)
+    head = (f"history: {history.get('sweeps', 0)} earlier sweeps ({history.get('trials', 0)} trials, {tasks} "
+            f"task{'s' if tasks != 1 else ''})")
+    taken = len(history.get("portfolio_trials") or [])
+    portfolio = (f"{taken} portfolio configs tried first, {history.get('incumbents_from_portfolio', 0)} of "
+                 f"{history.get('incumbents', 0)} incumbents from them"
+                 + (", the final best among them" if history.get("best_from_portfolio") else ""))
+    model = history.get("model_observations", 0)
+    return f"{head}; {portfolio}; " + (f"the model also fit on {model} earlier results of the same task" if model
+                                       else "the model fit on this sweep's results only")
 
 
 def utilisation(records: list[SpendRecord], slots: int) -> dict[str, Any]:

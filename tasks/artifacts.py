@@ -24,7 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from rungflow.config import slug
-from rungflow.results import TOP_N, anytime_png, schedule_png
+from rungflow.results import TOP_N, anytime_png, history_line, schedule_png
 from rungflow.tasks.api_watch import PrefectAPIUnreachable, PrefectAPIWatch
 
 __all__ = ["SweepArtifacts", "PrefectAPIUnreachable", "leaderboard_rows", "leaderboard_description",
@@ -154,6 +154,8 @@ def summary_markdown(result: Mapping[str, Any], top: int = 5) -> str:
         *_held_lines(ledger),
         f"**Stop reason:** `{result.get('stop_reason')}` — {result.get('stop_detail', '')}", "",
     ]
+    if result.get("history"):
+        lines += [f"**History:** {history_line(result['history']).removeprefix('history: ')}", ""]
     stops = [d for d in result.get("decisions") or [] if d.get("action") == "stop"]
     if stops:
         lines += ["The controller's figures at the stop:", "", *_decision_table(stops[-1]), ""]

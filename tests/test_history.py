@@ -184,6 +184,9 @@ def test_the_portfolio_runs_first_in_a_real_sweep_and_result_json_says_what_it_g
     assert 0 <= h["incumbents_from_portfolio"] <= h["incumbents"]
     line = next(x for x in summary_lines(result) if x.startswith("history:"))
     assert "2 earlier sweeps (34 trials, 1 task); 2 portfolio configs tried first" in line
+    from rungflow.tasks.artifacts import summary_markdown
+
+    assert "**History:** 2 earlier sweeps" in summary_markdown(result)
 
 
 # --- Optuna studies --------------------------------------------------------------------------------------
