@@ -265,3 +265,15 @@ def test_a_postgresql_storage_of_several_sweeps_with_its_password_redacted(postg
     with pytest.raises(HistoryError) as err:
         load_history(_config(tmp_path, {"optuna_url": url, "studies": ["digits-w4"]}))
     assert "digits-w1, digits-w2, digits-w3" in str(err.value) and postgres.password not in str(err.value)
+
+
+def test_a_resumed_sweep_replays_its_saved_prior_not_the_sources(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, {"runs": [str(tmp_path / "gone-since")]})
+    run = cfg.run_dir()
+    with pytest.raises(HistoryError, match="no such run directory"):
+        prior_for(cfg, run)  # a new sweep reads the sources
+    run.mkdir(parents=True)
+    saved = {"summary": {"sweeps": 1}, "portfolio": [{"x": 0.5, "y": 0.5}], "warm_start": {"observations": [], "enqueue": []}}
+    (run / "history.json").write_text(json.dumps(saved))
+    (run / "ledger.jsonl").write_text("")
+    assert prior_for(cfg, run) == saved  # a resume: the proposals the ledger replays came from this prior
