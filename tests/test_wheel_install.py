@@ -66,6 +66,9 @@ def test_the_wheel_holds_one_top_level_package_and_its_data(wheel: Path) -> None
         assert shipped in names, shipped
 
 
+# Its minutes go to pip filling a fresh venv, beside the suite's two processes on 2 cores; each step has a timeout of
+# its own (below), so the suite-wide 600 s would only cut a slow install short, never catch a hang.
+@pytest.mark.timeout(2400)
 def test_install_into_a_users_numpy2_env_changes_none_of_their_versions_and_sweeps(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "user-env"
     _run([sys.executable, "-m", "venv", str(venv)], timeout=120)
