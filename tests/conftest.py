@@ -46,6 +46,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
         report.longrepr = f"skipped where nothing may be (RUNGFLOW_NO_SKIPS=1): {reason}"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    # A whole file skipped at import (pytest.importorskip) is a collection report, not a test's: the same rule.
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("RUNGFLOW_NO_SKIPS") == "1" and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped where nothing may be (RUNGFLOW_NO_SKIPS=1): {reason}"
+
+
+# The files whose tests take minutes (real servers, Ray clusters, fresh workers importing torch) go first: with two
+# test processes taking a file at a time, long files left for the end keep one process busy while the other waits.
+SLOW_FILES_FIRST = ("test_bench_gpu.py", "test_postgres.py", "test_flow.py", "test_prefect_restart.py",
+                    "test_function_trainable.py", "test_mlflow.py", "test_resume.py", "test_model_families.py",
+                    "test_history.py", "test_prefect_api_loss.py", "test_ui_browser.py", "test_deployments.py",
+                    "test_terminal.py", "test_automl_flow.py", "test_pbt_flow.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
