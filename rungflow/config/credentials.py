@@ -8,11 +8,11 @@ plain string, while the config dumps back to ``{secret: NAME}``: config.json, th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import PlainSerializer, ValidationError, WrapValidator
 
-__all__ = ["SecretValue", "resolve_secret_field", "dump_secret_field", "check_s3_block"]
+__all__ = ["SecretValue", "OptionalSecretURL", "resolve_secret_field", "dump_secret_field", "check_s3_block"]
 
 
 class SecretValue(str):
@@ -65,6 +65,11 @@ def resolve_secret_field(value: Any, handler: Callable[[Any], Any]) -> Any:
 def dump_secret_field(value: Any) -> Any:
     """What a config dumps for a field: the block reference where the value came from a Secret block."""
     return {"secret": value.block} if isinstance(value, SecretValue) else value
+
+
+# A URL field that may be given as {secret: NAME}: read from the Prefect Secret block when validated, dumped as the
+# reference (config.json, flow parameters), never as the value.
+OptionalSecretURL = Annotated[str | None, WrapValidator(resolve_secret_field), PlainSerializer(dump_secret_field)]
 
 
 def check_s3_block(name: str) -> Any:

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_serializer, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from rungflow.config.credentials import dump_secret_field, resolve_secret_field
+from rungflow.config.credentials import OptionalSecretURL
 from rungflow.config.errors import _Strict
 
 
 class HistoryConfig(_Strict):
     runs: list[str] = Field(default_factory=list, description="run directories of earlier sweeps, or globs of them "
                                                              "(runs/digits-*); their config.json, ledger.jsonl and result.json are read")
-    optuna_url: str | None = Field(default=None, description="an Optuna RDB storage holding earlier sweeps' studies; "
+    optuna_url: OptionalSecretURL = Field(default=None, description="an Optuna RDB storage holding earlier sweeps' studies; "
                                                             "{secret: NAME} reads it from a Prefect Secret block")
     studies: list[str] | Literal["all"] | None = Field(default=None, description="study names in optuna_url, or all: "
                                                                                  "every study there over the same space")
@@ -26,15 +26,6 @@ class HistoryConfig(_Strict):
     model: Literal["auto", "off"] = Field(default="auto", description="auto: earlier results of the same task (same "
                                                                        "trainable and options) also fit BOHB's/TPE's "
                                                                        "model; off: the portfolio only")
-
-    @field_validator("optuna_url", mode="wrap")
-    @classmethod
-    def _optuna_secret(cls, value: Any, handler: Any) -> Any:
-        return resolve_secret_field(value, handler)
-
-    @field_serializer("optuna_url")
-    def _dump_optuna_url(self, value: Any) -> Any:
-        return dump_secret_field(value)
 
     @field_validator("runs", mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, field_serializer, field_validator, model_validator
 
-from rungflow.config.credentials import check_s3_block, dump_secret_field, resolve_secret_field
+from rungflow.config.credentials import OptionalSecretURL, check_s3_block, dump_secret_field, resolve_secret_field
 from rungflow.config.errors import _Strict
 
 _CREDENTIAL_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key", "secret_key",
@@ -77,20 +77,11 @@ class S3Config(_Strict):
 
 class StorageConfig(_Strict):
     run_dir: str | None = None
-    optuna_url: str | None = Field(default=None, description="Optuna storage; default sqlite in the run directory; "
+    optuna_url: OptionalSecretURL = Field(default=None, description="Optuna storage; default sqlite in the run directory; "
                                                             "{secret: NAME} reads it from a Prefect Secret block")
     checkpoints: str | None = Field(default=None, description="checkpoint store: a directory or s3://bucket/prefix; "
                                                               "default RUN_DIR/checkpoints")
     s3: S3Config = Field(default_factory=S3Config)
-
-    @field_validator("optuna_url", mode="wrap")
-    @classmethod
-    def _optuna_secret(cls, value: Any, handler: Any) -> Any:
-        return resolve_secret_field(value, handler)
-
-    @field_serializer("optuna_url")
-    def _dump_optuna_url(self, value: Any) -> Any:
-        return dump_secret_field(value)
 
     @model_validator(mode="after")
     def _bucket_of_the_block(self) -> StorageConfig:
