@@ -244,11 +244,12 @@ def test_sweep_on_a_ray_cluster_reached_by_address(prefect_server: str, tmp_path
         assert result["ledger"]["trials_completed"] == 6
 
         # What the sweep held, against Ray's own record of its actors. Hyperband's barriers leave workers idle:
-        # with a 0.3 s grace they are given back and started again, so the holds are many short spans.
+        # with a 0.3 s grace they are given back and started again, so the holds are many short spans. One bracket
+        # at a time, so every rung's last 1 s trial leaves the other worker idle past the grace.
         held_cfg = validate(sweep_config(
             tmp_path, name="cluster-held",
             trainable={"kind": "noop", "options": {"sleep_seconds": 1.0}},
-            scheduler={"kind": "hyperband", "min_budget": 1, "max_budget": 9, "eta": 3},
+            scheduler={"kind": "hyperband", "min_budget": 1, "max_budget": 9, "eta": 3, "max_open_brackets": 1},
             search={"algorithm": "random", "seed": 0},
             runtime={"kind": "ray", "address": f"127.0.0.1:{port}", "cpus_per_trial": 1, "gpus_per_trial": 0.5,
                      "release_idle_after": 0.3},
