@@ -1,4 +1,5 @@
-"""After a sweep: refit the winning configuration and save it to the run directory's ``best_model/``.
+"""After a sweep: refit the winning configuration (or, with ``ensemble:``, the ensemble of trials that beats it on
+validation) and save it to the run directory's ``best_model/``.
 
 The winner is refitted from scratch at the budget it won at, with the seed its trial used, so the
 saved model is the one the sweep scored (checkpoints hold training state, not a servable model, and
@@ -27,7 +28,7 @@ log = logging.getLogger("rungflow.best_model")
 
 
 def refit_best(config: SweepConfig, run_dir: Path, result: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Refit and save the winner; returns what result.json records about it (None: nothing to save)."""
+    """Refit and save the winner, or the ensemble that beats it; returns what result.json records (None: nothing to save)."""
     from rungflow.tasks.models import fit_model, save_model
     from rungflow.tasks.trainables.tabular import TabularTrainable
 
@@ -35,12 +36,13 @@ def refit_best(config: SweepConfig, run_dir: Path, result: Mapping[str, Any]) ->
     if not best.get("trial_id") or not issubclass(config.trainable_class(), TabularTrainable):
         return None
     started = time.perf_counter()
+    ensemble: dict[str, Any] | None = None
     try:
-        device = "cpu"
-        if config.runtime.gpus_per_trial > 0:
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = _refit_device(config)
+        if config.ensemble is not None:
+            ensemble = _try_ensemble(config, run_dir, result, device)
+            if ensemble.get("saved"):
+                return {**ensemble.pop("model"), "ensemble": ensemble}
         trainable = config.trainable_class()(config.trainable.options)
         model = fit_model(config.trainable.kind, config.trainable.options, best["config"], float(best["budget"]),
                           device=device, seed=trainable.seed_for(config.search.seed, best["trial_id"]))
@@ -48,7 +50,8 @@ def refit_best(config: SweepConfig, run_dir: Path, result: Mapping[str, Any]) ->
     except Exception as exc:  # the sweep's results stand; say why there is no model
         log.warning("could not save the best model of %s: %s", best.get("trial_id"), exc)
         return {"error": f"{type(exc).__name__}: {exc}", "trial_id": best.get("trial_id")}
-    return {
+    saved = {
+        "kind": "single",
         "path": str(path.resolve()),
         "trial_id": best["trial_id"],
         "family": model.family,
@@ -57,6 +60,26 @@ def refit_best(config: SweepConfig, run_dir: Path, result: Mapping[str, Any]) ->
         "metrics": model.metrics,
         "refit_seconds": time.perf_counter() - started,
     }
+    return saved if ensemble is None else {**saved, "ensemble": ensemble}
+
+
+def _refit_device(config: SweepConfig) -> str:
+    if config.runtime.gpus_per_trial > 0:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def _try_ensemble(config: SweepConfig, run_dir: Path, result: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """The ensemble's record; a failure to build one costs the sweep its ensemble, never its single best model."""
+    from rungflow.tasks.ensemble_model import build_ensemble
+
+    try:
+        return build_ensemble(config, run_dir, result, device=device)
+    except Exception as exc:
+        log.warning("could not build an ensemble: %s: %s", type(exc).__name__, exc)
+        return {"saved": False, "reason": f"{type(exc).__name__}: {exc}"}
 
 
 @task(name="save-best-model", cache_policy=NO_CACHE, persist_result=False, retries=0)

@@ -14,10 +14,10 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["CheckpointStore", "LocalCheckpointStore", "S3CheckpointStore", "CorruptCheckpoint", "open_store",
-           "copy_checkpoint"]
+           "copy_checkpoint", "save_validation_predictions", "load_validation_predictions"]
 
 
 class CorruptCheckpoint(RuntimeError):
@@ -44,6 +44,32 @@ def copy_checkpoint(store: CheckpointStore, source: tuple[str, int], target: tup
         raise CorruptCheckpoint(f"the copy of {source[0]}'s rung-{source[1]} checkpoint for {target[0]} "
                                 "does not read back as written")
     return True
+
+
+def _predictions_key(trial_id: str) -> str:
+    # Beside the trial's checkpoints (root/<trial>/validation/rung-k.ckpt), under the same checksum and atomicity.
+    return f"{trial_id}/validation"
+
+
+def save_validation_predictions(store: CheckpointStore, trial_id: str, rung: int, predictions: Any) -> None:
+    """What the trial's model predicted on the validation rows at ``rung``, for the ensemble built after the sweep."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(predictions, dtype=np.float64), allow_pickle=False)
+    store.save(_predictions_key(trial_id), rung, buffer.getvalue())
+
+
+def load_validation_predictions(store: CheckpointStore, trial_id: str, rung: int) -> Any:
+    """The array :func:`save_validation_predictions` kept, or None where the trial kept none."""
+    import io
+
+    import numpy as np
+
+    data = store.load(_predictions_key(trial_id), rung)
+    return None if data is None else np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def atomic_write(path: Path, data: bytes) -> None:

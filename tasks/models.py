@@ -124,9 +124,13 @@ class FittedModel(ABC):
             return np.asarray(self.classes, dtype=object)[np.asarray(scores).argmax(axis=1)]
         return np.asarray(scores, dtype=np.float64).reshape(-1)
 
+    def validation_scores(self, dataset: Dataset) -> np.ndarray:
+        """Class probabilities or predictions on ``dataset``'s validation split (same encoding assumed)."""
+        return np.asarray(self._scores(np.asarray(dataset.X_valid)), dtype=np.float64)
+
     def evaluate(self, dataset: Dataset) -> dict[str, float]:
         """Metrics on ``dataset``'s validation split (same encoding assumed)."""
-        return score_predictions(self.task, dataset.y_valid, self._scores(np.asarray(dataset.X_valid)))
+        return score_predictions(self.task, dataset.y_valid, self.validation_scores(dataset))
 
     # -- persistence -------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -198,6 +202,8 @@ def _backend(backend: Any, family: Any, path: Path) -> type[FittedModel]:
     The family is looked up among the trainables by name (built in or installed), never imported from
     a string in the file, so a model directory cannot make rungflow import code that is not installed.
     """
+    if backend == "ensemble":  # a model of models, not a family
+        import rungflow.tasks.ensemble_model  # noqa: F401  (registers the backend)
     if backend not in BACKENDS:
         from rungflow.tasks.trainables import TrainableError, get_trainable_class
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.redact import redact
-from rungflow.tasks.checkpoints import CorruptCheckpoint, copy_checkpoint, open_store
+from rungflow.tasks.checkpoints import CorruptCheckpoint, copy_checkpoint, open_store, save_validation_predictions
 from rungflow.tasks.trainables import Trainable, TrainRequest, get_trainable_class
 
 __all__ = ["TrialSpec", "TrialResult", "run_trial", "attempt_stamp_name"]
@@ -230,6 +230,8 @@ def _run_trial(spec: TrialSpec) -> TrialResult:
         resumed_from = outcome.budget_reached - outcome.budget_trained if checkpoint is not None else None
         if outcome.checkpoint is not None:
             store.save(spec.trial_id, spec.rung, outcome.checkpoint)
+        if outcome.validation_predictions is not None:
+            save_validation_predictions(store, spec.trial_id, spec.rung, outcome.validation_predictions)
         if score is None or not math.isfinite(float(score)):
             status, error = TrialStatus.FAILED, f"score is {score!r} (not a finite number)"
             score = None

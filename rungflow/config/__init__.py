@@ -8,6 +8,7 @@ Every name is re-exported here, so ``from rungflow.config import X`` is the one 
 from __future__ import annotations
 
 from rungflow.config.budget import BUDGET_FROM_SCHEDULER, BUDGET_RENAMED, BudgetConfig, parse_duration
+from rungflow.config.ensemble import EnsembleConfig
 from rungflow.config.errors import ConfigError
 from rungflow.config.errors import _one_line as _one_line  # flows/retrain.py words its own errors the same way
 from rungflow.config.history import HistoryConfig
@@ -21,4 +22,4 @@ from rungflow.config.sweep import SweepConfig
 __all__ = ["SweepConfig", "ConfigError", "load_config", "apply_overrides", "parse_duration", "RESUMABLE", "resume_conflicts",
            "validate", "slug", "SLUG_MAX", "BUDGET_RENAMED", "BUDGET_FROM_SCHEDULER", "BudgetConfig", "TrainableConfig",
            "MetricConfig", "SearchConfig", "SchedulerConfig", "RuntimeConfig", "UiConfig", "S3Config", "StorageConfig",
-           "MLflowConfig", "TrackingConfig", "HistoryConfig"]
+           "MLflowConfig", "TrackingConfig", "HistoryConfig", "EnsembleConfig"]

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rungflow.budgets.space import SearchSpace, SpaceError
 from rungflow.config.budget import BudgetConfig
+from rungflow.config.ensemble import EnsembleConfig
 from rungflow.config.errors import _one_line, _Strict
 from rungflow.config.history import HistoryConfig
 from rungflow.config.runtime import RuntimeConfig, UiConfig
@@ -29,6 +30,7 @@ class SweepConfig(_Strict):
     ui: UiConfig = Field(default_factory=UiConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     history: HistoryConfig | None = None
+    ensemble: EnsembleConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -79,6 +81,12 @@ class SweepConfig(_Strict):
                              "so nothing could ever stop; lower it")
         if self.scheduler.kind == "pbt":
             self._check_pbt(trainable_cls, hi)
+        if self.ensemble is not None:
+            from rungflow.tasks.trainables.tabular import TabularTrainable
+
+            if not issubclass(trainable_cls, TabularTrainable):
+                raise ValueError(f"ensemble: trainable {self.trainable.kind!r} saves no model to ensemble; remove the "
+                                 "ensemble section or use a tabular family (e.g. mixed)")
         return self
 
     def _check_pbt(self, trainable_cls: Any, hi: float) -> None:

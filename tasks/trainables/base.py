@@ -46,6 +46,8 @@ class TrainOutcome:
     ``gpu_seconds`` is the trainable's own cost report (a surrogate knows what the real run would
     have cost); None means "bill me wall-clock x GPUs held", which the train task measures.
     ``budget_trained`` is the budget actually spent in this call (e.g. epochs run since the checkpoint).
+    ``validation_predictions``: what the scored model predicted on the validation rows (class probabilities or
+    numbers), kept beside the checkpoint when the sweep builds an ensemble; None where the trainable has none.
     """
 
     score: float
@@ -54,6 +56,7 @@ class TrainOutcome:
     checkpoint: bytes | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     gpu_seconds: float | None = None
+    validation_predictions: Any = None
 
 
 class TrainableOptions(BaseModel):

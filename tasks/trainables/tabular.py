@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rungflow.tasks.data import DataError, Dataset, DataSpec, load_dataset
-from rungflow.tasks.models import FittedModel
+from rungflow.tasks.models import FittedModel, score_predictions
 from rungflow.tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest
 
 __all__ = ["TabularOptions", "TabularTrainable", "FamilyFit", "trial_seed"]
@@ -43,10 +43,10 @@ class FamilyFit:
     checkpoint: bytes | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
 
-    def outcome(self, metrics: Mapping[str, float]) -> TrainOutcome:
+    def outcome(self, metrics: Mapping[str, float], validation_predictions: Any = None) -> TrainOutcome:
         """The trial's report of this fit, scored by ``metrics["val_score"]``."""
         return TrainOutcome(score=metrics["val_score"], budget_reached=self.budget_reached, budget_trained=self.budget_trained,
-                            checkpoint=self.checkpoint, metrics=metrics)
+                            checkpoint=self.checkpoint, metrics=metrics, validation_predictions=validation_predictions)
 
 
 class TabularTrainable(Trainable):
@@ -74,9 +74,10 @@ class TabularTrainable(Trainable):
         with _one_thread():
             fit = self.fit_to_budget(request.config, request.budget, dataset, device=request.device,
                                      seed=self.seed_for(request.seed, request.trial_id), checkpoint=request.checkpoint)
-            metrics = {**fit.model.evaluate(dataset), **fit.metrics}
+            predictions = fit.model.validation_scores(dataset)
+            metrics = {**score_predictions(dataset.task, dataset.y_valid, predictions), **fit.metrics}
         self.discard(fit.model)
-        return fit.outcome(metrics)
+        return fit.outcome(metrics, predictions)
 
     def seed_for(self, seed: int, trial_id: str) -> int:
         """The seed a trial trains with; ``fit(seed=seed_for(...))`` refits exactly the trial's model."""
