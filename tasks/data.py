@@ -59,9 +59,12 @@ class DataSpec(BaseModel):
     task: Task | None = None
     validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     seed: int = 0
+    drop: tuple[str, ...] = Field(default=(), description="columns left out of the features (identifiers, free text)")
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
+        if self.label is not None and self.label in self.drop:
+            raise ValueError(f"data.drop names the label {self.label!r}; remove it from data.drop")
         src = self.source.strip()
         if not src:
             raise ValueError("data.source is empty; give sklearn:breast_cancer, a .csv/.parquet path or s3://bucket/key.csv")
@@ -103,7 +106,7 @@ def _one_line(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown field; allowed: source, label, task, validation_fraction, seed"
+            msg = "unknown field; allowed: source, label, task, validation_fraction, seed, drop"
         elif err["type"] == "missing":
             msg = "is required"
         parts.append(f"data.{loc}: {msg}" if loc else msg)
@@ -228,6 +231,7 @@ class Dataset:
     label: str
     categories: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     source: str = ""
+    dropped: tuple[str, ...] = ()
 
     @property
     def n_classes(self) -> int:
@@ -242,6 +246,7 @@ class Dataset:
             "classes": None if self.classes is None else [_json_value(c) for c in self.classes],
             "label": self.label,
             "fingerprint": self.fingerprint,
+            "dropped": list(self.dropped),
         }
 
     def encode(self, frame: pd.DataFrame) -> np.ndarray:
@@ -322,7 +327,8 @@ def _build(spec: DataSpec) -> Dataset:
     digest = fingerprint(frame, label)
     schema = {str(c): str(t) for c, t in frame.dtypes.items()}
     frame = frame[frame[label].notna()].reset_index(drop=True)
-    features = [c for c in frame.columns if c != label]
+    dropped = tuple(c for c in spec.drop if c in frame.columns)
+    features = [c for c in frame.columns if c != label and c not in dropped]
     if not features:
         raise DataError(f"data.source = {spec.source!r}: only the label column {label!r}; the table needs feature columns too")
     if len(frame) < 4:
@@ -362,7 +368,7 @@ def _build(spec: DataSpec) -> Dataset:
     return Dataset(
         X_train=x_tr, y_train=y_tr, X_valid=x_va, y_valid=y_va,
         feature_names=tuple(features), task=task, classes=classes, fingerprint=digest, schema=schema,
-        label=label, categories=categories, source=spec.source,
+        label=label, categories=categories, source=spec.source, dropped=dropped,
     )
 
 
