@@ -46,8 +46,8 @@ class TrialJob:
     bracket: int
     rung: int
     budget: float
-    resume_from_rung: int | None
-    attempt: int
+    resume_from_rung: int | None = None
+    attempt: int = 0
     # A scheduler's clone: the trial whose checkpoint at ``resume_from_rung`` this trial starts from.
     clone_from: str | None = None
 

@@ -223,21 +223,15 @@ class Sweep(SweepDriver):
 
     def spec(self, job: TrialJob) -> TrialSpec:
         rt = self.config.runtime
-        return TrialSpec(
-            trial_id=job.trial_id,
+        return TrialSpec.of(
+            job,
             config=dict(job.config),
-            bracket=job.bracket,
-            rung=job.rung,
-            budget=job.budget,
             trainable_kind=self.config.trainable.kind,
             trainable_options=self.config.trainable.options,
             checkpoint_dir=self.config.storage.checkpoint_location(self.run_dir),
-            resume_from_rung=job.resume_from_rung,
-            clone_from=job.clone_from,
             gpus=rt.gpus_per_trial,
             cpus=rt.cpus_per_trial,
             seed=self.config.search.seed,
-            attempt=job.attempt,
             attempt_dir=str(self.attempts_dir.resolve()),
         )
 
@@ -528,7 +522,7 @@ def runtime_of(config: SweepConfig) -> Runtime:
 def _function_folder(config: SweepConfig) -> str | None:
     """A training function's folder, which travels to a remote Ray cluster as the job's working directory."""
     options = config.trainable.options
-    if config.trainable.kind == "function" and options.get("entrypoint") and options.get("base_dir"):
+    if options.get("entrypoint") and options.get("base_dir"):
         return str(options["base_dir"])
     return None
 

@@ -17,10 +17,11 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from typing import Any
 
+from rungflow.budgets.driver import TrialJob
 from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.redact import redact
 from rungflow.tasks.checkpoints import CorruptCheckpoint, copy_checkpoint, open_store, save_validation_predictions
@@ -31,26 +32,21 @@ __all__ = ["TrialSpec", "TrialResult", "run_trial", "attempt_stamp_name"]
 log = logging.getLogger("rungflow.train")
 
 
-@dataclass(frozen=True)
-class TrialSpec:
-    """Everything a worker needs to run one trial at one rung (picklable, no live objects)."""
+@dataclass(frozen=True, kw_only=True)
+class TrialSpec(TrialJob):
+    """The driver's job, with everything a worker needs to run it (picklable, no live objects)."""
 
-    trial_id: str
-    config: Mapping[str, Any]
-    bracket: int
-    rung: int
-    budget: float
     trainable_kind: str
     trainable_options: Mapping[str, Any]
     checkpoint_dir: str
-    resume_from_rung: int | None = None
     gpus: float = 0.0
     seed: int = 0
-    attempt: int = 0
-    attempt_dir: str | None = None
-    cpus: float = 0.0  # where the attempt stamps when it starts training (resume bills from it)
-    # A scheduler's clone: copy this trial's checkpoint at ``resume_from_rung`` as this trial's own, then resume.
-    clone_from: str | None = None
+    attempt_dir: str | None = None  # where the attempt stamps when it starts training (resume bills from it)
+    cpus: float = 0.0
+
+    @classmethod
+    def of(cls, job: TrialJob, **worker: Any) -> TrialSpec:
+        return cls(**{**{f.name: getattr(job, f.name) for f in fields(TrialJob)}, **worker})
 
 
 def attempt_stamp_name(trial_id: str, rung: int, attempt: int) -> str:

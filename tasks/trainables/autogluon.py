@@ -10,7 +10,6 @@ store per rung) and its headline numbers are in the trial's metrics.
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -18,7 +17,6 @@ from pydantic import Field
 from rungflow.budgets.space import CategoricalParam, SearchSpace
 from rungflow.tasks.trainables.base import TrainableOptions, register
 from rungflow.tasks.trainables.external import AUTOGLUON, ExternalModel, ExternalOptions, ExternalTrainable
-from rungflow.tasks.trainables.tabular import FamilyFit
 
 __all__ = ["AutoGluonOptions", "AutoGluonTrainable", "AutoGluonModel"]
 
@@ -34,12 +32,9 @@ class AutoGluonOptions(ExternalOptions):
     num_gpus: int = Field(0, ge=0)
 
 
-class AutoGluonModel(ExternalModel):
+class AutoGluonModel(ExternalModel, backend="autogluon", env_spec=AUTOGLUON,
+                     saved_as="predictor"):
     """A fitted ``TabularPredictor``; predictions run in the AutoGluon environment."""
-
-    backend = "autogluon"
-    env_spec = AUTOGLUON
-    saved_as = "predictor"
 
 
 @register
@@ -56,21 +51,20 @@ class AutoGluonTrainable(ExternalTrainable):
     def default_space(self) -> SearchSpace:
         return SearchSpace((CategoricalParam("presets", ("medium_quality", "good_quality")),))
 
-    def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
+    def worker_options(self, config, *, device, seed) -> dict[str, Any]:
         opts = self.options
-        time_limit = max(float(budget), 1.0)
-        model, result = self.fit_in_worker(config, dataset, time_limit, {
-            "time_limit": time_limit,
+        return {
             "presets": config.get("presets", opts.presets),
             "hyperparameters": opts.hyperparameters,
             "num_cpus": opts.num_cpus,
             "num_gpus": opts.num_gpus if device.startswith("cuda") else 0,
             "seed": seed,
-        })
+        }
+
+    def result_metrics(self, result) -> dict[str, float]:
         metrics = {"ag_fit_seconds": float(result["fit_seconds"]), "ag_models": float(result["n_models"]),
                    "ag_worker_seconds": float(result["worker_seconds"])}
         for row in result["leaderboard"][:10]:
             if row.get("score_val") is not None:
                 metrics[f"ag_score_val/{row['model']}"] = float(row["score_val"])
-        board = json.dumps({"time_limit": time_limit, "best_model": result["best_model"], "leaderboard": result["leaderboard"]}).encode()
-        return FamilyFit(model, time_limit, time_limit, board, metrics)
+        return metrics

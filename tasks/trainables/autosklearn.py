@@ -8,13 +8,11 @@ fails with the reason and the build command, and its tests are skipped saying so
 
 from __future__ import annotations
 
-import json
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rungflow.budgets.space import SearchSpace
 from rungflow.tasks.trainables.base import TrainableOptions, register
 from rungflow.tasks.trainables.external import AUTOSKLEARN, ExternalModel, ExternalOptions, ExternalTrainable
-from rungflow.tasks.trainables.tabular import FamilyFit
 
 __all__ = ["AutoSklearnOptions", "AutoSklearnTrainable", "AutoSklearnModel"]
 
@@ -23,12 +21,8 @@ class AutoSklearnOptions(ExternalOptions):
     memory_limit_mb: int = 3072
 
 
-class AutoSklearnModel(ExternalModel):
+class AutoSklearnModel(ExternalModel, backend="autosklearn", env_spec=AUTOSKLEARN):
     """A fitted auto-sklearn ensemble; loading and prediction happen in the auto-sklearn environment."""
-
-    backend = "autosklearn"
-    env_spec = AUTOSKLEARN
-    saved_as = "autosklearn"
 
 
 @register
@@ -45,10 +39,11 @@ class AutoSklearnTrainable(ExternalTrainable):
     def default_space(self) -> SearchSpace | None:
         return None  # auto-sklearn searches its own space; sweep only the budget (use scheduler.kind: fifo)
 
-    def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
-        time_limit = max(int(round(budget)), 30)
-        model, result = self.fit_in_worker(config, dataset, time_limit, {
-            "time_limit": time_limit, "seed": seed, "memory_limit_mb": self.options.memory_limit_mb})
-        metrics = {"askl_fit_seconds": float(result["fit_seconds"]), "askl_models": float(result["n_models"])}
-        board = json.dumps({"time_limit": time_limit, "leaderboard": result["leaderboard"]}).encode()
-        return FamilyFit(model, float(time_limit), float(time_limit), board, metrics)
+    def time_limit(self, budget: float) -> float:
+        return float(max(int(round(budget)), 30))
+
+    def worker_options(self, config, *, device, seed) -> dict[str, Any]:
+        return {"seed": seed, "memory_limit_mb": self.options.memory_limit_mb}
+
+    def result_metrics(self, result) -> dict[str, float]:
+        return {"askl_fit_seconds": float(result["fit_seconds"]), "askl_models": float(result["n_models"])}

@@ -32,7 +32,7 @@ import numpy as np
 from rungflow.tasks.data import Dataset
 from rungflow.tasks.models import FittedModel, _kwargs_of
 from rungflow.tasks.trainables.base import TrainableError, TrainableOptions
-from rungflow.tasks.trainables.tabular import TabularOptions, TabularTrainable
+from rungflow.tasks.trainables.tabular import FamilyFit, TabularOptions, TabularTrainable
 
 __all__ = ["ExternalEnv", "AUTOGLUON", "AUTOSKLEARN", "run_worker", "worker_request", "ExternalModel", "ExternalOptions", "ExternalTrainable"]
 
@@ -163,6 +163,13 @@ class ExternalModel(FittedModel):
     env_spec: ClassVar[ExternalEnv]
     saved_as: ClassVar[str]
 
+    def __init_subclass__(cls, *, backend: str = "", env_spec: ExternalEnv | None = None, saved_as: str = "",
+                          **kwargs: Any) -> None:
+        # A library's model is its name in saved manifests, its worker's environment and the folder it saves under.
+        if backend and env_spec is not None:
+            cls.backend, cls.env_spec, cls.saved_as = backend, env_spec, saved_as or backend
+        super().__init_subclass__(**kwargs)
+
     def __init__(self, directory: str | Path, *, leaderboard: list[dict[str, Any]] | None = None, env: str | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -200,11 +207,34 @@ class ExternalOptions(TabularOptions):
 
 
 class ExternalTrainable(TabularTrainable):
-    """A family whose fits run in :attr:`Model`'s worker, from scratch at each rung, with ``time_limit = budget`` seconds."""
+    """A family whose fits run in :attr:`Model`'s worker, from scratch at each rung, with ``time_limit = budget`` seconds.
+
+    A library says what its worker needs (:meth:`worker_options`) and which of its result's numbers become the
+    trial's metrics (:meth:`result_metrics`); the fit, the leaderboard checkpoint and the budget accounting are shared.
+    """
 
     Options: ClassVar[type[TrainableOptions]] = ExternalOptions
     options: ExternalOptions
     Model: ClassVar[type[ExternalModel]]
+    min_time_limit: ClassVar[float] = 1.0
+
+    def worker_options(self, config: Mapping[str, Any], *, device: str, seed: int) -> dict[str, Any]:
+        """The library's own arguments for one fit, beside ``time_limit``."""
+        return {"seed": seed}
+
+    def result_metrics(self, result: Mapping[str, Any]) -> dict[str, float]:
+        return {}
+
+    def time_limit(self, budget: float) -> float:
+        return max(float(budget), self.min_time_limit)
+
+    def fit_to_budget(self, config, budget, dataset, *, device, seed, checkpoint=None) -> FamilyFit:
+        time_limit = self.time_limit(budget)
+        model, result = self.fit_in_worker(config, dataset, time_limit, {
+            "time_limit": time_limit, **self.worker_options(config, device=device, seed=seed)})
+        board = {"time_limit": time_limit, **{k: result[k] for k in ("best_model",) if k in result},
+                 "leaderboard": result["leaderboard"]}
+        return FamilyFit(model, time_limit, time_limit, json.dumps(board).encode(), self.result_metrics(result))
 
     def check(self) -> None:
         # Before any spending: a missing environment is one line naming the command that builds it.
