@@ -56,28 +56,56 @@ def _section(name: str, value: Any) -> Any:
     raise ConfigError(f"{name} = {value!r}: pass a dict (as the YAML section) or its config model")
 
 
-def build_config(train: Callable[..., Any] | str, *, space: Mapping[str, Any], metric: str | Mapping[str, Any] | None = None,
-                 mode: str | None = None, name: str | None = None, out: str | Path | None = None,
-                 **sections: Any) -> SweepConfig:
-    """The validated config of ``sweep``'s arguments (nothing runs)."""
+def build_config(train: Callable[..., Any] | str, *, space: Mapping[str, Any] | None = None,
+                 metric: str | Mapping[str, Any] | None = None, mode: str | None = None, name: str | None = None,
+                 out: str | Path | None = None, budget_metric: str | None = None, **sections: Any) -> SweepConfig:
+    """The validated config of ``sweep``'s arguments (nothing runs but an Optuna objective's space probe)."""
     from rungflow.tasks.trainables import TrainableError
+    from rungflow.tasks.trainables.callable_kind import callable_kind
     from rungflow.tasks.trainables.function import register_callable
 
     unknown = sorted(set(sections) - set(_SECTIONS))
     if unknown:
         raise ConfigError(f"rungflow.sweep({unknown[0]}=...): unknown argument; use space, metric, mode, name, out, "
-                          f"{', '.join(_SECTIONS)}")
+                          f"budget_metric, {', '.join(_SECTIONS)}")
+    kind = "function" if isinstance(train, str) else callable_kind(train, has_space=space is not None)
+    if space is None and kind == "function":
+        raise ConfigError("rungflow.sweep(train, ...): give space={...} (the parameters to search); only an Optuna "
+                          "objective(trial) defines its own")
+    if budget_metric is not None and kind != "raytune_function":
+        raise ConfigError("rungflow.sweep(budget_metric=...): only a Ray Tune function train(config) reports metrics "
+                          "that can count the budget; remove it")
     if isinstance(train, str):
         trainable: dict[str, Any] = {"function": train, "options": {"base_dir": str(Path.cwd())}}
         default_name = train.rpartition(":")[2]
     else:
         try:
-            token = register_callable(train)
+            token = register_callable(train, check=kind == "function")
         except TrainableError as exc:
             raise ConfigError(str(exc)) from None
-        trainable = {"kind": "function", "options": {"callable": token}}
-        default_name = getattr(train, "__name__", "sweep")
-    data: dict[str, Any] = {"name": name or default_name, "trainable": trainable, "space": dict(space)}
+        trainable = {"kind": kind, "options": {"callable": token}}
+        default_name = getattr(train, "__name__", None) or type(train).__name__.lower()
+    metric_name = metric.get("name") if isinstance(metric, Mapping) else metric
+    data: dict[str, Any] = {"name": name or default_name, "trainable": trainable}
+    if kind == "raytune_function":
+        from rungflow.budgets.foreign_space import tune_param_space
+        from rungflow.budgets.space import SpaceError
+
+        if not metric_name:
+            raise ConfigError("metric: name the key your function passes to tune.report, e.g. metric='mean_loss', mode='min'")
+        try:
+            converted = tune_param_space(space or {})
+        except SpaceError as exc:
+            raise ConfigError(str(exc)) from None
+        data["space"] = converted.space
+        trainable["options"].update(metric=metric_name, layout=converted.layout, steps=converted.steps,
+                                    **({"budget_metric": budget_metric} if budget_metric else {}))
+    elif kind == "optuna_objective":
+        trainable["options"]["mode"] = (metric.get("mode") if isinstance(metric, Mapping) else mode) or "max"
+        if "scheduler" not in sections and not _objective_reports(trainable["options"]):
+            sections["scheduler"] = {"kind": "fifo", "min_budget": 1, "max_budget": 1}
+    else:
+        data["space"] = dict(space or {})
     if metric is not None or mode is not None:
         data["metric"] = dict(metric) if isinstance(metric, Mapping) else {"name": metric, "mode": mode}
     for key, value in sections.items():
@@ -87,13 +115,29 @@ def build_config(train: Callable[..., Any] | str, *, space: Mapping[str, Any], m
     return validate(data)
 
 
-def sweep(train: Callable[..., Any] | str, *, space: Mapping[str, Any], metric: str | Mapping[str, Any] | None = None,
-          mode: str | None = None, name: str | None = None, out: str | Path | None = None,
+def _objective_reports(options: Mapping[str, Any]) -> bool:
+    """Whether the objective calls trial.report (probed once; a problem surfaces as the config's one line)."""
+    from rungflow.tasks.trainables import TrainableError
+    from rungflow.tasks.trainables.optuna_objective import OptunaObjectiveTrainable
+
+    try:
+        return OptunaObjectiveTrainable(options).probe()[1]
+    except TrainableError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def sweep(train: Callable[..., Any] | str, *, space: Mapping[str, Any] | None = None,
+          metric: str | Mapping[str, Any] | None = None, mode: str | None = None, name: str | None = None,
+          out: str | Path | None = None, budget_metric: str | None = None,
           search: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
           budget: Mapping[str, Any] | None = None, runtime: Mapping[str, Any] | None = None,
           storage: Mapping[str, Any] | None = None, ui: Mapping[str, Any] | None = None,
           history: Mapping[str, Any] | None = None) -> SweepResult:
     """Sweep ``train(config, budget, checkpoint)`` over ``space``; blocks until the sweep stops.
+
+    ``train`` may also be a Ray Tune function ``train(config)`` with its ``param_space`` as ``space`` (Ray Tune's
+    samplers allowed; ``budget_metric`` names a reported metric that counts the budget, ``training_iteration``
+    by default), or an Optuna ``objective(trial)`` with no ``space``: its own is learned from it (docs/migrate.md).
 
     ``out`` is the run directory (default ``runs/<name>``). Calling again with the same function and
     arguments on the same ``out`` resumes it: finished trials are replayed from the ledger, not rerun.
@@ -104,7 +148,8 @@ def sweep(train: Callable[..., Any] | str, *, space: Mapping[str, Any], metric: 
 
     sections = {k: v for k, v in {"search": search, "scheduler": scheduler, "budget": budget, "runtime": runtime,
                                   "storage": storage, "ui": ui, "history": history}.items() if v is not None}
-    config = build_config(train, space=space, metric=metric, mode=mode, name=name, out=out, **sections)
+    config = build_config(train, space=space, metric=metric, mode=mode, name=name, out=out, budget_metric=budget_metric,
+                          **sections)
     try:
         config.trainable_class()(config.trainable.options).check()  # file, function and signature, before spending
     except TrainableError as exc:
@@ -121,7 +166,11 @@ def _best_checkpoint(config: SweepConfig, run_dir: Path, result: Mapping[str, An
     from rungflow.tasks.trainables.function import decode_checkpoint
 
     best = result.get("best") or {}
-    if "trial_id" not in best or best.get("rung") is None:
+    if "trial_id" not in best or best.get("rung") is None or config.trainable.kind == "optuna_objective":
         return None
     data = open_store(config.storage.checkpoint_location(run_dir)).load(best["trial_id"], int(best["rung"]))
+    if data is not None and config.trainable.kind == "raytune_function":
+        from rungflow.tasks.trainables.raytune_function import restore_checkpoint
+
+        return restore_checkpoint(data, run_dir / "best_checkpoint")
     return None if data is None else decode_checkpoint(data)[0]

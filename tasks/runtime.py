@@ -226,7 +226,7 @@ class RayRuntime(Runtime):
     def _function_args(self, spec: TrialSpec) -> tuple[Any, ...]:
         """A user's training function passed from Python travels to the workers as Ray ships functions:
         cloudpickled once into the object store, installed by each worker on first use."""
-        token = spec.trainable_options.get("callable") if spec.trainable_kind == "function" else None
+        token = spec.trainable_options.get("callable")  # the function, Ray Tune and Optuna kinds alike
         if token is None:
             return ()
         import ray

@@ -26,6 +26,8 @@ _MODULES = {
     "autosklearn": "rungflow.tasks.trainables.autosklearn",
     "mixed": "rungflow.tasks.trainables.mixed",
     "function": "rungflow.tasks.trainables.function",
+    "raytune_function": "rungflow.tasks.trainables.raytune_function",
+    "optuna_objective": "rungflow.tasks.trainables.optuna_objective",
 }
 
 # kind -> (module it cannot run without, the extra that installs it): checked before the family's module is

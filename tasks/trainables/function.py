@@ -70,9 +70,14 @@ _CALLABLES: dict[str, Callable[..., Any]] = {}
 _SHIPPED: dict[str, bytes] = {}
 
 
-def register_callable(fn: Callable[..., Any]) -> str:
-    """Register ``fn`` for this process's sweeps; the token names it in the sweep's config."""
-    _check_signature(fn, describe=getattr(fn, "__qualname__", repr(fn)))
+def register_callable(fn: Callable[..., Any], *, check: bool = True) -> str:
+    """Register ``fn`` for this process's sweeps; the token names it in the sweep's config.
+
+    ``check=False`` is for the callables of other shapes (a Ray Tune function, an Optuna objective), whose
+    trainables check them their own way.
+    """
+    if check:
+        _check_signature(fn, describe=getattr(fn, "__qualname__", repr(fn)))
     # Stable across processes, so a rerun of the same script resumes its run directory; redefining the
     # function (a notebook cell run again) replaces it under the same name.
     digest = hashlib.blake2b(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}".encode(), digest_size=4)
@@ -154,7 +159,7 @@ def _check_signature(fn: Any, describe: str) -> None:
         raise TrainableError(f"trainable.function {describe} takes ({names}); it must take (config, budget, checkpoint)")
 
 
-def _load_entrypoint(entrypoint: str, base_dir: str | None) -> Callable[..., Any]:
+def _load_entrypoint(entrypoint: str, base_dir: str | None, check: bool = True) -> Callable[..., Any]:
     if os.environ.get(ENTRYPOINTS_ENV, "1").strip().lower() in ("0", "false", "no"):
         raise TrainableError(f"trainable.function = {entrypoint!r}: file entrypoints are switched off here "
                              f"({ENTRYPOINTS_ENV}=0); use a registered trainable kind, or ask the operator")
@@ -187,7 +192,8 @@ def _load_entrypoint(entrypoint: str, base_dir: str | None) -> Callable[..., Any
         raise TrainableError(f"trainable.function = {entrypoint!r}: {path.name} has no {name!r}; define "
                              f"def {name}(config, budget, checkpoint) there")
     fn = getattr(module, name)
-    _check_signature(fn, describe=repr(entrypoint))
+    if check:
+        _check_signature(fn, describe=repr(entrypoint))
     return fn
 
 

@@ -1,0 +1,336 @@
+"""An Optuna objective, unchanged: ``objective(trial)`` with ``suggest_*``, ``report``, ``should_prune``, ``TrialPruned``.
+
+The space is the one the objective defines. Before anything is spent, rungflow runs the objective against a
+recording trial (:func:`probe_objective`) that answers each ``suggest_*`` and stops the objective at its first
+``report`` or ``should_prune`` (an objective that never reports runs to its return). It runs it once more for
+each other value of every categorical it suggested, so the parameters of each branch are found, and those seen
+under only some values of a categorical become conditional on it (``budgets/foreign_space.py``). Then
+rungflow's own searchers propose configurations, and each trial hands the objective an :class:`ObjectiveTrial`
+whose ``suggest_*`` returns the proposed values. A parameter the probe never saw (its name depends on a number,
+say) is drawn from the distribution the objective gives, seeded by the trial, and logged.
+
+A rung's budget counts ``trial.report`` calls. At the rung's budget ``should_prune()`` answers True, so the
+objective stops itself as it would under an Optuna pruner (``raise optuna.TrialPruned()``, or the LightGBM and
+XGBoost pruning callbacks); one that never asks is stopped at its next report. The rung's score is the value
+reported at the budget, or the objective's return value when it returns. An objective has no checkpoint: a
+promoted trial runs again from step 0 to the larger budget, and the steps it repeats are billed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+from rungflow.budgets.foreign_space import objective_space, snap
+from rungflow.budgets.space import SearchSpace, SpaceError
+from rungflow.tasks.trainables.base import Trainable, TrainableError, TrainOutcome, TrainRequest, register
+from rungflow.tasks.trainables.function import _CALLABLES, FunctionOptions, _load_entrypoint
+
+__all__ = ["OptunaObjectiveOptions", "OptunaObjectiveTrainable", "ObjectiveTrial", "probe_objective", "SUPPORTED_TRIAL_CALLS"]
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_TRIAL_CALLS = ("suggest_float", "suggest_int", "suggest_categorical", "suggest_uniform", "suggest_loguniform",
+                         "suggest_discrete_uniform", "report", "should_prune", "set_user_attr", "user_attrs", "params",
+                         "distributions", "number", "study.direction")
+MAX_PROBES = 64
+_NO_STATE = b"RUNGFLOW-OPTUNA-OBJECTIVE: no state; a promoted trial runs again from step 0"
+
+
+class OptunaObjectiveOptions(FunctionOptions):
+    """Where the objective is, and the direction its callbacks compare against (the sweep's mode)."""
+
+    mode: Literal["max", "min"] = "max"
+    max_probes: int = MAX_PROBES
+
+
+class _Stop(BaseException):
+    """Ends the objective from inside a trial call; a BaseException so ``except Exception`` in user code lets it pass."""
+
+
+class _Study:
+    """What the pruning callbacks read of ``trial.study``: its direction."""
+
+    def __init__(self, mode: str) -> None:
+        from optuna.study import StudyDirection
+
+        self.direction = StudyDirection.MAXIMIZE if mode == "max" else StudyDirection.MINIMIZE
+        self.directions = [self.direction]
+
+
+def _float_spec(low: float, high: float, step: float | None, log_: bool) -> dict[str, Any]:
+    if log_ and step is not None:
+        raise ValueError("suggest_float: step and log cannot be used together (as in Optuna)")
+    return {"type": "float", "low": float(low), "high": float(high), "log": bool(log_), "step": step}
+
+
+class _BaseTrial:
+    """The part of ``optuna.trial.Trial`` both trials share; ``_answer`` says what each suggest returns."""
+
+    def __init__(self, mode: str, number: int = 0) -> None:
+        self.study = _Study(mode)
+        self.number = number
+        self.params: dict[str, Any] = {}
+        self.distributions: dict[str, Any] = {}
+        self.user_attrs: dict[str, Any] = {}
+        self.error: str | None = None
+
+    def fail(self, message: str) -> None:
+        self.error = message
+        raise _Stop(message)
+
+    def _suggest(self, name: str, spec: dict[str, Any]) -> Any:
+        known = self.distributions.get(name)
+        if known is not None and known != spec:
+            from rungflow.budgets.foreign_space import _describe
+
+            self.fail(f"the objective suggests {name!r} as {_describe(known)} and as {_describe(spec)}; give each "
+                      "distribution its own name")
+        if known is not None:
+            return self.params[name]
+        value = self._answer(name, spec)
+        self.distributions[name] = spec
+        self.params[name] = value
+        return value
+
+    def _answer(self, name: str, spec: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float:
+        return self._suggest(name, _float_spec(low, high, step, log))
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        return self._suggest(name, {"type": "int", "low": int(low), "high": int(high), "log": bool(log), "step": int(step)})
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._suggest(name, {"type": "categorical", "choices": list(choices)})
+
+    def suggest_uniform(self, name: str, low: float, high: float) -> float:
+        return self.suggest_float(name, low, high)
+
+    def suggest_loguniform(self, name: str, low: float, high: float) -> float:
+        return self.suggest_float(name, low, high, log=True)
+
+    def suggest_discrete_uniform(self, name: str, low: float, high: float, q: float) -> float:
+        return self.suggest_float(name, low, high, step=q)
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self.fail(f"the objective used trial.{name}, which rungflow does not provide; use only "
+                  f"{', '.join(SUPPORTED_TRIAL_CALLS)}")
+
+
+class _ProbeTrial(_BaseTrial):
+    """Records what the objective suggests, in order, and stops it where training starts."""
+
+    def __init__(self, mode: str, forced: Mapping[str, Any]) -> None:
+        super().__init__(mode)
+        self.forced = dict(forced)
+        self.path: list[tuple[str, dict[str, Any], Any]] = []
+        self.reports = False
+
+    def _answer(self, name: str, spec: dict[str, Any]) -> Any:
+        if spec["type"] == "categorical":
+            value = self.forced.get(name, spec["choices"][0])
+        elif spec["type"] == "int":
+            value = spec["high"]  # the most loop iterations, so names made in a loop are all seen
+        elif spec["log"]:
+            value = math.sqrt(spec["low"] * spec["high"])
+        else:
+            value = snap((spec["low"] + spec["high"]) / 2, spec.get("step"), spec["low"])
+        self.path.append((name, spec, value))
+        return value
+
+    def report(self, value: float, step: int | None = None) -> None:
+        self.reports = True
+        raise _Stop("probe done")
+
+    def should_prune(self) -> bool:
+        self.fail("trial.should_prune() was called before any trial.report(value, step); report the intermediate "
+                  "value first, then ask whether to prune")
+        return False
+
+
+def probe_objective(fn: Callable[[Any], Any], mode: str = "max", max_probes: int = MAX_PROBES) -> tuple[dict[str, Any], bool]:
+    """(the objective's space in rungflow's YAML form, whether it reports intermediate values).
+
+    Raises TrainableError naming the problem and the fix (should_prune before report, a non-number returned,
+    one name with two distributions, nothing suggested).
+    """
+    import optuna
+
+    paths: list[list[tuple[str, dict[str, Any], Any]]] = []
+    queue: list[dict[str, Any]] = [{}]
+    seen: set[str] = {repr({})}
+    reports = False
+    while queue and len(paths) < max_probes:
+        forced = queue.pop(0)
+        trial = _ProbeTrial(mode, forced)
+        try:
+            returned = fn(trial)
+        except _Stop:
+            returned = None
+        except optuna.TrialPruned:
+            returned = None
+        except Exception as exc:
+            if not trial.path:
+                raise TrainableError(f"the objective raised {type(exc).__name__}: {exc} before suggesting anything; "
+                                     "fix the objective") from None
+            returned = None
+        else:
+            _check_number(returned)
+        if trial.error:
+            raise TrainableError(trial.error)
+        reports = reports or trial.reports
+        paths.append(trial.path)
+        for i, (name, spec, value) in enumerate(trial.path):
+            if spec["type"] != "categorical":
+                continue
+            prefix = {n: v for n, s, v in trial.path[:i] if s["type"] == "categorical"}
+            for choice in spec["choices"]:
+                branch = {**prefix, name: choice}
+                if choice != value and repr(branch) not in seen:
+                    seen.add(repr(branch))
+                    queue.append(branch)
+    if queue:
+        log.warning("the objective has more than %d branches of categorical choices; parameters of the rest are drawn "
+                    "per trial when first suggested", max_probes)
+    try:
+        return objective_space(paths), reports
+    except SpaceError as exc:
+        raise TrainableError(str(exc)) from None
+
+
+def _check_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+        raise TrainableError(f"the objective returned {type(value).__name__} {value!r}; return one number (the metric), "
+                             "e.g. return accuracy")
+    return float(value)
+
+
+class ObjectiveTrial(_BaseTrial):
+    """The trial a running objective is handed: proposed values in, reports counted against the rung's budget."""
+
+    def __init__(self, config: Mapping[str, Any], budget: float, mode: str, seed: int, trial_id: str) -> None:
+        super().__init__(mode, number=int(hashlib.blake2b(trial_id.encode(), digest_size=4).hexdigest(), 16))
+        self.config = dict(config)
+        self.budget = budget
+        self.seed = seed
+        self.trial_id = trial_id
+        self.steps: list[int] = []
+        self.values: dict[int, float] = {}
+        self.at_budget: float | None = None
+        self.drawn: list[str] = []
+
+    def _answer(self, name: str, spec: dict[str, Any]) -> Any:
+        if name in self.config:
+            value = self.config[name]
+            return snap(value, spec.get("step"), spec.get("low")) if spec["type"] != "categorical" else value
+        # Not in the proposal: a branch the probe did not reach. Drawn reproducibly for this trial.
+        rng = random.Random(f"{self.seed}/{self.trial_id}/{name}")
+        self.drawn.append(name)
+        if spec["type"] == "categorical":
+            return rng.choice(spec["choices"])
+        low, high = spec["low"], spec["high"]
+        value = math.exp(rng.uniform(math.log(low), math.log(high))) if spec["log"] else rng.uniform(low, high)
+        value = snap(value, spec.get("step"), low) if spec.get("step") else value
+        return int(round(min(max(value, low), high))) if spec["type"] == "int" else float(value)
+
+    def report(self, value: float, step: int | None = None) -> None:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"trial.report got {type(value).__name__} {value!r}; report a number")
+        step = len(self.steps) if step is None else int(step)
+        if step in self.values:
+            return  # Optuna ignores a step reported twice
+        if self.at_budget is not None:
+            raise _Stop("rung reached")  # the objective went on without asking should_prune()
+        self.steps.append(step)
+        self.values[step] = number
+        if len(self.steps) >= self.budget - 1e-9:
+            self.at_budget = number
+
+    def should_prune(self) -> bool:
+        if not self.steps:
+            self.fail("trial.should_prune() was called before any trial.report(value, step); report the intermediate "
+                      "value first, then ask whether to prune")
+        return self.at_budget is not None
+
+
+@register
+class OptunaObjectiveTrainable(Trainable):
+    """An Optuna objective; its score is the objective's return value, or the value reported at the rung's budget."""
+
+    kind: ClassVar[str] = "optuna_objective"
+    metric: ClassVar[str] = "value"
+    budget_unit: ClassVar[str] = "reported steps"
+    default_budget: ClassVar[tuple[float, float]] = (1, 1)
+    Options: ClassVar[type[FunctionOptions]] = OptunaObjectiveOptions
+    options: OptunaObjectiveOptions
+    _probed: ClassVar[dict[str, tuple[dict[str, Any], bool]]] = {}
+
+    def _function(self) -> Callable[..., Any]:
+        if self.options.callable is not None:
+            fn = _CALLABLES.get(self.options.callable)
+            if fn is None:
+                raise TrainableError("trainable: this sweep's objective was passed from Python and is not registered in "
+                                     "this process; rerun it with rungflow.sweep(objective, ..., out=RUN_DIR)")
+            return fn
+        assert self.options.entrypoint is not None
+        return _load_entrypoint(self.options.entrypoint, self.options.base_dir, check=False)
+
+    def check(self) -> None:
+        self._function()
+
+    def probe(self) -> tuple[dict[str, Any], bool]:
+        """(the objective's space, whether it reports), learned once per process and objective."""
+        key = self.options.model_dump_json()
+        if key not in self._probed:
+            self._probed[key] = probe_objective(self._function(), self.options.mode, self.options.max_probes)
+        return self._probed[key]
+
+    def default_space(self) -> SearchSpace | None:
+        try:
+            return SearchSpace.from_dict(self.probe()[0])
+        except TrainableError as exc:
+            raise ValueError(str(exc)) from None  # the config layer turns it into its one line
+
+    def train(self, request: TrainRequest) -> TrainOutcome:
+        import optuna
+
+        fn = self._function()
+        trial = ObjectiveTrial(request.config, request.budget, self.options.mode, request.seed, request.trial_id)
+        returned: Any = None
+        finished = False
+        try:
+            returned = fn(trial)
+            finished = True
+        except (_Stop, optuna.TrialPruned):
+            pass
+        if trial.error:
+            raise TrainableError(trial.error)
+        if trial.drawn:
+            log.warning("trial %s: the objective suggested %s, not in the space learned before the sweep; drawn for this "
+                        "trial", request.trial_id, ", ".join(trial.drawn))
+        if finished:
+            score = _check_number(returned)
+        elif trial.at_budget is not None:
+            score = trial.at_budget
+        elif trial.steps:
+            score = trial.values[trial.steps[-1]]  # pruned by its own logic: its last value, as Optuna keeps it
+        else:
+            raise TrainableError("the objective raised TrialPruned before any trial.report; report a value first")
+        reached = float(len(trial.steps)) if trial.steps and not finished else float(request.budget)
+        metrics = {"reported_steps": float(len(trial.steps))}
+        return TrainOutcome(score=score, budget_reached=max(reached, float(request.budget)) if finished else reached,
+                            budget_trained=float(len(trial.steps)) if trial.steps else float(request.budget),
+                            checkpoint=_NO_STATE, metrics=metrics)
