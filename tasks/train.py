@@ -216,6 +216,7 @@ def _run_trial(spec: TrialSpec) -> TrialResult:
                 checkpoint=checkpoint,
                 device=device,
                 seed=spec.seed,
+                cpus=spec.cpus or 1.0,
             )
         )
         trainable_seconds = time.perf_counter() - t_train

@@ -37,6 +37,8 @@ class TrainRequest:
     checkpoint: bytes | None = None
     device: str = "cpu"
     seed: int = 0
+    #: The CPUs the trial holds; a family with its own thread pool uses this many threads.
+    cpus: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,7 +20,7 @@ from rungflow.tasks.data import DataError, Dataset, DataSpec, load_dataset
 from rungflow.tasks.models import FittedModel, score_predictions
 from rungflow.tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest
 
-__all__ = ["TabularOptions", "TabularTrainable", "FamilyFit", "trial_seed"]
+__all__ = ["TabularOptions", "TabularTrainable", "FamilyFit", "trial_seed", "trial_threads"]
 
 
 class TabularOptions(TrainableOptions):
@@ -31,6 +33,25 @@ def trial_seed(seed: int, trial_id: str) -> int:
     """A stable 31-bit seed per (sweep seed, trial): scikit-learn's random_state takes at most 2**32 - 1."""
     digest = hashlib.blake2b(repr((seed, trial_id)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**31 - 1)
+
+
+# The trial's CPU share, for families with their own thread pools (boosting libraries). A context variable
+# because trials of the thread runtime share one trainable instance, each in its own thread.
+_TRIAL_THREADS: ContextVar[int] = ContextVar("rungflow_trial_threads", default=1)
+
+
+def trial_threads() -> int:
+    """Threads the running trial may use: its whole CPUs, at least one (one outside a trial)."""
+    return _TRIAL_THREADS.get()
+
+
+@contextmanager
+def _cpu_share(cpus: float) -> Iterator[None]:
+    token = _TRIAL_THREADS.set(max(1, int(cpus)))
+    try:
+        yield
+    finally:
+        _TRIAL_THREADS.reset(token)
 
 
 @dataclass
@@ -71,7 +92,7 @@ class TabularTrainable(Trainable):
 
     def train(self, request: TrainRequest) -> TrainOutcome:
         dataset = self.dataset()
-        with _one_thread():
+        with _one_thread(), _cpu_share(request.cpus):
             fit = self.fit_to_budget(request.config, request.budget, dataset, device=request.device,
                                      seed=self.seed_for(request.seed, request.trial_id), checkpoint=request.checkpoint)
             predictions = fit.model.validation_scores(dataset)
@@ -86,9 +107,10 @@ class TabularTrainable(Trainable):
     def discard(self, model: FittedModel) -> None:
         """Release what a trial's model holds outside memory (files) once it is scored."""
 
-    def fit(self, config: Mapping[str, Any], budget: float, dataset: Dataset, *, device: str = "cpu", seed: int = 0) -> FittedModel:
+    def fit(self, config: Mapping[str, Any], budget: float, dataset: Dataset, *, device: str = "cpu", seed: int = 0,
+            cpus: float = 1.0) -> FittedModel:
         """One model from scratch at ``budget``; its ``metrics`` are the validation metrics."""
-        with _one_thread():
+        with _one_thread(), _cpu_share(cpus):
             fit = self.fit_to_budget(config, budget, dataset, device=device, seed=seed)
             fit.model.metrics = {**fit.model.evaluate(dataset), **fit.metrics}
         fit.model.budget = fit.budget_reached
