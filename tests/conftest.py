@@ -155,6 +155,19 @@ def prefect_ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield url
 
 
+@pytest.fixture(scope="session")
+def yahpo_data() -> Path:
+    """The YAHPO LCBench folder: the surrogate's tests skip without it (and fail so under RUNGFLOW_NO_SKIPS)."""
+    pytest.importorskip("onnxruntime")
+    from rungflow.tasks.trainables.base import TrainableError
+    from rungflow.tasks.trainables.yahpo_lcbench import resolve_data_path
+
+    try:
+        return Path(resolve_data_path(None))
+    except TrainableError as exc:
+        pytest.skip(f"YAHPO LCBench data not available: {exc}")
+
+
 @pytest.fixture
 def ray_shutdown() -> Iterator[None]:
     """Tests that start Ray leave none behind for the next test."""

@@ -15,11 +15,8 @@ INSTANCE, POOL, WORKERS = "3945", 48, 4
 
 
 @pytest.fixture(scope="module")
-def table():
-    try:
-        return peer.Table(INSTANCE, pool=POOL)
-    except Exception as exc:  # no YAHPO data on this machine
-        pytest.skip(f"LCBench surrogate unavailable: {exc}")
+def table(yahpo_data):
+    return peer.Table(INSTANCE, pool=POOL)
 
 
 def test_a_proposal_reads_its_nearest_row(table):

@@ -27,11 +27,8 @@ TUNE_CAP_GPU_HOURS = 0.7
 
 
 @pytest.fixture(scope="module")
-def surrogate():
-    try:
-        return peers.Surrogate(INSTANCE)
-    except Exception as exc:  # no YAHPO data on this machine
-        pytest.skip(f"LCBench surrogate unavailable: {exc}")
+def surrogate(yahpo_data):
+    return peers.Surrogate(INSTANCE)
 
 
 def _check_billing(run, surrogate, concurrency: int, cap_gpu_hours: float = CAP_GPU_HOURS) -> None:

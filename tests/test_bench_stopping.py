@@ -58,12 +58,8 @@ peers = pytest.importorskip("bench.peers")
 
 
 @pytest.fixture(scope="module")
-def surrogate():
-    pytest.importorskip("onnxruntime")
-    try:
-        return peers.Surrogate("3945")
-    except Exception as exc:  # no YAHPO data on this machine
-        pytest.skip(f"LCBench surrogate unavailable: {exc}")
+def surrogate(yahpo_data):
+    return peers.Surrogate("3945")
 
 
 def test_optuna_terminator_ends_the_study_itself(surrogate):

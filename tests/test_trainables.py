@@ -103,13 +103,7 @@ LC_CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def lcbench():
-    from rungflow.tasks.trainables.yahpo_lcbench import resolve_data_path
-
-    try:
-        resolve_data_path(None)
-    except TrainableError as exc:
-        pytest.skip(f"YAHPO LCBench data not available: {exc}")
+def lcbench(yahpo_data):
     return get_trainable_class("yahpo_lcbench")({"instance": "3945"})
 
 
