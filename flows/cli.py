@@ -1,7 +1,7 @@
 """The ``rungflow`` command line: the parser and ``main``.
 
-The commands live beside it: ``cli_plan`` (plan), ``cli_run`` (sweep, resume), ``cli_render`` (report and the
-leaderboard), ``progress`` (the live line); ``cli_common`` holds what they share.
+The commands live beside it: ``cli_plan`` (plan), ``cli_run`` (sweep, resume), ``cli_automl`` (automl, predict),
+``cli_render`` (report and the leaderboard), ``progress`` (the live line); ``cli_common`` holds what they share.
 
 Bad input ends with one line on stderr naming the field, the value and the fix, exit status 2,
 and no traceback.
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from rich.markup import escape
 
+from rungflow.flows.cli_automl import add_automl_parsers
 from rungflow.flows.cli_common import APILostError, CLIError, err_console
 from rungflow.flows.cli_plan import cmd_plan, plan_rows
 from rungflow.flows.cli_render import cmd_report, leaderboard_table, summary_lines, trial_counts_line
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--top", type=int, default=10)
     p.set_defaults(func=cmd_report)
+
+    add_automl_parsers(sub)
     return parser
 
 

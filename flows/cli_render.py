@@ -64,9 +64,24 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                      f"(val_score {saved['metrics'].get('val_score', float('nan')):.4f}); load it with rungflow.load_model(RUN_DIR)")
     elif saved and saved.get("error"):
         lines.append(f"best model: not saved ({saved['error']})")
+    if saved and saved.get("ensemble"):
+        lines.append(ensemble_line(saved["ensemble"]))
     if result.get("runtime", {}).get("note"):
         lines.append(f"note: {result['runtime']['note']}")
     return lines
+
+
+def ensemble_line(ensemble: dict[str, Any]) -> str:
+    """Which model was saved, the ensemble or the best single trial, and by how much the ensemble beat it."""
+    if ensemble.get("saved"):
+        members = ", ".join(f"{m['trial_id']} ({m.get('family')}) x{m['weight']:.2f}" for m in ensemble["members"])
+        return (f"saved the ensemble: {ensemble['metric']} {ensemble['val_score']:.4f} against the best single trial's "
+                f"{ensemble['best_single']['val_score']:.4f} ({ensemble['best_single']['trial_id']}), better by "
+                f"{ensemble['gain']:.4g} on the validation rows it was selected on (optimistic); members {members}")
+    if "best_single" in ensemble:
+        return (f"saved the best single trial: no ensemble beat it on validation ({ensemble['metric']} "
+                f"{ensemble['best_single']['val_score']:.4f})")
+    return f"saved the best single trial: no ensemble ({ensemble.get('reason', 'none built')})"
 
 
 def spent_line(ledger: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "load_result": ("rungflow.results", "load_result"),
     "run_sweep": ("rungflow.flows.sweep", "run_sweep"),
     "sweep": ("rungflow.flows.api", "sweep"),
+    "automl": ("rungflow.flows.automl", "automl"),
     "SweepResult": ("rungflow.flows.api", "SweepResult"),
     "Report": ("rungflow.tasks.trainables.function", "Report"),
     "trial_device": ("rungflow.tasks.trainables.function", "trial_device"),

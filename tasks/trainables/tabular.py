@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from rungflow.tasks.data import DataError, Dataset, DataSpec, load_dataset
 from rungflow.tasks.models import FittedModel, score_predictions
@@ -23,10 +23,13 @@ from rungflow.tasks.trainables.base import Trainable, TrainableError, TrainableO
 __all__ = ["TabularOptions", "TabularTrainable", "FamilyFit", "trial_seed", "trial_threads"]
 
 
+
 class TabularOptions(TrainableOptions):
-    """``data``: the table, label, task and split (see :class:`tasks.data.DataSpec`)."""
+    """``data``: the table, label, task and split (see :class:`tasks.data.DataSpec`); ``score``: the validation
+    metric a trial reports as its score (pair it with the sweep's ``metric``, e.g. val_log_loss with mode min)."""
 
     data: DataSpec
+    score: Literal["val_score", "val_accuracy", "val_log_loss", "val_r2", "val_rmse"] = "val_score"
 
 
 def trial_seed(seed: int, trial_id: str) -> int:
@@ -64,9 +67,12 @@ class FamilyFit:
     checkpoint: bytes | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
 
-    def outcome(self, metrics: Mapping[str, float], validation_predictions: Any = None) -> TrainOutcome:
-        """The trial's report of this fit, scored by ``metrics["val_score"]``."""
-        return TrainOutcome(score=metrics["val_score"], budget_reached=self.budget_reached, budget_trained=self.budget_trained,
+    def outcome(self, metrics: Mapping[str, float], validation_predictions: Any = None, score: str = "val_score") -> TrainOutcome:
+        """The trial's report of this fit, scored by ``metrics[score]``."""
+        if score not in metrics:
+            raise TrainableError(f"trainable.options.score = {score}: not a metric of this task ({', '.join(sorted(metrics))}); "
+                                 "use val_score, or one the task reports")
+        return TrainOutcome(score=metrics[score], budget_reached=self.budget_reached, budget_trained=self.budget_trained,
                             checkpoint=self.checkpoint, metrics=metrics, validation_predictions=validation_predictions)
 
 
@@ -98,7 +104,7 @@ class TabularTrainable(Trainable):
             predictions = fit.model.validation_scores(dataset)
             metrics = {**score_predictions(dataset.task, dataset.y_valid, predictions), **fit.metrics}
         self.discard(fit.model)
-        return fit.outcome(metrics, predictions)
+        return fit.outcome(metrics, predictions, getattr(self.options, "score", "val_score"))
 
     def seed_for(self, seed: int, trial_id: str) -> int:
         """The seed a trial trains with; ``fit(seed=seed_for(...))`` refits exactly the trial's model."""
