@@ -17,7 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EnsembleSelection", "select_ensemble"]
+__all__ = ["EnsembleSelection", "select_ensemble", "TOLERANCE"]
+
+# Scores this close are equal: averages of the same predictions differ in their last bits.
+TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ class EnsembleSelection:
     @property
     def gain(self) -> float:
         """How much the ensemble beats the best single candidate on the selection rows (0 when it is that one)."""
-        return self.score - self.best_single_score
+        gain = self.score - self.best_single_score
+        return 0.0 if abs(gain) <= TOLERANCE * max(1.0, abs(self.best_single_score)) else gain
 
 
 def select_ensemble(predictions: Sequence[np.ndarray], score: Callable[[np.ndarray], float], *, size: int = 25,
@@ -61,20 +65,21 @@ def select_ensemble(predictions: Sequence[np.ndarray], score: Callable[[np.ndarr
         raise ValueError("every candidate's predictions hold NaN or inf; nothing to select from")
     rng = np.random.default_rng(seed)
     singles = np.array([_safe(score, p) for p in stacked])
-    running = np.zeros_like(stacked[0])
+    total = np.zeros_like(stacked[0])  # the sum of the picks so far; their average is total / rounds
     picks: list[int] = []
     trajectory: list[float] = []
     for round_ in range(size):
-        # The average after adding candidate j: (round_ * running + p_j) / (round_ + 1).
-        scores = np.array([_safe(score, (running * round_ + p) / (round_ + 1)) for p in stacked])
+        scores = np.array([_safe(score, (total + p) / (round_ + 1)) for p in stacked])
         best = np.nanmax(scores)
-        tied = np.flatnonzero(np.isclose(scores, best, rtol=1e-12, atol=0.0))
+        tied = np.flatnonzero(np.isclose(scores, best, rtol=TOLERANCE, atol=TOLERANCE))
         in_already = [j for j in tied if j in picks]
         choice = int(rng.choice(in_already or tied))
         picks.append(choice)
-        running = (running * round_ + stacked[choice]) / (round_ + 1)
+        total = total + stacked[choice]
         trajectory.append(float(scores[choice]))
-    kept = int(np.argmax(trajectory)) + 1  # the first best prefix
+    # The first prefix as good as the best: rounding in the averages must not buy a larger ensemble.
+    peak = max(trajectory)
+    kept = next(i for i, value in enumerate(trajectory) if value >= peak - TOLERANCE * max(1.0, abs(peak))) + 1
     counts = np.bincount(picks[:kept], minlength=len(stacked)).astype(np.float64)
     best_single = int(np.nanargmax(singles))
     return EnsembleSelection(weights=tuple(float(c) for c in counts / kept), score=trajectory[kept - 1],

@@ -79,6 +79,12 @@ def _candidates(result: Mapping[str, Any], mode: str, limit: int) -> list[dict[s
     return ranked[:limit]
 
 
+def _beyond_rounding(gain: float, scale: float) -> float:
+    from rungflow.budgets.ensemble import TOLERANCE
+
+    return 0.0 if abs(gain) <= TOLERANCE * max(1.0, abs(scale)) else gain
+
+
 def build_ensemble(config: Any, run_dir: Path, result: Mapping[str, Any], *, device: str = "cpu") -> dict[str, Any]:
     """Select an ensemble over the sweep's trials and, when it beats the best single trial on validation, refit and
     save it to ``run_dir/best_model``.
@@ -121,13 +127,13 @@ def build_ensemble(config: Any, run_dir: Path, result: Mapping[str, Any], *, dev
     summary: dict[str, Any] = {
         "candidates": len(rows), "rounds": len(selection.trajectory), "metric": metric,
         "val_score": sign * selection.score, "best_single": {"trial_id": rows[best]["trial_id"], "val_score": sign * score(predictions[best])},
-        "gain": selection.score - score(predictions[best]),
+        "gain": _beyond_rounding(selection.score - score(predictions[best]), selection.score),
         "members": [{"trial_id": rows[i]["trial_id"], "rung": rows[i]["rung"], "budget": rows[i]["budget"],
                      "family": result.get("trials", {}).get(rows[i]["trial_id"], {}).get("family"),
                      "weight": selection.weights[i], "val_score": rows[i]["score"]} for i in selection.members],
         "judged_on": JUDGED_ON,
     }
-    if len(selection.members) < 2 or not summary["gain"] > 1e-12:
+    if len(selection.members) < 2 or not summary["gain"] > 0:
         return {**summary, "saved": False,
                 "reason": "no weighted ensemble beat the best single trial on validation"}
     started = time.perf_counter()
