@@ -74,4 +74,30 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
         trainable["options"] = options
         if isinstance(options, dict):
             options.setdefault("base_dir", str(path.resolve().parent))
+            _resolve_function_kind(data, trainable, options)
     return validate(data)
+
+
+def _resolve_function_kind(data: dict[str, Any], trainable: dict[str, Any], options: dict[str, Any]) -> None:
+    """``function: file.py:name`` may be a Ray Tune function or an Optuna objective: its signature decides."""
+    from rungflow.tasks.trainables import TrainableError
+    from rungflow.tasks.trainables.callable_kind import callable_kind
+    from rungflow.tasks.trainables.function import _load_entrypoint
+
+    entrypoint = trainable.get("function")
+    if not isinstance(entrypoint, str) or trainable.get("kind", "function") != "function":
+        return
+    try:
+        kind = callable_kind(_load_entrypoint(entrypoint, options.get("base_dir"), check=False), "space" in data)
+    except TrainableError:
+        return  # the function family's own check names the problem
+    if kind == "function":
+        return
+    trainable.pop("function")
+    trainable["kind"] = kind
+    options["entrypoint"] = entrypoint
+    metric = data.get("metric") or {}
+    if kind == "raytune_function" and isinstance(metric, dict) and metric.get("name"):
+        options.setdefault("metric", metric["name"])
+    if kind == "optuna_objective" and isinstance(metric, dict) and metric.get("mode"):
+        options.setdefault("mode", metric["mode"])
