@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gpu", help="a torch sweep packed 4 to a GPU: the ledger's GPU-seconds against nvidia-smi")
     gpu.add_arguments(p)
+    from bench import migrate
+
+    p = sub.add_parser("migrate", help="the peers' example programs under Ray Tune/Optuna and under rungflow, start line changed")
+    migrate.add_arguments(p)
     p = sub.add_parser("all", help="efficiency then overhead, with their default settings")
     p.add_argument("--out", type=Path, default=Path("bench/out"), help="parent of efficiency/ and overhead/")
     return parser
@@ -93,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import warmstart
 
         warmstart.run(args)
+    elif args.command == "migrate":
+        from bench import migrate
+
+        status = migrate.run(args)
     else:
         # Each part gets its own Prefect server (started and stopped inside its run()).
         parser = build_parser()
