@@ -76,7 +76,7 @@ def _try_ensemble(config: SweepConfig, run_dir: Path, result: Mapping[str, Any],
     from rungflow.tasks.ensemble_model import build_ensemble
 
     try:
-        return build_ensemble(config, run_dir, result, device=device)
+        return build_ensemble(config, run_dir, result, run_dir / BEST_MODEL_DIR, device=device)
     except Exception as exc:
         log.warning("could not build an ensemble: %s: %s", type(exc).__name__, exc)
         return {"saved": False, "reason": f"{type(exc).__name__}: {exc}"}

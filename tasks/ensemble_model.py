@@ -3,66 +3,24 @@
 The selection is :func:`budgets.ensemble.select_ensemble` (pure); here are its edges: reading the trials'
 validation predictions from the checkpoint store, refitting the chosen trials (each from scratch at the budget it
 reached, with its trial's seed, so each member is the model its trial scored) and saving them as one
-:class:`EnsembleModel`, which saves, loads and predicts like any :class:`~tasks.models.FittedModel`.
+:class:`~tasks.models.EnsembleModel`, which saves, loads and predicts like any other model.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rungflow.tasks.models import FittedModel, ModelError, _kwargs_of, load_model, save_model, score_predictions
+from rungflow.tasks.models import EnsembleModel, save_model, score_predictions
 
-__all__ = ["EnsembleModel", "build_ensemble", "JUDGED_ON"]
+__all__ = ["build_ensemble", "JUDGED_ON"]
 
 JUDGED_ON = ("the validation rows the ensemble was selected on, so its figure is optimistic (as AutoGluon's "
              "weighted ensemble's validation score is); rows it never saw tell how it does on new data")
-_MEMBER_DIR = re.compile(r"member-\d+")
-
-
-class EnsembleModel(FittedModel):
-    """The weighted average of its members' class probabilities (classification) or predictions (regression)."""
-
-    backend = "ensemble"
-
-    def __init__(self, members: Sequence[FittedModel], weights: Sequence[float], *, details: Sequence[Mapping[str, Any]] = (),
-                 **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if len(members) != len(weights) or not members:
-            raise ModelError(f"an ensemble needs one weight per member; got {len(members)} members, {len(weights)} weights")
-        total = float(sum(weights))
-        self.members = list(members)
-        self.weights = [float(w) / total for w in weights]
-        self.details = [dict(d) for d in details] or [{} for _ in members]
-
-    def _scores(self, x: np.ndarray) -> np.ndarray:
-        return sum(w * np.asarray(m._scores(x), dtype=np.float64) for m, w in zip(self.members, self.weights))
-
-    def _extra(self) -> dict[str, Any]:
-        return {"members": [{**detail, "dir": f"member-{i}", "weight": w, "family": m.family}
-                            for i, (m, w, detail) in enumerate(zip(self.members, self.weights, self.details))]}
-
-    def _save_files(self, directory: Path) -> None:
-        for i, member in enumerate(self.members):
-            save_model(member, directory / f"member-{i}")
-
-    @classmethod
-    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> EnsembleModel:
-        entries = (manifest.get("extra") or {}).get("members") or []
-        names = [str(e.get("dir", "")) for e in entries]
-        bad = [n for n in names if not _MEMBER_DIR.fullmatch(n)]
-        if not entries or bad:
-            raise ModelError(f"{directory / 'model.json'}: ensemble members {bad or '[]'} are not member-N folders; "
-                             "the model directory is damaged, save it again")
-        members = [load_model(directory / name) for name in names]
-        return cls(members, [float(e["weight"]) for e in entries],
-                   details=[{k: v for k, v in e.items() if k not in ("dir", "weight", "family")} for e in entries],
-                   **_kwargs_of(manifest))
 
 
 def _candidates(result: Mapping[str, Any], mode: str, limit: int) -> list[dict[str, Any]]:
@@ -85,16 +43,16 @@ def _beyond_rounding(gain: float, scale: float) -> float:
     return 0.0 if abs(gain) <= TOLERANCE * max(1.0, abs(scale)) else gain
 
 
-def build_ensemble(config: Any, run_dir: Path, result: Mapping[str, Any], *, device: str = "cpu") -> dict[str, Any]:
+def build_ensemble(config: Any, run_dir: Path, result: Mapping[str, Any], directory: Path, *,
+                   device: str = "cpu") -> dict[str, Any]:
     """Select an ensemble over the sweep's trials and, when it beats the best single trial on validation, refit and
-    save it to ``run_dir/best_model``.
+    save it to ``directory``.
 
     Returns what result.json records under ``best_model.ensemble``; ``"saved": True`` when the ensemble was saved
     (then ``"model"`` holds the record of the saved model), False with a ``reason`` when the best single trial
     should be saved instead.
     """
     from rungflow.budgets.ensemble import select_ensemble
-    from rungflow.tasks.best_model import BEST_MODEL_DIR
     from rungflow.tasks.checkpoints import CorruptCheckpoint, load_validation_predictions, open_store
     from rungflow.tasks.models import fit_model
 
@@ -150,7 +108,7 @@ def build_ensemble(config: Any, run_dir: Path, result: Mapping[str, Any], *, dev
     ensemble = EnsembleModel(members, weights, details=details, family="ensemble", encoding=dataset.encoding(),
                              config={"members": [d["trial_id"] for d in details]})
     ensemble.metrics = ensemble.evaluate(dataset)
-    path = save_model(ensemble, run_dir / BEST_MODEL_DIR)
+    path = save_model(ensemble, directory)
     # The refitted members reproduce their trials' predictions (same data, seed, budget); drift says how closely.
     summary.update(saved=True, refit_max_abs_diff=drift)
     return {**summary, "model": {

@@ -8,6 +8,7 @@ fitted at, its validation metrics) and the backend's own files:
 - torch: ``weights.pt`` (tensors and primitives only), read with ``torch.load(weights_only=True)``;
 - AutoGluon: ``predictor/``, AutoGluon's own directory. AutoGluon pickles internally, so load it only
   from a directory your own sweep wrote (a run's ``best_model/`` or your registry), never from elsewhere;
+- an ensemble of trials: ``member-N/``, each a model directory of the above, weighted in ``model.json``;
 - auto-sklearn: ``autosklearn.pkl``, a pickle read only inside the separate auto-sklearn interpreter
   (:mod:`tasks.trainables.autosklearn_worker`) and only from your own runs, for the same reason.
 """
@@ -15,9 +16,10 @@ fitted at, its validation metrics) and the backend's own files:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,11 @@ from rungflow.tasks.data import Dataset, encode_frame
 
 __all__ = [
     "FittedModel", "SklearnModel", "ModelError", "fit_model", "save_model", "load_model", "BACKENDS",
-    "SKOPS_TRUSTED", "MODEL_FORMAT", "score_predictions",
+    "SKOPS_TRUSTED", "MODEL_FORMAT", "score_predictions", "EnsembleModel",
 ]
 
 MODEL_FORMAT = 1
+_MEMBER_DIR = re.compile(r"member-\d+")
 MANIFEST = "model.json"
 # Types scikit-learn estimators of our families hold that skops does not trust by default: the
 # tree structures of forests and gradient boosting and the validation helper HGB keeps a partial of.
@@ -179,6 +182,47 @@ class SklearnModel(FittedModel):
         return cls(skops_loads(data, where=str(directory / "model.skops")), **_kwargs_of(manifest))
 
 
+class EnsembleModel(FittedModel):
+    """The weighted average of its members' class probabilities (classification) or predictions (regression)."""
+
+    backend = "ensemble"
+
+    def __init__(self, members: Sequence[FittedModel], weights: Sequence[float], *, details: Sequence[Mapping[str, Any]] = (),
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if len(members) != len(weights) or not members:
+            raise ModelError(f"an ensemble needs one weight per member; got {len(members)} members, {len(weights)} weights")
+        total = float(sum(weights))
+        self.members = list(members)
+        self.weights = [float(w) / total for w in weights]
+        self.details = [dict(d) for d in details] or [{} for _ in members]
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        return sum(w * np.asarray(m._scores(x), dtype=np.float64) for m, w in zip(self.members, self.weights))
+
+    def _extra(self) -> dict[str, Any]:
+        return {"members": [{**detail, "dir": f"member-{i}", "weight": w, "family": m.family}
+                            for i, (m, w, detail) in enumerate(zip(self.members, self.weights, self.details))]}
+
+    def _save_files(self, directory: Path) -> None:
+        for i, member in enumerate(self.members):
+            save_model(member, directory / f"member-{i}")
+
+    @classmethod
+    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> EnsembleModel:
+        entries = (manifest.get("extra") or {}).get("members") or []
+        names = [str(e.get("dir", "")) for e in entries]
+        bad = [n for n in names if not _MEMBER_DIR.fullmatch(n)]
+        if not entries or bad:
+            raise ModelError(f"{directory / 'model.json'}: ensemble members {bad or '[]'} are not member-N folders; "
+                             "the model directory is damaged, save it again")
+        members = [load_model(directory / name) for name in names]
+        return cls(members, [float(e["weight"]) for e in entries],
+                   details=[{k: v for k, v in e.items() if k not in ("dir", "weight", "family")} for e in entries],
+                   **_kwargs_of(manifest))
+
+
+
 def skops_loads(data: bytes, where: str = "checkpoint") -> Any:
     """A scikit-learn object from skops bytes, refusing any type outside the default and :data:`SKOPS_TRUSTED` lists."""
     import skops.io as sio
@@ -202,8 +246,6 @@ def _backend(backend: Any, family: Any, path: Path) -> type[FittedModel]:
     The family is looked up among the trainables by name (built in or installed), never imported from
     a string in the file, so a model directory cannot make rungflow import code that is not installed.
     """
-    if backend == "ensemble":  # a model of models, not a family
-        import rungflow.tasks.ensemble_model  # noqa: F401  (registers the backend)
     if backend not in BACKENDS:
         from rungflow.tasks.trainables import TrainableError, get_trainable_class
 

@@ -140,8 +140,7 @@ def test_greedy_ensemble_beats_its_best_member_on_a_hand_made_case() -> None:
 
 def test_an_ensemble_model_saves_loads_and_predicts_like_any_model(tmp_path: Path) -> None:
     from rungflow.tasks.data import load_dataset
-    from rungflow.tasks.ensemble_model import EnsembleModel
-    from rungflow.tasks.models import fit_model, save_model
+    from rungflow.tasks.models import EnsembleModel, fit_model, save_model
 
     options = {"data": {"source": "sklearn:wine"}}
     dataset = load_dataset(options["data"])

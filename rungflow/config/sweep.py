@@ -82,9 +82,7 @@ class SweepConfig(_Strict):
         if self.scheduler.kind == "pbt":
             self._check_pbt(trainable_cls, hi)
         if self.ensemble is not None:
-            from rungflow.tasks.trainables.tabular import TabularTrainable
-
-            if not issubclass(trainable_cls, TabularTrainable):
+            if not hasattr(trainable_cls, "fit"):  # the tabular families' refit, asked by duck type as fit_model does
                 raise ValueError(f"ensemble: trainable {self.trainable.kind!r} saves no model to ensemble; remove the "
                                  "ensemble section or use a tabular family (e.g. mixed)")
         return self
