@@ -288,4 +288,4 @@ def test_mixed_dispatches_on_family_with_scaled_budgets() -> None:
     with pytest.raises(TrainableError, match="not among trainable.options.families"):
         mixed.train(TrainRequest("m", {"family": "random_forest"}, 2))
     with pytest.raises(ValidationError, match="unknown families"):
-        get_trainable_class("mixed")({"data": BC, "families": ["xgboost"]})
+        get_trainable_class("mixed")({"data": BC, "families": ["gbdt"]})

@@ -24,6 +24,9 @@ _MODULES = {
     "linear": "rungflow.tasks.trainables.sklearn_models",
     "autogluon": "rungflow.tasks.trainables.autogluon",
     "autosklearn": "rungflow.tasks.trainables.autosklearn",
+    "xgboost": "rungflow.tasks.trainables.xgboost_family",
+    "lightgbm": "rungflow.tasks.trainables.lightgbm_family",
+    "catboost": "rungflow.tasks.trainables.catboost_family",
     "mixed": "rungflow.tasks.trainables.mixed",
     "function": "rungflow.tasks.trainables.function",
     "raytune_function": "rungflow.tasks.trainables.raytune_function",
@@ -35,11 +38,14 @@ _MODULES = {
 _EXTRAS = {
     "torch_mlp": ("torch", "torch"),
     "yahpo_lcbench": ("onnxruntime", "lcbench"),
+    "xgboost": ("xgboost", "boost"),
+    "lightgbm": ("lightgbm", "boost"),
+    "catboost": ("catboost", "boost"),
 }
 
 ENTRY_POINT_GROUP = "rungflow.trainables"
 
-__all__ = ["get_trainable_class", "known_kinds", "Trainable", "TrainRequest", "TrainOutcome", "TrainableError",
+__all__ = ["get_trainable_class", "known_kinds", "missing_extra", "Trainable", "TrainRequest", "TrainOutcome", "TrainableError",
            "ENTRY_POINT_GROUP"]
 
 
@@ -62,17 +68,22 @@ def _plugins() -> dict[str, object]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in _MODULES}
 
 
+def missing_extra(kind: str) -> str | None:
+    """The extra to install before the built-in ``kind`` can run; None when nothing is missing."""
+    module, extra = _EXTRAS.get(kind, (None, None))
+    return extra if module is not None and find_spec(module) is None else None
+
+
 def known_kinds() -> list[str]:
     return sorted(set(_MODULES) | set(_plugins()))
 
 
 def get_trainable_class(kind: str) -> type[Trainable]:
     if kind in _MODULES:
-        if kind in _EXTRAS:
-            module, extra = _EXTRAS[kind]
-            if find_spec(module) is None:
-                raise TrainableError(f"trainable.kind={kind} needs {module}, which is not installed; "
-                                     f"pip install 'rungflow[{extra}]'")
+        extra = missing_extra(kind)
+        if extra is not None:
+            raise TrainableError(f"trainable.kind={kind} needs {_EXTRAS[kind][0]}, which is not installed; "
+                                 f"pip install 'rungflow[{extra}]'")
         import_module(_MODULES[kind])
         return TRAINABLES[kind]
     if kind in TRAINABLES:
