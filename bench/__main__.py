@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     stopping.add_arguments(p)
     p = sub.add_parser("warmstart", help="week 2's GPU-hours to reach week 1's quality, warm-started vs cold")
     warmstart.add_arguments(p)
-    p = sub.add_parser("automl", help="mixed-family sweep vs AutoGluon alone, same wall-clock, on bundled datasets")
+    p = sub.add_parser("automl", help="rungflow vs AutoGluon and auto-sklearn at equal wall-clock on the real tables of bench/tables.py")
     automl.add_arguments(p)
     p = sub.add_parser("compare", help="rungflow vs Ray Tune vs Optuna on LCBench under the same GPU-hour cap")
     compare.add_arguments(p)
