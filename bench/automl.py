@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tables", nargs="+", default=["dev"], help="dev, heldout, all or table names (python -m bench.tables)")
     p.add_argument("--time-limit", type=float, nargs="+", default=[60.0], help="seconds per system per split (60 and 300)")
     p.add_argument("--splits", type=int, default=3, help="outer train/test folds per table (at least 2)")
+    p.add_argument("--first-splits", type=int, default=None, help="run only the first N of the folds (a slice; a rerun adds the rest)")
     p.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=SYSTEMS)
     p.add_argument("--price", type=float, default=0.1, help="rungflow-stop's min_gain_per_gpu_hour (score points per GPU-hour)")
     p.add_argument("--runtime", default=None, help="rungflow's runtime: thread, ray or a Ray address (default: automl's own)")
@@ -237,7 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 frame = suite.load(table)
                 folds = outer_splits(frame, table.target, table.task, args.splits, args.seed)
                 for limit in args.time_limit:
-                    for split, fold in enumerate(folds):
+                    for split, fold in enumerate(folds[:args.first_splits]):
                         for system in args.systems:
                             path = _row_path(out, table.name, limit, split, system)
                             if path.is_file():
