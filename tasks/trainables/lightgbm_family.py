@@ -1,8 +1,8 @@
 """LightGBM as a family: ``lightgbm.train`` grows a booster by boosting rounds, continued with ``init_model=``.
 
-Categorical columns go in as LightGBM's native categoricals (``categorical_feature``). LightGBM's PyPI
-wheel trains on the CPU; a build with CUDA (``device_type="cuda"``) or OpenCL (``"gpu"``) is found by a
-one-off probe and used when the trial holds a GPU. Checkpoints and saved models are LightGBM's own text
+Categorical columns go in as LightGBM's native categoricals (``categorical_feature``). A trial that holds
+a GPU uses it with ``device_type="cuda"`` (builds from source only) or ``"gpu"`` (OpenCL: the PyPI wheel
+has it, and needs an OpenCL driver on the machine), whichever a one-off probe finds working. Checkpoints and saved models are LightGBM's own text
 model format. A resumed trial keeps its first trees bit for bit; with bagging, the rounds it adds draw
 other rows than an unbroken run would (LightGBM restarts its random stream on continuation), so the two
 score alike, not identically.
