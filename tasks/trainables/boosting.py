@@ -25,7 +25,7 @@ from rungflow.tasks.trainables.base import TrainableError
 from rungflow.tasks.trainables.tabular import FamilyFit, TabularTrainable, number, trial_threads
 
 __all__ = ["BoostingTrainable", "Grown", "BoostSettings", "categorical_columns", "categorical_frame", "read_settings",
-           "binary_as_two_columns"]
+           "binary_as_two_columns", "first_line"]
 
 log = logging.getLogger("rungflow.trainables.boosting")
 
@@ -139,3 +139,9 @@ def binary_as_two_columns(p: np.ndarray) -> np.ndarray:
     """P(class 1) as the (n, 2) probabilities every family's classifier returns."""
     p = np.asarray(p, dtype=np.float64).reshape(-1)
     return np.column_stack([1.0 - p, p])
+
+
+def first_line(exc: BaseException) -> str:
+    """A library error's first line: enough to name the cause in a one-line message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

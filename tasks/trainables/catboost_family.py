@@ -29,7 +29,14 @@ from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
 from rungflow.tasks.data import Dataset
 from rungflow.tasks.models import FittedModel, ModelError, _kwargs_of
 from rungflow.tasks.trainables.base import TrainableError, register
-from rungflow.tasks.trainables.boosting import BoostingTrainable, BoostSettings, Grown, categorical_columns, categorical_frame
+from rungflow.tasks.trainables.boosting import (
+    BoostingTrainable,
+    BoostSettings,
+    Grown,
+    categorical_columns,
+    categorical_frame,
+    first_line,
+)
 
 __all__ = ["CatBoostTrainable", "CatBoostModel"]
 
@@ -68,7 +75,7 @@ class CatBoostModel(FittedModel):
         try:
             booster = CatBoost().load_model(str(directory / MODEL_FILE), format="cbm")
         except CatBoostError as exc:
-            raise ModelError(f"{directory / MODEL_FILE}: not a CatBoost model ({_first_line(exc)}); save it again") from None
+            raise ModelError(f"{directory / MODEL_FILE}: not a CatBoost model ({first_line(exc)}); save it again") from None
         return cls(booster, **_kwargs_of(manifest))
 
 
@@ -77,11 +84,6 @@ def _gpu_unavailable() -> str | None:
     from catboost.utils import get_gpu_device_count
 
     return None if get_gpu_device_count() > 0 else "catboost sees no GPU it can use (no device, or a driver older than its CUDA)"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _frame_snapshot(rounds: int, snapshot: bytes) -> bytes:
@@ -156,7 +158,7 @@ class CatBoostTrainable(BoostingTrainable):
                 booster.fit(train)
             except CatBoostError as exc:
                 doing = "resuming from checkpoint" if checkpoint is not None else f"training with {dict(config)}"
-                raise TrainableError(f"catboost: failed {doing} ({_first_line(exc)})") from None
+                raise TrainableError(f"catboost: failed {doing} ({first_line(exc)})") from None
             snapshot = Path(snapshot_file).read_bytes()
         rounds = int(booster.tree_count_)
         model = CatBoostModel(booster, threads=settings.threads, family=self.kind, encoding=dataset.encoding(),

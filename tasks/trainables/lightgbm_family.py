@@ -21,7 +21,14 @@ from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
 from rungflow.tasks.data import Dataset
 from rungflow.tasks.models import FittedModel, ModelError, _kwargs_of
 from rungflow.tasks.trainables.base import TrainableError, register
-from rungflow.tasks.trainables.boosting import BoostingTrainable, BoostSettings, Grown, binary_as_two_columns, categorical_columns
+from rungflow.tasks.trainables.boosting import (
+    BoostingTrainable,
+    BoostSettings,
+    Grown,
+    binary_as_two_columns,
+    categorical_columns,
+    first_line,
+)
 
 __all__ = ["LightGBMTrainable", "LightGBMModel"]
 
@@ -51,7 +58,7 @@ class LightGBMModel(FittedModel):
         try:
             booster = lgb.Booster(model_file=str(directory / MODEL_FILE))
         except lgb.basic.LightGBMError as exc:
-            raise ModelError(f"{directory / MODEL_FILE}: not a LightGBM model ({_first_line(exc)}); save it again") from None
+            raise ModelError(f"{directory / MODEL_FILE}: not a LightGBM model ({first_line(exc)}); save it again") from None
         return cls(booster, **_kwargs_of(manifest))
 
 
@@ -69,13 +76,8 @@ def _gpu_device() -> tuple[str | None, str]:
             lgb.train({"device_type": device, "verbose": -1}, lgb.Dataset(rows, label=label), num_boost_round=2)
             return device, ""
         except lgb.basic.LightGBMError as exc:
-            reasons.append(f"{device}: {_first_line(exc)}")
+            reasons.append(f"{device}: {first_line(exc)}")
     return None, "this lightgbm build has no GPU support (" + "; ".join(reasons) + ")"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @register
@@ -132,7 +134,7 @@ class LightGBMTrainable(BoostingTrainable):
             try:
                 booster = lgb.Booster(model_str=checkpoint.decode())
             except (lgb.basic.LightGBMError, UnicodeDecodeError) as exc:
-                raise TrainableError(f"lightgbm: cannot resume from checkpoint ({_first_line(exc)})") from None
+                raise TrainableError(f"lightgbm: cannot resume from checkpoint ({first_line(exc)})") from None
         start = 0 if booster is None else booster.current_iteration()
         if booster is None or settings.target_rounds > start:
             train = lgb.Dataset(np.asarray(dataset.X_train, dtype=np.float64), label=dataset.y_train,
@@ -141,7 +143,7 @@ class LightGBMTrainable(BoostingTrainable):
             try:
                 booster = lgb.train(params, train, num_boost_round=settings.target_rounds - start, init_model=booster)
             except lgb.basic.LightGBMError as exc:
-                raise TrainableError(f"lightgbm: training failed with {dict(config)} ({_first_line(exc)})") from None
+                raise TrainableError(f"lightgbm: training failed with {dict(config)} ({first_line(exc)})") from None
         model = LightGBMModel(booster, family=self.kind, encoding=dataset.encoding(), config=dict(config),
                               budget=float(booster.current_iteration()))
         return Grown(model, start, booster.current_iteration(), booster.model_to_string().encode())

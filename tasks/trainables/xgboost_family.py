@@ -22,7 +22,14 @@ from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
 from rungflow.tasks.data import Dataset
 from rungflow.tasks.models import FittedModel, ModelError, _kwargs_of
 from rungflow.tasks.trainables.base import TrainableError, register
-from rungflow.tasks.trainables.boosting import BoostingTrainable, BoostSettings, Grown, binary_as_two_columns, categorical_columns
+from rungflow.tasks.trainables.boosting import (
+    BoostingTrainable,
+    BoostSettings,
+    Grown,
+    binary_as_two_columns,
+    categorical_columns,
+    first_line,
+)
 
 __all__ = ["XGBoostTrainable", "XGBoostModel"]
 
@@ -66,7 +73,7 @@ class XGBoostModel(FittedModel):
         try:
             booster.load_model(str(directory / MODEL_FILE))
         except xgb.core.XGBoostError as exc:
-            raise ModelError(f"{directory / MODEL_FILE}: not an XGBoost model ({_first_line(exc)}); save it again") from None
+            raise ModelError(f"{directory / MODEL_FILE}: not an XGBoost model ({first_line(exc)}); save it again") from None
         # A model trained on a GPU predicts on whatever this machine has.
         booster.set_param({"device": "cpu"})
         return cls(booster, **_kwargs_of(manifest))
@@ -86,13 +93,8 @@ def _gpu_unavailable() -> str | None:
             probe = xgb.train({"device": "cuda", "verbosity": 0}, xgb.DMatrix(np.zeros((2, 1)), label=[0.0, 1.0]), 1)
         device = json.loads(probe.save_config())["learner"]["generic_param"]["device"]
     except xgb.core.XGBoostError as exc:
-        return f"xgboost cannot use it ({_first_line(exc)})"
+        return f"xgboost cannot use it ({first_line(exc)})"
     return None if str(device).startswith("cuda") else "xgboost sees no GPU"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @register
@@ -146,14 +148,14 @@ class XGBoostTrainable(BoostingTrainable):
             try:
                 booster.load_model(bytearray(checkpoint))
             except xgb.core.XGBoostError as exc:
-                raise TrainableError(f"xgboost: cannot resume from checkpoint ({_first_line(exc)})") from None
+                raise TrainableError(f"xgboost: cannot resume from checkpoint ({first_line(exc)})") from None
         start = 0 if booster is None else booster.num_boosted_rounds()
         if booster is None or settings.target_rounds > start:
             train = _matrix(dataset.X_train, dataset.feature_names, dataset.categories, label=dataset.y_train)
             try:
                 booster = xgb.train(params, train, num_boost_round=settings.target_rounds - start, xgb_model=booster)
             except xgb.core.XGBoostError as exc:
-                raise TrainableError(f"xgboost: training failed with {dict(config)} ({_first_line(exc)})") from None
+                raise TrainableError(f"xgboost: training failed with {dict(config)} ({first_line(exc)})") from None
         saved = bytes(booster.save_raw("ubj"))
         booster.set_param({"device": "cpu"})  # the model scores the validation rows wherever it was trained
         model = XGBoostModel(booster, family=self.kind, encoding=dataset.encoding(), config=dict(config),
