@@ -172,7 +172,7 @@ def run_rungflow(example: Example, *, seed: int, trials: int, out: Path, runtime
     import rungflow
 
     if budget is not None:
-        example = Example(**{**example.__dict__, "budget": budget, "min_budget": min(example.min_budget, budget)})
+        example = Example(**{**example.__dict__, "budget": budget, "min_budget": min(example.min_budget, max(1, budget // 3))})
     fn = load_example(example)
     space = example.param_space() if example.param_space else None
     t0 = time.perf_counter()

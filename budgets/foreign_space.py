@@ -250,5 +250,5 @@ def _unique(values: Any) -> list[Any]:
 def _describe(spec: Mapping[str, Any]) -> str:
     if spec.get("type") == "categorical":
         return f"categorical {list(spec['choices'])}"
-    step = f" step {spec['step']}" if spec.get("step") is not None else ""
+    step = f" step {spec['step']}" if spec.get("step") not in (None, 1) else ""
     return f"{spec.get('type')} [{spec.get('low')}, {spec.get('high')}]{' log' if spec.get('log') else ''}{step}"

@@ -112,7 +112,10 @@ def build_config(train: Callable[..., Any] | str, *, space: Mapping[str, Any] | 
         data[key] = _section(key, value)
     if out is not None:
         data.setdefault("storage", {})["run_dir"] = str(out)
-    return validate(data)
+    config = validate(data)
+    if kind == "optuna_objective":
+        config.trainable.options["full_budget"] = config.budget_range()[1]
+    return config
 
 
 def _objective_reports(options: Mapping[str, Any]) -> bool:

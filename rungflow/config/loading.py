@@ -75,7 +75,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
         if isinstance(options, dict):
             options.setdefault("base_dir", str(path.resolve().parent))
             _resolve_function_kind(data, trainable, options)
-    return validate(data)
+    config = validate(data)
+    if config.trainable.kind == "optuna_objective":
+        config.trainable.options["full_budget"] = config.budget_range()[1]
+    return config
 
 
 def _resolve_function_kind(data: dict[str, Any], trainable: dict[str, Any], options: dict[str, Any]) -> None:

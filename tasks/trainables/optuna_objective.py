@@ -9,7 +9,8 @@ rungflow's own searchers propose configurations, and each trial hands the object
 whose ``suggest_*`` returns the proposed values. A parameter the probe never saw (its name depends on a number,
 say) is drawn from the distribution the objective gives, seeded by the trial, and logged.
 
-A rung's budget counts ``trial.report`` calls. At the rung's budget ``should_prune()`` answers True, so the
+A rung's budget counts ``trial.report`` calls. At the rung's budget (below the sweep's full budget, where the
+objective runs to its return) ``should_prune()`` answers True, so the
 objective stops itself as it would under an Optuna pruner (``raise optuna.TrialPruned()``, or the LightGBM and
 XGBoost pruning callbacks); one that never asks is stopped at its next report. The rung's score is the value
 reported at the budget, or the objective's return value when it returns. An objective has no checkpoint: a
@@ -46,6 +47,8 @@ class OptunaObjectiveOptions(FunctionOptions):
 
     mode: Literal["max", "min"] = "max"
     max_probes: int = MAX_PROBES
+    #: The sweep's full budget: a trial asked for it runs to its return, whose value is the metric.
+    full_budget: float | None = None
 
 
 class _Stop(BaseException):
@@ -60,6 +63,12 @@ class _Study:
 
         self.direction = StudyDirection.MAXIMIZE if mode == "max" else StudyDirection.MINIMIZE
         self.directions = [self.direction]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise TrainableError(f"the objective used trial.study.{name}, which rungflow does not provide (the study is the "
+                             f"sweep's, across processes); use only {', '.join(SUPPORTED_TRIAL_CALLS)}")
 
 
 def _float_spec(low: float, high: float, step: float | None, log_: bool) -> dict[str, Any]:
@@ -308,7 +317,9 @@ class OptunaObjectiveTrainable(Trainable):
         import optuna
 
         fn = self._function()
-        trial = ObjectiveTrial(request.config, request.budget, self.options.mode, request.seed, request.trial_id)
+        full = self.options.full_budget is not None and request.budget >= self.options.full_budget - 1e-9
+        trial = ObjectiveTrial(request.config, math.inf if full else request.budget, self.options.mode, request.seed,
+                               request.trial_id)
         returned: Any = None
         finished = False
         try:

@@ -1,0 +1,118 @@
+"""An Optuna objective run unchanged: Optuna's own examples (tests/examples/optuna, start line changed), the space
+the objective defines (conditional branches too), rung stops through should_prune, bad input refused with one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+import rungflow
+from bench.migrate import EXAMPLES, run_rungflow
+from rungflow.config import ConfigError
+from rungflow.tasks.trainables import TrainableError, TrainRequest, get_trainable_class
+from rungflow.tasks.trainables.function import register_callable
+from rungflow.tasks.trainables.optuna_objective import probe_objective
+
+OPTUNA_EXAMPLES = {e.name: e for e in EXAMPLES if e.library == "optuna"}
+
+
+def _trainable(fn, mode: str = "max"):
+    return get_trainable_class("optuna_objective")({"callable": register_callable(fn, check=False), "mode": mode})
+
+
+def conditional(trial):
+    family = trial.suggest_categorical("family", ["svm", "tree"])
+    if family == "svm":
+        c = trial.suggest_float("c", 1e-3, 1e3, log=True)
+        kernel = trial.suggest_categorical("kernel", ["rbf", "poly"])
+        if kernel == "poly":
+            trial.suggest_int("degree", 2, 5)
+        return -abs(c - 1.0)
+    depth = trial.suggest_int("depth", 2, 8, step=2)
+    return float(depth)
+
+
+def stepwise(trial):
+    x = trial.suggest_float("x", 0.0, 1.0)
+    value = 0.0
+    for step in range(20):
+        value = x * (step + 1)
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+    return value + 100.0  # the full run's own final metric
+
+
+def test_the_space_is_the_one_the_objective_defines_conditional_branches_included() -> None:
+    space, reports = probe_objective(conditional)
+    assert not reports
+    assert space["c"]["when"] == {"family": ["svm"]} and space["kernel"]["when"] == {"family": ["svm"]}
+    assert space["degree"]["when"] == {"family": ["svm"], "kernel": ["poly"]}
+    assert space["depth"] == {"type": "categorical", "choices": [2, 4, 6, 8], "when": {"family": ["tree"]}}
+    assert probe_objective(stepwise) == ({"x": {"type": "float", "low": 0.0, "high": 1.0, "log": False}}, True)
+
+
+def test_a_rung_ends_where_should_prune_says_so_and_a_promotion_runs_again_from_step_zero() -> None:
+    trainable = _trainable(stepwise)
+    rung = trainable.train(TrainRequest("t", {"x": 0.5}, 4))
+    assert rung.score == pytest.approx(0.5 * 4) and (rung.budget_reached, rung.budget_trained) == (4.0, 4.0)
+    promoted = trainable.train(TrainRequest("t", {"x": 0.5}, 12, checkpoint=rung.checkpoint))
+    assert promoted.budget_trained == 12.0  # no checkpoint: the 4 steps already paid for run (and are billed) again
+    full = get_trainable_class("optuna_objective")({**trainable.options.model_dump(), "full_budget": 20}).train(
+        TrainRequest("t", {"x": 0.5}, 20))
+    assert full.score == pytest.approx(0.5 * 20 + 100.0)  # it returned: the objective's own value
+
+
+def test_bad_objectives_are_one_line_naming_the_problem_and_the_fix() -> None:
+    def twice(trial):
+        trial.suggest_float("x", 0, 1)
+        if trial.suggest_categorical("flip", [True, False]):
+            return 1.0
+        return trial.suggest_int("x", 0, 10)
+
+    def text(trial):
+        trial.suggest_float("x", 0, 1)
+        return "good"
+
+    def impatient(trial):
+        trial.suggest_float("x", 0, 1)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+        return 1.0
+
+    def nosy(trial):
+        trial.suggest_float("x", 0, 1)
+        trial.report(0.5, 0)
+        return trial.study.best_value
+
+    with pytest.raises(TrainableError, match=r"suggests 'x' as float \[0.0, 1.0\] and as int \[0, 10\]; give each distribution"):
+        probe_objective(twice)
+    with pytest.raises(TrainableError, match=r"returned str 'good'; return one number"):
+        probe_objective(text)
+    with pytest.raises(TrainableError, match=r"should_prune\(\) was called before any trial.report\(value, step\)"):
+        probe_objective(impatient)
+    with pytest.raises(ConfigError, match=r"should_prune\(\) was called before any trial.report"):
+        rungflow.sweep(impatient, metric="value", mode="max")  # refused before anything is spent
+    with pytest.raises(TrainableError, match=r"trial.study.best_value|trial.best_value|rungflow does not provide"):
+        _trainable(nosy).train(TrainRequest("t", {"x": 0.5}, 3))
+
+
+# --- each vendored example, unchanged but for its start line, on real Prefect (threads) ---------------------
+SMALL = {"quadratic": 1, "pruning": 9, "sklearn_simple": 1, "sklearn_additional_args": 1, "lightgbm_simple": 1,
+         "lightgbm_integration": 9, "xgboost_simple": 1, "xgboost_integration": 9}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_optuna_examples_run_under_rungflow(name: str, prefect_server: str, tmp_path: Path) -> None:
+    example = OPTUNA_EXAMPLES[name]
+    run = run_rungflow(example, seed=0, trials=2, out=tmp_path / "run", budget=SMALL[name],
+                       runtime={"kind": "thread", "max_concurrent": 2})
+    result = run["result"]
+    completed = [e for e in result.events if e["status"] == "completed"]
+    assert len({e["trial_id"] for e in result.events}) >= 2 and completed and run["best"] is not None, result.events
+    assert result.metric.name == example.metric
+    if example.scheduler == "median":  # reported steps count the budget; at the full budget it runs to its return
+        below = [e for e in completed if e["budget"] < SMALL[name]]
+        assert below and all(e["metrics"]["reported_steps"] == e["budget"] for e in below)
