@@ -219,7 +219,7 @@ def run_native(example: Example, *, seed: int, trials: int, out: Path, budget: i
                                                hyperparam_mutations={"lr": tune.uniform(0.0001, 0.02)}, seed=seed),
     }
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     space = example.param_space() if example.param_space else {}
     grid = sum(1 for v in space.values() if isinstance(v, dict) and "grid_search" in v)
     samples = max(1, trials // (2 ** grid))  # a grid multiplies num_samples; keep the trial count equal
