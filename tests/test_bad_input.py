@@ -37,7 +37,7 @@ CONFIG_CASES = {
     "negative price": (GOOD, ["budget.price_per_gpu_hour=-1"], ["budget.price_per_gpu_hour", "zero or more"]),
     "eta <= 1": (GOOD, ["scheduler.eta=1"], ["scheduler.eta = 1", "at least 2"]),
     "min_budget > max_budget": (GOOD, ["scheduler.min_budget=20"], ["min_budget (20) is above", "raise max_budget"]),
-    "unknown trainable": (GOOD, ["trainable.kind=xgboost"], ["unknown trainable 'xgboost'", "use one of"]),
+    "unknown trainable": (GOOD, ["trainable.kind=gbdt"], ["unknown trainable 'gbdt'", "use one of"]),
     "unknown searcher": (GOOD, ["search.algorithm=annealing"], ["unknown searcher 'annealing'", "use one of"]),
     "unknown scheduler": (GOOD, ["scheduler.kind=bayesopt"], ["unknown scheduler 'bayesopt'", "use one of"]),
     "empty space": (GOOD + "space: {}\n", [], ["space"]),

@@ -26,7 +26,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         (GOOD, ["scheduler.min_budget=20"], "min_budget (20) is above scheduler.max_budget (9)"),
         (GOOD, ["search.algorithm=annealing"], "unknown searcher 'annealing'"),
         (GOOD, ["scheduler.kind=bayesopt"], "unknown scheduler 'bayesopt'"),
-        (GOOD, ["trainable.kind=xgboost"], "unknown trainable 'xgboost'"),
+        (GOOD, ["trainable.kind=gbdt"], "unknown trainable 'gbdt'"),
         (GOOD, ["budget.max_gpu_hours=-1"], "budget.max_gpu_hours = -1"),
         (GOOD, ["budget.patience=0"], "budget.patience = 0"),
         (GOOD, ["space={}"], "space"),

@@ -75,7 +75,7 @@ BAD_CASES = [
     pytest.param(["search.num_trials=0"], "search.num_trials", "0", id="num_trials-zero"),
     pytest.param(["search.grid_points=0"], "search.grid_points", "0", id="grid_points-zero"),
     pytest.param(["scheduler.kind=bayes"], "scheduler.kind", "'bayes'", id="unknown-scheduler"),
-    pytest.param(["trainable.kind=xgboost"], "trainable.kind", "'xgboost'", id="unknown-trainable"),
+    pytest.param(["trainable.kind=gbdt"], "trainable.kind", "'gbdt'", id="unknown-trainable"),
     pytest.param(["trainable.options.sleep_seconds=-1"], "trainable.options.sleep_seconds", "-1",
                  id="trainable-option-invalid"),
     pytest.param(["trainable.options.colour=red"], "trainable.options.colour", "red", id="trainable-option-unknown"),
