@@ -153,7 +153,10 @@ def fit_rungflow(train: Any, test: Any, target: str, task: str, time_limit: floa
         run_sweep(cfg, run_dir)
     result = json.loads((run_dir / "result.json").read_text())
     model = rungflow.load_model(run_dir)
+    # On Ray, trials run in worker processes this one never waits for, so their CPU time is what the ledger billed.
+    on_ray = (result.get("runtime") or {}).get("kind", "ray") == "ray" if isinstance(result.get("runtime"), dict) else runtime != "thread"
     return {"predicted": model.predict(test.drop(columns=[target])), "gpu_hours": float(result["ledger"]["gpu_hours"]),
+            "worker_cpu_hours": float(result["ledger"].get("cpu_hours", 0.0)) if on_ray else 0.0,
             "trials": int(result["ledger"]["trials_started"]), "stop_reason": result.get("stop_reason", ""),
             "family": getattr(model, "family", ""), "val_score": (result.get("best") or {}).get("score")}
 
@@ -193,7 +196,7 @@ def run_one(table: Any, frame: Any, split: int, fold: tuple[np.ndarray, np.ndarr
         traceback.print_exc()
         row.update(status="failed", score=None, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
     row["wall_seconds"] = time.perf_counter() - t0
-    row["cpu_hours"] = (_cpu_seconds() - cpu0) / 3600.0
+    row["cpu_hours"] = (_cpu_seconds() - cpu0) / 3600.0 + row.get("worker_cpu_hours", 0.0)
     shutil.rmtree(workdir, ignore_errors=True)
     return row
 
