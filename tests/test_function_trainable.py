@@ -122,8 +122,8 @@ def test_an_operator_can_switch_file_entrypoints_off(tmp_path: Path) -> None:
 def test_python_arguments_are_validated_like_the_yaml_sections() -> None:
     with pytest.raises(ConfigError, match=r"scheduler.eta = 1"):
         rungflow.sweep(counting_train, space=SPACE, scheduler={"kind": "sha", "min_budget": 1, "max_budget": 9, "eta": 1})
-    with pytest.raises(ConfigError, match=r"takes \(config\); it must take \(config, budget, checkpoint\)"):
-        rungflow.sweep(lambda config: 1.0, space=SPACE)
+    with pytest.raises(ConfigError, match=r"takes \(config, budget\); it must take \(config, budget, checkpoint\)"):
+        rungflow.sweep(lambda config, budget: 1.0, space=SPACE)  # one parameter would be a Ray Tune function (migrate.md)
     with pytest.raises(TypeError, match="schedular"):  # a misspelt section is Python's own error, naming it
         rungflow.sweep(counting_train, space=SPACE, schedular={"kind": "sha"})  # type: ignore[call-arg]
 
