@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from rungflow.flows.cli_common import CLIError, console
-from rungflow.results import history_line
+from rungflow.results import ensemble_line, history_line
 
 
 def leaderboard_table(result: dict[str, Any], limit: int = 10) -> Table:
@@ -69,19 +69,6 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if result.get("runtime", {}).get("note"):
         lines.append(f"note: {result['runtime']['note']}")
     return lines
-
-
-def ensemble_line(ensemble: dict[str, Any]) -> str:
-    """Which model was saved, the ensemble or the best single trial, and by how much the ensemble beat it."""
-    if ensemble.get("saved"):
-        members = ", ".join(f"{m['trial_id']} ({m.get('family')}) x{m['weight']:.2f}" for m in ensemble["members"])
-        return (f"saved the ensemble: {ensemble['metric']} {ensemble['val_score']:.4f} against the best single trial's "
-                f"{ensemble['best_single']['val_score']:.4f} ({ensemble['best_single']['trial_id']}), better by "
-                f"{ensemble['gain']:.4g} on the validation rows it was selected on (optimistic); members {members}")
-    if "best_single" in ensemble:
-        return (f"saved the best single trial: no ensemble beat it on validation ({ensemble['metric']} "
-                f"{ensemble['best_single']['val_score']:.4f})")
-    return f"saved the best single trial: no ensemble ({ensemble.get('reason', 'none built')})"
 
 
 def spent_line(ledger: dict[str, Any]) -> str:

@@ -507,7 +507,10 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
     # After the sweep, not in the trial loop: refit the winner of a tabular sweep into run_dir/best_model.
     from rungflow.tasks.best_model import save_best_model
 
-    return save_best_model(cfg, str(sweep.run_dir), quote(result))  # quoted: see PrefectExecutor
+    result = save_best_model(cfg, str(sweep.run_dir), quote(result))  # quoted: see PrefectExecutor
+    if (result.get("best_model") or {}).get("path"):
+        sweep.artifacts.publish_saved_model(result)
+    return result
 
 
 def runtime_of(config: SweepConfig) -> Runtime:

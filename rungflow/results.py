@@ -255,6 +255,19 @@ def history_section(prior: Mapping[str, Any] | None, trials: Mapping[str, Mappin
             "best_from_portfolio": bool(incumbents) and incumbents[-1] in taken}
 
 
+def ensemble_line(ensemble: dict[str, Any]) -> str:
+    """Which model was saved, the ensemble or the best single trial, and by how much the ensemble beat it."""
+    if ensemble.get("saved"):
+        members = ", ".join(f"{m['trial_id']} ({m.get('family')}) x{m['weight']:.2f}" for m in ensemble["members"])
+        return (f"saved the ensemble: {ensemble['metric']} {ensemble['val_score']:.4f} against the best single trial's "
+                f"{ensemble['best_single']['val_score']:.4f} ({ensemble['best_single']['trial_id']}), better by "
+                f"{ensemble['gain']:.4g} on the validation rows it was selected on (optimistic); members {members}")
+    if "best_single" in ensemble:
+        return (f"saved the best single trial: no ensemble beat it on validation ({ensemble['metric']} "
+                f"{ensemble['best_single']['val_score']:.4f})")
+    return f"saved the best single trial: no ensemble ({ensemble.get('reason', 'none built')})"
+
+
 def history_line(history: dict[str, Any]) -> str:
     """``history: 3 earlier sweeps (96 trials, 1 task); 4 portfolio configs tried first, 2 of 5 incumbents from them``."""
     tasks = history.get("tasks", 0)

@@ -24,7 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from rungflow.config import slug
-from rungflow.results import TOP_N, anytime_png, history_line, schedule_png
+from rungflow.results import TOP_N, anytime_png, ensemble_line, history_line, schedule_png
 from rungflow.tasks.api_watch import PrefectAPIUnreachable, PrefectAPIWatch
 
 __all__ = ["SweepArtifacts", "PrefectAPIUnreachable", "leaderboard_rows", "leaderboard_description",
@@ -156,6 +156,10 @@ def summary_markdown(result: Mapping[str, Any], top: int = 5) -> str:
     ]
     if result.get("history"):
         lines += [f"**History:** {history_line(result['history']).removeprefix('history: ')}", ""]
+    saved = result.get("best_model") or {}
+    if saved.get("path"):
+        lines += [f"**Saved model:** {saved['family']} in `{saved['path']}`"
+                  + (f"; {ensemble_line(saved['ensemble'])}" if saved.get("ensemble") else ""), ""]
     stops = [d for d in result.get("decisions") or [] if d.get("action") == "stop"]
     if stops:
         lines += ["The controller's figures at the stop:", "", *_decision_table(stops[-1]), ""]
@@ -304,6 +308,13 @@ class SweepArtifacts:
         text = plot_markdown(result)
         self._put("plot", create_markdown_artifact, text, text,
                   "Best score (at the highest budget reached) against GPU-hours spent")
+
+    def publish_saved_model(self, result: Mapping[str, Any]) -> None:
+        """The summary once more after the winner (or the ensemble) is saved: which one it is, and by how much."""
+        try:
+            self._summary(result)
+        except Exception as exc:  # the model is saved and result.json says so; the UI is only a view of it
+            log.warning("could not publish the saved model to the summary artifact: %s", exc)
 
     def _summary(self, result: Mapping[str, Any]) -> None:
         from prefect.artifacts import create_markdown_artifact

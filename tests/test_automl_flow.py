@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -44,3 +45,7 @@ def test_mixed_family_sweep_on_ray_saves_a_loadable_winner(prefect_server: str, 
     assert float((model.predict(ds.X_valid) == np.asarray(ds.classes, dtype=object)[ds.y_valid]).mean()) == pytest.approx(best["score"])
     assert model.predict_proba(ds.X_valid).shape == (len(ds.y_valid), 2)
     assert json.loads((tmp_path / "run" / "result.json").read_text())["best_model"]["path"].endswith("best_model")
+    # The Prefect UI's summary says which model was saved, as result.json does.
+    artifacts = {a["key"]: a for a in httpx.post(f"{prefect_server}/artifacts/latest/filter", json={}).json()}
+    summary = artifacts["automl-breast-cancer-summary"]["data"]
+    assert f"**Saved model:** {saved['family']} in `{saved['path']}`" in summary
