@@ -43,6 +43,11 @@ runtime: {kind: thread, max_concurrent: 2}
 """
 
 
+# Byte-compiling every installed module (torch, ray, prefect) is most of pip's CPU time and nothing this test checks:
+# the modules it imports compile on first use, as they would in a user's environment that skipped it.
+PIP_QUIET = ("--quiet", "--no-compile")
+
+
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(args, capture_output=True, text=True, **kwargs)
     assert out.returncode == 0, f"{' '.join(args)}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
@@ -75,11 +80,11 @@ def test_install_into_a_users_numpy2_env_changes_none_of_their_versions_and_swee
     py = str(venv / "bin" / "python")
     # Every pip call reaches the same index this machine uses (its pip config); no constraints file: a user has none.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PIP_CONSTRAINT")}
-    _run([py, "-m", "pip", "install", "--quiet", *USER_PACKAGES.values()], env=env, timeout=900)
+    _run([py, "-m", "pip", "install", *PIP_QUIET, *USER_PACKAGES.values()], env=env, timeout=900)
     before = json.loads(_run([py, "-c", VERSIONS], env=env).stdout)
     assert before["numpy"].startswith("2.") and int(before["pyarrow"].split(".")[0]) >= 20
 
-    _run([py, "-m", "pip", "install", "--quiet", f"rungflow[torch] @ {wheel.as_uri()}"], env=env, timeout=900)
+    _run([py, "-m", "pip", "install", *PIP_QUIET, f"rungflow[torch] @ {wheel.as_uri()}"], env=env, timeout=900)
     after = json.loads(_run([py, "-c", VERSIONS], env=env).stdout)
     assert after == before
 
