@@ -38,12 +38,18 @@ SHARPNESS = 4.0
 @dataclass(frozen=True)
 class PastSweep:
     """One earlier sweep's results, already in this sweep's space; ``same_task``: its scores mean what this
-    sweep's will (same trainable and options), so a model may fit on them beside this sweep's own."""
+    sweep's will (same trainable and options), so a model may fit on them beside this sweep's own.
+
+    ``spent_gpu_hours``: per observation, the GPU-hours that sweep had spent when it came (empty: unknown, as
+    for an Optuna study); ``first_bracket_gpu_hours``: what its first bracket cost. Both feed the plan's estimate
+    (:mod:`rungflow.budgets.prior_estimate`)."""
 
     name: str
     observations: tuple[Observation, ...]
     mode: Mode
     same_task: bool = False
+    spent_gpu_hours: tuple[float, ...] = ()
+    first_bracket_gpu_hours: float | None = None
 
 
 @dataclass
@@ -111,18 +117,30 @@ def _encode(space: SearchSpace, configs: Sequence[Mapping[str, Any]]) -> tuple[n
     return x, cats
 
 
-def _nearest_utility(space: SearchSpace, candidates: Sequence[Mapping[str, Any]],
-                     sweep: Mapping[str, tuple[dict[str, Any], float]]) -> np.ndarray:
-    """For each candidate, the utility of the nearest trial of ``sweep`` (a categorical mismatch counts 1)."""
-    rows = list(sweep.values())
+def _nearest_index(space: SearchSpace, candidates: Sequence[Mapping[str, Any]],
+                   sweep: Mapping[str, tuple[dict[str, Any], float]]) -> np.ndarray:
+    """For each candidate, the position in ``sweep`` of its nearest trial (a categorical mismatch counts 1)."""
     cx, cc = _encode(space, candidates)
-    sx, sc = _encode(space, [config for config, _ in rows])
-    util = np.array([u for _, u in rows])
+    sx, sc = _encode(space, [config for config, _ in sweep.values()])
     d = ((cx[:, None, :] - sx[None, :, :]) ** 2).sum(axis=2)
     if cc and cc[0]:
         mismatch = np.array([[sum(a != b for a, b in zip(c, s)) for s in sc] for c in cc], dtype=float)
         d = d + mismatch
-    return util[np.argmin(d, axis=1)]
+    return np.argmin(d, axis=1)
+
+
+def _nearest_utility(space: SearchSpace, candidates: Sequence[Mapping[str, Any]],
+                     sweep: Mapping[str, tuple[dict[str, Any], float]]) -> np.ndarray:
+    """For each candidate, the utility of the nearest trial of ``sweep``."""
+    util = np.array([u for _, u in sweep.values()])
+    return util[_nearest_index(space, candidates, sweep)]
+
+
+def _nearest_trial(space: SearchSpace, candidates: Sequence[Mapping[str, Any]],
+                   sweep: Mapping[str, tuple[dict[str, Any], float]]) -> list[str]:
+    """For each candidate, the id of the nearest trial of ``sweep``."""
+    ids = list(sweep)
+    return [ids[i] for i in _nearest_index(space, candidates, sweep)]
 
 
 def greedy_portfolio(space: SearchSpace, sweeps: Sequence[PastSweep], k: int) -> list[dict[str, Any]]:

@@ -94,7 +94,19 @@ def history_plan_line(config) -> str:
             f"{len(prior['portfolio'])} trials are its portfolio, then the search is cold")
     if s["model_observations"]:
         line += f"; the model starts from {s['model_observations']} earlier results"
-    return line + "".join(f"\n  note: {n}" for n in s["notes"])
+    return line + "\n" + expected_line(s.get("expected") or {}) + "".join(f"\n  note: {n}" for n in s["notes"])
+
+
+def expected_line(e: dict) -> str:
+    """The history's own estimate of GPU-hours to a near-best configuration (budgets/prior_estimate.py)."""
+    if e.get("cold_gpu_hours") is None:
+        return ("expected: no estimate; no earlier sweep's ledger gives its spend (Optuna studies record no "
+                "GPU-hours)")
+    cold = f"expected: near-best after {e['cold_gpu_hours']:.4g} GPU-hours cold (median of {e['sweeps']} earlier sweeps)"
+    if e.get("prior_gpu_hours") is None:
+        return cold + "; with the history: no estimate, it needs two earlier sweeps with ledgers to leave one out"
+    return (cold + f", {e['prior_gpu_hours']:.4g} with this history (left out in turn, the others' portfolio held a "
+            f"near-best configuration for {e['hits']} of {e['sweeps']})")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

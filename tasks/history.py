@@ -11,6 +11,7 @@ in :attr:`History.notes`.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import math
@@ -76,17 +77,19 @@ class _Fitter:
 
 
 def _observations(fitter: _Fitter, trials: Mapping[str, Mapping[str, Any]],
-                  results: list[tuple[str, float, float | None]]) -> tuple[Observation, ...]:
+                  results: list[tuple[str, float, float | None]]) -> tuple[tuple[Observation, ...], list[int]]:
+    """The results in this sweep's space, and the position in ``results`` of each one kept."""
     fitted: dict[str, dict[str, Any] | None] = {}
-    out = []
-    for trial_id, budget, score in results:
+    out, kept = [], []
+    for position, (trial_id, budget, score) in enumerate(results):
         if trial_id not in fitted:
             config = trials.get(trial_id)
             fitted[trial_id] = None if config is None else fitter.fit(config)
         config = fitted[trial_id]
         if config is not None:
             out.append(Observation(trial_id, config, budget, score))
-    return tuple(out)
+            kept.append(position)
+    return tuple(out), kept
 
 
 def _read_json(path: Path, where: str) -> Any:
@@ -141,6 +144,8 @@ def _read_run(path: Path, where: str, config: Any, space: SearchSpace, task: str
                   "leave that run out of history.runs, or remove the parameter from this sweep's space")
     ledger = path / "ledger.jsonl"
     results: list[tuple[str, float, float | None]] = []
+    spent: list[float] = []  # GPU-hours billed so far, after each result
+    brackets: dict[int, float] = {}
     try:
         with ledger.open("r", encoding="utf-8") as fh:
             for line in fh:
@@ -152,15 +157,19 @@ def _read_run(path: Path, where: str, config: Any, space: SearchSpace, task: str
                     record = SpendRecord.from_json(entry["record"])
                     ok = record.ok and record.score is not None and math.isfinite(record.score)
                     results.append((record.trial_id, float(record.budget), float(record.score) if ok else None))
+                    spent.append((spent[-1] if spent else 0.0) + record.gpu_seconds / 3600.0)
+                    brackets[record.bracket] = brackets.get(record.bracket, 0.0) + record.gpu_seconds / 3600.0
     except OSError as exc:
         raise HistoryError(f"{where}: ledger.jsonl cannot be read ({type(exc).__name__}); point history.runs at a "
                            "run directory rungflow wrote") from None
     fitter = _Fitter(space)
-    observations = _observations(fitter, result.get("trials") or {}, results)
+    observations, kept = _observations(fitter, result.get("trials") or {}, results)
     trainable = saved.get("trainable") or {}
     past_task = task_fingerprint({"trainable": trainable})
     name = str(saved.get("name") or path.name)
-    sweep = PastSweep(name=f"{name}@{path.name}", observations=observations, mode=config.mode(), same_task=past_task == task)
+    sweep = PastSweep(name=f"{name}@{path.name}", observations=observations, mode=config.mode(), same_task=past_task == task,
+                      spent_gpu_hours=tuple(spent[i] for i in kept),
+                      first_bracket_gpu_hours=brackets[min(brackets)] if brackets else None)
     source = {"source": str(path), "kind": "run", "name": name, "trials": len({o.trial_id for o in observations}),
               "task": past_task, "same_task": past_task == task}
     return sweep, source, fitter.outside
@@ -225,7 +234,7 @@ def _read_study(storage: Any, name: str, config: Any, space: SearchSpace, task: 
         elif trial.state == optuna.trial.TrialState.FAIL:
             results.append((trial_id, float(trial.user_attrs.get("budget", 0.0)), None))
     fitter = _Fitter(space)
-    observations = _observations(fitter, trials, results)
+    observations, _ = _observations(fitter, trials, results)
     past_task = str(study.user_attrs.get(TASK_ATTR) or f"study:{name}")
     sweep = PastSweep(name=name, observations=observations, mode=config.mode(), same_task=past_task == task)
     source = {"source": f"{shown} study {name}", "kind": "study", "name": name,
@@ -316,8 +325,11 @@ def prior_for(config: Any, run_dir: Path) -> dict[str, Any] | None:
     assert history is not None
     h = config.history
     prior = build_prior(config.search_space(), history.sweeps, portfolio_size=h.portfolio, model=h.model == "auto")
+    from rungflow.budgets.prior_estimate import estimate_prior
+
+    expected = estimate_prior(config.search_space(), history.sweeps, h.portfolio)
     summary = {**history.summary(), "portfolio_size": h.portfolio, "model": h.model,
-               "model_observations": len(prior.model_observations)}
+               "model_observations": len(prior.model_observations), "expected": dataclasses.asdict(expected)}
     return {"summary": summary, "portfolio": prior.portfolio, "warm_start": prior.warm_start()}
 
 

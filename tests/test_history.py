@@ -160,6 +160,37 @@ def test_a_missing_or_unreadable_run_is_named(earlier_run: Path, tmp_path: Path)
         load_history(_config(tmp_path, {"runs": [str(run)]}))
 
 
+
+def _billed(run: Path, dest: Path, gpu_seconds_per_unit: float) -> Path:
+    """A copy of ``run`` whose ledger bills each result ``gpu_seconds_per_unit`` per budget unit trained."""
+    shutil.copytree(run, dest)
+    lines = []
+    for line in (dest / "ledger.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("type") == "spend":
+            entry["record"]["gpu_seconds"] = gpu_seconds_per_unit * float(entry["record"].get("budget_trained") or 0.0)
+        lines.append(json.dumps(entry))
+    (dest / "ledger.jsonl").write_text("\n".join(lines) + "\n")
+    return dest
+
+
+def test_plan_names_the_history_and_the_gpu_hours_it_expects_with_and_without_it(earlier_run: Path,
+                                                                                  tmp_path: Path) -> None:
+    from rungflow.flows.cli_plan import history_plan_line
+
+    runs = [_billed(earlier_run, tmp_path / f"week{i}", 360.0) for i in (1, 2)]
+    cfg = _config(tmp_path, {"runs": [str(r) for r in runs], "portfolio": 2})
+    line = history_plan_line(cfg)
+    expected = json.loads(json.dumps(prior_for(cfg, cfg.run_dir())["summary"]["expected"]))
+    # The same sweep twice: each one's portfolio is the other's winner, near-best by the end of the first bracket.
+    assert expected["sweeps"] == 2 and expected["hits"] == 2
+    assert 0 < expected["prior_gpu_hours"] <= expected["cold_gpu_hours"]
+    assert line.startswith("history: 2 earlier sweeps (earlier, earlier), 34 trials, 1 task (2 of the same task)")
+    assert (f"expected: near-best after {expected['cold_gpu_hours']:.4g} GPU-hours cold (median of 2 earlier sweeps), "
+            f"{expected['prior_gpu_hours']:.4g} with this history") in line
+    one = history_plan_line(_config(tmp_path, {"runs": [str(earlier_run)]}))
+    assert "with the history: no estimate, it needs two earlier sweeps with ledgers" in one
+
 def test_the_portfolio_runs_first_in_a_real_sweep_and_result_json_says_what_it_gave(
         prefect_server: str, earlier_run: Path, tmp_path: Path) -> None:
     from rungflow.flows.cli_render import summary_lines
