@@ -1,4 +1,4 @@
-"""``python -m bench efficiency|overhead|compare|costaware|stopping|stopprice|robust|automl|warmstart|gpu|all``: the benchmark entry point.
+"""``python -m bench efficiency|overhead|compare|costaware|stopping|stopprice|robust|transfer|automl|warmstart|gpu|all``: the benchmark entry point.
 
 The environment is prepared (quiet Prefect, isolated Prefect home) before anything imports
 prefect, which is why the command modules are imported only after :func:`quiet_env`.
@@ -42,10 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     automl.add_arguments(p)
     p = sub.add_parser("compare", help="rungflow vs Ray Tune vs Optuna on LCBench under the same GPU-hour cap")
     compare.add_arguments(p)
-    from bench import robust, stop_price  # in-process simulations: no Prefect, no Ray
+    from bench import robust, stop_price, transfer  # in-process simulations: no Prefect, no Ray
 
     p = sub.add_parser("robust", help="Hyperband + each searcher vs the expected best of random-128, in-process, dev and held-out")
     robust.add_arguments(p)
+    p = sub.add_parser("transfer", help="earlier sweeps as a prior, leave-one-task-out: ours and Syne Tune's transfer schedulers")
+    transfer.add_arguments(p)
     p = sub.add_parser("stopprice", help="stop rules judged at the user's price: net, hindsight net, captured, shortfall")
     stop_price.add_arguments(p)
     from bench import gpu
@@ -85,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import robust
 
         robust.run(args)
+    elif args.command == "transfer":
+        from bench import transfer
+
+        transfer.main(args)
     elif args.command == "stopprice":
         from bench import stop_price
 
