@@ -1,0 +1,39 @@
+"""``python -m bench transfer`` on a tiny run: its rows, and that no target's own sweep enters its history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import transfer
+from rungflow.tasks.trainables.yahpo_lcbench import INSTANCES
+
+
+def test_history_never_holds_the_target_task() -> None:
+    for target in INSTANCES:
+        for h in (3, 10):
+            tasks = transfer.history_tasks(target, h)
+            assert target not in tasks and len(set(tasks)) == h
+    assert not set(transfer.HELDOUT) & set(transfer.DEV)
+
+
+def test_tiny_run_reads_real_run_directories(tmp_path: Path) -> None:
+    arms = ("cold", "history", "misleading")
+    rows = transfer.run(["3945"], [0], [2], tmp_path, iterations=1, arms=arms, pool=128, report=lambda _: None)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["h"] == 2 and row["instance"] == "3945" and len(row["history_tasks"]) == 2
+    # The history came back through the product's reader, from the two other tasks' run directories only.
+    assert row["same_task"] == 0 and row["portfolio"] >= 1
+    assert sorted(Path(s).name for s in row["sources"]) == sorted(f"lcbench-{t}" for t in row["history_tasks"])
+    assert all("3945" not in Path(s).name for s in row["sources"])
+    for arm in arms:
+        assert row[arm] is None or 0 < row[arm] <= 1
+    # The misleading copy turns every score upside down and changes nothing else.
+    task = row["history_tasks"][0]
+    plain = [json.loads(x) for x in (tmp_path / "history" / f"lcbench-{task}" / "ledger.jsonl").read_text().splitlines()]
+    flipped = [json.loads(x) for x in (tmp_path / "history-flipped" / f"lcbench-{task}" / "ledger.jsonl").read_text().splitlines()]
+    spends = [(a["record"], b["record"]) for a, b in zip(plain, flipped) if a.get("type") == "spend"]
+    assert spends and all(abs(a["score"] + b["score"] - 100.0) < 1e-9 for a, b in spends if a["score"] is not None)
+    table = transfer.markdown(rows, arms)
+    assert "| cold | " in table and "**H = 2, dev**" in table
