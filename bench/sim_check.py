@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,10 +49,13 @@ def real_figures(run_dir: Path) -> dict[str, Any]:
     ledger = Ledger(run_dir / "ledger.jsonl", replay=True)
     records = [*ledger.records, *ledger.pending]
     wall, slots = result["elapsed_seconds"], result["utilisation"]["slots"]
+    holds = [*ledger.holds.closed, *ledger.holds.open]
+    end = max((r.finished_at for r in records), default=0.0)
     idle = sum(max(0.0, slots * (last - first) - sum(r.finished_at - r.started_at for r in members))
                for first, last, members in stage_spans(records, result["schedule"]).values())
     return {"wall": wall, "utilisation": sum(r.wall_seconds for r in records) / (slots * wall),
             "idle": idle / (slots * wall), "trials": len(result["trials"]),
+            "held": sum(h.seconds(end) for h in holds), "workers": len(holds),
             "scores": _scored([(r.trial_id, r.rung, r.score) for r in records])}
 
 
@@ -62,7 +66,7 @@ def simulated_figures(config: Path, workers: int, costs_from: Path, *extra: str)
     sim = json.loads(out.stdout)
     return {"wall": sim["wall_seconds"], "utilisation": sim["utilisation"], "idle": sim["barrier_idle_fraction"],
             "trials": sim["trials"], "stage": sim["stage_seconds"], "dispatch": sim["dispatch_seconds"],
-            "setup": sim["setup_seconds"],
+            "setup": sim["setup_seconds"], "held": sim["worker_hours_held"] * 3600,
             "scores": _scored([(e["trial_id"], e["rung"], e["score"]) for e in sim["events"]])}
 
 
@@ -82,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="rungflow-sim-check-"))
     out.mkdir(parents=True, exist_ok=True)
     config = out / "sweep.yaml"
-    config.write_text(yaml.safe_dump({**CONFIG, "storage": {"run_dir": str(out / "run")}}), encoding="utf-8")
+    # The plan reads the runtime's kind: Ray workers are given back when idle, threads keep theirs.
+    config.write_text(yaml.safe_dump({**CONFIG, "runtime": {**CONFIG["runtime"], "kind": args.runtime},
+                                      "storage": {"run_dir": str(out / "run")}}), encoding="utf-8")
     runs = {}
     for n in args.slots:
         runs[n] = out / f"run-{n}"
@@ -91,13 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         runtime = ["--set", f"runtime.kind={args.runtime}"]
         if args.address:
             runtime += ["--set", f"runtime.address={args.address}"]
+        elif args.runtime == "ray":
+            # Local Ray offers this machine's cores: a fractional CPU a worker lets every slot start at once.
+            runtime += ["--set", f"runtime.cpus_per_trial={min(1.0, (os.cpu_count() or 1) / n):g}"]
         subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "sweep", str(config), "--set",
                         f"runtime.max_concurrent={n}", "--set", f"storage.run_dir={runs[n]}", *runtime],
                        check=True, stdout=subprocess.DEVNULL)
     first = runs[args.slots[0]]
     print("| slots | simulated from | real wall (s) | simulated (s) | error | set-up (s) | stage (s) | dispatch (s) "
-          "| real utilisation | simulated | real idle at barriers | simulated | trials, rungs, scores |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| real utilisation | simulated | real idle at barriers | simulated | real held (worker-s) | simulated | "
+          "trials, rungs, scores |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     previous: Path | None = None
     for n, run in runs.items():
         real = real_figures(run)
@@ -117,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{sim['dispatch']:.3f} | "
                   f"{real['utilisation']:.0%} | "
                   f"{sim['utilisation']:.0%} | {real['idle']:.0%} | {sim['idle']:.0%} | "
+                  f"{real['held']:.1f} ({real['workers']}) | {sim['held']:.1f} ({sim['held'] / max(real['held'], 1e-9) - 1:+.1%}) | "
                   f"{'identical' if same else 'differ'} |", flush=True)
     return 0
 

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rungflow.budgets.driver import TrialJob
+from rungflow.budgets.holding import HoldSpan
 from rungflow.budgets.ledger import Ledger, SpendRecord, TrialStatus
 from rungflow.budgets.scheduling import RungDecision, TrialScore, gate_rung
 from rungflow.budgets.searchers import Observation, Searcher
 
 __all__ = ["VirtualClock", "SimulatedExecutor", "Durations", "Scores", "Busy", "stage_spans", "stage_overhead",
-           "setup_overhead", "dispatch_overhead", "slot_spans", "critical_path", "idle_within"]
+           "setup_overhead", "worker_startup", "dispatch_overhead", "slot_spans", "critical_path", "idle_within"]
 
 # Seconds to train ``config`` from budget ``start`` to budget ``stop``.
 Durations = Callable[[Mapping[str, Any], float, float], float]
@@ -91,6 +92,10 @@ class SimulatedExecutor:
     # What each trial holds and is billed for, as the driver's runtime would give it.
     gpus_per_trial: float = 1.0
     cpus_per_trial: float = 1.0
+    # A slot's worker given back after this many idle seconds (None: kept to the end, as threads are); the next job
+    # on that slot waits ``worker_startup_seconds`` for a new one, as the runtime's pool starts a new Ray actor.
+    release_idle_after: float | None = None
+    worker_startup_seconds: float = 0.0
     busy: list[Busy] = field(default_factory=list)
     _running: list[tuple[float, int, _Run]] = field(default_factory=list)
     _free_slots: list[int] = field(default_factory=list)  # a heap: the lowest free slot runs the next job
@@ -101,13 +106,14 @@ class SimulatedExecutor:
     _cancelled: set[tuple[str, int]] = field(default_factory=set)
     _dispatcher_free: float = 0.0
     _set_up: bool = False
+    _idle_since: dict[int, float] = field(default_factory=dict)  # a slot's worker: idle since its last job finished
 
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise ValueError(f"The value of slots is {self.slots}, but must be at least 1")
         if self.setup_seconds is not None and not self.setup_seconds >= 0:
             raise ValueError(f"The value of setup_seconds is {self.setup_seconds}, but must be zero or more")
-        for name in ("stage_seconds", "dispatch_seconds"):
+        for name in ("stage_seconds", "dispatch_seconds", "worker_startup_seconds"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"The value of {name} is {getattr(self, name)}, but must be zero or more")
         self._free_slots = list(range(self.slots))
@@ -147,6 +153,7 @@ class SimulatedExecutor:
             raise RuntimeError("the simulated cluster has nothing running, yet the driver waits for a result")
         finish, _, run = heapq.heappop(self._running)
         heapq.heappush(self._free_slots, run.slot)
+        self._idle_since[run.slot] = finish
         self.clock.now = max(self.clock.now, finish)
         while self._queued and len(self._running) < self.slots:
             self._begin(self._queued.popleft())
@@ -193,6 +200,16 @@ class SimulatedExecutor:
     # --- running ----------------------------------------------------------------------------------
     def _begin(self, run: _Run) -> None:
         job, now = run.job, max(self.clock.now, run.ready_at)
+        run.slot = heapq.heappop(self._free_slots)
+        idle_since = self._idle_since.get(run.slot)
+        if idle_since is None:
+            # The first workers start together during the set-up; one first needed after a result came back (the
+            # pool grows on demand) starts now.
+            fresh = bool(self._idle_since)
+        else:
+            fresh = self.release_idle_after is not None and now - idle_since >= self.release_idle_after
+        if fresh:  # a new worker (a Ray actor) starts before its trial: given back idle, or never started yet
+            now += self.worker_startup_seconds
         # A clone starts where its parent's checkpoint at that rung left off; anyone else resumes from its own.
         if job.clone_from is not None and job.resume_from_rung is not None:
             start = self._reached.get((job.clone_from, job.resume_from_rung), 0.0)
@@ -206,7 +223,6 @@ class SimulatedExecutor:
                                   error=None if score is not None else "failed (simulated)")
         self._trained_to[job.trial_id] = max(start, job.budget)
         self._reached[(job.trial_id, job.rung)] = max(start, job.budget)
-        run.slot = heapq.heappop(self._free_slots)
         self.busy.append(Busy(job.trial_id, job.bracket, job.rung, now, now + seconds, run.slot))
         heapq.heappush(self._running, (now + seconds, next(self._seq), run))
 
@@ -321,6 +337,25 @@ def stage_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[st
         inside += max(0.0, last - max(first, reach))
         reach = max(reach, last)
     return max(0.0, (elapsed_seconds - setup - inside) / (len(spans) - 1))
+
+
+def worker_startup(records: Sequence[SpendRecord], holds: Sequence[HoldSpan]) -> float | None:
+    """Seconds a real run's workers were held before their first trial (median; None with no hold).
+
+    A hold names the pool's worker, a record the process that ran it; each new worker is a new process, so the
+    workers in the order they were acquired are the processes in the order of their first trial.
+    """
+    first_trial: dict[str, float] = {}
+    for r in records:
+        if r.worker:
+            first_trial[r.worker] = min(first_trial.get(r.worker, r.started_at), r.started_at)
+    starts = sorted(first_trial.values())
+    waits = []
+    for hold in sorted(holds, key=lambda h: h.acquired_at):
+        i = bisect.bisect_left(starts, hold.acquired_at)
+        if i < len(starts):  # a worker that never ran a trial (given back at the end) has none to pair with
+            waits.append(starts.pop(i) - hold.acquired_at)
+    return sorted(waits)[len(waits) // 2] if waits else None
 
 
 def setup_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[str, Any]],

@@ -64,7 +64,8 @@ def _plan_simulated(config, args: argparse.Namespace) -> int:
         stage, dispatch, setup = costs.stage_seconds, costs.dispatch_seconds, costs.setup_seconds
         if args.json:
             print(json.dumps(simulate(config, workers=args.workers, durations=durations, stage_seconds=stage,
-                                      dispatch_seconds=dispatch, setup_seconds=setup)))
+                                      dispatch_seconds=dispatch, setup_seconds=setup,
+                                      worker_startup_seconds=costs.worker_startup_seconds)))
             return 0
         results = compare(config, workers=args.workers, durations=durations, stage_seconds=stage, dispatch_seconds=dispatch,
                           setup_seconds=setup)

@@ -26,7 +26,7 @@ from typing import Any
 from rungflow.budgets.controller import BudgetController
 from rungflow.budgets.cost import CostModel
 from rungflow.budgets.driver import SweepDriver
-from rungflow.budgets.holding import RELEASE_NEVER, held_seconds, idle_grace
+from rungflow.budgets.holding import RELEASE_NEVER, HoldSpan, held_seconds, idle_grace
 from rungflow.budgets.ledger import Ledger, SpendRecord
 from rungflow.budgets.schedulers import make_scheduler
 from rungflow.budgets.search_registry import make_searcher
@@ -40,6 +40,7 @@ from rungflow.budgets.simulate import (
     idle_within,
     setup_overhead,
     stage_overhead,
+    worker_startup,
 )
 from rungflow.config import SweepConfig
 
@@ -135,8 +136,8 @@ def durations_for(config: SweepConfig, costs_from: str | None = None,
                     "(a previous run's ledger) or --seconds-per-unit S, or use a trainable with a cost model")
 
 
-def _past_run(costs_from: str | None) -> tuple[list[SpendRecord], dict[str, Any]] | None:
-    """A previous run's ledger records and result.json, where ``costs_from`` has both."""
+def _past_run(costs_from: str | None) -> tuple[list[SpendRecord], dict[str, Any], list[HoldSpan]] | None:
+    """A previous run's ledger records, result.json and workers' holds, where ``costs_from`` has both files."""
     if costs_from is None:
         return None
     run_dir = Path(costs_from)
@@ -144,7 +145,9 @@ def _past_run(costs_from: str | None) -> tuple[list[SpendRecord], dict[str, Any]
         return None
     result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
     ledger = Ledger(run_dir / "ledger.jsonl", replay=True) if (run_dir / "ledger.jsonl").is_file() else None
-    return ([*ledger.records, *ledger.pending] if ledger is not None else []), result
+    if ledger is None:
+        return [], result, []
+    return [*ledger.records, *ledger.pending], result, [*ledger.holds.closed, *ledger.holds.open]
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,8 @@ class DriverCosts:
     dispatch_seconds: float
     dispatch_source: str
     setup_seconds: float | None  # None: one stage's charge
+    # A Ray worker's start-up, held before its first trial, as the run's holds show it (None: the set-up's).
+    worker_startup_seconds: float | None = None
 
 
 def _given(flag: str, value: float | None) -> float | None:
@@ -170,10 +175,11 @@ def driver_costs_for(costs_from: str | None = None, *, stage_seconds: float | No
     once), else the default: :data:`DEFAULT_STAGE_SECONDS` a stage, no dispatcher, set-up as one stage."""
     stage, dispatch, setup = (_given("--stage-seconds", stage_seconds), _given("--dispatch-seconds", dispatch_seconds),
                               _given("--setup-seconds", setup_seconds))
-    measured_stage = measured_dispatch = measured_setup = None
-    past = _past_run(costs_from) if None in (stage, dispatch, setup) else None
+    measured_stage = measured_dispatch = measured_setup = measured_startup = None
+    past = _past_run(costs_from)
     if past is not None:
-        records, result = past
+        records, result, holds = past
+        measured_startup = worker_startup(records, holds)
         schedule, elapsed = result.get("schedule", []), float(result.get("elapsed_seconds") or 0.0)
         slots = int((result.get("utilisation") or {}).get("slots") or 0)
         # Only what was not given: fitting the dispatcher replays the run's stages in the simulator.
@@ -191,7 +197,9 @@ def driver_costs_for(costs_from: str | None = None, *, stage_seconds: float | No
                                      "the thread runtime's default")
     dispatch_value, dispatch_source = pick(dispatch, "--dispatch-seconds", measured_dispatch, 0.0, "none given")
     return DriverCosts(stage_value, stage_source, dispatch_value, dispatch_source,
-                       setup if setup is not None else measured_setup)
+                       setup if setup is not None else measured_setup,
+                       # --setup-seconds given stands for the workers' start-up too, as before this was measured.
+                       measured_startup if setup is None else None)
 
 
 def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
@@ -215,21 +223,25 @@ def _scores_for(config: SweepConfig) -> tuple[Scores, bool]:
 def simulate(config: SweepConfig, *, workers: int, durations: Durations,
              scheduler_kind: str | None = None, stage_seconds: float = DEFAULT_STAGE_SECONDS,
              dispatch_seconds: float = 0.0, setup_seconds: float | None = None, against_one_gpu: bool = True,
-             scheduler_options: Mapping[str, Any] | None = None, scores: Scores | None = None) -> dict[str, Any]:
+             scheduler_options: Mapping[str, Any] | None = None, scores: Scores | None = None,
+             worker_startup_seconds: float | None = None) -> dict[str, Any]:
     """Run ``config``'s sweep on ``workers`` simulated GPUs; the figures ``--json`` prints.
 
     ``against_one_gpu``: also run it on one GPU for the speed-up (``speedup_over_one_gpu``); ``scheduler_options``
     override the scheduler's (e.g. ``max_open_brackets``); ``scores`` replaces the trainable's own answers (a bench
-    reading whole learning curves at once).
+    reading whole learning curves at once); ``worker_startup_seconds``: a Ray worker's start-up, held, and waited for
+    by the trial a new worker runs (None: the set-up's).
     """
     out = _simulate_once(config, workers=workers, durations=durations, scheduler_kind=scheduler_kind,
                          stage_seconds=stage_seconds, dispatch_seconds=dispatch_seconds, setup_seconds=setup_seconds,
-                         scheduler_options=scheduler_options, scores=scores)
+                         scheduler_options=scheduler_options, scores=scores,
+                         worker_startup_seconds=worker_startup_seconds)
     one = out
     if against_one_gpu and workers != 1:
         one = _simulate_once(config, workers=1, durations=durations, scheduler_kind=scheduler_kind,
                              stage_seconds=stage_seconds, dispatch_seconds=dispatch_seconds,
-                             setup_seconds=setup_seconds, scheduler_options=scheduler_options, scores=scores)
+                             setup_seconds=setup_seconds, scheduler_options=scheduler_options, scores=scores,
+                             worker_startup_seconds=worker_startup_seconds)
     if against_one_gpu:
         out["one_gpu_wall_seconds"] = one["wall_seconds"]
         out["speedup_over_one_gpu"] = one["wall_seconds"] / out["wall_seconds"] if out["wall_seconds"] > 0 else None
@@ -239,7 +251,8 @@ def simulate(config: SweepConfig, *, workers: int, durations: Durations,
 
 def _simulate_once(config: SweepConfig, *, workers: int, durations: Durations, scheduler_kind: str | None,
                    stage_seconds: float, dispatch_seconds: float, setup_seconds: float | None,
-                   scheduler_options: Mapping[str, Any] | None, scores: Scores | None = None) -> dict[str, Any]:
+                   scheduler_options: Mapping[str, Any] | None, scores: Scores | None = None,
+                   worker_startup_seconds: float | None = None) -> dict[str, Any]:
     if workers < 1:
         raise PlanError(f"--workers: {workers} must be at least 1")
     kind = scheduler_kind or config.scheduler.kind
@@ -268,29 +281,37 @@ def _simulate_once(config: SweepConfig, *, workers: int, durations: Durations, s
     driver = SweepDriver(searcher, scheduler, ledger, controller, mode, lo, hi, seed=config.search.seed,
                          gpus_per_trial=gpus, cpus_per_trial=config.runtime.cpus_per_trial, clock=clock)
     scores, surrogate = (scores, True) if scores is not None else _scores_for(config)
+    startup = worker_startup_seconds if worker_startup_seconds is not None else (
+        stage_seconds if setup_seconds is None else setup_seconds)
+    release_after = config.runtime.release_idle_after if config.runtime.kind == "ray" else RELEASE_NEVER
+    grace = idle_grace(release_after, startup)
     executor = SimulatedExecutor(slots, clock, durations, scores, ledger, gpus_per_trial=gpus,
                                  cpus_per_trial=config.runtime.cpus_per_trial, stage_seconds=stage_seconds,
-                                 dispatch_seconds=dispatch_seconds, setup_seconds=setup_seconds)
+                                 dispatch_seconds=dispatch_seconds, setup_seconds=setup_seconds,
+                                 release_idle_after=grace,
+                                 worker_startup_seconds=startup if config.runtime.kind == "ray" else 0.0)
     driver.run(executor)
     out = summarise(driver, executor, kind, workers, surrogate)
-    startup = stage_seconds if setup_seconds is None else setup_seconds
-    out["gpu_hours_held"] = _held_gpu_hours(executor, config, gpus, startup)
+    worker_hours_held = _held_worker_seconds(executor, grace, startup) / 3600
+    out["gpu_hours_held"] = worker_hours_held * gpus
+    # The same hold per worker, whatever its share: what a CPU-only sweep's workers held, comparable with a real
+    # run's ledger where no GPU is billed.
+    out["worker_hours_held"] = worker_hours_held
     out["stage_seconds"] = stage_seconds if scheduler.synchronous else 0.0
     out["dispatch_seconds"] = dispatch_seconds
     out["setup_seconds"] = stage_seconds if setup_seconds is None else setup_seconds
+    out["worker_startup_seconds"] = startup
     return out
 
 
-def _held_gpu_hours(executor: SimulatedExecutor, config: SweepConfig, gpus: float, startup: float) -> float:
-    """GPU-hours the simulated workers held, busy or idle: each slot is a pool worker, given back after
-    ``runtime.release_idle_after`` idle (threads keep theirs to the end), billed its GPU share."""
-    release_after = config.runtime.release_idle_after if config.runtime.kind == "ray" else RELEASE_NEVER
-    grace = idle_grace(release_after, startup)
+def _held_worker_seconds(executor: SimulatedExecutor, grace: float | None, startup: float) -> float:
+    """Seconds the simulated workers held their shares, busy or idle: each slot is a pool worker, given back after
+    ``grace`` idle (None: threads keep theirs to the end)."""
     end = max((b.finished_at for b in executor.busy), default=0.0)
     by_slot: dict[int, list[tuple[float, float]]] = {}
     for b in executor.busy:
         by_slot.setdefault(b.slot, []).append((b.started_at, b.finished_at))
-    return sum(held_seconds(jobs, grace=grace, startup=startup, end=end) for jobs in by_slot.values()) * gpus / 3600
+    return sum(held_seconds(jobs, grace=grace, startup=startup, end=end) for jobs in by_slot.values())
 
 
 def _barrier_idle(driver: SweepDriver, executor: SimulatedExecutor) -> float:

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rungflow.budgets.holding import HoldSpan
 from rungflow.budgets.ledger import SpendRecord, TrialStatus
 from rungflow.budgets.rungs import hyperband_plan
-from rungflow.budgets.simulate import dispatch_overhead, setup_overhead, stage_overhead
+from rungflow.budgets.simulate import dispatch_overhead, setup_overhead, stage_overhead, worker_startup
 from rungflow.flows.cli import main
 from rungflow.flows.plan_sim import DEFAULT_STAGE_SECONDS
 from tests.conftest import sweep_config
@@ -62,10 +63,10 @@ def test_each_synchronous_stage_costs_its_driver_seconds(tmp_path: Path, capsys:
     assert asha["stage_seconds"] == 0.0 and asha["utilisation"] == pytest.approx(1.0)
 
 
-def _record(trial: str, bracket: int, rung: int, start: float, finish: float) -> SpendRecord:
+def _record(trial: str, bracket: int, rung: int, start: float, finish: float, worker: str = "") -> SpendRecord:
     return SpendRecord(trial_id=trial, bracket=bracket, rung=rung, budget=1.0 + rung, score=0.5,
                        status=TrialStatus.COMPLETED, gpu_seconds=finish - start, gpus=1.0, cost=0.0, started_at=start,
-                       finished_at=finish, wall_seconds=finish - start, budget_trained=1.0)
+                       finished_at=finish, wall_seconds=finish - start, budget_trained=1.0, worker=worker)
 
 
 def test_stage_overhead_is_the_wall_clock_no_stage_spans() -> None:
@@ -193,3 +194,31 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["plan", str(_config(tmp_path)), "--simulate", *argv]) != 0
     err = capsys.readouterr().err.strip()
     assert message in err.replace("\n", " ") and len(err.splitlines()) <= 3
+
+
+def test_a_ray_worker_given_back_idle_is_started_again_before_its_next_trial(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One worker, SHA 1..9: three stages, and at each of the two barriers the driver's 5 s idle the worker. Given
+    # back after 1 s, it is started again (3 s) before the next stage's trial; kept, it runs that trial at once.
+    path = _config(tmp_path)
+    argv = ["plan", str(path), "--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "5",
+            "--setup-seconds", "3", "--set", "scheduler.kind=sha", "--set", "scheduler.max_budget=9",
+            "--set", "search.num_trials=3", "--set", "runtime.kind=ray", "--set", "runtime.max_concurrent=null",
+            "--workers", "1"]
+    kept = _json(capsys, *argv, "--set", "runtime.release_idle_after=never")
+    given_back = _json(capsys, *argv, "--set", "runtime.release_idle_after=1")
+    assert given_back["wall_seconds"] == pytest.approx(kept["wall_seconds"] + 2 * 3.0)
+    assert given_back["gpu_hours"] == pytest.approx(kept["gpu_hours"])
+    # Held: idle 1 s then a 3 s start-up at each barrier, against the 5 s kept idle.
+    assert given_back["worker_hours_held"] * 3600 == pytest.approx(kept["worker_hours_held"] * 3600 + 2 * (1 + 3 - 5))
+
+
+def test_a_workers_start_up_is_read_from_its_hold_to_its_first_trial() -> None:
+    # Two workers held from 0.0 and 1.0; their processes' first trials start at 0.2 and 1.6. A third, acquired at
+    # 9.0 and given back with no trial, has nothing to pair with.
+    records = [_record("t0", 0, 0, 0.2, 3.0, worker="p1"), _record("t1", 0, 0, 1.6, 4.0, worker="p2"),
+               _record("t2", 0, 0, 3.0, 5.0, worker="p1")]
+    holds = [HoldSpan("actor-0", 0.0, 1.0, 0.0, 6.0), HoldSpan("actor-1", 0.0, 1.0, 1.0, 6.0),
+             HoldSpan("actor-2", 0.0, 1.0, 9.0, 9.5)]
+    assert worker_startup(records, holds) == pytest.approx(0.6)  # the median of 0.2 and 0.6: the upper one
+    assert worker_startup(records, []) is None
