@@ -195,9 +195,9 @@ def run_ours(target: str, seed: int, iterations: int, warm_start: Mapping[str, A
     return _reach(steps, goal, eg)
 
 
-def _evaluations(sweeps: Sequence[Any], space: Any) -> dict[str, Any]:
+def _evaluations(sweeps: Sequence[Any], space: Any, sign: float = 1.0) -> dict[str, Any]:
     """Each earlier sweep as Syne Tune's ``TransferLearningTaskEvaluations``: a trial at the highest budget it
-    reached (Syne Tune's transfer schedulers rank configurations by one value each)."""
+    reached (Syne Tune's transfer schedulers rank configurations by one value each), times ``sign``."""
     import pandas as pd
     from syne_tune.optimizer.schedulers.transfer_learning.transfer_learning_mixin import (
         TransferLearningTaskEvaluations,
@@ -213,7 +213,7 @@ def _evaluations(sweeps: Sequence[Any], space: Any) -> dict[str, Any]:
                 last[o.trial_id] = o
         rows = list(last.values())
         frame = pd.DataFrame([{p.name: o.config[p.name] for p in space.params} for o in rows])
-        values = np.array([float(o.score) for o in rows]).reshape(-1, 1, 1, 1)
+        values = sign * np.array([float(o.score) for o in rows]).reshape(-1, 1, 1, 1)
         out[sweep.name] = TransferLearningTaskEvaluations(synetune_space(space), frame, [ACC], values)
     return out
 
@@ -251,7 +251,9 @@ def run_peer(method: str, target: str, seed: int, sweeps: Sequence[Any], goal: f
                 cs, metric, do_minimize=do_minimize, searcher="random_search", random_seed=rs),
                 space, ACC, evaluations, do_minimize=False, random_seed=seed)
         else:
-            searcher = QuantileBasedSurrogateSearcher(space, evaluations, random_seed=seed)
+            # Its searcher takes the argmin of its samples (the scheduler's minimisation convention): accuracy is
+            # given negated, as the scheduler negates the target's own results.
+            searcher = QuantileBasedSurrogateSearcher(space, _evaluations(sweeps, c.space, -1.0), random_seed=seed)
             scheduler = SingleObjectiveScheduler(space, ACC, do_minimize=False, searcher=searcher, random_seed=seed)
     spent, best = 0.0, -math.inf
     for trial_id in range(100_000):
