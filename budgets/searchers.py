@@ -85,6 +85,15 @@ class Searcher(ABC):
                        for o in observations if self.space.contains(o.config)]
         self._enqueued = [dict(c) for c in enqueue if self.space.contains(c)]
 
+    def forget_prior(self, observation_ids: Iterable[str], enqueued: Iterable[Mapping[str, Any]]) -> None:
+        """Called when a warm start's prior is dropped mid-sweep: those of its results (ids as given to
+        :meth:`warm_start`) leave the model, those configurations leave the queue; what this sweep observed
+        itself stays, so the search goes on as it would have cold."""
+        gone = {f"prior-{i}" for i in observation_ids}
+        self.priors = [o for o in self.priors if o.trial_id not in gone]
+        dropped = [dict(c) for c in enqueued]
+        self._enqueued = [c for c in self._enqueued if c not in dropped]
+
     def _pop_enqueued(self, count: int) -> list[dict[str, Any]]:
         """Up to ``count`` enqueued configurations, removed from the queue: what suggest returns first."""
         out, self._enqueued = self._enqueued[:count], self._enqueued[count:]

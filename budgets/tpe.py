@@ -202,6 +202,10 @@ class TPESearcher(_OptunaBacked):
         super().warm_start(observations, enqueue)
         self._dirty = True
 
+    def forget_prior(self, observation_ids, enqueued) -> None:
+        super().forget_prior(observation_ids, enqueued)
+        self._dirty = True
+
     def suggest(self, count: int) -> list[dict[str, Any]]:
         out = self._pop_enqueued(count)
         if len(out) == count:
@@ -250,6 +254,13 @@ class BOHBSearcher(_OptunaBacked):
         # Priors join the per-budget model data before any of this study's results, as if observed first.
         for prior in self.priors:
             self._by_budget.setdefault(round(prior.budget, 9), []).append(prior)
+
+    def forget_prior(self, observation_ids, enqueued) -> None:
+        super().forget_prior(observation_ids, enqueued)
+        # The per-budget studies only ever grow: rebuild them from what is left, priors first as in warm_start.
+        self._by_budget, self._studies, self._added = {}, {}, {}
+        for o in [*self.priors, *self.observations]:
+            self._by_budget.setdefault(round(o.budget, 9), []).append(o)
 
     def model_budget(self) -> float | None:
         """The budget whose results the next model-based proposal is fitted on (None: not enough yet)."""

@@ -40,6 +40,7 @@ from prefect.utilities.annotations import quote
 from rungflow.budgets.controller import BudgetController, StopReason
 from rungflow.budgets.driver import SweepDriver, TrialJob
 from rungflow.budgets.ledger import Ledger, SpendRecord, StartMarker, TrialStatus
+from rungflow.budgets.prior_guard import PriorGuardSearcher
 from rungflow.budgets.schedulers import RungDecision, TrialScore, make_scheduler
 from rungflow.budgets.search_registry import make_searcher
 from rungflow.budgets.searchers import Observation, Searcher
@@ -478,6 +479,9 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
     if prior is not None:
         save_prior(sweep.run_dir, prior)
         sweep.history = prior
+        # The history's prior is judged on this sweep's own first results and dropped where it misleads.
+        sweep.searcher = PriorGuardSearcher(sweep.searcher, prior["portfolio"],
+                                            [o["trial_id"] for o in prior["warm_start"]["observations"]])
         # The caller's own warm start (the retrain's last week) first, then the history's portfolio.
         warm_start = {"observations": [*(warm_start or {}).get("observations", []), *prior["warm_start"]["observations"]],
                       "enqueue": [*(warm_start or {}).get("enqueue", []), *prior["warm_start"]["enqueue"]]}

@@ -232,15 +232,17 @@ def build_result(sweep: SweepState, final: bool = False) -> dict[str, Any]:
         "ui_sync": sweep.recorded.summary() if sweep.recorded is not None else None,
         # The Prefect API outages the sweep trained through (tasks/api_watch.py).
         "prefect_api": watch.summary() if (watch := getattr(sweep, "api_watch", None)) is not None else None,
-        "history": history_section(getattr(sweep, "history", None), sweep.trials, records, sweep.mode),
+        "history": history_section(getattr(sweep, "history", None), sweep.trials, records, sweep.mode,
+                                   getattr(sweep.searcher, "prior_decision", None)),
         "started_at": sweep.started_at,
         "elapsed_seconds": (max((r.finished_at for r in records), default=sweep.started_at) - sweep.started_at),
     }
 
 
 def history_section(prior: Mapping[str, Any] | None, trials: Mapping[str, Mapping[str, Any]],
-                    records: Iterable[SpendRecord], mode: str) -> dict[str, Any] | None:
-    """What the history's prior contributed: its sources, the portfolio's trials, the incumbents they gave."""
+                    records: Iterable[SpendRecord], mode: str, decision: Any = None) -> dict[str, Any] | None:
+    """What the history's prior contributed: its sources, the portfolio's trials, the incumbents they gave, and
+    whether it was kept or dropped and why (``decision``: :class:`rungflow.budgets.prior_guard.PriorDecision`)."""
     if prior is None:
         return None
     from rungflow.budgets.prior import config_key, incumbent_trials
@@ -252,7 +254,8 @@ def history_section(prior: Mapping[str, Any] | None, trials: Mapping[str, Mappin
     summary = dict(prior.get("summary") or {})
     return {**summary, "portfolio": prior.get("portfolio", []), "portfolio_trials": taken,
             "incumbents": len(incumbents), "incumbents_from_portfolio": sum(t in taken for t in incumbents),
-            "best_from_portfolio": bool(incumbents) and incumbents[-1] in taken}
+            "best_from_portfolio": bool(incumbents) and incumbents[-1] in taken,
+            "prior": decision.to_json() if decision is not None else None}
 
 
 def ensemble_line(ensemble: dict[str, Any]) -> str:
@@ -278,8 +281,16 @@ def history_line(history: dict[str, Any]) -> str:
                  f"{history.get('incumbents', 0)} incumbents from them"
                  + (", the final best among them" if history.get("best_from_portfolio") else ""))
     model = history.get("model_observations", 0)
-    return f"{head}; {portfolio}; " + (f"the model also fit on {model} earlier results of the same task" if model
+    line = f"{head}; {portfolio}; " + (f"the model also fit on {model} earlier results of the same task" if model
                                        else "the model fit on this sweep's results only")
+    verdict = history.get("prior") or {}
+    if verdict.get("verdict") == "dropped":
+        return f"{line}; the prior was dropped: {verdict['reason']}"
+    if verdict.get("verdict") == "kept":
+        return f"{line}; the prior was kept: {verdict['reason']}"
+    if verdict:
+        return f"{line}; the prior was kept, never judged: {verdict['reason']}"
+    return line
 
 
 def utilisation(records: list[SpendRecord], slots: int) -> dict[str, Any]:

@@ -218,6 +218,34 @@ def test_the_portfolio_runs_first_in_a_real_sweep_and_result_json_says_what_it_g
     from rungflow.tasks.artifacts import summary_markdown
 
     assert "**History:** 2 earlier sweeps" in summary_markdown(result)
+    # The earlier sweep's winner leads this task's first rung: the prior is kept, and every view says why.
+    assert h["prior"]["verdict"] == "kept" and h["prior"]["budget"] == 1.0 and h["prior"]["cold_trials"] >= 3
+    assert "the prior was kept: its best configuration scored" in line and "the prior was kept" in summary_markdown(result)
+
+
+def test_a_misleading_prior_is_dropped_and_the_search_goes_on_cold(prefect_server: str, earlier_run: Path,
+                                                                    tmp_path: Path) -> None:
+    from rungflow.flows.cli_render import summary_lines
+    from rungflow.flows.sweep import run_sweep
+
+    # The same sweep with every score turned upside down, all at one budget so that no rung it reached vouches
+    # for a trial: its worst configuration looks best.
+    flipped = _copy(earlier_run, tmp_path / "flipped")
+    lines = []
+    for line in (flipped / "ledger.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("type") == "spend" and entry["record"].get("score") is not None:
+            entry["record"]["score"], entry["record"]["budget"] = -entry["record"]["score"], 9.0
+        lines.append(json.dumps(entry))
+    (flipped / "ledger.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = _config(tmp_path, {"runs": [str(flipped)], "portfolio": 3},
+                  search={"algorithm": "bohb", "seed": 0, "min_points_in_model": 3})
+    result = run_sweep(cfg, cfg.run_dir(), refit=False)
+    h = result["history"]
+    assert h["portfolio_trials"] == ["t0000"] and h["prior"]["verdict"] == "dropped"  # one sweep: a portfolio of one
+    assert h["prior"]["portfolio_best"] < h["prior"]["cold_median"]
+    line = next(x for x in summary_lines(result) if x.startswith("history:"))
+    assert "the prior was dropped: its best configuration scored" in line and "the search went on cold" in line
 
 
 # --- Optuna studies --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rungflow.budgets.prior import PastSweep
 from rungflow.budgets.prior_estimate import estimate_prior, near_best_gpu_hours, near_best_trials
@@ -45,3 +46,55 @@ def test_a_history_that_agrees_is_expected_to_save_and_one_that_does_not_is_not(
     assert e.hits == 0 and e.prior_gpu_hours == e.cold_gpu_hours  # no help, and the fallback costs what cold costs
     one = estimate_prior(SPACE, agreeing[:1], portfolio_size=4)
     assert one.cold_gpu_hours is not None and one.prior_gpu_hours is None  # nothing to leave one out against
+
+
+# --- keep or drop the prior at run time ------------------------------------------------------------------
+
+def test_the_verdict_compares_the_portfolios_best_with_the_cold_median_at_the_same_budget() -> None:
+    from rungflow.budgets.prior_guard import PriorVerdict, judge_prior
+
+    assert judge_prior([0.2, 0.8], [0.5, 0.6, 0.7, 0.8], "max", 1.0).verdict is PriorVerdict.KEPT
+    dropped = judge_prior([0.2, 0.3], [0.5, 0.6, 0.7, 0.8, None], "max", 1.0)
+    assert dropped.verdict is PriorVerdict.DROPPED and dropped.cold_median == pytest.approx(0.65) and dropped.portfolio_best == 0.3
+    assert "0.3 at budget 1, below the cold trials' median 0.65 (4 trials)" in dropped.reason
+    assert judge_prior([0.2, 0.3], [0.5, 0.6, 0.7, 0.8], "min", 1.0).verdict is PriorVerdict.KEPT  # a loss: lower is better
+    assert judge_prior([None, None], [0.5, 0.6, 0.7, 0.8], "max", 1.0).verdict is PriorVerdict.DROPPED
+    assert judge_prior([0.9], [0.5, 0.6, 0.7], "max", 1.0).verdict is PriorVerdict.PENDING  # too few cold results yet
+
+
+@pytest.mark.parametrize(("portfolio_score", "verdict"), [(0.95, "kept"), (0.05, "dropped")])
+def test_a_dropped_prior_leaves_the_queue_and_the_model_and_the_caller_s_own_warm_start_stays(
+        portfolio_score: float, verdict: str) -> None:
+    from rungflow.budgets.prior_guard import PriorGuardSearcher
+    from rungflow.budgets.tpe import BOHBSearcher
+
+    portfolio = [{"x": 0.1, "y": 0.1}, {"x": 0.2, "y": 0.2}, {"x": 0.3, "y": 0.3}]
+    history = [Observation(f"old/t{i}", {"x": 0.1 + i / 100, "y": 0.1}, 1.0, 0.9) for i in range(8)]
+    last_week = [Observation("w1", {"x": 0.5, "y": 0.5}, 1.0, 0.5)]
+    inner = BOHBSearcher(SPACE, seed=0, mode="max", max_budget=9.0, min_points_in_model=4)
+    guard = PriorGuardSearcher(inner, portfolio, [o.trial_id for o in history])
+    guard.warm_start([*last_week, *history], enqueue=portfolio)
+    first = guard.suggest(7)  # the three portfolio configurations, then four cold proposals
+    assert first[:3] == portfolio and guard.prior_decision.verdict == "pending"
+    cold_scores = iter([0.4, 0.5, 0.6, 0.7])
+    for i, config in enumerate(first):
+        score = portfolio_score if i < 3 else next(cold_scores)
+        guard.observe(Observation(f"t{i:04d}", config, 1.0, score))
+    guard.suggest(1)  # the verdict comes before the next proposal, on every result told    assert guard.prior_decision.verdict == verdict and guard.prior_decision.cold_trials == 4
+    held = {o.trial_id for o in inner.priors}
+    if verdict == "dropped":
+        assert held == {"prior-w1"}  # the history's results left the model; last week's warm start did not
+        assert inner.model_budget() == 1.0 and len(inner._by_budget[1.0]) == 8  # rebuilt: w1 and this sweep's seven
+    else:
+        assert len(held) == 9 and len(inner._by_budget[1.0]) == 16
+    assert len(guard.observations) == 7 and len(inner.observations) == 7
+
+
+def test_forgetting_a_prior_takes_what_is_left_of_it_out_of_the_queue() -> None:
+    from rungflow.budgets.searchers import RandomSearcher
+
+    searcher = RandomSearcher(SPACE, seed=0)
+    mine, theirs = {"x": 0.5, "y": 0.5}, {"x": 0.1, "y": 0.1}
+    searcher.warm_start(enqueue=[mine, theirs])
+    searcher.forget_prior([], [theirs])
+    assert searcher.suggest(1) == [mine] and searcher.suggest(3)[0] != theirs
