@@ -6,7 +6,7 @@ of 128 random configurations (seed 0) − 0.5; *GPU-h to target* is the spend wh
 first reaches it (—: never).
 
 ``--growth`` times the simulator itself instead: a sweep of N noop trials (1 s per epoch, 1..27 epochs, η = 3,
-random search) on W simulated workers, for each N and W given, under ASHA and under Hyperband with its brackets
+random search, or ``--searcher``) on W simulated workers, for each N and W given, under ASHA and under Hyperband with its brackets
 side by side.
 
 ``--fill`` compares Hyperband + BOHB one bracket at a time with brackets side by side at 1, 8 and 64 GPUs on LCBench
@@ -45,7 +45,7 @@ def to_target(result: dict, target: float, top_budget: float) -> float | None:
     return None
 
 
-def growth(trials: list[int], workers: list[int]) -> None:
+def growth(trials: list[int], workers: list[int], searcher: str = "random") -> None:
     """Seconds to simulate N-trial sweeps on W workers (one markdown table)."""
     from rungflow.config import validate
 
@@ -57,7 +57,7 @@ def growth(trials: list[int], workers: list[int]) -> None:
                 # Hyperband starts 49 trials an iteration at 1..27 epochs: as many iterations as reach N trials.
                 scheduler = ({"kind": "asha"} if kind == "asha" else
                              {"kind": "hyperband", "iterations": max(1, round(n / 49))})
-                search = {"algorithm": "random", "seed": 0, **({"num_trials": n} if kind == "asha" else {})}
+                search = {"algorithm": searcher, "seed": 0, **({"num_trials": n} if kind == "asha" else {})}
                 config = validate({"name": f"growth-{n}-{w}", "trainable": {"kind": "noop"}, "search": search,
                                    "scheduler": {**scheduler, "min_budget": 1, "max_budget": 27, "eta": 3},
                                    "budget": {"max_gpu_hours": 1e9},
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-trial", type=float, nargs="+", default=[1.0, 0.25])
     parser.add_argument("--growth", action="store_true", help="time the simulator on N-trial ASHA sweeps instead")
     parser.add_argument("--trials", type=int, nargs="+", default=[1000, 3000, 10000], help="--growth: sweep sizes")
+    parser.add_argument("--searcher", default="random", help="--growth: the search algorithm (bohb: the default sweep's)")
     parser.add_argument("--fill", action="store_true", help="one bracket at a time against side by side (bench.fill)")
     from bench import fill
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         fill.main(args)
         return 0
     if args.growth:
-        growth(args.trials, args.workers)
+        growth(args.trials, args.workers, args.searcher)
         return 0
     base = load_config(args.config, [])
     target = random128_best(base) - 0.5

@@ -320,7 +320,8 @@ def stage_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[st
                    elapsed_seconds: float) -> float | None:
     """Driver seconds between synchronous stages in a real run: its wall-clock (``elapsed_seconds``, from the
     sweep's start to its last result) less its set-up (:func:`setup_overhead`) and each stage's span
-    (:func:`stage_spans`), over the stages after the first. None when the run had no synchronous stage
+    (:func:`stage_spans`), over the stages after the first; with brackets side by side, the mean from a rung's
+    barrier to its bracket's next rung. None when the run had no synchronous stage
     (ASHA) or no record to measure.
 
     ``records`` and ``schedule`` are the run's ledger records and ``result.json`` ``schedule``.
@@ -331,11 +332,20 @@ def stage_overhead(records: Sequence[SpendRecord], schedule: Sequence[Mapping[st
         return None
     if len(spans) == 1:
         return 0.0
-    # Stages of brackets that run side by side overlap: a moment inside any stage counts once.
-    inside, reach = 0.0, -float("inf")
+    inside, reach, overlapped = 0.0, -float("inf"), False
     for first, last in sorted((first, last) for first, last, _ in spans.values()):
+        overlapped |= first < reach
         inside += max(0.0, last - max(first, reach))
         reach = max(reach, last)
+    if overlapped:
+        # Brackets side by side: other brackets' stages cover the driver's time at a barrier, so the wall-clock
+        # less the stages' spans shows none of it. Each bracket's log shows it, from a rung's barrier to the start
+        # of its next rung (the gate and promote that the simulator charges there).
+        gaps = [float(after["started_at"]) - float(before["finished_at"])
+                for bracket in schedule if not bracket.get("asynchronous")
+                for before, after in zip(bracket.get("rungs", []), bracket.get("rungs", [])[1:])
+                if "finished_at" in before and "started_at" in after]
+        return max(0.0, sum(gaps) / len(gaps)) if gaps else 0.0
     return max(0.0, (elapsed_seconds - setup - inside) / (len(spans) - 1))
 
 

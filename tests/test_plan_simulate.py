@@ -76,6 +76,11 @@ def test_stage_overhead_is_the_wall_clock_no_stage_spans() -> None:
                                          {"rung": 1, "started_at": 4.4, "finished_at": 6.0}]}]
     assert setup_overhead(records, schedule, elapsed_seconds=6.0) == pytest.approx(1.0)
     assert stage_overhead(records, schedule, elapsed_seconds=6.0) == pytest.approx(6.0 - 1.0 - 3.0 - 1.6)
+    # Side by side, bracket 1's stage covers bracket 0's barrier (4.0 to 4.4): each bracket's log still shows it.
+    beside = [*records, _record("t5", 1, 0, 3.5, 5.0), _record("t5", 1, 1, 5.2, 6.0)]
+    both = [*schedule, {"bracket": 1, "rungs": [{"rung": 0, "started_at": 3.4, "finished_at": 5.0},
+                                                {"rung": 1, "started_at": 5.2, "finished_at": 6.0}]}]
+    assert stage_overhead(beside, both, elapsed_seconds=6.0) == pytest.approx((0.4 + 0.2) / 2)
     # ASHA's schedule has no synchronous stage: nothing to measure.
     assert stage_overhead(records, [{"bracket": 0, "asynchronous": True, "rungs": [{"rung": 0}]}], 6.0) is None
 
