@@ -57,8 +57,8 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
         report.longrepr = f"skipped where nothing may be (RUNGFLOW_NO_SKIPS=1): {reason}"
 
 
-# The files whose tests take minutes (real servers, Ray clusters, fresh workers importing torch) go first: with two
-# test processes taking a file at a time, long files left for the end keep one process busy while the other waits.
+# The files whose tests take minutes (real servers, Ray clusters, fresh workers importing torch) go first: with
+# test processes taking a file at a time, long files left for the end keep one process busy while the others wait.
 SLOW_FILES_FIRST = ("test_bench_gpu.py", "test_postgres.py", "test_flow.py", "test_prefect_restart.py",
                     "test_function_trainable.py", "test_mlflow.py", "test_resume.py", "test_model_families.py",
                     "test_history.py", "test_prefect_api_loss.py", "test_ui_browser.py", "test_deployments.py",

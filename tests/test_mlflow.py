@@ -24,7 +24,8 @@ def _start(tmp_path: Path, port: int) -> subprocess.Popen:
                              "--default-artifact-root", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
                             stdout=(tmp_path / "mlflow.log").open("a"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
+    # Generous: the suite's other processes share the cores while mlflow imports (a hang still ends here).
+    deadline = time.time() + 300
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
