@@ -4,8 +4,11 @@ Runs the same deterministic sweep (noop trials sleeping 0.4 s, random search see
 η = 3) for real at 1, 2 and 4 slots, then simulates each: with durations and the per-stage driver cost
 and the per-trial dispatch delay from the run itself, from the first (1-slot) run, from the run one size down,
 with the defaults (0.12 s a stage and for set-up, no dispatch delay), and with no driver cost at all. It
-prints wall-clock (the sweep's start to its last result, as result.json counts it), utilisation and idle
-at barriers for both, and whether the trials, rungs and scores are identical. About a minute of CPU.
+prints wall-clock (the sweep's start to its last result, as result.json counts it), utilisation, idle
+at barriers and the worker-seconds held (the ledger's holds against the simulator's slots, held as the runtime's
+pool holds its workers) for both, and whether the trials, rungs and scores are identical. The brackets run side by
+side (the default). On local Ray every slot gets an equal share of this machine's cores, so all of them start.
+About a minute of CPU.
 """
 
 from __future__ import annotations
