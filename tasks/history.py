@@ -15,6 +15,7 @@ import dataclasses
 import glob
 import json
 import math
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,9 @@ from rungflow.budgets.prior import PastSweep
 from rungflow.budgets.searchers import Observation
 from rungflow.budgets.space import CategoricalParam, IntParam, SearchSpace, SpaceError
 from rungflow.redact import redact
+from rungflow.tasks.history_s3 import fetch_s3_runs
 from rungflow.tasks.optuna_study import BUDGETS_ATTR, TASK_ATTR, TRIAL_ATTR, task_fingerprint
+from rungflow.tasks.s3 import is_s3_url
 
 __all__ = ["HistoryError", "History", "load_history"]
 
@@ -106,6 +109,8 @@ def _read_json(path: Path, where: str) -> Any:
 def _run_dirs(patterns: list[str], own: Path | None) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = []
     for i, pattern in enumerate(patterns):
+        if is_s3_url(pattern):
+            continue  # fetched by tasks/history_s3.py
         where = f"history.runs[{i}] = {pattern!r}"
         expanded = str(Path(pattern).expanduser())
         if glob.has_magic(expanded):
@@ -121,8 +126,11 @@ def _run_dirs(patterns: list[str], own: Path | None) -> list[tuple[str, Path]]:
     return out
 
 
-def _read_run(path: Path, where: str, config: Any, space: SearchSpace, task: str) -> tuple[PastSweep, dict[str, Any], int]:
-    where = f"{where} ({path})" if str(path) not in where else where
+def _read_run(path: Path, where: str, config: Any, space: SearchSpace, task: str,
+              shown: str | None = None) -> tuple[PastSweep, dict[str, Any], int]:
+    """``shown``: where the run is as the user named it (an S3 URL), when ``path`` is a local copy of it."""
+    shown = shown or str(path)
+    where = f"{where} ({shown})" if shown not in where else where
     saved = _read_json(path / "config.json", where)
     result = _read_json(path / "result.json", where)
     metric = result.get("metric") or {}
@@ -170,7 +178,7 @@ def _read_run(path: Path, where: str, config: Any, space: SearchSpace, task: str
     sweep = PastSweep(name=f"{name}@{path.name}", observations=observations, mode=config.mode(), same_task=past_task == task,
                       spent_gpu_hours=tuple(spent[i] for i in kept),
                       first_bracket_gpu_hours=brackets[min(brackets)] if brackets else None)
-    source = {"source": str(path), "kind": "run", "name": name, "trials": len({o.trial_id for o in observations}),
+    source = {"source": shown, "kind": "run", "name": name, "trials": len({o.trial_id for o in observations}),
               "task": past_task, "same_task": past_task == task}
     return sweep, source, fitter.outside
 
@@ -251,12 +259,22 @@ def load_history(config: Any, run_dir: Path | None = None) -> History | None:
     task = task_fingerprint(config.model_dump(mode="json"))
     _, max_budget = config.budget_range()
     history = History()
-    for where, path in _run_dirs(h.runs, run_dir):
-        sweep, source, outside = _read_run(path, where, config, space, task)
-        history.sweeps.append(sweep)
-        history.sources.append(source)
-        if outside:
-            history.notes.append(f"{path}: {outside} trial(s) outside this sweep's ranges left out")
+    runs: list[tuple[str, Path, str | None]] = [(where, path, None) for where, path in _run_dirs(h.runs, run_dir)]
+    with tempfile.TemporaryDirectory(prefix="rungflow-history-") as fetched:
+        for i, pattern in enumerate(h.runs):
+            if is_s3_url(pattern):
+                where = f"history.runs[{i}] = {redact(pattern)!r}"
+                try:
+                    runs += [(where, path, url) for url, path in fetch_s3_runs(pattern, where, config.storage.s3,
+                                                                             Path(fetched) / str(i))]
+                except ValueError as exc:
+                    raise HistoryError(str(exc)) from None
+        for where, path, shown in runs:
+            sweep, source, outside = _read_run(path, where, config, space, task, shown)
+            history.sweeps.append(sweep)
+            history.sources.append(source)
+            if outside:
+                history.notes.append(f"{shown or path}: {outside} trial(s) outside this sweep's ranges left out")
     if h.optuna_url is not None:
         shown = redact(str(h.optuna_url))
         storage, names = _open_storage(str(h.optuna_url))

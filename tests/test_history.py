@@ -336,3 +336,40 @@ def test_a_resumed_sweep_replays_its_saved_prior_not_the_sources(tmp_path: Path)
     (run / "history.json").write_text(json.dumps(saved))
     (run / "ledger.jsonl").write_text("")
     assert prior_for(cfg, run) == saved  # a resume: the proposals the ledger replays came from this prior
+
+
+# --- run directories on S3 (a real SeaweedFS server) ------------------------------------------------------
+
+def test_run_directories_on_s3_are_read_as_history_and_only_their_three_files(s3_server: Any, earlier_run: Path,
+                                                                                tmp_path: Path) -> None:
+    client = s3_server.client()
+    client.create_bucket(Bucket="team-history")
+    for week in ("digits-w01", "digits-w02"):
+        for name in ("config.json", "result.json", "ledger.jsonl"):
+            client.put_object(Bucket="team-history", Key=f"runs/{week}/{name}", Body=(earlier_run / name).read_bytes())
+        # What else a synced run directory holds is never fetched: a model could run code when loaded.
+        client.put_object(Bucket="team-history", Key=f"runs/{week}/best_model/model.pkl", Body=b"not data")
+    bad = json.loads((earlier_run / "result.json").read_text())
+    bad["metric"]["name"] = "loss"
+    client.put_object(Bucket="team-history", Key="runs/loss-w01/result.json", Body=json.dumps(bad).encode())
+    for name in ("config.json", "ledger.jsonl"):
+        client.put_object(Bucket="team-history", Key=f"runs/loss-w01/{name}", Body=(earlier_run / name).read_bytes())
+
+    def config(runs: list[str]):
+        return _config(tmp_path, {"runs": runs, "portfolio": 2},
+                       storage={"run_dir": str(tmp_path / "run"), "s3": {"endpoint_url": s3_server.endpoint}})
+
+    cfg = config(["s3://team-history/runs/digits-*"])
+    prior = prior_for(cfg, cfg.run_dir())
+    s = prior["summary"]
+    assert s["sweeps"] == 2 and s["trials"] == 34 and s["same_task"] == 2
+    assert [src["source"] for src in s["sources"]] == ["s3://team-history/runs/digits-w01",
+                                                       "s3://team-history/runs/digits-w02"]
+    assert prior["portfolio"][0] == json.loads((earlier_run / "result.json").read_text())["best"]["config"]
+    with pytest.raises(HistoryError) as err:
+        prior_for(config(["s3://team-history/runs/*-w01"]), cfg.run_dir())
+    assert "history.runs[0] = 's3://team-history/runs/*-w01' (s3://team-history/runs/loss-w01): it optimised 'loss'" in str(err.value)
+    with pytest.raises(HistoryError) as err:
+        prior_for(config([str(earlier_run), "s3://team-history/runs/iris-*"]), cfg.run_dir())
+    assert str(err.value).startswith("history.runs[1] = 's3://team-history/runs/iris-*': no run directory there")
+    assert "\n" not in str(err.value) and not cfg.run_dir().exists()
