@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from rungflow.budgets.controller import StopReason
 from rungflow.budgets.ledger import SpendRecord, TrialStatus
+from rungflow.budgets.monitor import MonitorLost
 from rungflow.budgets.scheduling import Stage, TrialScore
 
 if TYPE_CHECKING:
@@ -235,13 +236,31 @@ class _Loop:
         self.start_rung(bracket)
 
     def run(self) -> None:
-        self.fill()
-        while self.in_flight:
-            self.take(self.next_result_or_skip())
+        try:
             self.fill()
+            while self.in_flight:
+                self.take(self.next_result_or_skip())
+                self.fill()
+        except MonitorLost as lost:
+            self.drain(self.driver.monitor_lost(lost))
+            raise
         if self.exhausted and self.driver.stop_reason is None:
             self.driver.stop_reason = str(StopReason.SCHEDULE_COMPLETE)
             self.driver.stop_detail = "the search space is exhausted"
+
+    def drain(self, reason: str) -> None:
+        """Stop where the loop is: cancel every job in flight (in any bracket) and bill each as it comes back, those
+        not started at once. Nothing is gated or published: a start marker with no spend after it would be time the
+        workers used and nobody paid for."""
+        self.cancel_all(reason)
+        for bracket in self.open:
+            bracket.waiting.clear()
+        while self.in_flight:
+            entry = self.next_result_or_skip()
+            if entry.replayed is not None:
+                self.driver.adopt(entry.replayed)
+            else:
+                self.driver.charge(self.executor.collect(entry.handle, entry.job))
 
     def next_result_or_skip(self) -> _InFlight:
         while True:

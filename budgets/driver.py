@@ -22,6 +22,7 @@ from rungflow.budgets.bracket_loop import run_brackets
 from rungflow.budgets.controller import BudgetController, BudgetDecision, StopReason
 from rungflow.budgets.forecast import Forecast, stage_forecast
 from rungflow.budgets.ledger import Ledger, SpendRecord, StartMarker, TrialStatus
+from rungflow.budgets.monitor import MonitorLost
 from rungflow.budgets.scheduling import AsyncScheduler, RungDecision, Scheduler, Stage, TrialScore
 from rungflow.budgets.searchers import Observation, Searcher
 
@@ -96,7 +97,10 @@ class Executor(Protocol):
         ...
 
     def publish(self) -> None:
-        """Called after each synchronous stage and every few seconds under ASHA: report the sweep so far."""
+        """Called after each synchronous stage and every few seconds under ASHA: report the sweep so far.
+
+        Raises :class:`MonitorLost` when the sweep may no longer run unwatched: the driver bills what is in flight,
+        then lets it go on."""
         ...
 
 
@@ -292,8 +296,19 @@ class SweepDriver:
     def _publish(self, executor: Executor) -> None:
         self._last_publish = self.clock()
         began = time.perf_counter()
-        executor.publish()
+        try:
+            executor.publish()
+        except MonitorLost as lost:
+            self.monitor_lost(lost)
+            raise
         self._publish_seconds = time.perf_counter() - began
+
+    def monitor_lost(self, lost: MonitorLost) -> str:
+        """Record the stop (unless the executor already said why); returns the reason to cancel what runs with."""
+        if self.stop_reason is None:
+            self.stop_reason = str(StopReason.CANCELLED)
+            self.stop_detail = f"{lost}; the sweep stopped and billed every trial it had started"
+        return self.stop_detail
 
     def _publish_due(self) -> bool:
         return self.clock() - self._last_publish >= max(PUBLISH_EVERY_SECONDS, self._publish_seconds / PUBLISH_SHARE)
@@ -312,65 +327,83 @@ class SweepDriver:
         checks_every = max(1, executor.slots)
         finished = 0
         stopping = False
-        while True:
-            if not stopping and finished % checks_every == 0 and (finished or not in_flight):
-                units = executor.slots * plan.rungs[0].budget
-                if self.decide(Stage(results=finished, scheduler=str(scheduler.kind)), units).stop:
-                    stopping = True
-            while not stopping and len(in_flight) < executor.slots:
-                next_job = scheduler.next_job()
-                if next_job is None:
-                    break
-                clone_from = next_job.clone_from
-                if next_job.trial_id is None and next_job.config is not None:
-                    # The scheduler's own trial: it starts from ``clone_from``'s checkpoint at the rung below
-                    # (not its latest: the parent may have trained on since the gate that cloned it).
-                    cloned_at = budget_at.get((clone_from, next_job.rung - 1)) if clone_from is not None else None
-                    trial_id = self.new_trial(dict(next_job.config), 0, parent=clone_from, cloned_at=cloned_at)
-                    scheduler.on_trial(trial_id, self.trials[trial_id])
-                    resume = next_job.rung - 1 if cloned_at is not None else None
-                    if resume is None:
-                        clone_from = None
-                elif next_job.trial_id is None:
-                    configs = self.searcher.suggest(1)
-                    if not configs:
-                        scheduler.stop_starting()
+        try:
+            while True:
+                if not stopping and finished % checks_every == 0 and (finished or not in_flight):
+                    units = executor.slots * plan.rungs[0].budget
+                    if self.decide(Stage(results=finished, scheduler=str(scheduler.kind)), units).stop:
+                        stopping = True
+                while not stopping and len(in_flight) < executor.slots:
+                    next_job = scheduler.next_job()
+                    if next_job is None:
                         break
-                    trial_id = self.new_trial(configs[0], 0)
-                    scheduler.on_trial(trial_id, self.trials[trial_id])
-                    resume, clone_from = None, None
-                else:
-                    trial_id, resume, clone_from = next_job.trial_id, last_rung_of.get(next_job.trial_id), None
-                job = self.job(trial_id, 0, next_job.rung, next_job.budget, resume, clone_from)
-                record = self.replayed(job)
-                if record is not None:
-                    handle: Any = object()
-                    done.put(handle)
-                else:
-                    handle = self.dispatch(job, executor, done.put)
-                in_flight[id(handle)] = (handle, job, record)
-            if not in_flight:
-                break
+                    clone_from = next_job.clone_from
+                    if next_job.trial_id is None and next_job.config is not None:
+                        # The scheduler's own trial: it starts from ``clone_from``'s checkpoint at the rung below
+                        # (not its latest: the parent may have trained on since the gate that cloned it).
+                        cloned_at = budget_at.get((clone_from, next_job.rung - 1)) if clone_from is not None else None
+                        trial_id = self.new_trial(dict(next_job.config), 0, parent=clone_from, cloned_at=cloned_at)
+                        scheduler.on_trial(trial_id, self.trials[trial_id])
+                        resume = next_job.rung - 1 if cloned_at is not None else None
+                        if resume is None:
+                            clone_from = None
+                    elif next_job.trial_id is None:
+                        configs = self.searcher.suggest(1)
+                        if not configs:
+                            scheduler.stop_starting()
+                            break
+                        trial_id = self.new_trial(configs[0], 0)
+                        scheduler.on_trial(trial_id, self.trials[trial_id])
+                        resume, clone_from = None, None
+                    else:
+                        trial_id, resume, clone_from = next_job.trial_id, last_rung_of.get(next_job.trial_id), None
+                    job = self.job(trial_id, 0, next_job.rung, next_job.budget, resume, clone_from)
+                    record = self.replayed(job)
+                    if record is not None:
+                        handle: Any = object()
+                        done.put(handle)
+                    else:
+                        handle = self.dispatch(job, executor, done.put)
+                    in_flight[id(handle)] = (handle, job, record)
+                if not in_flight:
+                    break
+                handle = _next(done, executor)
+                if id(handle) not in in_flight:
+                    continue
+                _, job, record = in_flight.pop(id(handle))
+                result = self.adopt(record) if record is not None else self.charge(executor.collect(handle, job))
+                executor.reached("asha-result")
+                finished += 1
+                if not stopping and self._runtime_down(result):
+                    stopping = True
+                    executor.cancel([j for _, j, _ in in_flight.values()], self.stop_detail)
+                if result.status == TrialStatus.CANCELLED:
+                    continue
+                last_rung_of[job.trial_id] = job.rung
+                budget_at[(job.trial_id, job.rung)] = job.budget
+                scheduler.on_result(job.trial_id, job.rung, _score(result))
+                self.searcher.observe(self.observation(result))
+                # Throttled by time: publishing is O(trials), per result it would be O(n²).
+                if self._publish_due():
+                    self._publish(executor)
+                check = None if stopping else self._cap_check()
+                if check is not None:
+                    stopping = True
+                    executor.cancel([j for _, j, _ in in_flight.values()], check.detail)
+        except MonitorLost as lost:
+            self._drain(executor, done, in_flight, self.monitor_lost(lost))
+            raise
+
+    def _drain(self, executor: Executor, done: queue.Queue[Any],
+               in_flight: dict[int, tuple[Any, TrialJob, SpendRecord | None]], reason: str) -> None:
+        """Cancel what is in flight and bill each job as it comes back (those not started come back at once):
+        a start marker with no spend after it would be time the workers used and nobody paid for."""
+        executor.cancel([job for _, job, record in in_flight.values() if record is None], reason)
+        while in_flight:
             handle = _next(done, executor)
-            if id(handle) not in in_flight:
-                continue
-            _, job, record = in_flight.pop(id(handle))
-            result = self.adopt(record) if record is not None else self.charge(executor.collect(handle, job))
-            executor.reached("asha-result")
-            finished += 1
-            if not stopping and self._runtime_down(result):
-                stopping = True
-                executor.cancel([j for _, j, _ in in_flight.values()], self.stop_detail)
-            if result.status == TrialStatus.CANCELLED:
-                continue
-            last_rung_of[job.trial_id] = job.rung
-            budget_at[(job.trial_id, job.rung)] = job.budget
-            scheduler.on_result(job.trial_id, job.rung, _score(result))
-            self.searcher.observe(self.observation(result))
-            # Throttled by time: publishing is O(trials), per result it would be O(n²).
-            if self._publish_due():
-                self._publish(executor)
-            check = None if stopping else self._cap_check()
-            if check is not None:
-                stopping = True
-                executor.cancel([j for _, j, _ in in_flight.values()], check.detail)
+            if id(handle) in in_flight:
+                _, job, record = in_flight.pop(id(handle))
+                if record is not None:
+                    self.adopt(record)
+                else:
+                    self.charge(executor.collect(handle, job))

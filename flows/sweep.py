@@ -258,6 +258,11 @@ class Sweep(SweepDriver):
             self.ledger.adopt_all()
             self.write_result()
             raise
+        except PrefectAPIUnreachable:
+            # The publish that found the API gone wrote result.json; the driver then billed what was in flight.
+            self.ledger.adopt_all()
+            self.write_final_result()
+            raise
         finally:
             heartbeat.stop()
             # The runtime gave its idle workers back as it closed; any it could not (one stuck in a trial that
@@ -289,10 +294,17 @@ class Sweep(SweepDriver):
                 # Stop spending where nobody can watch: result.json says why and holds every finished trial.
                 if self.stop_reason is None:
                     self.stop_reason = str(StopReason.CANCELLED)
-                    self.stop_detail = f"the Prefect API stopped answering ({exc}); the sweep stopped after the stage that was running"
-                write_json_atomic(self.run_dir / "result.json", redact_json(build_result(self, final=True)))
+                    self.stop_detail = (f"the Prefect API stopped answering ({exc}); the sweep stopped and billed every "
+                                        "trial it had started")
+                self.write_final_result()
                 raise
         return result
+
+    def write_final_result(self) -> None:
+        """result.json as the sweep ends, without publishing (the API it would publish to is gone)."""
+        from rungflow.results import build_result, write_json_atomic
+
+        write_json_atomic(self.run_dir / "result.json", redact_json(build_result(self, final=True)))
 
 
 class PrefectExecutor:

@@ -20,13 +20,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rungflow.budgets.monitor import MonitorLost
+
 __all__ = ["PrefectAPIWatch", "PrefectAPIUnreachable"]
 
 log = logging.getLogger("rungflow.api")
 
 
-class PrefectAPIUnreachable(RuntimeError):
-    """The Prefect API stayed down past the allowance; ``str()`` is one line naming PREFECT_API_URL and the fix."""
+class PrefectAPIUnreachable(MonitorLost):
+    """The Prefect API stayed down past the allowance; ``str()`` is one line naming PREFECT_API_URL and the fix.
+
+    A :class:`MonitorLost`: the driver stops, bills every trial in flight, then lets it go on."""
 
 
 def _health(url: str, timeout: float) -> bool:

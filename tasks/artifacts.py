@@ -356,5 +356,5 @@ def _unreachable(exc: BaseException) -> bool:
 def _unreachable_message() -> str:
     from prefect.settings import PREFECT_API_URL
 
-    return (f"PREFECT_API_URL={PREFECT_API_URL.value()} stopped answering mid-sweep; the sweep stopped after its "
-            "running stage")
+    return (f"PREFECT_API_URL={PREFECT_API_URL.value()} stopped answering mid-sweep; the sweep stopped and billed "
+            "every trial it had started")
