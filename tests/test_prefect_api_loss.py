@@ -109,7 +109,13 @@ def test_api_dying_mid_sweep_stops_it_fast_and_keeps_every_finished_trial(tmp_pa
     # Nothing lost: every ledger line is whole, and result.json is complete and agrees with it.
     entries = [json.loads(line) for line in ledger.read_text().splitlines()]
     spends = [e["record"] for e in entries if e["type"] == "spend"]
-    assert len(spends) >= 9  # the rung that was running when the API died finished and was billed
+    # Every attempt handed to a worker is billed, once: what was running finished, what had not started came back
+    # cancelled. A start with no spend after it is worker time the stopped run never paid for.
+    starts = [(e["start"]["trial_id"], e["start"]["rung"], e["start"]["attempt"]) for e in entries if e["type"] == "started"]
+    billed = [(s["trial_id"], s["rung"], s["attempt"]) for s in spends]
+    assert len(billed) == len(set(billed)), "an attempt billed twice"
+    assert sorted(starts) == sorted(billed), "a start without its spend (or a spend without its start)"
+    assert len(starts) >= 9  # the first rung's trials had all been handed out when the API died
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "finished" and result["stop_reason"] == "cancelled"
     assert "Prefect API stopped answering" in result["stop_detail"]
