@@ -128,7 +128,7 @@ EXAMPLES: tuple[Example, ...] = (
             min_budget=10),
     Example("xgboost_simple", "optuna", "xgboost_simple.py", "objective", "accuracy", "max", "fifo", 1),
     Example("xgboost_integration", "optuna", "xgboost_integration.py", "objective", "accuracy", "max", "median", 10,
-            min_budget=5),
+            min_budget=3),
 )
 
 
@@ -216,7 +216,7 @@ def run_native(example: Example, *, seed: int, trials: int, out: Path, budget: i
         "asha": lambda: AsyncHyperBandScheduler(max_t=hi, grace_period=lo, reduction_factor=3),
         "hyperband": lambda: HyperBandScheduler(max_t=hi, reduction_factor=3),
         "pbt": lambda: PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=5,
-                                               hyperparam_mutations={"lr": tune.uniform(0.0001, 0.02)}, seed=seed),
+                                               hyperparam_mutations={"lr": tune.uniform(0.0001, 0.02)}),
     }
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
