@@ -373,3 +373,19 @@ def test_run_directories_on_s3_are_read_as_history_and_only_their_three_files(s3
         prior_for(config([str(earlier_run), "s3://team-history/runs/iris-*"]), cfg.run_dir())
     assert str(err.value).startswith("history.runs[1] = 's3://team-history/runs/iris-*': no run directory there")
     assert "\n" not in str(err.value) and not cfg.run_dir().exists()
+
+
+def test_an_unreachable_s3_history_is_one_line_before_spending(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "history-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "history-test-secret")
+
+    cfg = _config(tmp_path, {"runs": ["s3://team-history/runs/*"]},
+                  storage={"run_dir": str(tmp_path / "run"), "s3": {
+                      "endpoint_url": f"http://127.0.0.1:{free_port()}", "connect_timeout": 0.2, "read_timeout": 0.2,
+                      "max_attempts": 1, "outage_seconds": 0.5}})
+    with pytest.raises(HistoryError) as err:
+        prior_for(cfg, cfg.run_dir())
+    assert str(err.value).startswith("history.runs[0] = 's3://team-history/runs/*': list s3://team-history/runs")
+    assert "unreachable" in str(err.value) and "\n" not in str(err.value) and not cfg.run_dir().exists()

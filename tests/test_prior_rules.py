@@ -98,3 +98,23 @@ def test_forgetting_a_prior_takes_what_is_left_of_it_out_of_the_queue() -> None:
     searcher.warm_start(enqueue=[mine, theirs])
     searcher.forget_prior([], [theirs])
     assert searcher.suggest(1) == [mine] and searcher.suggest(3)[0] != theirs
+
+
+def test_asynchronous_order_cold_results_before_the_portfolios_count_and_one_verdict_is_taken() -> None:
+    from rungflow.budgets.prior_guard import PriorGuardSearcher
+    from rungflow.budgets.searchers import RandomSearcher
+
+    portfolio = [{"x": 0.9, "y": 0.9}]
+    guard = PriorGuardSearcher(RandomSearcher(SPACE, seed=1), portfolio, [])
+    guard.warm_start(enqueue=portfolio)
+    configs = [guard.suggest(1)[0] for _ in range(6)]  # ASHA: one trial at a time, the portfolio's first
+    assert configs[0] == portfolio[0]
+    for i, score in ((1, 0.5), (2, 0.6), (3, 0.7), (4, 0.8), (5, 0.9)):  # the cold trials report first
+        guard.observe(Observation(f"t{i:04d}", configs[i], 1.0, score))
+    assert guard.prior_decision.verdict == "pending"  # the portfolio's trial has not reported yet
+    guard.observe(Observation("t0000", configs[0], 1.0, 0.1))
+    guard.observe(Observation("t0005", configs[5], 3.0, 0.95))  # a higher rung is not the budget judged
+    decision = guard.prior_decision
+    assert decision.verdict == "dropped" and decision.budget == 1.0 and decision.cold_trials == 5
+    guard.observe(Observation("t0006", {"x": 0.9, "y": 0.9}, 1.0, 0.99))
+    assert guard.prior_decision == decision  # taken once
