@@ -49,6 +49,9 @@ HISTORY_SEED = 100  # each history sweep's search seed (plus its task's position
 PORTFOLIO = 4  # the product's default ``history.portfolio``
 PEERS = ("zero-shot", "bounding-box", "quantile")
 ARMS = ("cold", "history", "misleading", *PEERS, *(f"{p} misleading" for p in PEERS))
+# A control, not run by default: a "portfolio" of as many random configurations, drawn with a seed of its own. What
+# it costs against cold is what any first-bracket proposals that are not the searcher's own cost, history or not.
+CONTROL = "random portfolio"
 
 
 def _instances() -> tuple[str, ...]:
@@ -288,7 +291,7 @@ def run_peer(method: str, target: str, seed: int, sweeps: Sequence[Any], goal: f
 def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: Path, *, iterations: int = 40,
         arms: Sequence[str] = ARMS, pool: int = 4096, report: Any = print) -> list[dict[str, Any]]:
     """One row per (H, instance, seed): each arm's GPU-hours to E[B] − 0.5 (÷ E[G]) and what the history held."""
-    from bench.search_sim import reference
+    from bench.search_sim import curves, reference
     from rungflow.tasks.history import load_history
 
     rows = []
@@ -321,6 +324,10 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
                         cell[arm] = run_ours(target, seed, iterations, prior["warm_start"], goal, eg)
                     elif arm == "misleading":
                         cell[arm] = run_ours(target, seed, iterations, misprior["warm_start"], goal, eg)
+                    elif arm == CONTROL:
+                        rng = np.random.default_rng([seed, 99])
+                        randoms = [curves(target).space.sample(rng) for _ in range(len(misprior["portfolio"]))]
+                        cell[arm] = run_ours(target, seed, iterations, {"enqueue": randoms}, goal, eg)
                     else:
                         method, _, misleading = arm.partition(" ")
                         cell[arm] = run_peer(method, target, seed, sweeps[" misleading" if misleading else ""], goal, eg)
@@ -367,7 +374,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", nargs="+", type=int, default=[3, 10], metavar="H", help="earlier sweeps per target")
     p.add_argument("--iterations", type=int, default=40,
                    help="the target sweep's Hyperband iterations (it stops at E[G] first)")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=(*ARMS, CONTROL))
     p.add_argument("--out", type=Path, default=Path("bench/out/transfer"))
 
 
