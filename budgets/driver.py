@@ -272,16 +272,6 @@ class SweepDriver:
                                       self.gpus_per_trial, self.clock()))
         return executor.start(job, notify)
 
-    def _cancelled(self, job: TrialJob) -> SpendRecord:
-        now = self.clock()
-        return SpendRecord(
-            trial_id=job.trial_id, bracket=job.bracket, rung=job.rung, budget=job.budget, score=None,
-            status=TrialStatus.CANCELLED, gpu_seconds=0.0, gpus=self.gpus_per_trial, cpu_seconds=0.0,
-            cpus=self.cpus_per_trial, cost=self.ledger.cost_of(0.0, 0.0), started_at=now, finished_at=now,
-            budget_trained=0.0, attempt=job.attempt, error="cancelled: a hard budget cap was reached mid-stage",
-            wall_seconds=0.0, trainable_seconds=0.0,
-        )
-
     # --- the loop ---------------------------------------------------------------------------------
     def run(self, executor: Executor) -> None:
         """Run the schedule on ``executor`` until it completes or a stop rule ends it; sets ``stop_reason``."""

@@ -103,7 +103,7 @@ class SimulatedExecutor:
     _trained_to: dict[str, float] = field(default_factory=dict)
     _reached: dict[tuple[str, int], float] = field(default_factory=dict)
     _seq: Any = field(default_factory=itertools.count)
-    _cancelled: set[tuple[str, int]] = field(default_factory=set)
+    _cancelled: dict[tuple[str, int], str] = field(default_factory=dict)  # trial and rung -> why
     _dispatcher_free: float = 0.0
     _set_up: bool = False
     _idle_since: dict[int, float] = field(default_factory=dict)  # a slot's worker: idle since its last job finished
@@ -136,7 +136,7 @@ class SimulatedExecutor:
             # Handed out after a cancel that named it: it comes back cancelled at once, as the runtime's do.
             run = _Run(job, notify, ready_at=self.clock.now)
             run.record = self._record(job, TrialStatus.CANCELLED, None, self.clock.now, self.clock.now, 0.0,
-                                      error="cancelled: a hard budget cap was reached mid-stage")
+                                      error=f"cancelled: {self._cancelled[(job.trial_id, job.rung)]}")
             notify(run)
             return run
         self._dispatcher_free = max(self.clock.now, self._dispatcher_free) + self.dispatch_seconds
@@ -166,7 +166,7 @@ class SimulatedExecutor:
     def cancel(self, jobs: Sequence[TrialJob], reason: str) -> None:
         """Queued jobs come back cancelled at once; running ones run to their end, as threads do."""
         keys = {(j.trial_id, j.rung) for j in jobs}
-        self._cancelled |= keys
+        self._cancelled.update(dict.fromkeys(keys, reason))
         keep: deque[_Run] = deque()
         for run in self._queued:
             if (run.job.trial_id, run.job.rung) in keys:

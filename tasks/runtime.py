@@ -70,7 +70,7 @@ class Runtime(ABC):
     hold_gpus: float = 0.0
     hold_cpus: float = 1.0
     release_idle_after: float | str = RELEASE_AUTO
-    _cancelled: set[tuple[str, int]] = field(default_factory=set)
+    _cancelled: dict[tuple[str, int], str] = field(default_factory=dict)  # trial and rung -> why
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: WorkerPool = field(init=False, repr=False)
 
@@ -96,11 +96,17 @@ class Runtime(ABC):
     def cancel(self, specs: list[TrialSpec], reason: str) -> None:
         """Stop these trials: queued ones never start, running ones stop where the runtime can stop them."""
         with self._lock:
-            self._cancelled.update(_key(s) for s in specs)
+            self._cancelled.update((_key(s), reason) for s in specs)
 
     def is_cancelled(self, spec: TrialSpec) -> bool:
         with self._lock:
             return _key(spec) in self._cancelled
+
+    def cancelled_because(self, spec: TrialSpec, when: str = "") -> str:
+        """The record's error for a cancelled trial: the sweep's own reason (a cap, the Prefect API gone, a stop rule)."""
+        with self._lock:
+            reason = self._cancelled.get(_key(spec), "the sweep stopped")
+        return f"cancelled{when}: {reason}"
 
     def close(self) -> None:
         """Release workers (actors); the runtime can still be used afterwards, it starts them again."""
@@ -136,7 +142,7 @@ class ThreadRuntime(Runtime):
     def _execute(self, spec: TrialSpec) -> TrialResult:
         started = time.time()
         if self.is_cancelled(spec):
-            return _unfinished(spec, TrialStatus.CANCELLED, started, "cancelled: a hard budget cap was reached")
+            return _unfinished(spec, TrialStatus.CANCELLED, started, self.cancelled_because(spec))
         if self.trial_timeout is None:
             return run_trial(spec)
         box: list[TrialResult] = []
@@ -286,7 +292,7 @@ class RayRuntime(Runtime):
 
         started = time.time()
         if self.is_cancelled(spec):
-            return _unfinished(spec, TrialStatus.CANCELLED, started, "cancelled: a hard budget cap was reached")
+            return _unfinished(spec, TrialStatus.CANCELLED, started, self.cancelled_because(spec))
         try:
             actor = self._pool.acquire()
         except Exception as exc:
@@ -305,8 +311,7 @@ class RayRuntime(Runtime):
         except (RayActorError, WorkerCrashedError) as exc:
             self._pool.discard(actor)
             if self.is_cancelled(spec):
-                return _unfinished(spec, TrialStatus.CANCELLED, started,
-                                   "cancelled: a hard budget cap was reached mid-trial")
+                return _unfinished(spec, TrialStatus.CANCELLED, started, self.cancelled_because(spec, " mid-trial"))
             cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return _unfinished(spec, TrialStatus.LOST, started, f"worker lost ({type(exc).__name__}: {cause[:200]})")
         except Exception as exc:  # e.g. the spec or result could not be (de)serialized

@@ -88,6 +88,9 @@ def test_a_lost_monitor_mid_rung_bills_every_job_in_flight_in_every_bracket_then
     statuses = Counter(billed[k].status for k in lost_with)
     assert statuses[TrialStatus.COMPLETED] == executor.slots and statuses[TrialStatus.CANCELLED] >= 1
     assert all(billed[k].gpu_seconds == 0 for k in lost_with if billed[k].status == TrialStatus.CANCELLED)
+    # Each cancelled record says why: the sweep's own stop, not a budget cap it never hit.
+    assert all(billed[k].error == f"cancelled: {driver.stop_detail}" for k in lost_with
+               if billed[k].status == TrialStatus.CANCELLED)
     assert set(executor.dispatched) == set(billed)
     assert driver.stop_reason == "cancelled" and "the monitor stopped answering" in driver.stop_detail
 
