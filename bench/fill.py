@@ -44,10 +44,8 @@ def _config(instance: str, seed: int, iterations: int, gpus_per_trial: float) ->
         "budget.max_gpu_hours=100000"])
 
 
-def run_one(instance: str, seed: int, workers: int, max_open: int | None, iterations: int,
-            gpus_per_trial: float = 0.25) -> dict[str, Any]:
+def _lcbench(instance: str, seed: int, iterations: int, gpus_per_trial: float) -> tuple[Any, Any, Any, Any, float]:
     from bench import search_sim as S
-    from rungflow.flows.plan_sim import simulate
 
     curves = S.curves(instance)
 
@@ -59,17 +57,45 @@ def run_one(instance: str, seed: int, workers: int, max_open: int | None, iterat
     def score(config: Mapping[str, Any], budget: float) -> float:
         return float(curves.curve(config)[0][int(round(budget)) - 1])
 
-    config = _config(instance, seed, iterations, gpus_per_trial)
+    return _config(instance, seed, iterations, gpus_per_trial), seconds, score, S.reference(instance), \
+        float(S.LCBENCH_MAX_EPOCH)
+
+
+def _fraction(table: str, seed: int, iterations: int, gpus_per_trial: float) -> tuple[Any, Any, Any, Any, float]:
+    """The training-fraction family (:mod:`bench.fraction_family`): budget 1..27 = that share of the rows, fitted
+    for real (cached); a promoted trial refits from scratch, so a rung lasts its whole fit whatever came before."""
+    from bench import fraction_family as F
+    from rungflow.config import validate
+
+    fits = F.table(table)
+    config = validate({
+        "name": f"fill-{table}", "trainable": {"kind": "hgb", "options": {"data": {"source": "sklearn:breast_cancer"}}},
+        "metric": {"mode": "max"}, "search": {"algorithm": "bohb", "seed": seed},
+        "scheduler": {"kind": "hyperband", "min_budget": 1, "max_budget": F.MAX_UNITS, "eta": 3,
+                      "iterations": iterations},
+        "budget": {"max_gpu_hours": 100000}, "runtime": {"kind": "thread", "gpus_per_trial": gpus_per_trial}})
+    assert config.search_space() == fits.space, "the sweep must search the family's own space"
+    return (config, lambda c, start, stop: fits.fit(c, stop)[1], lambda c, budget: fits.fit(c, budget)[0],
+            F.reference(table), float(F.MAX_UNITS))
+
+
+FAMILIES = {"lcbench": _lcbench, "hgb-fraction": _fraction}
+
+
+def run_one(instance: str, seed: int, workers: int, max_open: int | None, iterations: int,
+            gpus_per_trial: float = 0.25, family: str = "lcbench") -> dict[str, Any]:
+    from rungflow.flows.plan_sim import simulate
+
+    config, seconds, score, ref, max_budget = FAMILIES[family](instance, seed, iterations, gpus_per_trial)
     t0 = time.perf_counter()
     r = simulate(config, workers=workers, durations=seconds, scores=score, against_one_gpu=False,
                  scheduler_options={"max_open_brackets": max_open})
     took = time.perf_counter() - t0
-    ref = S.reference(instance)
     target = ref.expected_best - MARGIN
     spent, reach, at_cap, best = 0.0, None, None, None
     for e in sorted(r["events"], key=lambda e: e["finished_at"]):
         spent += e["gpu_hours"] / gpus_per_trial  # trial-hours: GPU-hours at one GPU per trial, as E[G] counts them
-        if e["budget"] < S.LCBENCH_MAX_EPOCH or e["score"] is None:
+        if e["budget"] < max_budget or e["score"] is None:
             continue
         best = e["score"] if best is None else max(best, e["score"])
         if spent <= CAP * ref.expected_gpu_hours:
@@ -77,7 +103,7 @@ def run_one(instance: str, seed: int, workers: int, max_open: int | None, iterat
         if reach is None and best >= target:
             reach = spent
     return {
-        "instance": instance, "seed": seed, "workers": workers, "max_open_brackets": max_open,
+        "family": family, "instance": instance, "seed": seed, "workers": workers, "max_open_brackets": max_open,
         "iterations": iterations, "trials": r["trials"], "wall_hours": r["wall_seconds"] / 3600,
         "utilisation": r["utilisation"], "critical_path_hours": r["critical_path_seconds"] / 3600,
         "gpu_hours": r["gpu_hours"], "expected_best": ref.expected_best, "expected_gpu_hours": ref.expected_gpu_hours,
@@ -121,11 +147,14 @@ def summarize(rows: Sequence[Mapping[str, Any]], groups: Mapping[str, Sequence[s
 
 
 def markdown(summary: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+    fraction = meta.get("family") == "hgb-fraction"
+    budget, top = ("1..27 units of the rows", "full-table") if fraction else ("1..52 epochs", "52-epoch")
+    hours = ".4f" if fraction else ".2f"  # a fit on a share of 2,000 rows takes a fraction of a second
     lines = [
-        f"Hyperband 1..52 epochs, η = 3, BOHB, {meta['iterations']} iterations ({meta['trials']} trials), 0.25 GPU a "
+        f"Hyperband {budget}, η = 3, BOHB, {meta['iterations']} iterations ({meta['trials']} trials), 0.25 GPU a "
         f"trial; seeds {' '.join(map(str, meta['seeds']))}; medians over instances × seeds. *speed-up*: against the "
-        "row's next smaller cluster (median, worst). *reached*: runs whose 52-epoch incumbent reached E[B] − 0.5; "
-        f"*to target*: trial-hours when it did, ·E[G]; *at {CAP:g}·E[G]* and *final*: best 52-epoch accuracy − E[B].",
+        f"row's next smaller cluster (median, worst). *reached*: runs whose {top} incumbent reached E[B] − 0.5; "
+        f"*to target*: trial-hours when it did, ·E[G]; *at {CAP:g}·E[G]* and *final*: best {top} accuracy − E[B].",
         "",
         "| instances | brackets | GPUs | wall (h) | utilisation | critical path (h) | speed-up | reached | "
         f"to target (·E[G]) | at {CAP:g}·E[G] | final |",
@@ -135,15 +164,17 @@ def markdown(summary: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
         speed = "" if s["speedup"] is None else \
             f"{s['speedup']:.1f}× ({s['speedup_min']:.1f}×) from {s['speedup_from']}"
         lines.append(
-            f"| {s['group']} | {s['mode']} | {s['workers']} | {s['wall_hours']:.2f} | {s['utilisation']:.2f} | "
-            f"{s['critical_path_hours']:.2f} | {speed} | {s['reached']}/{s['runs']} | {fmt(s['to_target'], '.3f')} | "
+            f"| {s['group']} | {s['mode']} | {s['workers']} | {s['wall_hours']:{hours}} | {s['utilisation']:.2f} | "
+            f"{s['critical_path_hours']:{hours}} | {speed} | {s['reached']}/{s['runs']} | {fmt(s['to_target'], '.3f')} | "
             f"{fmt(s['gap_at_cap'], '+.2f')} | {fmt(s['final_gap'], '+.2f')} |")
     lines += ["", f"Simulated in {meta['wall_seconds']:.0f} s; {meta['machine']}."]
     return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--instances", nargs="+", default=list(DEV_INSTANCES))
+    p.add_argument("--family", choices=list(FAMILIES), default="lcbench",
+                   help="lcbench (epochs, resumed) or hgb-fraction (gradient boosting, budget = share of the rows)")
+    p.add_argument("--instances", nargs="+", default=None, help="LCBench instances or hgb-K tables (default: the dev set)")
     p.add_argument("--heldout", nargs="*", default=[], help="instances reported as their own group")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--iterations", type=int, default=16, help="Hyperband iterations (49 trials each)")
@@ -152,13 +183,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.instances is None:
+        from bench.fraction_family import DEV_TABLES
+
+        args.instances = list(DEV_TABLES if args.family == "hgb-fraction" else DEV_INSTANCES)
     t0 = time.perf_counter()
     rows = []
     for instance in [*args.instances, *args.heldout]:
         for seed in args.seeds:
             for max_open in MODES.values():
                 for w in args.fill_workers:
-                    r = run_one(str(instance), seed, w, max_open, args.iterations)
+                    r = run_one(str(instance), seed, w, max_open, args.iterations, family=args.family)
                     rows.append(r)
                     print(f"  {instance} s{seed} {_mode(max_open)} {w} GPUs: {r['wall_hours']:.3f} h, utilisation "
                           f"{r['utilisation']:.2f}, critical path {r['critical_path_hours']:.3f} h, reach "
@@ -168,7 +203,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.heldout:
         groups["held-out"] = [str(i) for i in args.heldout]
     summary = summarize(rows, groups, args.fill_workers)
-    meta = {"iterations": args.iterations, "trials": rows[0]["trials"] if rows else 0, "seeds": list(args.seeds),
+    meta = {"family": args.family, "iterations": args.iterations, "trials": rows[0]["trials"] if rows else 0, "seeds": list(args.seeds),
             "wall_seconds": time.perf_counter() - t0, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "results.json", {"meta": meta, "summary": summary, "rows": rows})
