@@ -37,7 +37,7 @@ from pydantic import model_validator
 
 from rungflow.tasks.trainables.base import Trainable, TrainableError, TrainableOptions, TrainOutcome, TrainRequest, register
 
-__all__ = ["Report", "trial_device", "FunctionOptions", "FunctionTrainable", "register_callable", "registered_callables",
+__all__ = ["Report", "trial_device", "FunctionOptions", "CallableTrainable", "FunctionTrainable", "register_callable", "registered_callables",
            "install_callables", "ALLOWED_CHECKPOINT_TYPES", "ENTRYPOINTS_ENV", "FUNCTION_FROM_WORKING_DIR_ENV"]
 
 ENTRYPOINTS_ENV = "RUNGFLOW_ALLOW_ENTRYPOINTS"
@@ -240,8 +240,34 @@ def _envelope(fmt: str, budget: float, payload: bytes) -> bytes:
     return _MAGIC + json.dumps({"format": fmt, "budget": budget}).encode() + b"\n" + payload
 
 
+class CallableTrainable(Trainable):
+    """A trainable around a user's callable: registered from Python in this process, or a file entrypoint.
+
+    Subclasses say how errors name the callable and how to pass it again, and whether an entrypoint must
+    take rungflow's ``(config, budget, checkpoint)``.
+    """
+
+    options: FunctionOptions
+    callable_noun: ClassVar[str]
+    rerun_with: ClassVar[str]
+    takes_budget_and_checkpoint: ClassVar[bool] = True
+
+    def _function(self) -> Callable[..., Any]:
+        if self.options.callable is not None:
+            fn = _CALLABLES.get(self.options.callable)
+            if fn is None:
+                raise TrainableError(f"trainable: this sweep's {self.callable_noun} was passed from Python and is not "
+                                     f"registered in this process; rerun it with {self.rerun_with}")
+            return fn
+        assert self.options.entrypoint is not None
+        return _load_entrypoint(self.options.entrypoint, self.options.base_dir, check=self.takes_budget_and_checkpoint)
+
+    def check(self) -> None:
+        self._function()
+
+
 @register
-class FunctionTrainable(Trainable):
+class FunctionTrainable(CallableTrainable):
     """A plain ``train(config, budget, checkpoint)`` function; its score is whatever metric the sweep names."""
 
     kind: ClassVar[str] = "function"
@@ -253,20 +279,8 @@ class FunctionTrainable(Trainable):
     # The function is handed the whole config with each checkpoint: which parameters it can take on
     # resume is its author's call, so population-based training may mutate any (name them in mutations).
     mutable_params: ClassVar[frozenset[str] | None] = None
-
-    def _function(self) -> Callable[..., Any]:
-        if self.options.callable is not None:
-            fn = _CALLABLES.get(self.options.callable)
-            if fn is None:
-                raise TrainableError("trainable: this sweep's training function was passed from Python and is not "
-                                     "registered in this process; rerun it with rungflow.sweep(train, ..., out=RUN_DIR), "
-                                     "which resumes the same run directory")
-            return fn
-        assert self.options.entrypoint is not None
-        return _load_entrypoint(self.options.entrypoint, self.options.base_dir)
-
-    def check(self) -> None:
-        self._function()
+    callable_noun: ClassVar[str] = "training function"
+    rerun_with: ClassVar[str] = "rungflow.sweep(train, ..., out=RUN_DIR), which resumes the same run directory"
 
     def train(self, request: TrainRequest) -> TrainOutcome:
         fn = self._function()

@@ -28,8 +28,8 @@ from typing import Any, ClassVar, Literal
 
 from rungflow.budgets.foreign_space import objective_space, snap
 from rungflow.budgets.space import SearchSpace, SpaceError
-from rungflow.tasks.trainables.base import Trainable, TrainableError, TrainOutcome, TrainRequest, register
-from rungflow.tasks.trainables.function import _CALLABLES, FunctionOptions, _load_entrypoint
+from rungflow.tasks.trainables.base import TrainableError, TrainOutcome, TrainRequest, register
+from rungflow.tasks.trainables.function import CallableTrainable, FunctionOptions
 
 __all__ = ["OptunaObjectiveOptions", "OptunaObjectiveTrainable", "ObjectiveTrial", "probe_objective", "SUPPORTED_TRIAL_CALLS"]
 
@@ -276,7 +276,7 @@ class ObjectiveTrial(_BaseTrial):
 
 
 @register
-class OptunaObjectiveTrainable(Trainable):
+class OptunaObjectiveTrainable(CallableTrainable):
     """An Optuna objective; its score is the objective's return value, or the value reported at the rung's budget."""
 
     kind: ClassVar[str] = "optuna_objective"
@@ -286,19 +286,9 @@ class OptunaObjectiveTrainable(Trainable):
     Options: ClassVar[type[FunctionOptions]] = OptunaObjectiveOptions
     options: OptunaObjectiveOptions
     _probed: ClassVar[dict[str, tuple[dict[str, Any], bool]]] = {}
-
-    def _function(self) -> Callable[..., Any]:
-        if self.options.callable is not None:
-            fn = _CALLABLES.get(self.options.callable)
-            if fn is None:
-                raise TrainableError("trainable: this sweep's objective was passed from Python and is not registered in "
-                                     "this process; rerun it with rungflow.sweep(objective, ..., out=RUN_DIR)")
-            return fn
-        assert self.options.entrypoint is not None
-        return _load_entrypoint(self.options.entrypoint, self.options.base_dir, check=False)
-
-    def check(self) -> None:
-        self._function()
+    callable_noun: ClassVar[str] = "objective"
+    rerun_with: ClassVar[str] = "rungflow.sweep(objective, ..., out=RUN_DIR)"
+    takes_budget_and_checkpoint: ClassVar[bool] = False  # objective(trial)
 
     def probe(self) -> tuple[dict[str, Any], bool]:
         """(the objective's space, whether it reports), learned once per process and objective."""

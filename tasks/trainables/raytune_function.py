@@ -25,13 +25,13 @@ import shutil
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 from rungflow.budgets.foreign_space import materialize
-from rungflow.tasks.trainables.base import Trainable, TrainableError, TrainOutcome, TrainRequest, register
-from rungflow.tasks.trainables.function import _CALLABLES, FunctionOptions, _load_entrypoint
+from rungflow.tasks.trainables.base import TrainableError, TrainOutcome, TrainRequest, register
+from rungflow.tasks.trainables.function import CallableTrainable, FunctionOptions
 
 __all__ = ["RayTuneFunctionOptions", "RayTuneFunctionTrainable", "SUPPORTED_TUNE_CALLS", "restore_checkpoint"]
 
@@ -241,7 +241,7 @@ def restore_checkpoint(data: bytes, into: Path) -> Any:
 
 
 @register
-class RayTuneFunctionTrainable(Trainable):
+class RayTuneFunctionTrainable(CallableTrainable):
     """A Ray Tune function trainable; its score is the reported ``metric`` at the rung's last report."""
 
     kind: ClassVar[str] = "raytune_function"
@@ -252,19 +252,9 @@ class RayTuneFunctionTrainable(Trainable):
     options: RayTuneFunctionOptions
     resumable: ClassVar[bool] = True
     mutable_params: ClassVar[frozenset[str] | None] = None
-
-    def _function(self) -> Callable[..., Any]:
-        if self.options.callable is not None:
-            fn = _CALLABLES.get(self.options.callable)
-            if fn is None:
-                raise TrainableError("trainable: this sweep's Ray Tune function was passed from Python and is not "
-                                     "registered in this process; rerun it with rungflow.sweep(train, ..., out=RUN_DIR)")
-            return fn
-        assert self.options.entrypoint is not None
-        return _load_entrypoint(self.options.entrypoint, self.options.base_dir, check=False)
-
-    def check(self) -> None:
-        self._function()
+    callable_noun: ClassVar[str] = "Ray Tune function"
+    rerun_with: ClassVar[str] = "rungflow.sweep(train, ..., out=RUN_DIR)"
+    takes_budget_and_checkpoint: ClassVar[bool] = False  # train(config)
 
     def train(self, request: TrainRequest) -> TrainOutcome:
         import ray.tune
