@@ -18,7 +18,7 @@ import rungflow
 from rungflow.config import validate
 from rungflow.flows.sweep import run_sweep
 from rungflow.tasks.data import load_dataset
-from rungflow.tasks.models import fit_model, load_model, save_model
+from rungflow.tasks.models import ModelError, fit_model, load_model, save_model
 from rungflow.tasks.trainables import TrainableError, TrainRequest, get_trainable_class
 from tests.conftest import sweep_config
 
@@ -95,6 +95,9 @@ def test_saved_models_load_back_in_the_library_format(kind, tmp_path) -> None:
         if task == "multiclass":
             frame = pd.DataFrame(ds.X_valid, columns=list(ds.feature_names))
             assert set(loaded.predict(frame)) <= {0, 1, 2} and loaded.predict_proba(frame).shape == (len(frame), 3)
+    (path / MODEL_FILES[kind]).write_text("damaged")
+    with pytest.raises(ModelError, match=rf"{MODEL_FILES[kind]}: not an? [A-Za-z]+ model \(.+\); save it again$"):
+        load_model(path)
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ XGBoost, LightGBM and CatBoost each add trees to a model they are handed, so a p
 from its checkpoint and trains only the rounds its new rung adds. Each library's family
 (``xgboost_family``, ``lightgbm_family``, ``catboost_family``) says how it grows a model, how it checks for
 a GPU and how its model is saved; this module runs the trial's side of it: the rounds, the trial's
-threads, and the GPU with its CPU fallback.
+threads, and the GPU with its CPU fallback. :class:`BoosterModel` is the fitted model they share: a booster
+that scores, saves and loads in its library's own file format.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,11 +22,11 @@ import pandas as pd
 
 from rungflow.budgets.space import SearchSpace
 from rungflow.tasks.data import Dataset
-from rungflow.tasks.models import FittedModel
+from rungflow.tasks.models import FittedModel, ModelError, _kwargs_of
 from rungflow.tasks.trainables.base import TrainableError
 from rungflow.tasks.trainables.tabular import FamilyFit, TabularTrainable, number, trial_threads
 
-__all__ = ["BoostingTrainable", "Grown", "BoostSettings", "categorical_columns", "categorical_frame", "read_settings",
+__all__ = ["BoostingTrainable", "BoosterModel", "Grown", "BoostSettings", "categorical_columns", "categorical_frame", "read_settings",
            "binary_as_two_columns", "first_line"]
 
 log = logging.getLogger("rungflow.trainables.boosting")
@@ -38,6 +40,47 @@ class BoostSettings:
     seed: int
     threads: int
     on_gpu: bool
+
+
+class BoosterModel(FittedModel):
+    """A library's booster as a fitted model, saved in the library's own file format as ``model_file``.
+
+    Subclasses implement :meth:`_predict` and :meth:`_read_booster`.
+    """
+
+    model_file: ClassVar[str]
+    # How a load error names what the file should have held, article included: "an XGBoost model".
+    model_name: ClassVar[str]
+
+    def __init__(self, booster: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.booster = booster
+
+    @abstractmethod
+    def _predict(self, x: np.ndarray) -> Any:
+        """The booster's output: class probabilities, or P(class 1) under a binary objective, or predictions."""
+
+    @classmethod
+    @abstractmethod
+    def _read_booster(cls, path: Path) -> Any:
+        """The booster saved at ``path``; :meth:`_not_a_model` for a file the library cannot read."""
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        out = self._predict(x)
+        if self.task == "classification" and np.ndim(out) == 1:
+            return binary_as_two_columns(out)
+        return np.asarray(out, dtype=np.float64)
+
+    def _save_files(self, directory: Path) -> None:
+        self.booster.save_model(str(directory / self.model_file))
+
+    @classmethod
+    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> BoosterModel:
+        return cls(cls._read_booster(directory / cls.model_file), **_kwargs_of(manifest))
+
+    @classmethod
+    def _not_a_model(cls, path: Path, exc: BaseException) -> ModelError:
+        return ModelError(f"{path}: not {cls.model_name} ({first_line(exc)}); save it again")
 
 
 @dataclass

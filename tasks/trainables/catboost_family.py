@@ -27,9 +27,9 @@ import numpy as np
 
 from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
 from rungflow.tasks.data import Dataset
-from rungflow.tasks.models import FittedModel, ModelError, _kwargs_of
 from rungflow.tasks.trainables.base import TrainableError, register
 from rungflow.tasks.trainables.boosting import (
+    BoosterModel,
     BoostingTrainable,
     BoostSettings,
     Grown,
@@ -40,7 +40,6 @@ from rungflow.tasks.trainables.boosting import (
 
 __all__ = ["CatBoostTrainable", "CatBoostModel"]
 
-MODEL_FILE = "model.cbm"
 # Bumped when the framing changes, so an old checkpoint fails loudly instead of half-loading.
 _SNAPSHOT_HEADER = b"rungflow-catboost-snapshot/1\n"
 
@@ -52,31 +51,28 @@ def _pool(x: np.ndarray, feature_names: list[str] | tuple[str, ...], categories:
                 cat_features=categorical_columns(feature_names, categories) or None)
 
 
-class CatBoostModel(FittedModel):
+class CatBoostModel(BoosterModel):
     backend = "catboost"
+    model_file = "model.cbm"  # CatBoost's own format, what save_model writes by default
+    model_name = "a CatBoost model"
 
     def __init__(self, booster: Any, *, threads: int = -1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.booster = booster
+        super().__init__(booster, **kwargs)
         self.threads = threads  # -1: every core (a loaded model); a trial's model scores on the trial's share
 
-    def _scores(self, x: np.ndarray) -> np.ndarray:
+    def _predict(self, x: np.ndarray) -> Any:
         pool = _pool(x, self.feature_names, self.encoding.get("categories", {}))
         kind = "Probability" if self.task == "classification" else "RawFormulaVal"
-        return np.asarray(self.booster.predict(pool, prediction_type=kind, thread_count=self.threads), dtype=np.float64)
-
-    def _save_files(self, directory: Path) -> None:
-        self.booster.save_model(str(directory / MODEL_FILE), format="cbm")
+        return self.booster.predict(pool, prediction_type=kind, thread_count=self.threads)
 
     @classmethod
-    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> CatBoostModel:
+    def _read_booster(cls, path: Path) -> Any:
         from catboost import CatBoost, CatBoostError
 
         try:
-            booster = CatBoost().load_model(str(directory / MODEL_FILE), format="cbm")
+            return CatBoost().load_model(str(path), format="cbm")
         except CatBoostError as exc:
-            raise ModelError(f"{directory / MODEL_FILE}: not a CatBoost model ({first_line(exc)}); save it again") from None
-        return cls(booster, **_kwargs_of(manifest))
+            raise cls._not_a_model(path, exc) from None
 
 
 @lru_cache(maxsize=1)

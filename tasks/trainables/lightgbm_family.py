@@ -19,47 +19,35 @@ import numpy as np
 
 from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
 from rungflow.tasks.data import Dataset
-from rungflow.tasks.models import FittedModel, ModelError, _kwargs_of
 from rungflow.tasks.trainables.base import TrainableError, register
 from rungflow.tasks.trainables.boosting import (
+    BoosterModel,
     BoostingTrainable,
     BoostSettings,
     Grown,
-    binary_as_two_columns,
     categorical_columns,
     first_line,
 )
 
 __all__ = ["LightGBMTrainable", "LightGBMModel"]
 
-MODEL_FILE = "model.txt"
 
-
-class LightGBMModel(FittedModel):
+class LightGBMModel(BoosterModel):
     backend = "lightgbm"
+    model_file = "model.txt"
+    model_name = "a LightGBM model"
 
-    def __init__(self, booster: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.booster = booster
-
-    def _scores(self, x: np.ndarray) -> np.ndarray:
-        out = self.booster.predict(np.asarray(x, dtype=np.float64))
-        if self.task == "classification" and np.ndim(out) == 1:  # objective binary gives P(class 1)
-            return binary_as_two_columns(out)
-        return np.asarray(out, dtype=np.float64)
-
-    def _save_files(self, directory: Path) -> None:
-        self.booster.save_model(str(directory / MODEL_FILE))
+    def _predict(self, x: np.ndarray) -> Any:
+        return self.booster.predict(np.asarray(x, dtype=np.float64))
 
     @classmethod
-    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> LightGBMModel:
+    def _read_booster(cls, path: Path) -> Any:
         import lightgbm as lgb
 
         try:
-            booster = lgb.Booster(model_file=str(directory / MODEL_FILE))
+            return lgb.Booster(model_file=str(path))
         except lgb.basic.LightGBMError as exc:
-            raise ModelError(f"{directory / MODEL_FILE}: not a LightGBM model ({first_line(exc)}); save it again") from None
-        return cls(booster, **_kwargs_of(manifest))
+            raise cls._not_a_model(path, exc) from None
 
 
 @lru_cache(maxsize=1)

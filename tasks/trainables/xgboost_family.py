@@ -20,20 +20,17 @@ import numpy as np
 
 from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
 from rungflow.tasks.data import Dataset
-from rungflow.tasks.models import FittedModel, ModelError, _kwargs_of
 from rungflow.tasks.trainables.base import TrainableError, register
 from rungflow.tasks.trainables.boosting import (
+    BoosterModel,
     BoostingTrainable,
     BoostSettings,
     Grown,
-    binary_as_two_columns,
     categorical_columns,
     first_line,
 )
 
 __all__ = ["XGBoostTrainable", "XGBoostModel"]
-
-MODEL_FILE = "model.ubj"
 
 
 def _feature_types(feature_names: list[str] | tuple[str, ...], categories: Mapping[str, Any]) -> list[str]:
@@ -49,34 +46,26 @@ def _matrix(x: np.ndarray, feature_names: list[str] | tuple[str, ...], categorie
                        missing=np.nan)
 
 
-class XGBoostModel(FittedModel):
+class XGBoostModel(BoosterModel):
     backend = "xgboost"
+    model_file = "model.ubj"
+    model_name = "an XGBoost model"
 
-    def __init__(self, booster: Any, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.booster = booster
-
-    def _scores(self, x: np.ndarray) -> np.ndarray:
-        out = self.booster.predict(_matrix(x, self.feature_names, self.encoding.get("categories", {})))
-        if self.task == "classification" and np.ndim(out) == 1:  # binary:logistic gives P(class 1)
-            return binary_as_two_columns(out)
-        return np.asarray(out, dtype=np.float64)
-
-    def _save_files(self, directory: Path) -> None:
-        self.booster.save_model(str(directory / MODEL_FILE))
+    def _predict(self, x: np.ndarray) -> Any:
+        return self.booster.predict(_matrix(x, self.feature_names, self.encoding.get("categories", {})))
 
     @classmethod
-    def _load(cls, directory: Path, manifest: Mapping[str, Any]) -> XGBoostModel:
+    def _read_booster(cls, path: Path) -> Any:
         import xgboost as xgb
 
         booster = xgb.Booster()
         try:
-            booster.load_model(str(directory / MODEL_FILE))
+            booster.load_model(str(path))
         except xgb.core.XGBoostError as exc:
-            raise ModelError(f"{directory / MODEL_FILE}: not an XGBoost model ({first_line(exc)}); save it again") from None
+            raise cls._not_a_model(path, exc) from None
         # A model trained on a GPU predicts on whatever this machine has.
         booster.set_param({"device": "cpu"})
-        return cls(booster, **_kwargs_of(manifest))
+        return booster
 
 
 @lru_cache(maxsize=1)
