@@ -119,6 +119,22 @@ def test_an_operator_can_switch_file_entrypoints_off(tmp_path: Path) -> None:
     assert out.returncode == 2 and "RUNGFLOW_ALLOW_ENTRYPOINTS=0" in out.stderr and "must never run" not in out.stderr
 
 
+@pytest.mark.parametrize(("kind", "options", "expected"), [
+    ("function", {}, "this sweep's training function was passed from Python and is not registered in this process; "
+                     "rerun it with rungflow.sweep(train, ..., out=RUN_DIR), which resumes the same run directory"),
+    ("raytune_function", {"metric": "loss"}, "this sweep's Ray Tune function was passed from Python and is not "
+                                             "registered in this process; rerun it with rungflow.sweep(train, ..., out=RUN_DIR)"),
+    ("optuna_objective", {}, "this sweep's objective was passed from Python and is not registered in this process; "
+                             "rerun it with rungflow.sweep(objective, ..., out=RUN_DIR)"),
+])
+def test_a_callable_from_another_process_is_refused_with_how_to_pass_it_again(kind, options, expected) -> None:
+    # A run resumed in a new process names its callable by a token that only the first process registered.
+    trainable = get_trainable_class(kind)({"callable": "registered-elsewhere", **options})
+    with pytest.raises(TrainableError) as error:
+        trainable.check()
+    assert str(error.value) == "trainable: " + expected
+
+
 def test_python_arguments_are_validated_like_the_yaml_sections() -> None:
     with pytest.raises(ConfigError, match=r"scheduler.eta = 1"):
         rungflow.sweep(counting_train, space=SPACE, scheduler={"kind": "sha", "min_budget": 1, "max_budget": 9, "eta": 1})
