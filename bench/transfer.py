@@ -96,6 +96,7 @@ def _simulate(config: Any, ledger_path: Path | None, warm_start: Mapping[str, An
     from rungflow.budgets.controller import BudgetController
     from rungflow.budgets.driver import SweepDriver
     from rungflow.budgets.ledger import Ledger
+    from rungflow.budgets.prior_guard import PriorGuardSearcher
     from rungflow.budgets.schedulers import make_scheduler
     from rungflow.budgets.search_registry import make_searcher
     from rungflow.budgets.searchers import Observation
@@ -115,6 +116,10 @@ def _simulate(config: Any, ledger_path: Path | None, warm_start: Mapping[str, An
     searcher = make_searcher(config.search.algorithm, config.search_space(), seed=config.search.seed, mode=mode,
                              max_budget=hi, min_points_in_model=config.search.min_points_in_model,
                              random_fraction=config.search.random_fraction)
+    if warm_start and warm_start.get("enqueue"):
+        # As the flow does: the prior is judged on the sweep's own first rung and dropped where it misleads.
+        searcher = PriorGuardSearcher(searcher, warm_start["enqueue"],
+                                      [o["trial_id"] for o in warm_start.get("observations", [])])
     if warm_start:
         searcher.warm_start([Observation(o["trial_id"], o["config"], float(o["budget"]), o["score"])
                              for o in warm_start.get("observations", [])], enqueue=warm_start.get("enqueue", []))
