@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from rungflow.budgets.space import SearchSpace
+from rungflow.budgets.space import FloatParam, SearchSpace
 from rungflow.tasks.data import Dataset
 from rungflow.tasks.models import FittedModel, ModelError, _kwargs_of
 from rungflow.tasks.trainables.base import TrainableError
@@ -142,6 +142,25 @@ class BoostingTrainable(TabularTrainable):
             log.warning("%s: the trial holds %s, but %s; training on CPU", self.kind, device, reason)
             return False
         return True
+
+
+# The ranges AutoGluon's and FLAML's spaces give every gradient-boosting library, narrowed to what a few hundred rounds
+# can use; each family adds its own tree-shape knobs between them.
+LEARNING_RATE = FloatParam("learning_rate", 0.01, 0.3, log=True)
+ROW_SUBSAMPLE = FloatParam("subsample", 0.5, 1.0)
+L2_PENALTY = FloatParam("reg_lambda", 1e-3, 100.0, log=True)
+L1_PENALTY = FloatParam("reg_alpha", 1e-3, 10.0, log=True)
+
+
+def column_subsample(name: str) -> FloatParam:
+    return FloatParam(name, 0.5, 1.0)
+
+
+def task_objective(dataset: Dataset, regression: str, binary: str, multiclass: str) -> str:
+    """The library's name for the loss of this dataset's task."""
+    if dataset.task == "regression":
+        return regression
+    return binary if dataset.n_classes == 2 else multiclass
 
 
 def read_settings(config: Mapping[str, Any], kind: str, defaults: Mapping[str, tuple[Any, Callable[[Any], Any]]],

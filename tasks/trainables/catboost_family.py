@@ -27,16 +27,8 @@ import numpy as np
 
 from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
 from rungflow.tasks.data import Dataset
+from rungflow.tasks.trainables import boosting
 from rungflow.tasks.trainables.base import TrainableError, register
-from rungflow.tasks.trainables.boosting import (
-    BoosterModel,
-    BoostingTrainable,
-    BoostSettings,
-    Grown,
-    categorical_columns,
-    categorical_frame,
-    first_line,
-)
 
 __all__ = ["CatBoostTrainable", "CatBoostModel"]
 
@@ -47,11 +39,11 @@ _SNAPSHOT_HEADER = b"rungflow-catboost-snapshot/1\n"
 def _pool(x: np.ndarray, feature_names: list[str] | tuple[str, ...], categories: Mapping[str, Any], label: Any = None) -> Any:
     from catboost import Pool
 
-    return Pool(categorical_frame(x, feature_names, categories), label=label,
-                cat_features=categorical_columns(feature_names, categories) or None)
+    return Pool(boosting.categorical_frame(x, feature_names, categories), label=label,
+                cat_features=boosting.categorical_columns(feature_names, categories) or None)
 
 
-class CatBoostModel(BoosterModel):
+class CatBoostModel(boosting.BoosterModel):
     backend = "catboost"
     model_file = "model.cbm"  # CatBoost's own format, what save_model writes by default
     model_name = "a CatBoost model"
@@ -97,7 +89,7 @@ def _unframe_snapshot(checkpoint: bytes) -> tuple[int, bytes]:
 
 
 @register
-class CatBoostTrainable(BoostingTrainable):
+class CatBoostTrainable(boosting.BoostingTrainable):
     """CatBoost (symmetric trees); budget = boosting rounds, continued from its training snapshot."""
 
     kind: ClassVar[str] = "catboost"
@@ -111,28 +103,19 @@ class CatBoostTrainable(BoostingTrainable):
 
     def default_space(self) -> SearchSpace:
         # AutoGluon's CatBoost space (learning rate, depth, l2_leaf_reg) with row and column subsampling.
-        return SearchSpace(
-            (
-                FloatParam("learning_rate", 0.01, 0.3, log=True),
-                IntParam("depth", 3, 8),
-                FloatParam("l2_leaf_reg", 1.0, 20.0, log=True),
-                FloatParam("subsample", 0.5, 1.0),
-                FloatParam("colsample_bylevel", 0.5, 1.0),
-            )
-        )
+        return SearchSpace((boosting.LEARNING_RATE, IntParam("depth", 3, 8), FloatParam("l2_leaf_reg", 1.0, 20.0, log=True),
+                            boosting.ROW_SUBSAMPLE, boosting.column_subsample("colsample_bylevel")))
 
     def gpu_unavailable(self) -> str | None:
         return _gpu_unavailable()
 
-    def grow(self, config: Mapping[str, Any], dataset: Dataset, settings: BoostSettings, checkpoint: bytes | None) -> Grown:
+    def grow(self, config: Mapping[str, Any], dataset: Dataset, settings: boosting.BoostSettings,
+             checkpoint: bytes | None) -> boosting.Grown:
         from catboost import CatBoost, CatBoostError
 
         knobs = self.settings(config)
         start, snapshot = (0, b"") if checkpoint is None else _unframe_snapshot(checkpoint)
-        if dataset.task == "regression":
-            loss = "RMSE"
-        else:
-            loss = "Logloss" if dataset.n_classes == 2 else "MultiClass"
+        loss = boosting.task_objective(dataset, "RMSE", "Logloss", "MultiClass")
         params: dict[str, Any] = {
             "loss_function": loss, "iterations": max(settings.target_rounds, start),
             # Always explicit: CatBoost otherwise picks a learning rate from the iteration count, which grows per rung.
@@ -154,9 +137,9 @@ class CatBoostTrainable(BoostingTrainable):
                 booster.fit(train)
             except CatBoostError as exc:
                 doing = "resuming from checkpoint" if checkpoint is not None else f"training with {dict(config)}"
-                raise TrainableError(f"catboost: failed {doing} ({first_line(exc)})") from None
+                raise TrainableError(f"catboost: failed {doing} ({boosting.first_line(exc)})") from None
             snapshot = Path(snapshot_file).read_bytes()
         rounds = int(booster.tree_count_)
         model = CatBoostModel(booster, threads=settings.threads, family=self.kind, encoding=dataset.encoding(),
                               config=dict(config), budget=float(rounds))
-        return Grown(model, start, rounds, _frame_snapshot(rounds, snapshot))
+        return boosting.Grown(model, start, rounds, _frame_snapshot(rounds, snapshot))

@@ -17,22 +17,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
+from rungflow.budgets.space import IntParam, SearchSpace
 from rungflow.tasks.data import Dataset
+from rungflow.tasks.trainables import boosting
 from rungflow.tasks.trainables.base import TrainableError, register
-from rungflow.tasks.trainables.boosting import (
-    BoosterModel,
-    BoostingTrainable,
-    BoostSettings,
-    Grown,
-    categorical_columns,
-    first_line,
-)
 
 __all__ = ["LightGBMTrainable", "LightGBMModel"]
 
 
-class LightGBMModel(BoosterModel):
+class LightGBMModel(boosting.BoosterModel):
     backend = "lightgbm"
     model_file = "model.txt"
     model_name = "a LightGBM model"
@@ -64,12 +57,12 @@ def _gpu_device() -> tuple[str | None, str]:
             lgb.train({"device_type": device, "verbose": -1}, lgb.Dataset(rows, label=label), num_boost_round=2)
             return device, ""
         except lgb.basic.LightGBMError as exc:
-            reasons.append(f"{device}: {first_line(exc)}")
+            reasons.append(f"{device}: {boosting.first_line(exc)}")
     return None, "this lightgbm build has no GPU support (" + "; ".join(reasons) + ")"
 
 
 @register
-class LightGBMTrainable(BoostingTrainable):
+class LightGBMTrainable(boosting.BoostingTrainable):
     """LightGBM (leaf-wise trees); budget = boosting rounds, continued with ``init_model``."""
 
     kind: ClassVar[str] = "lightgbm"
@@ -80,24 +73,17 @@ class LightGBMTrainable(BoostingTrainable):
     fractions: ClassVar[tuple[str, ...]] = ("colsample_bytree", "subsample")
 
     def default_space(self) -> SearchSpace:
-        # AutoGluon's and FLAML's LightGBM spaces, narrowed to what a few hundred rounds can use.
-        return SearchSpace(
-            (
-                FloatParam("learning_rate", 0.01, 0.3, log=True),
-                IntParam("num_leaves", 4, 128, log=True),
-                IntParam("min_child_samples", 2, 64, log=True),
-                FloatParam("colsample_bytree", 0.5, 1.0),
-                FloatParam("subsample", 0.5, 1.0),
-                FloatParam("reg_lambda", 1e-3, 100.0, log=True),
-                FloatParam("reg_alpha", 1e-3, 10.0, log=True),
-            )
-        )
+        return SearchSpace((
+            boosting.LEARNING_RATE, IntParam("num_leaves", 4, 128, log=True), IntParam("min_child_samples", 2, 64, log=True),
+            boosting.column_subsample("colsample_bytree"), boosting.ROW_SUBSAMPLE, boosting.L2_PENALTY, boosting.L1_PENALTY,
+        ))
 
     def gpu_unavailable(self) -> str | None:
         device, reason = _gpu_device()
         return None if device else reason
 
-    def grow(self, config: Mapping[str, Any], dataset: Dataset, settings: BoostSettings, checkpoint: bytes | None) -> Grown:
+    def grow(self, config: Mapping[str, Any], dataset: Dataset, settings: boosting.BoostSettings,
+             checkpoint: bytes | None) -> boosting.Grown:
         import lightgbm as lgb
 
         knobs = self.settings(config)
@@ -111,27 +97,25 @@ class LightGBMTrainable(BoostingTrainable):
             # Repeatable fits, so a refitted winner is the model its trial scored.
             "deterministic": True, "force_row_wise": True, "verbose": -1,
         }
-        if dataset.task == "regression":
-            params["objective"] = "regression"
-        elif dataset.n_classes == 2:
-            params["objective"] = "binary"
-        else:
-            params.update(objective="multiclass", num_class=dataset.n_classes)
+        params["objective"] = boosting.task_objective(dataset, "regression", "binary", "multiclass")
+        if params["objective"] == "multiclass":
+            params["num_class"] = dataset.n_classes
         booster = None
         if checkpoint is not None:
             try:
                 booster = lgb.Booster(model_str=checkpoint.decode())
             except (lgb.basic.LightGBMError, UnicodeDecodeError) as exc:
-                raise TrainableError(f"lightgbm: cannot resume from checkpoint ({first_line(exc)})") from None
+                raise TrainableError(f"lightgbm: cannot resume from checkpoint ({boosting.first_line(exc)})") from None
         start = 0 if booster is None else booster.current_iteration()
         if booster is None or settings.target_rounds > start:
+            categorical = boosting.categorical_columns(dataset.feature_names, dataset.categories)
             train = lgb.Dataset(np.asarray(dataset.X_train, dtype=np.float64), label=dataset.y_train,
-                                categorical_feature=categorical_columns(dataset.feature_names, dataset.categories) or "auto",
+                                categorical_feature=categorical or "auto",
                                 free_raw_data=False)
             try:
                 booster = lgb.train(params, train, num_boost_round=settings.target_rounds - start, init_model=booster)
             except lgb.basic.LightGBMError as exc:
-                raise TrainableError(f"lightgbm: training failed with {dict(config)} ({first_line(exc)})") from None
+                raise TrainableError(f"lightgbm: training failed with {dict(config)} ({boosting.first_line(exc)})") from None
         model = LightGBMModel(booster, family=self.kind, encoding=dataset.encoding(), config=dict(config),
                               budget=float(booster.current_iteration()))
-        return Grown(model, start, booster.current_iteration(), booster.model_to_string().encode())
+        return boosting.Grown(model, start, booster.current_iteration(), booster.model_to_string().encode())

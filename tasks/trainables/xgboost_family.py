@@ -20,21 +20,14 @@ import numpy as np
 
 from rungflow.budgets.space import FloatParam, IntParam, SearchSpace
 from rungflow.tasks.data import Dataset
+from rungflow.tasks.trainables import boosting
 from rungflow.tasks.trainables.base import TrainableError, register
-from rungflow.tasks.trainables.boosting import (
-    BoosterModel,
-    BoostingTrainable,
-    BoostSettings,
-    Grown,
-    categorical_columns,
-    first_line,
-)
 
 __all__ = ["XGBoostTrainable", "XGBoostModel"]
 
 
 def _feature_types(feature_names: list[str] | tuple[str, ...], categories: Mapping[str, Any]) -> list[str]:
-    categorical = set(categorical_columns(feature_names, categories))
+    categorical = set(boosting.categorical_columns(feature_names, categories))
     return ["c" if i in categorical else "q" for i in range(len(feature_names))]
 
 
@@ -46,7 +39,7 @@ def _matrix(x: np.ndarray, feature_names: list[str] | tuple[str, ...], categorie
                        missing=np.nan)
 
 
-class XGBoostModel(BoosterModel):
+class XGBoostModel(boosting.BoosterModel):
     backend = "xgboost"
     model_file = "model.ubj"
     model_name = "an XGBoost model"
@@ -82,12 +75,12 @@ def _gpu_unavailable() -> str | None:
             probe = xgb.train({"device": "cuda", "verbosity": 0}, xgb.DMatrix(np.zeros((2, 1)), label=[0.0, 1.0]), 1)
         device = json.loads(probe.save_config())["learner"]["generic_param"]["device"]
     except xgb.core.XGBoostError as exc:
-        return f"xgboost cannot use it ({first_line(exc)})"
+        return f"xgboost cannot use it ({boosting.first_line(exc)})"
     return None if str(device).startswith("cuda") else "xgboost sees no GPU"
 
 
 @register
-class XGBoostTrainable(BoostingTrainable):
+class XGBoostTrainable(boosting.BoostingTrainable):
     """XGBoost (``hist`` trees); budget = boosting rounds, continued with ``xgb_model``."""
 
     kind: ClassVar[str] = "xgboost"
@@ -98,23 +91,16 @@ class XGBoostTrainable(BoostingTrainable):
     fractions: ClassVar[tuple[str, ...]] = ("subsample", "colsample_bytree")
 
     def default_space(self) -> SearchSpace:
-        # AutoGluon's and FLAML's XGBoost spaces, narrowed to what a few hundred rounds can use.
-        return SearchSpace(
-            (
-                FloatParam("learning_rate", 0.01, 0.3, log=True),
-                IntParam("max_depth", 2, 10),
-                FloatParam("min_child_weight", 0.01, 32.0, log=True),
-                FloatParam("subsample", 0.5, 1.0),
-                FloatParam("colsample_bytree", 0.5, 1.0),
-                FloatParam("reg_lambda", 1e-3, 100.0, log=True),
-                FloatParam("reg_alpha", 1e-3, 10.0, log=True),
-            )
-        )
+        return SearchSpace((
+            boosting.LEARNING_RATE, IntParam("max_depth", 2, 10), FloatParam("min_child_weight", 0.01, 32.0, log=True),
+            boosting.ROW_SUBSAMPLE, boosting.column_subsample("colsample_bytree"), boosting.L2_PENALTY, boosting.L1_PENALTY,
+        ))
 
     def gpu_unavailable(self) -> str | None:
         return _gpu_unavailable()
 
-    def grow(self, config: Mapping[str, Any], dataset: Dataset, settings: BoostSettings, checkpoint: bytes | None) -> Grown:
+    def grow(self, config: Mapping[str, Any], dataset: Dataset, settings: boosting.BoostSettings,
+             checkpoint: bytes | None) -> boosting.Grown:
         import xgboost as xgb
 
         knobs = self.settings(config)
@@ -125,28 +111,25 @@ class XGBoostTrainable(BoostingTrainable):
             "tree_method": "hist", "device": "cuda" if settings.on_gpu else "cpu",
             "nthread": settings.threads, "seed": settings.seed, "verbosity": 0,
         }
-        if dataset.task == "regression":
-            params["objective"] = "reg:squarederror"
-        elif dataset.n_classes == 2:
-            params["objective"] = "binary:logistic"
-        else:
-            params.update(objective="multi:softprob", num_class=dataset.n_classes)
+        params["objective"] = boosting.task_objective(dataset, "reg:squarederror", "binary:logistic", "multi:softprob")
+        if params["objective"] == "multi:softprob":
+            params["num_class"] = dataset.n_classes
         booster = None
         if checkpoint is not None:
             booster = xgb.Booster()
             try:
                 booster.load_model(bytearray(checkpoint))
             except xgb.core.XGBoostError as exc:
-                raise TrainableError(f"xgboost: cannot resume from checkpoint ({first_line(exc)})") from None
+                raise TrainableError(f"xgboost: cannot resume from checkpoint ({boosting.first_line(exc)})") from None
         start = 0 if booster is None else booster.num_boosted_rounds()
         if booster is None or settings.target_rounds > start:
             train = _matrix(dataset.X_train, dataset.feature_names, dataset.categories, label=dataset.y_train)
             try:
                 booster = xgb.train(params, train, num_boost_round=settings.target_rounds - start, xgb_model=booster)
             except xgb.core.XGBoostError as exc:
-                raise TrainableError(f"xgboost: training failed with {dict(config)} ({first_line(exc)})") from None
+                raise TrainableError(f"xgboost: training failed with {dict(config)} ({boosting.first_line(exc)})") from None
         saved = bytes(booster.save_raw("ubj"))
         booster.set_param({"device": "cpu"})  # the model scores the validation rows wherever it was trained
         model = XGBoostModel(booster, family=self.kind, encoding=dataset.encoding(), config=dict(config),
                              budget=float(booster.num_boosted_rounds()))
-        return Grown(model, start, booster.num_boosted_rounds(), saved)
+        return boosting.Grown(model, start, booster.num_boosted_rounds(), saved)
