@@ -183,8 +183,12 @@ def _ray_node(ray_bin: str, args: list[str], env: dict[str, str], log: Path) -> 
     the first one's workers already run in. Under /tmp, not tmp_path: Ray's socket paths must stay short.
     """
     own_dir = tempfile.mkdtemp(prefix="ray-node-") if "--address" in args else None
+    # Workers on OS-chosen ports: `ray start` hands out 10002 upwards, and with another test's cluster on the machine a
+    # driver's port can be taken between the raylet's check and its bind, which aborts the driver (the test process)
+    # with "Check failed: Failed to start the grpc server ... port 10002". ray.init(address="local") already does this.
     proc = subprocess.Popen([ray_bin, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                             "--disable-usage-stats", *(["--temp-dir", own_dir] if own_dir else []), *args], env=env,
+                             "--min-worker-port", "0", "--max-worker-port", "0", "--disable-usage-stats",
+                             *(["--temp-dir", own_dir] if own_dir else []), *args], env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     proc.ray_temp_dir = own_dir  # removed by _stop_group once the node is down
     return proc
