@@ -131,6 +131,17 @@ def test_string_columns_reach_the_library_as_native_categoricals(kind, coloured_
     assert list(model.predict(rows)[:2]) == ["no", "no"] and model.predict_proba(rows).shape == (3, 2)
 
 
+def test_catboost_continues_across_the_length_where_it_picks_cheaper_settings(coloured_csv) -> None:
+    # Below a few hundred iterations CatBoost picks one leaf-estimation step and no feature combinations, and it
+    # refuses a snapshot whose settings differ: a rung of 90 rounds promoted to 270 once failed in every automl sweep.
+    trainable = get_trainable_class("catboost")({"data": {"source": str(coloured_csv), "label": "answer"}})
+    config = {"learning_rate": 0.08, "depth": 6, "subsample": 0.55, "colsample_bylevel": 0.85}
+    short = trainable.train(TrainRequest("c", config, 90, seed=0))
+    grown = trainable.train(TrainRequest("c", config, 270, checkpoint=short.checkpoint, seed=0))
+    assert grown.budget_reached == 270 and grown.budget_trained == 180
+    assert grown.score == trainable.train(TrainRequest("c", config, 270, seed=0)).score
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_trial_holding_a_gpu_this_library_cannot_use_trains_on_cpu_with_one_line(kind, caplog) -> None:
     trainable = get_trainable_class(kind)({"data": TABLES["binary"]})

@@ -124,6 +124,10 @@ class CatBoostTrainable(boosting.BoostingTrainable):
             "random_seed": settings.seed, "thread_count": settings.threads,
             "task_type": "GPU" if settings.on_gpu else "CPU", "verbose": False,
             "save_snapshot": True, "snapshot_interval": 10**9,  # one snapshot, when training ends
+            # CatBoost picks cheaper settings for short runs (one leaf-estimation step, no feature combinations below a
+            # few hundred iterations) and refuses to continue a snapshot whose settings differ: pinned to its own
+            # full-length defaults, every rung trains alike and a promotion can cross that length.
+            "max_ctr_complexity": 4, "leaf_estimation_iterations": 10 if loss == "Logloss" else 1,
         }
         if not settings.on_gpu:
             params["rsm"] = knobs["colsample_bylevel"]
