@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -77,7 +78,7 @@ def _float_spec(low: float, high: float, step: float | None, log_: bool) -> dict
     return {"type": "float", "low": float(low), "high": float(high), "log": bool(log_), "step": step}
 
 
-class _BaseTrial:
+class _BaseTrial(ABC):
     """The part of ``optuna.trial.Trial`` both trials share; ``_answer`` says what each suggest returns."""
 
     def __init__(self, mode: str, number: int = 0) -> None:
@@ -106,8 +107,9 @@ class _BaseTrial:
         self.params[name] = value
         return value
 
+    @abstractmethod
     def _answer(self, name: str, spec: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        """The value this trial gives the objective for a parameter it suggests for the first time."""
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float:
         return self._suggest(name, _float_spec(low, high, step, log))
