@@ -178,6 +178,20 @@ def ray_shutdown() -> Iterator[None]:
         ray.shutdown()
 
 
+def colour_table(path: Path, rows: int) -> Path:
+    """A CSV whose label needs its string column: ``yes`` when the colour is red XOR x > 0.3 (x has gaps)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    colour = rng.choice(["red", "green", "blue"], size=rows)
+    x = rng.normal(size=rows)
+    x[::17] = np.nan
+    label = np.where((colour == "red") ^ (np.nan_to_num(x) > 0.3), "yes", "no")
+    pd.DataFrame({"x": x, "colour": colour, "z": rng.integers(0, 5, rows), "answer": label}).to_csv(path, index=False)
+    return path
+
+
 def sweep_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     """A small sweep config as a dict; keyword overrides replace whole sections."""
     cfg: dict[str, Any] = {

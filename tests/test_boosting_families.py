@@ -20,7 +20,7 @@ from rungflow.flows.sweep import run_sweep
 from rungflow.tasks.data import load_dataset
 from rungflow.tasks.models import ModelError, fit_model, load_model, save_model
 from rungflow.tasks.trainables import TrainableError, TrainRequest, get_trainable_class
-from tests.conftest import sweep_config
+from tests.conftest import colour_table, sweep_config
 
 KINDS = ("xgboost", "lightgbm", "catboost")
 TABLES = {"binary": {"source": "sklearn:breast_cancer"}, "multiclass": {"source": "sklearn:wine"},
@@ -103,15 +103,7 @@ def test_saved_models_load_back_in_the_library_format(kind, tmp_path) -> None:
 @pytest.fixture
 def coloured_csv(tmp_path) -> Path:
     """A label that needs a string column: yes when the colour is red XOR x > 0.3."""
-    rng = np.random.default_rng(0)
-    n = 400
-    colour = rng.choice(["red", "green", "blue"], size=n)
-    x = rng.normal(size=n)
-    x[::17] = np.nan
-    label = np.where((colour == "red") ^ (np.nan_to_num(x) > 0.3), "yes", "no")
-    path = tmp_path / "table.csv"
-    pd.DataFrame({"x": x, "colour": colour, "z": rng.integers(0, 5, n), "answer": label}).to_csv(path, index=False)
-    return path
+    return colour_table(tmp_path / "table.csv", rows=400)
 
 
 @pytest.mark.parametrize("kind", KINDS)

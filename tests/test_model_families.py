@@ -13,6 +13,7 @@ from rungflow.tasks.data import DataError, DataSpec, load_dataset, read_table
 from rungflow.tasks.models import ModelError, fit_model, load_model, save_model
 from rungflow.tasks.trainables import TrainableError, TrainRequest, get_trainable_class, known_kinds
 from rungflow.tasks.trainables.external import AUTOGLUON, AUTOSKLEARN
+from tests.conftest import colour_table
 
 BC = {"source": "sklearn:breast_cancer"}
 DIABETES = {"source": "sklearn:diabetes"}
@@ -39,15 +40,7 @@ def test_bundled_datasets_split_seeded_and_infer_the_task() -> None:
 
 @pytest.fixture
 def mixed_csv(tmp_path):
-    rng = np.random.default_rng(0)
-    n = 240
-    colour = rng.choice(["red", "green", "blue"], size=n)
-    x = rng.normal(size=n)
-    x[::17] = np.nan
-    label = np.where((colour == "red") ^ (np.nan_to_num(x) > 0.3), "yes", "no")
-    path = tmp_path / "table.csv"
-    pd.DataFrame({"x": x, "colour": colour, "z": rng.integers(0, 5, n), "answer": label}).to_csv(path, index=False)
-    return path
+    return colour_table(tmp_path / "table.csv", rows=240)
 
 
 def test_csv_with_categories_missing_values_and_string_labels(mixed_csv, tmp_path) -> None:
