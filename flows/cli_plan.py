@@ -130,6 +130,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     started = sum(r["new_trials"] for r in rows if r["rung"] == 0)
     cloned = f" ({started} + {trials - started} clones)" if trials > started else ""
     console.print(f"{brackets} brackets, {trials} trials{cloned}, {total_units:g} {unit} in all")
+    console.print(config.search.cost_aware_reason)
     b = config.budget
     price = b.price_per_gpu_hour
     if total_gpu_hours is not None:

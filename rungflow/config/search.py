@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from rungflow.budgets.schedulers import SchedulerKind
 from rungflow.budgets.search_registry import SEARCHERS
+from rungflow.budgets.space import CategoricalParam, SearchSpace
 from rungflow.config.errors import _Strict
 
 
@@ -53,7 +54,30 @@ class SearchConfig(_Strict):
     grid_points: int = 4
     random_fraction: float | None = None
     min_points_in_model: int | None = None
-    cost_aware: bool = Field(default=False, description="tpe/bohb: rank candidates by expected improvement per predicted GPU-hour")
+    cost_aware: bool | Literal["auto"] = Field(
+        default=False, description="tpe/bohb: rank candidates by expected improvement per predicted GPU-hour; auto: "
+                                   "on where the space chooses among model families (resolve_cost_aware)")
+    _cost_aware_reason: str | None = PrivateAttr(default=None)
+
+    @field_validator("cost_aware", mode="before")
+    @classmethod
+    def _cost_aware_setting(cls, v: Any) -> Any:
+        if isinstance(v, bool) or v == "auto":
+            return v
+        raise ValueError("must be true, false or auto (auto: on where the space chooses among model families); "
+                         "e.g. search.cost_aware: auto")
+
+    @property
+    def cost_aware_reason(self) -> str:
+        """Why cost-aware search is on or off: the rule's reason where ``auto`` chose, else the config's word."""
+        return self._cost_aware_reason or f"search.cost_aware: {str(self.cost_aware).lower()} in the config"
+
+    def resolve_cost_aware(self, space: SearchSpace) -> None:
+        """Turn ``auto`` into on or off for this space, before anything is spent; called once the space is known."""
+        if self.cost_aware == "auto":
+            on, reason = cost_aware_rule(self.algorithm, space)
+            self.cost_aware = on
+            self._cost_aware_reason = reason
 
     @field_validator("algorithm")
     @classmethod
@@ -92,12 +116,28 @@ class SearchConfig(_Strict):
 
     @model_validator(mode="after")
     def _cost_aware_needs_tpe(self) -> SearchConfig:
-        if self.cost_aware and self.algorithm not in ("tpe", "bohb"):
+        if self.cost_aware is True and self.algorithm not in ("tpe", "bohb"):
             raise ValueError(
                 f"search.cost_aware: only tpe and bohb rank candidates by cost, not {self.algorithm!r}; "
                 "use search.algorithm=tpe or remove cost_aware"
             )
         return self
+
+
+def cost_aware_rule(algorithm: str, space: SearchSpace) -> tuple[bool, str]:
+    """``search.cost_aware: auto``: on where the space chooses among model families, with the reason shown.
+
+    A choice of family is a choice of cost known before anything runs: on tables a linear model's budget unit costs
+    a hundredth of a boosted one's, and the families' defaults differ more than any parameter within one. Within one
+    family the spread depends on the data and the ranges, so there the rule stays off (measured: docs/automl.md).
+    """
+    if algorithm not in ("tpe", "bohb"):
+        return False, f"search.cost_aware: auto -> off: {algorithm} search has no acquisition to rank by cost"
+    family = space["family"] if "family" in space.names else None
+    if isinstance(family, CategoricalParam) and len(family.choices) >= 2:
+        return True, (f"search.cost_aware: auto -> on: the space chooses among {len(family.choices)} model families, "
+                      "whose costs per budget unit differ")
+    return False, "search.cost_aware: auto -> off: the space holds one model family"
 
 
 # Options only one scheduler reads: setting one for another scheduler is a mistake worth naming.

@@ -59,6 +59,7 @@ class SweepConfig(_Strict):
             except SpaceError as exc:
                 raise ValueError(str(exc)) from None
             trainable_cls(self.trainable.options).check_space(space)
+        self.search.resolve_cost_aware(self.search_space())  # auto: on or off, and why, before anything is spent
         lo, hi = self.budget_range()
         if trainable_cls.integer_budget:
             for key, value in (("min_budget", lo), ("max_budget", hi)):
