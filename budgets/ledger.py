@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from rungflow.budgets.holding import Holds, HoldSpan
 
-__all__ = ["TrialStatus", "FINISHED", "trial_outcome", "SpendRecord", "StartMarker", "Ledger", "IncumbentPoint", "IncumbentCurve", "incumbent_curve"]
+__all__ = ["TrialStatus", "FINISHED", "trial_outcome", "SpendRecord", "SetupSpend", "StartMarker", "Ledger", "IncumbentPoint", "IncumbentCurve", "incumbent_curve"]
 
 Mode = Literal["max", "min"]
 
@@ -121,6 +121,26 @@ class SpendRecord(_InHours):
 
 
 @dataclass(frozen=True)
+class SetupSpend(_InHours):
+    """Compute the sweep spent on the user's code outside any trial, e.g. the runs of an Optuna objective that
+    learn its space before the first trial. Counted in the totals (so in caps), never as a trial.
+
+    ``key`` names the spend once: a resumed sweep that reads it back does not bill it again.
+    """
+
+    key: str
+    kind: str
+    runs: int
+    wall_seconds: float
+    gpus: float
+    cpus: float
+    gpu_seconds: float
+    cpu_seconds: float
+    cost: float
+    started_at: float
+
+
+@dataclass(frozen=True)
 class StartMarker:
     """A trial attempt was dispatched at ``started_at``; its spend record follows when it finishes."""
 
@@ -182,6 +202,7 @@ class Ledger(_InHours):
         self.records: list[SpendRecord] = []
         self.decisions: list[dict[str, Any]] = []
         self.sessions: list[dict[str, Any]] = []
+        self.setup: list[SetupSpend] = []
         self.starts: dict[tuple[str, int, int], StartMarker] = {}
         # Replay: records on disk the driver has not reached yet (file order), and how many decisions
         # on disk the replayed driver will make again (those are not written a second time).
@@ -245,6 +266,9 @@ class Ledger(_InHours):
                     self._note_attempt(marker.trial_id, marker.rung, marker.attempt)
                 elif kind == "session":
                     self.sessions.append(entry["session"])
+                elif kind == "setup":
+                    # Spent before the first trial, so a replayed driver's totals start with it too.
+                    self._add_setup(SetupSpend(**entry["setup"]))
                 elif kind == "hold":
                     span = HoldSpan(**{k: v for k, v in entry["hold"].items() if k in HoldSpan.__dataclass_fields__})
                     spans[(span.worker, span.acquired_at)] = span  # the release line replaces the acquire line
@@ -301,6 +325,22 @@ class Ledger(_InHours):
         self._note(record)
         self._extend([record])
         self._append({"type": "spend", "record": record.to_json()})
+        return True
+
+    def charge_setup(self, spend: SetupSpend) -> bool:
+        """Record spend outside any trial; returns False (and charges nothing) if ``spend.key`` was already billed."""
+        if not self._add_setup(spend):
+            return False
+        self._append({"type": "setup", "setup": asdict(spend)})
+        return True
+
+    def _add_setup(self, spend: SetupSpend) -> bool:
+        if any(s.key == spend.key for s in self.setup):
+            return False
+        self.setup.append(spend)
+        self.gpu_seconds += spend.gpu_seconds
+        self.cpu_seconds += spend.cpu_seconds
+        self._cost += spend.cost
         return True
 
     def has(self, trial_id: str, rung: int, attempt: int = 0) -> bool:
@@ -459,6 +499,8 @@ class Ledger(_InHours):
             "trials_failed": self.trials_failed(),
             "trials_by_outcome": self.trials_by_outcome(max_budget),
             "records": len(self.records),
+            "setup": [{"kind": s.kind, "runs": s.runs, "wall_seconds": s.wall_seconds, "gpu_hours": s.gpu_hours,
+                       "cpu_hours": s.cpu_hours, "cost": s.cost} for s in self.setup],
         }
 
 

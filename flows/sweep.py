@@ -39,7 +39,7 @@ from prefect.utilities.annotations import quote
 
 from rungflow.budgets.controller import BudgetController, StopReason
 from rungflow.budgets.driver import SweepDriver, TrialJob
-from rungflow.budgets.ledger import Ledger, SpendRecord, StartMarker, TrialStatus
+from rungflow.budgets.ledger import Ledger, SetupSpend, SpendRecord, StartMarker, TrialStatus
 from rungflow.budgets.prior_guard import PriorGuardSearcher
 from rungflow.budgets.schedulers import RungDecision, TrialScore, make_scheduler
 from rungflow.budgets.search_registry import make_searcher
@@ -148,7 +148,8 @@ class Sweep(SweepDriver):
             min_points_in_model=config.search.min_points_in_model, cost_aware=config.search.cost_aware,
         )
         # A missing dataset fails the flow now, naming the fix, not as a sweep of failed trials.
-        config.trainable_class()(config.trainable.options).check()
+        trainable = config.trainable_class()(config.trainable.options)
+        trainable.check()
         settings = dataclasses.replace(config.budget.settings(), brackets_per_iteration=scheduler.brackets_per_iteration)
         ledger_path, config_path = run_dir / "ledger.jsonl", run_dir / "config.json"
         # One process per run directory: a second one would bill the first one's running trials as interrupted.
@@ -168,6 +169,12 @@ class Sweep(SweepDriver):
         ledger = Ledger(ledger_path, price_per_gpu_hour=settings.price_per_gpu_hour,
                         price_per_cpu_hour=settings.price_per_cpu_hour, replay=resumed, clock=clock,
                         last_alive=last_alive)
+        rt = config.runtime
+        for spent in trainable.spent_before_sweep():  # the user's code run before any trial: billed at a trial's share
+            wall = float(spent["wall_seconds"])
+            ledger.charge_setup(SetupSpend(**spent, gpus=rt.gpus_per_trial, cpus=rt.cpus_per_trial,
+                                           gpu_seconds=wall * rt.gpus_per_trial, cpu_seconds=wall * rt.cpus_per_trial,
+                                           cost=ledger.cost_of(wall * rt.gpus_per_trial, wall * rt.cpus_per_trial)))
         now = clock()
         elapsed_before, first_start = 0.0, now
         if ledger.sessions and last_alive is not None:

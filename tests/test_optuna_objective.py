@@ -3,6 +3,7 @@ the objective defines (conditional branches too), rung stops through should_prun
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -10,6 +11,7 @@ import pytest
 
 import rungflow
 from bench.migrate import EXAMPLES, run_rungflow
+from rungflow.budgets.ledger import Ledger
 from rungflow.config import ConfigError
 from rungflow.tasks.trainables import TrainableError, TrainRequest, get_trainable_class
 from rungflow.tasks.trainables.function import register_callable
@@ -97,6 +99,36 @@ def test_bad_objectives_are_one_line_naming_the_problem_and_the_fix() -> None:
         rungflow.sweep(impatient, metric="value", mode="max")  # refused before anything is spent
     with pytest.raises(TrainableError, match=r"trial.study.best_value|trial.best_value|rungflow does not provide"):
         _trainable(nosy).train(TrainRequest("t", {"x": 0.5}, 3))
+
+
+def test_the_probe_runs_that_learn_the_space_are_billed_once_and_counted_in_the_totals(prefect_server: str,
+                                                                                        tmp_path: Path) -> None:
+    probe_runs = []
+
+    def slow_branches(trial):  # never reports, so each probe runs it whole: once per branch
+        kind = trial.suggest_categorical("kind", ["a", "b"])
+        x = trial.suggest_float("x", 0.0, 1.0)
+        probe_runs.append(kind)
+        time.sleep(0.15)
+        return x if kind == "a" else 1.0 - x
+
+    out = tmp_path / "run"
+    result = rungflow.sweep(slow_branches, metric="value", mode="max", search={"num_trials": 2, "seed": 0},
+                            runtime={"kind": "thread", "max_concurrent": 2, "cpus_per_trial": 2}, out=out)
+    probes = len(probe_runs) - len(result.events)
+    assert probes == 2  # one run per branch of "kind", and no second probe once the config is validated
+    (setup,) = result.ledger["setup"]
+    assert setup["kind"] == "space_probe" and setup["runs"] == 2 and setup["wall_seconds"] >= 0.3
+    assert setup["cpu_hours"] == pytest.approx(setup["wall_seconds"] * 2 / 3600)  # at a trial's share: 2 CPUs
+    trials_cpu_hours = sum(e["cpu_hours"] for e in result.events)
+    assert result.ledger["cpu_hours"] == pytest.approx(trials_cpu_hours + setup["cpu_hours"])
+    assert result.ledger["trials_started"] == 2  # spend, not a trial
+
+    # Read back (a resume), nothing is billed twice; run again in this process, the space is reused and costs nothing.
+    again = rungflow.sweep(slow_branches, metric="value", mode="max", search={"num_trials": 2, "seed": 0},
+                           runtime={"kind": "thread", "max_concurrent": 2, "cpus_per_trial": 2}, out=out)
+    assert again.ledger["setup"] == result.ledger["setup"] and len(Ledger(out / "ledger.jsonl").setup) == 1
+    assert len(probe_runs) == probes + len(result.events)  # the resumed sweep replayed its trials, probed nothing
 
 
 # --- each vendored example, unchanged but for its start line, on real Prefect (threads) ---------------------

@@ -96,6 +96,11 @@ class Trainable(ABC):
         """The space searched when the config gives none; None if the family has no sensible default."""
         return None
 
+    def spent_before_sweep(self) -> list[dict[str, Any]]:
+        """Runs of the user's code this process made for the sweep before its first trial, each handed out once for
+        the ledger to bill: ``{"key", "kind", "runs", "wall_seconds", "started_at"}``. Most trainables make none."""
+        return []
+
     def check(self) -> None:
         """Raise :class:`TrainableError` naming the fix when data the trainable needs is missing.
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import random
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -176,6 +178,12 @@ def probe_objective(fn: Callable[[Any], Any], mode: str = "max", max_probes: int
     Raises TrainableError naming the problem and the fix (should_prune before report, a non-number returned,
     one name with two distributions, nothing suggested).
     """
+    space, reports, _ = _probe(fn, mode, max_probes)
+    return space, reports
+
+
+def _probe(fn: Callable[[Any], Any], mode: str, max_probes: int) -> tuple[dict[str, Any], bool, int]:
+    """:func:`probe_objective`, and how many times it ran the objective."""
     import optuna
 
     paths: list[list[tuple[str, dict[str, Any], Any]]] = []
@@ -206,6 +214,7 @@ def probe_objective(fn: Callable[[Any], Any], mode: str = "max", max_probes: int
             if spec["type"] != "categorical":
                 continue
             prefix = {n: v for n, s, v in trial.path[:i] if s["type"] == "categorical"}
+            seen.add(repr({**prefix, name: value}))  # this run took that branch: another would only repeat it
             for choice in spec["choices"]:
                 branch = {**prefix, name: choice}
                 if choice != value and repr(branch) not in seen:
@@ -215,7 +224,7 @@ def probe_objective(fn: Callable[[Any], Any], mode: str = "max", max_probes: int
         log.warning("the objective has more than %d branches of categorical choices; parameters of the rest are drawn "
                     "per trial when first suggested", max_probes)
     try:
-        return objective_space(paths), reports
+        return objective_space(paths), reports, len(paths)
     except SpaceError as exc:
         raise TrainableError(str(exc)) from None
 
@@ -288,16 +297,34 @@ class OptunaObjectiveTrainable(CallableTrainable):
     Options: ClassVar[type[FunctionOptions]] = OptunaObjectiveOptions
     options: OptunaObjectiveOptions
     _probed: ClassVar[dict[str, tuple[dict[str, Any], bool]]] = {}
+    # What each probe cost, until a sweep's ledger bills it (once: a later sweep in this process reuses the space).
+    _unbilled: ClassVar[dict[str, dict[str, Any]]] = {}
     callable_noun: ClassVar[str] = "objective"
     rerun_with: ClassVar[str] = "rungflow.sweep(objective, ..., out=RUN_DIR)"
     takes_budget_and_checkpoint: ClassVar[bool] = False  # objective(trial)
 
+    def _probe_key(self) -> str:
+        # Not the whole options: full_budget is set after the config is validated, and must not probe again.
+        return self.options.model_dump_json(include={"entrypoint", "base_dir", "callable", "mode", "max_probes"})
+
     def probe(self) -> tuple[dict[str, Any], bool]:
         """(the objective's space, whether it reports), learned once per process and objective."""
-        key = self.options.model_dump_json()
+        key = self._probe_key()
         if key not in self._probed:
-            self._probed[key] = probe_objective(self._function(), self.options.mode, self.options.max_probes)
+            import optuna  # noqa: F401  (imported first: its import is not the objective's spend)
+
+            started_at, t0 = time.time(), time.perf_counter()
+            space, reports, runs = _probe(self._function(), self.options.mode, self.options.max_probes)
+            self._probed[key] = (space, reports)
+            self._unbilled[key] = {"key": f"space-probe-{os.getpid()}-{started_at:.6f}", "kind": "space_probe",
+                                   "runs": runs, "wall_seconds": time.perf_counter() - t0, "started_at": started_at}
         return self._probed[key]
+
+    def spent_before_sweep(self) -> list[dict[str, Any]]:
+        """The probe runs that learned the space, if no sweep has billed them yet."""
+        self.probe()
+        spent = self._unbilled.pop(self._probe_key(), None)
+        return [spent] if spent is not None else []
 
     def default_space(self) -> SearchSpace | None:
         try:
