@@ -5,7 +5,9 @@ rows and is scored on the fold's, which no system sees. Every system gets the sa
 seconds: rungflow's sweep as its deadline, AutoGluon's ``time_limit`` (``medium_quality`` and ``best_quality``),
 auto-sklearn's ``time_left_for_this_task``. The peers fit in worker subprocesses (AutoGluon in this environment,
 auto-sklearn in its own: ``tasks/trainables/external.py``) on all the training rows, encoded as rungflow encodes
-them. ``rungflow-stop`` is rungflow with the stop at the price (``--price``, points per GPU-hour).
+them. ``rungflow-stop`` is rungflow with the stop at the price (``--price``, points per GPU-hour);
+``rungflow-costaware`` and ``rungflow-costblind`` are rungflow with ``search.cost_aware`` on and off, whatever the
+default, with each run's trials and GPU-seconds per model family.
 
 Each finished (table, time limit, split, system) run is a JSON file under ``--out``/runs/, so a rerun skips it;
 ``--render-only`` rebuilds results.json and results.md from those files. Reports: :mod:`bench.automl_report`.
@@ -29,9 +31,10 @@ import numpy as np
 
 from bench.common import write_json
 
-__all__ = ["SYSTEMS", "add_arguments", "run", "run_one", "outer_splits", "constant_score", "test_score", "fit_rungflow"]
+__all__ = ["SYSTEMS", "add_arguments", "run", "run_one", "outer_splits", "constant_score", "test_score", "fit_rungflow",
+           "families_of"]
 
-SYSTEMS = ("rungflow", "rungflow-stop", "ag-medium", "ag-best", "autosklearn")
+SYSTEMS = ("rungflow", "rungflow-stop", "rungflow-costaware", "rungflow-costblind", "ag-medium", "ag-best", "autosklearn")
 DEFAULT_SYSTEMS = ("rungflow", "ag-medium", "ag-best", "autosklearn")
 # The sweep's families until rungflow.automl chooses its own.
 FAMILIES = ("hgb", "random_forest", "linear", "torch_mlp")
@@ -120,8 +123,37 @@ def _peer(env_name: str, extra: dict[str, Any]) -> Callable[..., dict[str, Any]]
     return fit
 
 
+def families_of(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per model family of a ``mixed`` run: trials started, GPU-seconds billed, and the median over its trials of
+    GPU-seconds per budget unit (what a proposal costs to train, whatever rung it reached)."""
+    trials = json.loads((run_dir / "result.json").read_text()).get("trials") or {}
+    spent: dict[str, list[float]] = {}  # trial -> [GPU-seconds, units trained]
+    for line in (run_dir / "ledger.jsonl").read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if entry.get("type") == "spend":
+            record = entry["record"]
+            acc = spent.setdefault(record["trial_id"], [0.0, 0.0])
+            acc[0] += float(record.get("gpu_seconds") or 0.0)
+            acc[1] += float(record.get("budget_trained") or 0.0)
+    out: dict[str, dict[str, Any]] = {}
+    for trial_id, config in trials.items():
+        family = str(config.get("family", "?"))
+        f = out.setdefault(family, {"trials": 0, "gpu_seconds": 0.0, "per_unit": []})
+        f["trials"] += 1
+        seconds, units = spent.get(trial_id, (0.0, 0.0))
+        f["gpu_seconds"] += seconds
+        if units > 0 and seconds > 0:
+            f["per_unit"].append(seconds / units)
+    return {family: {"trials": f["trials"], "gpu_seconds": f["gpu_seconds"],
+                     "gpu_seconds_per_unit": float(np.median(f["per_unit"])) if f["per_unit"] else None}
+            for family, f in sorted(out.items())}
+
+
 def fit_rungflow(train: Any, test: Any, target: str, task: str, time_limit: float, workdir: Path, seed: int,
-                 price: float | None = None, runtime: str | None = None) -> dict[str, Any]:
+                 price: float | None = None, runtime: str | None = None, cost_aware: bool | None = None) -> dict[str, Any]:
     """rungflow on the training rows, predicting the test rows. The one place the harness calls rungflow: through
     ``rungflow.automl`` where it exists, else a ``mixed`` sweep with a wall-clock deadline and the same stop rule."""
     import rungflow
@@ -129,7 +161,9 @@ def fit_rungflow(train: Any, test: Any, target: str, task: str, time_limit: floa
     automl = getattr(rungflow, "automl", None)
     run_dir = workdir / "run"
     if automl is not None:
-        kwargs = {"min_gain_per_gpu_hour": price} if price is not None else {}
+        kwargs: dict[str, Any] = {"min_gain_per_gpu_hour": price} if price is not None else {}
+        if cost_aware is not None:
+            kwargs["cost_aware"] = cost_aware
         automl(train, label=target, time_limit=time_limit, out=run_dir, seed=seed, runtime=runtime, **kwargs)
     else:
         from rungflow.config import validate
@@ -158,7 +192,8 @@ def fit_rungflow(train: Any, test: Any, target: str, task: str, time_limit: floa
     return {"predicted": model.predict(test.drop(columns=[target])), "gpu_hours": float(result["ledger"]["gpu_hours"]),
             "worker_cpu_hours": float(result["ledger"].get("cpu_hours", 0.0)) if on_ray else 0.0,
             "trials": int(result["ledger"]["trials_started"]), "stop_reason": result.get("stop_reason", ""),
-            "family": getattr(model, "family", ""), "val_score": (result.get("best") or {}).get("score")}
+            "family": getattr(model, "family", ""), "val_score": (result.get("best") or {}).get("score"),
+            "cost_aware": (result.get("search") or {}).get("cost_aware"), "families": families_of(run_dir)}
 
 
 def _systems(args: argparse.Namespace) -> dict[str, Callable[..., dict[str, Any]]]:
@@ -166,6 +201,8 @@ def _systems(args: argparse.Namespace) -> dict[str, Callable[..., dict[str, Any]
     return {
         "rungflow": lambda *a: fit_rungflow(*a, runtime=runtime),
         "rungflow-stop": lambda *a: fit_rungflow(*a, price=args.price, runtime=runtime),
+        "rungflow-costaware": lambda *a: fit_rungflow(*a, runtime=runtime, cost_aware=True),
+        "rungflow-costblind": lambda *a: fit_rungflow(*a, runtime=runtime, cost_aware=False),
         "ag-medium": _peer("autogluon", {"presets": "medium_quality", "num_cpus": os.cpu_count() or 1}),
         "ag-best": _peer("autogluon", {"presets": "best_quality", "num_cpus": os.cpu_count() or 1}),
         "autosklearn": _peer("autosklearn", {"memory_limit_mb": 3072}),

@@ -15,7 +15,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["TIE", "table_scores", "normalised", "ranks", "wins_ties_losses", "spend", "price_stop", "report", "markdown"]
+__all__ = ["TIE", "table_scores", "normalised", "ranks", "wins_ties_losses", "spend", "price_stop", "family_mix", "report",
+           "markdown"]
 
 # Two mean scores closer than this (0.1 accuracy points) tie: below that, one or two test rows decide.
 TIE = 0.001
@@ -128,6 +129,27 @@ def price_stop(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]
     return out or None
 
 
+def family_mix(rows: Sequence[Mapping[str, Any]], systems: Sequence[str]) -> dict[str, dict[str, Any]] | None:
+    """Per rungflow system, over its runs that recorded their families: the share of its trials and of its GPU-seconds
+    that went to each model family, and each family's median GPU-seconds per budget unit (median over runs)."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in systems:
+        runs = [r["families"] for r in rows if r["system"] == s and r.get("families")]
+        if not runs:
+            continue
+        trials = sum(f["trials"] for run in runs for f in run.values())
+        seconds = sum(f["gpu_seconds"] for run in runs for f in run.values())
+        names = sorted({name for run in runs for name in run})
+        per_unit = {n: sorted(run[n]["gpu_seconds_per_unit"] for run in runs
+                              if n in run and run[n]["gpu_seconds_per_unit"] is not None) for n in names}
+        out[s] = {"runs": len(runs), "trials": trials, "gpu_seconds": seconds, "families": {
+            n: {"trial_share": sum(run[n]["trials"] for run in runs if n in run) / trials if trials else 0.0,
+                "gpu_share": sum(run[n]["gpu_seconds"] for run in runs if n in run) / seconds if seconds else 0.0,
+                "gpu_seconds_per_unit": per_unit[n][len(per_unit[n]) // 2] if per_unit[n] else None}
+            for n in names}}
+    return out or None
+
+
 def report(rows: Sequence[Mapping[str, Any]], systems: Sequence[str], tie: float = TIE) -> dict[str, Any]:
     """Every figure above, for the rows of one time limit."""
     systems = [s for s in systems if any(r["system"] == s for r in rows)]
@@ -138,6 +160,9 @@ def report(rows: Sequence[Mapping[str, Any]], systems: Sequence[str], tie: float
         "mean_normalised": {s: _mean([n[s] for n in norm.values() if s in n]) for s in systems if any(s in n for n in norm.values())},
         "mean_rank": ranks(tables, systems, tie), "wins_ties_losses": wins_ties_losses(tables, systems, tie),
         "spend": spend(rows, systems), "price_stop": price_stop(rows), "tie": tie,
+        "families": family_mix(rows, systems),
+        "runs": [{k: r.get(k) for k in ("table", "split", "system", "score", "trials", "gpu_hours", "cpu_hours", "family")}
+                 for r in rows if r.get("families")],
     }
 
 
@@ -180,7 +205,32 @@ def markdown(rep: Mapping[str, Any], title: str = "") -> str:
                   "| table | spend saved | points lost |", "|---|---|---|"]
         for name, p in sorted(rep["price_stop"].items()):
             lines.append(f"| {name} | {100 * p['saved']:.0f} % of {p['unit'].replace('_', '-')} | {p['points_lost']:+.2f} |")
+    if rep.get("families"):
+        lines += _family_lines(rep)
     failed = [f"{name}: {f}" for name, t in sorted(rep["tables"].items()) for f in t["failed"]]
     if failed:
         lines += ["", "Failed runs (scored as the constant predictor): " + "; ".join(failed)]
     return "\n".join(lines)
+
+
+def _family_lines(rep: Mapping[str, Any]) -> list[str]:
+    """Each rungflow run's trials and spend, then where each system's trials and GPU-seconds went, by family."""
+    lines = ["", "rungflow runs (trials started, GPU-hours billed, the saved model's family):", "",
+             "| table | split | system | score | trials | GPU-hours | CPU-hours | saved model |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rep["runs"], key=lambda r: (r["table"], r["split"], r["system"])):
+        score = "failed" if r["score"] is None else f"{r['score']:.4f}"
+        lines.append(f"| {r['table']} | {r['split']} | {r['system']} | {score} | {r['trials']} | {r['gpu_hours']:.4f} | "
+                     f"{r['cpu_hours']:.4f} | {r['family'] or ''} |")
+    mix = rep["families"]
+    names = sorted({n for m in mix.values() for n in m["families"]})
+    lines += ["", "Share of trials / share of GPU-seconds per family, and in brackets the median GPU-seconds per budget "
+              "unit of the family's trials (median over runs):", "",
+              "| system | trials | " + " | ".join(names) + " |", "|" + "---|" * (2 + len(names))]
+    for s, m in mix.items():
+        cells = []
+        for n in names:
+            f = m["families"].get(n)
+            per_unit = "" if not f or f["gpu_seconds_per_unit"] is None else f" ({f['gpu_seconds_per_unit']:.3g})"
+            cells.append("" if f is None else f"{100 * f['trial_share']:.0f} % / {100 * f['gpu_share']:.0f} %{per_unit}")
+        lines.append(f"| {s} | {m['trials']} | " + " | ".join(cells) + " |")
+    return lines

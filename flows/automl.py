@@ -16,7 +16,7 @@ from typing import Any
 
 from rungflow.config import ConfigError, SweepConfig, slug, validate
 
-__all__ = ["automl", "automl_config", "AutoMLPlan", "METRICS", "DEFAULT_TIME_LIMIT"]
+__all__ = ["automl", "automl_config", "AutoMLPlan", "METRICS", "DEFAULT_TIME_LIMIT", "COST_AWARE"]
 
 log = logging.getLogger("rungflow.automl")
 
@@ -25,6 +25,8 @@ DEFAULT_TIME_LIMIT = 3600.0
 # Hyperband iterations (about 490 trials at eta 3 over 1-27 units): on most tables the time limit or the stop at
 # the price ends the run first; a small table that finishes them sooner has been searched enough.
 ITERATIONS = 10
+# search.cost_aware for an AutoML run: measured on the suite's dev tables (docs/automl.md, "Cost-aware search").
+COST_AWARE: bool | str = False
 # Each trial is billed a quarter GPU: four tabular trials share a GPU, and GPU-hour caps and the price read the same
 # on a CPU-only machine as on the GPU cluster.
 GPUS_PER_TRIAL = 0.25
@@ -64,7 +66,7 @@ def automl_config(frame_or_path: Any, label: str, *, time_limit: float | None = 
                   price_per_gpu_hour: float | None = None, min_gain_per_gpu_hour: float | None = None,
                   metric: str | None = None, families: Sequence[str] | None = None,
                   runtime: str | Mapping[str, Any] | None = None, out: str | Path | None = None, seed: int = 0,
-                  name: str | None = None) -> AutoMLPlan:
+                  name: str | None = None, cost_aware: bool | str = COST_AWARE) -> AutoMLPlan:
     """Check the table and build the sweep config; raises :class:`ConfigError` (one line) before anything is spent.
 
     A DataFrame is saved as Parquet in the run directory, so the sweep's trials (and a resume) read it from there.
@@ -114,7 +116,7 @@ def automl_config(frame_or_path: Any, label: str, *, time_limit: float | None = 
         "name": name or default_name,
         "trainable": {"kind": "mixed", "options": options},
         "metric": {"name": score_name, "mode": mode},
-        "search": {"seed": seed},
+        "search": {"seed": seed, "cost_aware": cost_aware},
         "scheduler": {"kind": "hyperband", "iterations": ITERATIONS},
         "budget": {k: v for k, v in budget.items() if v is not None},
         "runtime": _runtime_section(runtime),
@@ -133,13 +135,14 @@ def automl(frame_or_path: Any, label: str, *, time_limit: float | None = DEFAULT
            max_gpu_hours: float | None = None, max_cost: float | None = None, price_per_gpu_hour: float | None = None,
            min_gain_per_gpu_hour: float | None = None, metric: str | None = None, families: Sequence[str] | None = None,
            runtime: str | Mapping[str, Any] | None = None, out: str | Path | None = None, seed: int = 0,
-           name: str | None = None):
+           name: str | None = None, cost_aware: bool | str = COST_AWARE):
     """The best model for ``label`` in a table (a DataFrame, or a CSV/Parquet path or s3:// URL); blocks until done.
 
     ``time_limit`` seconds is the sweep's deadline; ``max_gpu_hours`` / ``max_cost`` cap the spend;
     ``min_gain_per_gpu_hour`` stops once another GPU-hour buys less than that (metric units). ``metric``: accuracy or
     log_loss (classes), r2 or rmse (numbers). ``families``: the ``mixed`` families to search (default: its own
-    default list). ``runtime``: "thread", "ray", a Ray address, or the runtime section as a dict. Returns the same
+    default list). ``runtime``: "thread", "ray", a Ray address, or the runtime section as a dict. ``cost_aware``:
+    ``search.cost_aware`` (true, false or auto; the default and why in docs/automl.md). Returns the same
     :class:`~rungflow.flows.api.SweepResult` as :func:`rungflow.sweep`; ``rungflow.load_model(result.run_dir)`` is
     the saved model (an ensemble of trials when one beat the best single trial on validation).
     """
@@ -148,7 +151,8 @@ def automl(frame_or_path: Any, label: str, *, time_limit: float | None = DEFAULT
 
     plan = automl_config(frame_or_path, label, time_limit=time_limit, max_gpu_hours=max_gpu_hours, max_cost=max_cost,
                          price_per_gpu_hour=price_per_gpu_hour, min_gain_per_gpu_hour=min_gain_per_gpu_hour,
-                         metric=metric, families=families, runtime=runtime, out=out, seed=seed, name=name)
+                         metric=metric, families=families, runtime=runtime, out=out, seed=seed, name=name,
+                         cost_aware=cost_aware)
     for note in plan.notes:
         log.warning("%s", note)
     run_dir = plan.config.run_dir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_serializer, field_validator, model_validator
 
 from rungflow.budgets.schedulers import SchedulerKind
 from rungflow.budgets.search_registry import SEARCHERS
@@ -66,6 +66,11 @@ class SearchConfig(_Strict):
             return v
         raise ValueError("must be true, false or auto (auto: on where the space chooses among model families); "
                          "e.g. search.cost_aware: auto")
+
+    @field_serializer("cost_aware")
+    def _cost_aware_as_written(self, value: bool) -> bool | str:
+        # config.json keeps auto, so a resume or a copy of the config resolves it again, reason and all.
+        return "auto" if self._cost_aware_reason is not None else value
 
     @property
     def cost_aware_reason(self) -> str:
