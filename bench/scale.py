@@ -45,13 +45,14 @@ def to_target(result: dict, target: float, top_budget: float) -> float | None:
     return None
 
 
-def growth(trials: list[int], workers: list[int], searcher: str = "random") -> None:
+def growth(trials: list[int], workers: list[int], searcher: str = "random",
+           schedulers: tuple[str, ...] = ("asha", "hyperband")) -> None:
     """Seconds to simulate N-trial sweeps on W workers (one markdown table)."""
     from rungflow.config import validate
 
     print("| scheduler | trials | workers | simulated in (s) | simulated wall (h) | utilisation | results |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for kind in ("asha", "hyperband"):
+    for kind in schedulers:
         for n in trials:
             for w in workers:
                 # Hyperband starts 49 trials an iteration at 1..27 epochs: as many iterations as reach N trials.
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--growth", action="store_true", help="time the simulator on N-trial ASHA sweeps instead")
     parser.add_argument("--trials", type=int, nargs="+", default=[1000, 3000, 10000], help="--growth: sweep sizes")
     parser.add_argument("--searcher", default="random", help="--growth: the search algorithm (bohb: the default sweep's)")
+    parser.add_argument("--schedulers", nargs="+", choices=["asha", "hyperband"], default=["asha", "hyperband"],
+                        help="--growth: which schedulers to time")
     parser.add_argument("--fill", action="store_true", help="one bracket at a time against side by side (bench.fill)")
     from bench import fill
 
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         fill.main(args)
         return 0
     if args.growth:
-        growth(args.trials, args.workers, args.searcher)
+        growth(args.trials, args.workers, args.searcher, tuple(args.schedulers))
         return 0
     base = load_config(args.config, [])
     target = random128_best(base) - 0.5

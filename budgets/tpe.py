@@ -1,8 +1,10 @@
 """TPE searchers built on Optuna's ``TPESampler`` (ask/tell on an in-memory study).
 
-The study is a view derived from the searcher's observations, rebuilt when they change, so the
-observations stay the single source of truth (a resumed sweep replays them) and Optuna's
-pruner/sampler coupling never leaks in: scope is passed explicitly.
+The study is a view derived from the searcher's observations, so the observations stay the single
+source of truth (a resumed sweep replays them) and Optuna's pruner/sampler coupling never leaks in:
+scope is passed explicitly. The view is kept alive and given only the results it has not seen; it is
+rebuilt when the observations change otherwise (a prior dropped or added, a trial's record changed),
+so a sweep's search does not redo its whole history at every suggestion.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ __all__ = ["TPESearcher", "BOHBSearcher"]
 def _optuna():
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if optuna.logging.get_verbosity() != optuna.logging.WARNING:
+        # Setting it clears every logger's cache, and this runs at each suggestion.
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
@@ -78,7 +82,7 @@ def _cost_aware_sampler_class():
 
 
 class _OptunaBacked(Searcher):
-    """Shared plumbing: a persistent sampler (its RNG carries across rebuilds) and a cached study.
+    """Shared plumbing: a persistent sampler (its RNG carries across rebuilds) and a kept study.
 
     ``cost_aware``: rank TPE's candidates by expected improvement per predicted GPU-second
     (:func:`_cost_aware_sampler_class`), the cost learned from the observations' ``cost``
@@ -161,42 +165,60 @@ class TPESearcher(_OptunaBacked):
 
     name = "tpe"
 
+    def __init__(self, space: SearchSpace, **kwargs: Any) -> None:
+        super().__init__(space, **kwargs)
+        # Results the study has not seen yet, and the trials it holds. A result for a trial it does not hold yet
+        # is an append; one for a trial it holds changes that trial's record, and the study is rebuilt.
+        self._unseen: list[Observation] = []
+        self._in_study: set[str] = set()
+
     def observe(self, observation: Observation) -> None:
         super().observe(observation)
-        self._dirty = True
+        self._unseen.append(observation)
+
+    def _frozen(self, history: list[Observation]):
+        optuna = _optuna()
+        config = history[-1].config
+        top = history[-1]
+        if top.failed:
+            state, value, intermediate = optuna.trial.TrialState.FAIL, None, {}
+        else:
+            intermediate = {_budget_step(o.budget): float(o.score) for o in history if not o.failed}
+            if top.budget >= self.max_budget - 1e-9:
+                state, value = optuna.trial.TrialState.COMPLETE, float(top.score)
+            else:
+                state, value = optuna.trial.TrialState.PRUNED, None
+        return optuna.trial.create_trial(
+            state=state,
+            value=value,
+            params=dict(config),
+            distributions=self._distributions_of(config),
+            intermediate_values=intermediate,
+        )
+
+    def _add(self, study, observations: list[Observation]) -> None:
+        # One trial per trial id, in the order the ids first appear: a rebuild and the appends give the same study.
+        latest: dict[str, list[Observation]] = {}
+        for obs in observations:
+            latest.setdefault(obs.trial_id, []).append(obs)
+        study.add_trials(
+            [self._frozen(history) for history in latest.values() if self.space.contains(history[-1].config)]
+        )
+        self._in_study.update(latest)
 
     def _rebuild(self):
-        optuna = _optuna()
-        study = self._new_study()
-        latest: dict[str, list[Observation]] = {}
-        for obs in [*self.priors, *self.observations]:
-            latest.setdefault(obs.trial_id, []).append(obs)
-        frozen = []
-        for history in latest.values():
-            config = history[-1].config
-            if not self.space.contains(config):
-                continue
-            top = history[-1]
-            if top.failed:
-                state, value, intermediate = optuna.trial.TrialState.FAIL, None, {}
-            else:
-                intermediate = {_budget_step(o.budget): float(o.score) for o in history if not o.failed}
-                if top.budget >= self.max_budget - 1e-9:
-                    state, value = optuna.trial.TrialState.COMPLETE, float(top.score)
-                else:
-                    state, value = optuna.trial.TrialState.PRUNED, None
-            frozen.append(
-                optuna.trial.create_trial(
-                    state=state,
-                    value=value,
-                    params=dict(config),
-                    distributions=self._distributions_of(config),
-                    intermediate_values=intermediate,
-                )
-            )
-        study.add_trials(frozen)
-        self._study = study
+        self._study = self._new_study()
+        self._in_study = set()
+        self._add(self._study, [*self.priors, *self.observations])
+        self._unseen = []
         self._dirty = False
+
+    def _catch_up(self):
+        if self._dirty or self._study is None or any(o.trial_id in self._in_study for o in self._unseen):
+            self._rebuild()
+        elif self._unseen:
+            self._add(self._study, self._unseen)
+            self._unseen = []
 
     def warm_start(self, observations=(), enqueue=()) -> None:
         super().warm_start(observations, enqueue)
@@ -210,8 +232,7 @@ class TPESearcher(_OptunaBacked):
         out = self._pop_enqueued(count)
         if len(out) == count:
             return out
-        if self._dirty or self._study is None:
-            self._rebuild()
+        self._catch_up()
         return out + self._ask(self._study, count - len(out))
 
 
@@ -242,33 +263,38 @@ class BOHBSearcher(_OptunaBacked):
         super().__init__(space, **kwargs)
         self._rng = np.random.default_rng(self.seed + 7919)
         self._by_budget: dict[float, list[Observation]] = {}
+        # Per budget, the results a model can be fitted on, counted as they arrive: model_budget is asked at every
+        # suggestion, and counting them afresh made each suggestion cost time in proportion to the sweep so far.
+        self._usable: dict[float, int] = {}
         self._studies: dict[float, Any] = {}
         self._added: dict[float, int] = {}
 
+    def _file(self, observation: Observation) -> None:
+        budget = round(observation.budget, 9)
+        self._by_budget.setdefault(budget, []).append(observation)
+        usable = not observation.failed and self.space.contains(observation.config)
+        self._usable[budget] = self._usable.get(budget, 0) + usable
+
     def observe(self, observation: Observation) -> None:
         super().observe(observation)
-        self._by_budget.setdefault(round(observation.budget, 9), []).append(observation)
+        self._file(observation)
 
     def warm_start(self, observations=(), enqueue=()) -> None:
         super().warm_start(observations, enqueue)
         # Priors join the per-budget model data before any of this study's results, as if observed first.
         for prior in self.priors:
-            self._by_budget.setdefault(round(prior.budget, 9), []).append(prior)
+            self._file(prior)
 
     def forget_prior(self, observation_ids, enqueued) -> None:
         super().forget_prior(observation_ids, enqueued)
         # The per-budget studies only ever grow: rebuild them from what is left, priors first as in warm_start.
-        self._by_budget, self._studies, self._added = {}, {}, {}
+        self._by_budget, self._usable, self._studies, self._added = {}, {}, {}, {}
         for o in [*self.priors, *self.observations]:
-            self._by_budget.setdefault(round(o.budget, 9), []).append(o)
+            self._file(o)
 
     def model_budget(self) -> float | None:
         """The budget whose results the next model-based proposal is fitted on (None: not enough yet)."""
-        usable = [
-            b
-            for b, obs in self._by_budget.items()
-            if sum(1 for o in obs if not o.failed and self.space.contains(o.config)) >= self.min_points_in_model
-        ]
+        usable = [b for b, count in self._usable.items() if count >= self.min_points_in_model]
         return max(usable) if usable else None
 
     def _study_for(self, budget: float):
