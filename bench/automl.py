@@ -32,7 +32,7 @@ import numpy as np
 from bench.common import write_json
 
 __all__ = ["SYSTEMS", "add_arguments", "run", "run_one", "outer_splits", "constant_score", "test_score", "fit_rungflow",
-           "families_of"]
+           "families_of", "gpu_hours_to_best"]
 
 SYSTEMS = ("rungflow", "rungflow-stop", "rungflow-costaware", "rungflow-costblind", "ag-medium", "ag-best", "autosklearn")
 DEFAULT_SYSTEMS = ("rungflow", "ag-medium", "ag-best", "autosklearn")
@@ -152,6 +152,14 @@ def families_of(run_dir: Path) -> dict[str, dict[str, Any]]:
             for family, f in sorted(out.items())}
 
 
+def gpu_hours_to_best(anytime: Sequence[dict[str, Any]]) -> float | None:
+    """GPU-hours billed when the run first reached its final best validation score (its anytime curve's last best)."""
+    if not anytime:
+        return None
+    final = anytime[-1]["best"]
+    return next(float(p["gpu_hours"]) for p in anytime if p["best"] == final and p["budget"] == anytime[-1]["budget"])
+
+
 def fit_rungflow(train: Any, test: Any, target: str, task: str, time_limit: float, workdir: Path, seed: int,
                  price: float | None = None, runtime: str | None = None, cost_aware: bool | None = None) -> dict[str, Any]:
     """rungflow on the training rows, predicting the test rows. The one place the harness calls rungflow: through
@@ -193,7 +201,8 @@ def fit_rungflow(train: Any, test: Any, target: str, task: str, time_limit: floa
             "worker_cpu_hours": float(result["ledger"].get("cpu_hours", 0.0)) if on_ray else 0.0,
             "trials": int(result["ledger"]["trials_started"]), "stop_reason": result.get("stop_reason", ""),
             "family": getattr(model, "family", ""), "val_score": (result.get("best") or {}).get("score"),
-            "cost_aware": (result.get("search") or {}).get("cost_aware"), "families": families_of(run_dir)}
+            "cost_aware": (result.get("search") or {}).get("cost_aware"), "families": families_of(run_dir),
+            "gpu_hours_to_best": gpu_hours_to_best(result.get("anytime") or [])}
 
 
 def _systems(args: argparse.Namespace) -> dict[str, Callable[..., dict[str, Any]]]:

@@ -161,7 +161,8 @@ def report(rows: Sequence[Mapping[str, Any]], systems: Sequence[str], tie: float
         "mean_rank": ranks(tables, systems, tie), "wins_ties_losses": wins_ties_losses(tables, systems, tie),
         "spend": spend(rows, systems), "price_stop": price_stop(rows), "tie": tie,
         "families": family_mix(rows, systems),
-        "runs": [{k: r.get(k) for k in ("table", "split", "system", "score", "trials", "gpu_hours", "cpu_hours", "family")}
+        "runs": [{k: r.get(k) for k in ("table", "split", "system", "score", "trials", "gpu_hours", "cpu_hours", "family",
+                                        "gpu_hours_to_best")}
                  for r in rows if r.get("families")],
     }
 
@@ -215,12 +216,15 @@ def markdown(rep: Mapping[str, Any], title: str = "") -> str:
 
 def _family_lines(rep: Mapping[str, Any]) -> list[str]:
     """Each rungflow run's trials and spend, then where each system's trials and GPU-seconds went, by family."""
-    lines = ["", "rungflow runs (trials started, GPU-hours billed, the saved model's family):", "",
-             "| table | split | system | score | trials | GPU-hours | CPU-hours | saved model |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["", "rungflow runs (trials started, GPU-hours billed, GPU-hours when the final best validation score was "
+             "first reached, the saved model's family):", "",
+             "| table | split | system | score | trials | GPU-hours | to best | CPU-hours | saved model |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rep["runs"], key=lambda r: (r["table"], r["split"], r["system"])):
         score = "failed" if r["score"] is None else f"{r['score']:.4f}"
+        to_best = "" if r.get("gpu_hours_to_best") is None else f"{r['gpu_hours_to_best']:.4f}"
         lines.append(f"| {r['table']} | {r['split']} | {r['system']} | {score} | {r['trials']} | {r['gpu_hours']:.4f} | "
-                     f"{r['cpu_hours']:.4f} | {r['family'] or ''} |")
+                     f"{to_best} | {r['cpu_hours']:.4f} | {r['family'] or ''} |")
     mix = rep["families"]
     names = sorted({n for m in mix.values() for n in m["families"]})
     lines += ["", "Share of trials / share of GPU-seconds per family, and in brackets the median GPU-seconds per budget "

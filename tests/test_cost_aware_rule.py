@@ -80,7 +80,7 @@ def test_the_automl_default_resolves_as_documented(tmp_path: Path, capsys: pytes
 
 def test_an_automl_run_records_the_choice_and_its_families(prefect_server: str, tmp_path: Path) -> None:
     import rungflow
-    from bench.automl import families_of
+    from bench.automl import families_of, gpu_hours_to_best
     from bench.automl_report import family_mix
 
     run = tmp_path / "run"
@@ -93,5 +93,7 @@ def test_an_automl_run_records_the_choice_and_its_families(prefect_server: str, 
     assert sum(f["trials"] for f in families.values()) == len(result["trials"])
     billed = sum(f["gpu_seconds"] for f in families.values())
     assert billed == pytest.approx(result["ledger"]["gpu_hours"] * 3600, rel=1e-6)
+    to_best = gpu_hours_to_best(result["anytime"])
+    assert to_best is not None and 0 < to_best <= result["ledger"]["gpu_hours"] + 1e-12
     mix = family_mix([{"system": "rungflow", "families": families}], ["rungflow"])
     assert mix is not None and sum(f["trial_share"] for f in mix["rungflow"]["families"].values()) == pytest.approx(1.0)
