@@ -174,14 +174,15 @@ def greedy_portfolio(space: SearchSpace, sweeps: Sequence[PastSweep], k: int) ->
 
 
 def build_prior(space: SearchSpace, sweeps: Sequence[PastSweep], *, portfolio_size: int,
-                model: bool = True) -> Prior:
+                model: bool = True, every_task: bool = False) -> Prior:
     """The prior of ``sweeps`` for a sweep over ``space``: a portfolio of at most ``portfolio_size``, and the
-    same-task sweeps' results as model observations (``model=False``: none)."""
+    same-task sweeps' results as model observations (``model=False``: none; ``every_task``: every sweep's, where
+    the caller knows the history is this task on other data, as a weekly retrain's last week is)."""
     prior = Prior(portfolio=greedy_portfolio(space, sweeps, portfolio_size), sweeps=len(sweeps),
                   trials=sum(len({o.trial_id for o in s.observations}) for s in sweeps))
     if model:
         prior.model_observations = [Observation(f"{s.name}/{o.trial_id}", dict(o.config), o.budget, o.score)
-                                    for s in sweeps if s.same_task for o in s.observations
+                                    for s in sweeps if s.same_task or every_task for o in s.observations
                                     if space.contains(o.config)]
     return prior
 

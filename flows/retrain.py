@@ -10,8 +10,9 @@ One flow run (``rungflow-retrain``):
    stable: the sweep only explores, capped at ``warm_start.stable_budget_fraction`` of the last
    full search's GPU-hours (0 skips it). If none does, the week has drifted and the sweep runs
    with its full caps.
-3. ``run_sweep``: a budget-capped sweep (:mod:`flows.sweep`) whose searcher is warm-started with
-   last week's observations and the warm rung's as priors.
+3. ``run_sweep``: a budget-capped sweep (:mod:`flows.sweep`) whose ``history:`` is last week's run
+   and this week's warm rung, read as any sweep's history is (:mod:`rungflow.tasks.history_retrain`:
+   last week's Optuna studies, else the registry's copy), their results the model's priors.
 4. ``retrain_winner``: the best configuration trained from scratch at the full budget.
 5. ``evaluate_models``: challenger and production model (the champion) scored on the same held-out
    rows; the challenger is promoted only if it beats the champion by more than ``promote_margin``.
@@ -26,7 +27,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,14 @@ class RetrainConfig(BaseModel):
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
     allow_schema_change: bool = False
     run_root: str = Field(default_factory=lambda: os.environ.get("RUNGFLOW_RUNS") or "runs/retrain")
+
+    @field_validator("sweep")
+    @classmethod
+    def _no_history(cls, sweep: dict[str, Any]) -> dict[str, Any]:
+        if sweep.get("history") is not None:
+            raise ValueError("has a history: section; a retrain's history is its own last week's run (warm_start:), "
+                             "so remove sweep.history, or sweep that history with rungflow run")
+        return sweep
 
     @field_validator("name")
     @classmethod
@@ -177,58 +186,57 @@ def _studies_of(sweeps: list[tuple[SweepConfig, Path, str, dict[str, Any] | None
             for config, run_dir, prefix, result in sweeps if result is not None]
 
 
-def priors_from_optuna(previous: Mapping[str, Any], optuna_url: str | None = None) -> list[dict[str, Any]] | None:
-    """Last week's observations read back from its Optuna studies, or None where a study cannot be read
-    (moved, deleted, a database that does not answer). A URL recorded with its password redacted is read
-    through this week's ``storage.optuna_url`` when that is the same URL with the password in."""
-    from rungflow.redact import redact
-    from rungflow.tasks.optuna_study import observations_from_study
-
-    studies = (previous.get("optuna") or {}).get("studies")
-    if not studies:
-        return None
-    observations: list[dict[str, Any]] = []
-    for entry in studies:
-        url = entry["url"]
-        if optuna_url and url != optuna_url and redact(optuna_url) == url:
-            url = optuna_url
-        try:
-            observations += observations_from_study(url, entry["study"], entry.get("prefix", ""))
-        except Exception as exc:
-            log.warning("last week's Optuna study %r in %s cannot be read (%s); warm-starting from the registry's copy",
-                        entry["study"], redact(url), type(exc).__name__)
-            return None
-    return observations
-
-
-def warm_start_from(registry: ModelRegistry, name: str, previous: dict[str, Any] | None, top_k: int,
-                    mode: str, optuna_url: str | None = None) -> dict[str, Any] | None:
-    """Last week's observations and its ``top_k`` configurations (best at the highest budget reached first).
-
-    Read from last week's Optuna studies (the searcher-facing record); the registry's JSON copy of them is
-    the fallback where a study is gone, and the source for runs recorded before the studies were kept."""
-    if previous is None or not previous.get("study"):
-        return None
-    observations = priors_from_optuna(previous, optuna_url)
-    source = "optuna"
-    if observations is None:
-        study = registry.get_json(name, "studies", previous["study"])
-        observations, source = (study or {}).get("observations") or [], "registry"
-    if not observations:
-        return None
-    everything = observations
-    observations = [o for o in observations if o.get("score") is not None]
+def ranked_configs(observations: Iterable[Any], top_k: int, mode: str) -> tuple[list[dict[str, Any]], float | None]:
+    """Up to ``top_k`` configurations, best at the highest budget reached first, and the best score: the warm rung's
+    queue and its yardstick. ``observations``: :class:`~rungflow.budgets.searchers.Observation` or its dict form."""
+    as_dicts = [o if isinstance(o, Mapping) else {"trial_id": o.trial_id, "config": o.config, "budget": o.budget,
+                                                  "score": o.score} for o in observations]
     sign = 1.0 if mode == "max" else -1.0
-    best_per_trial: dict[str, dict[str, Any]] = {}
-    for o in observations:
+    best_per_trial: dict[str, Mapping[str, Any]] = {}
+    for o in as_dicts:
+        if o.get("score") is None:
+            continue
         held = best_per_trial.get(o["trial_id"])
         if held is None or (o["budget"], sign * o["score"]) > (held["budget"], sign * held["score"]):
             best_per_trial[o["trial_id"]] = o
     ranked = sorted(best_per_trial.values(), key=lambda o: (-o["budget"], -sign * o["score"]))
-    enqueue = [o["config"] for o in ranked[:top_k]]
-    last_best = ranked[0]["score"] if ranked else None
-    return {"observations": everything, "enqueue": enqueue, "from_run": previous["run_id"], "last_best": last_best,
-            "source": source}
+    return [dict(o["config"]) for o in ranked[:top_k]], (ranked[0]["score"] if ranked else None)
+
+
+def warm_start_from(registry: ModelRegistry, name: str, previous: dict[str, Any] | None, top_k: int,
+                    mode: str, optuna_url: str | None = None) -> dict[str, Any] | None:
+    """Last week's ``top_k`` configurations and best score, read as the history reader reads a retrain run
+    (its Optuna studies, else the registry's JSON copy): what this week's warm rung will retrain."""
+    from rungflow.tasks.history_retrain import read_retrain_run
+
+    if previous is None:
+        return None
+    run = read_retrain_run(registry, f"{name}/{previous['run_id']}", optuna_url)
+    observations = run.observations()
+    if not observations:
+        return None
+    enqueue, last_best = ranked_configs(observations, top_k, mode)
+    return {"observations": observations, "enqueue": enqueue, "from_run": previous["run_id"], "last_best": last_best,
+            "source": run.read_from}
+
+
+def last_week_history(cfg: RetrainConfig, previous: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``history:`` section that makes last week's run this week's prior.
+
+    ``model: all``: last week's results are this task's, though the table changed (the task fingerprint holds the
+    data spec). ``portfolio: 0``: the warm rung already plays the portfolio's part (last week's best, retrained
+    on this week's data, judged against last week's score), so the sweep proposes no configuration of last week's
+    again, and with no portfolio the keep-or-drop judgement has nothing to drop: the priors stay, as they always did.
+    """
+    registry = cfg.registry if cfg.registry.startswith("s3://") else str(Path(cfg.registry).expanduser().resolve())
+    return {"registry": registry, "retrain_runs": [f"{cfg.name}/{previous['run_id']}"], "model": "all",
+            "portfolio": 0}
+
+
+def with_history(sweep_config: SweepConfig, history: Mapping[str, Any] | None) -> SweepConfig:
+    raw = sweep_config.model_dump(mode="json")
+    raw["history"] = None if history is None else dict(history)
+    return validate(raw)
 
 
 def warm_rung_config(sweep_config: SweepConfig, count: int, run_dir: Path, target: float | None) -> SweepConfig:
@@ -245,6 +253,7 @@ def warm_rung_config(sweep_config: SweepConfig, count: int, run_dir: Path, targe
     raw["runtime"] = {**raw["runtime"], "max_concurrent": 1}
     raw["budget"] = {**raw["budget"], "target_score": target, "min_gain_per_gpu_hour": None}
     raw["storage"] = {**raw["storage"], "run_dir": str(run_dir)}
+    raw["history"] = None  # it trains the queue it is given, nothing proposed from a model
     return validate(raw)
 
 
@@ -422,11 +431,29 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
     dataset = load_week(spec, previous, cfg.allow_schema_change)
     sweep_config = cfg.sweep_config(spec, run_dir / "sweep", run_id, week=len(registry.keys(cfg.name, "runs")))
     schema_same = previous is not None and set(previous.get("data", {}).get("schema", {})) == set(dataset.schema)
-    warm = (warm_start_from(registry, cfg.name, previous, cfg.warm_start.top_k, sweep_config.mode(),
-                            sweep_config.storage.optuna_url) if cfg.warm_start.enabled and schema_same else None)
-
     mode = sweep_config.mode()
     sign = 1.0 if mode == "max" else -1.0
+    # Last week's run is this week's history: read now, as the sweep will read it, so that a run that no longer
+    # fits (another space or metric) is known before anything is spent; the week then starts cold and says why.
+    history = last_week_history(cfg, previous) if previous and cfg.warm_start.enabled and schema_same else None
+    warm: dict[str, Any] | None = None
+    cold_reason = None
+    if history is not None:
+        from rungflow.redact import redact
+        from rungflow.tasks.history import HistoryError, load_history
+
+        try:
+            last_week = load_history(with_history(sweep_config, history), run_dir / "sweep")
+        except HistoryError as exc:
+            cold_reason = redact(str(exc))
+            log.warning("retrain %s: last week's run is no prior for this week (%s); starting cold", cfg.name, cold_reason)
+            history = None
+        else:
+            assert last_week is not None
+            enqueue, last_best = ranked_configs(last_week.sweeps[0].observations, cfg.warm_start.top_k, mode)
+            warm = {"from_run": previous["run_id"], "enqueue": enqueue, "last_best": last_best,
+                    "source": last_week.sources[0]["read_from"], "observations": len(last_week.sweeps[0].observations)}
+
     rung: dict[str, Any] | None = None
     stable = False
     target = None
@@ -438,18 +465,32 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
                          run_dir / "warm-rung", warm_start={"observations": [], "enqueue": warm["enqueue"]},
                          refit=False)  # its winner is refitted only if it wins the week (retrain_winner)
         stable = rung.get("stop_reason") == "target_score"
-        warm = {**warm, "observations": warm["observations"] + study_of(rung, "warm-")}
+        # This week's warm rung is history too: the same task, on this week's data.
+        assert history is not None
+        history = {**history, "runs": [str((run_dir / "warm-rung").resolve())]}
     explore = cfg.warm_start.stable_budget_fraction * (reference or full_caps or 0.0) if stable else None
     if explore:
         sweep_config = explore_budget(sweep_config, explore)
+    # The sweep takes last week's run (and the warm rung) as a user's history: section, through the same reader.
     # Last week's configurations were trained this week at the full budget: priors now, not to be trained again.
-    sweep_warm = {**warm, "enqueue": []} if warm and rung else warm
-    result = None if stable and not explore else run_sweep(sweep_config, run_dir / "sweep", warm_start=sweep_warm)
+    sweep_config = with_history(sweep_config, history)
+    result = None if stable and not explore else run_sweep(sweep_config, run_dir / "sweep")
     if not stable and result is not None:
         reference = result["ledger"]["gpu_hours"]  # this week searched in full: the next stable week's yardstick
+    got = (result or {}).get("history") or {}
+    if warm is not None:
+        retrain_source = next((s for s in got.get("sources", []) if s.get("kind") == "retrain"), None)
+        warm["source"] = (retrain_source or {}).get("read_from", warm["source"])
+        warm["priors"] = (got["model_observations"] if "model_observations" in got
+                          else warm["observations"] + len(study_of(rung, "warm-")))
     study_key = run_id
-    registry.put_json(cfg.name, "studies", study_key, {"run_id": run_id, "mode": mode,
-                                                        "observations": study_of(rung, "warm-") + study_of(result)})
+    # The registry's copy of this week's results: next week's history where these Optuna studies cannot be read.
+    from rungflow.tasks.optuna_study import task_fingerprint
+
+    registry.put_json(cfg.name, "studies", study_key, {
+        "run_id": run_id, "mode": mode, "metric": sweep_config.metric_name(),
+        "task": task_fingerprint(sweep_config.model_dump(mode="json")),
+        "observations": study_of(rung, "warm-") + study_of(result)})
     best = _better((rung or {}).get("best"), (result or {}).get("best"), mode)
     if best is None:
         events = (rung or {}).get("events", []) + (result or {}).get("events", [])
@@ -477,7 +518,8 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
         "data": {"source": spec.source, "rows": int(len(dataset.y_train) + len(dataset.y_valid)),
                  "fingerprint": dataset.fingerprint, "schema": dict(dataset.schema), "task": dataset.task},
         "warm_start": {"from_run": warm["from_run"] if warm else None,
-                       "priors": len(warm["observations"]) if warm else 0, "priors_from": warm["source"] if warm else None, "enqueued": len(warm["enqueue"]) if warm else 0,
+                       "priors": warm["priors"] if warm else 0, "priors_from": warm["source"] if warm else None,
+                       "history": history, "cold_reason": cold_reason, "enqueued": len(warm["enqueue"]) if warm else 0,
                        "last_best": warm["last_best"] if warm else None, "target": target, "stable": stable,
                        "reference_gpu_hours": reference,
                        "explore_gpu_hours": explore,
@@ -496,7 +538,7 @@ def run_retrain(config: str | Path | Mapping[str, Any], data_source: str | None 
                   "cost": rung_spent["cost"] + sweep_spent["cost"] + retrained["cost"] + (unused_refit or {}).get("cost", 0.0)},
         "evaluation": evaluation,
         "study": study_key,
-        # Next week's warm start reads its priors back from these (priors_from_optuna).
+        # Next week's history reads this week's results back from these (rungflow.tasks.history_retrain).
         "optuna": {"studies": _studies_of(
             ([(warm_rung_config(sweep_config, 1, run_dir / "warm-rung", target), run_dir / "warm-rung", "warm-", rung)]
              if rung is not None else []) + [(sweep_config, run_dir / "sweep", "", result)])},

@@ -1,7 +1,11 @@
-"""Reads ``history:``: earlier sweeps' run directories and Optuna studies, as results in this sweep's space.
+"""Reads ``history:``: earlier sweeps' run directories, Optuna studies and weekly retrain runs, as results in this
+sweep's space.
 
-Data only: a run directory's ``config.json``, ``ledger.jsonl`` and ``result.json`` are parsed as JSON and a
-study's rows through Optuna's storage API; nothing is unpickled and no checkpoint is opened, so a history
+Weekly retrain runs in a model registry (``registry`` + ``retrain_runs``) are read by
+:mod:`rungflow.tasks.history_retrain`: the weekly retrain's warm start is this reader, last week's run the history.
+
+Data only: a run directory's ``config.json``, ``ledger.jsonl`` and ``result.json`` and a registry's run records
+are parsed as JSON and a study's rows read through Optuna's storage API; nothing is unpickled and no checkpoint is opened, so a history
 from another team's storage cannot run code here. Everything that makes a source unusable (it cannot be
 read, a parameter is missing or of another type, another metric or mode) is a :class:`HistoryError` of one
 line naming the source and the fix, raised before the sweep spends anything. What is usable but not whole
@@ -30,7 +34,7 @@ from rungflow.tasks.history_s3 import fetch_s3_runs
 from rungflow.tasks.optuna_study import BUDGETS_ATTR, TASK_ATTR, TRIAL_ATTR, task_fingerprint
 from rungflow.tasks.s3 import is_s3_url
 
-__all__ = ["HistoryError", "History", "load_history"]
+__all__ = ["HistoryError", "History", "load_history", "prior_for", "save_prior"]
 
 
 class HistoryError(ValueError):
@@ -212,24 +216,30 @@ def _study_kinds(study: Any) -> dict[str, str]:
     return kinds
 
 
-def _read_study(storage: Any, name: str, config: Any, space: SearchSpace, task: str, max_budget: float,
-                shown: str) -> tuple[PastSweep, dict[str, Any], int]:
+def _check_study(study: Any, where: str, config: Any, space: SearchSpace, leave_out: str) -> None:
+    """Another metric or mode, a missing parameter or one of another type: one line naming ``where``."""
     import optuna
 
-    where = f"history.studies: {name!r} in {shown}"
-    study = optuna.load_study(study_name=name, storage=storage)
     mode = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
     metric = (study.metric_names or [None])[0]
     if mode != config.mode() or (metric is not None and metric != config.metric_name()):
         raise HistoryError(f"{where}: it {'maximised' if mode == 'max' else 'minimised'} {metric or 'its objective'!r} "
                            f"and this sweep {'maximises' if config.mode() == 'max' else 'minimises'} "
-                           f"{config.metric_name()!r}; leave it out of history.studies, or set metric: to match")
-    _check_params(space, _study_kinds(study), where, "leave that study out of history.studies, or remove the parameter "
+                           f"{config.metric_name()!r}; leave it out of {leave_out}, or set metric: to match")
+    _check_params(space, _study_kinds(study), where, f"leave that study out of {leave_out}, or remove the parameter "
                                                      "from this sweep's space")
+
+
+def _study_results(study: Any, max_budget: float, prefix: str = "") -> tuple[dict[str, dict[str, Any]],
+                                                                             list[tuple[str, float, float | None]]]:
+    """A study's trials (id -> parameters) and its results (id, budget, score; None: failed); ``prefix`` keeps
+    the trial ids of two studies of one run apart."""
+    import optuna
+
     trials: dict[str, dict[str, Any]] = {}
     results: list[tuple[str, float, float | None]] = []
     for trial in study.get_trials(deepcopy=False):
-        trial_id = str(trial.user_attrs.get(TRIAL_ATTR) or f"n{trial.number}")
+        trial_id = prefix + str(trial.user_attrs.get(TRIAL_ATTR) or f"n{trial.number}")
         trials[trial_id] = dict(trial.params)
         steps = sorted(trial.intermediate_values)
         budgets = trial.user_attrs.get(BUDGETS_ATTR) or steps
@@ -241,6 +251,17 @@ def _read_study(storage: Any, name: str, config: Any, space: SearchSpace, task: 
             results.append((trial_id, max_budget, float(trial.value)))  # a plain Optuna trial: its value is the full budget's
         elif trial.state == optuna.trial.TrialState.FAIL:
             results.append((trial_id, float(trial.user_attrs.get("budget", 0.0)), None))
+    return trials, results
+
+
+def _read_study(storage: Any, name: str, config: Any, space: SearchSpace, task: str, max_budget: float,
+                shown: str) -> tuple[PastSweep, dict[str, Any], int]:
+    import optuna
+
+    where = f"history.studies: {name!r} in {shown}"
+    study = optuna.load_study(study_name=name, storage=storage)
+    _check_study(study, where, config, space, "history.studies")
+    trials, results = _study_results(study, max_budget)
     fitter = _Fitter(space)
     observations, _ = _observations(fitter, trials, results)
     past_task = str(study.user_attrs.get(TASK_ATTR) or f"study:{name}")
@@ -275,6 +296,17 @@ def load_history(config: Any, run_dir: Path | None = None) -> History | None:
             history.sources.append(source)
             if outside:
                 history.notes.append(f"{shown or path}: {outside} trial(s) outside this sweep's ranges left out")
+    if h.retrain_runs:
+        from rungflow.tasks.history_retrain import _read_retrain_run
+        from rungflow.tasks.registry import ModelRegistry
+
+        registry = ModelRegistry(str(h.registry))
+        for i, entry in enumerate(h.retrain_runs):
+            sweep, source, outside = _read_retrain_run(registry, i, entry, config, space, task, max_budget)
+            history.sweeps.append(sweep)
+            history.sources.append(source)
+            if outside:
+                history.notes.append(f"retrain run {source['name']}: {outside} trial(s) outside this sweep's ranges left out")
     if h.optuna_url is not None:
         shown = redact(str(h.optuna_url))
         storage, names = _open_storage(str(h.optuna_url))
@@ -342,7 +374,8 @@ def prior_for(config: Any, run_dir: Path) -> dict[str, Any] | None:
     history = load_history(config, run_dir)
     assert history is not None
     h = config.history
-    prior = build_prior(config.search_space(), history.sweeps, portfolio_size=h.portfolio, model=h.model == "auto")
+    prior = build_prior(config.search_space(), history.sweeps, portfolio_size=h.portfolio, model=h.model != "off",
+                        every_task=h.model == "all")
     from rungflow.budgets.prior_estimate import estimate_prior
 
     expected = estimate_prior(config.search_space(), history.sweeps, h.portfolio)

@@ -1,4 +1,4 @@
-"""``history:``: earlier sweeps a new sweep learns from (run directories, Optuna studies), and how much it trusts them.
+"""``history:``: earlier sweeps a new sweep learns from (run directories, Optuna studies, weekly retrain runs), and how much it trusts them.
 
 Only the shape is checked here. Reading the history (files, databases) happens once, before the sweep spends
 anything (:func:`rungflow.tasks.history.load_history`): validating a config must not open databases, since
@@ -23,9 +23,17 @@ class HistoryConfig(_Strict):
     studies: list[str] | Literal["all"] | None = Field(default=None, description="study names in optuna_url, or all: "
                                                                                  "every study there over the same space")
     portfolio: int = Field(default=4, description="configurations from the history proposed first; 0: none")
-    model: Literal["auto", "off"] = Field(default="auto", description="auto: earlier results of the same task (same "
-                                                                       "trainable and options) also fit BOHB's/TPE's "
-                                                                       "model; off: the portfolio only")
+    registry: str | None = Field(default=None, description="a model registry the weekly retrain writes (a directory, "
+                                                           "or s3://bucket/prefix); read with retrain_runs")
+    retrain_runs: list[str] = Field(default_factory=list, description="weekly retrain runs in registry, as NAME/RUN_ID "
+                                                                      "or NAME/latest: each run's Optuna studies, else "
+                                                                      "the registry's JSON copy of the same results")
+    model: Literal["auto", "off", "all"] = Field(default="auto", description="auto: earlier results of the same task "
+                                                                              "(same trainable and options) also fit "
+                                                                              "BOHB's/TPE's model; all: every source's "
+                                                                              "results do, as this task's own (this "
+                                                                              "task on other data, as last week's "
+                                                                              "table); off: the portfolio only")
 
     @field_validator("runs", mode="before")
     @classmethod
@@ -37,6 +45,22 @@ class HistoryConfig(_Strict):
     def _no_empty(cls, runs: list[str]) -> list[str]:
         if any(not r.strip() for r in runs):
             raise ValueError("an empty entry; give a run directory (runs/digits-2024-w01) or a glob (runs/digits-*)")
+        return runs
+
+    @field_validator("retrain_runs", mode="before")
+    @classmethod
+    def _one_retrain_run(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("retrain_runs")
+    @classmethod
+    def _name_and_run(cls, runs: list[str]) -> list[str]:
+        for run in runs:
+            name, _, run_id = run.partition("/")
+            if not name or not run_id or "/" in run_id:
+                raise ValueError(f"{run!r} is not NAME/RUN_ID; write the model's name and the run, as the registry "
+                                 "lists them under models/NAME/runs/ (churn-weekly/20240603T050000Z-1a2b3c), or "
+                                 "NAME/latest")
         return runs
 
     @field_validator("studies", mode="before")
@@ -60,7 +84,13 @@ class HistoryConfig(_Strict):
         if self.studies and self.optuna_url is None:
             raise ValueError("optuna_url is needed with studies; give the storage they are in "
                              "(sqlite:///runs/x/optuna.db, postgresql+psycopg://user@host/db, or {secret: NAME})")
-        if not self.runs and not self.studies:
-            raise ValueError("no source; give runs (run directories or globs) and/or optuna_url with studies, "
-                             "or remove the section")
+        if self.retrain_runs and self.registry is None:
+            raise ValueError("registry is needed with retrain_runs; give the registry the retrain writes "
+                             "(./registry, or s3://bucket/prefix)")
+        if self.registry is not None and not self.retrain_runs:
+            raise ValueError("retrain_runs is needed with registry; name the runs (retrain_runs: [churn-weekly/latest]), "
+                             "or remove registry")
+        if not self.runs and not self.studies and not self.retrain_runs:
+            raise ValueError("no source; give runs (run directories or globs), optuna_url with studies, and/or "
+                             "registry with retrain_runs, or remove the section")
         return self
