@@ -46,19 +46,70 @@ def _budget_step(budget: float) -> int:
     return int(round(budget * 1000))
 
 
-def _cost_aware_sampler_class():
-    """TPESampler whose acquisition is expected improvement per predicted GPU-second.
+def _sampler_classes():
+    """Optuna's TPESampler with its fitted model kept while the study is unchanged, and its cost-aware variant.
 
-    TPE draws ``n_ei_candidates`` candidates from l(x) (the density of the good trials) and keeps
-    the one with the largest log l(x) − log g(x). Bergstra et al. (2011) show that TPE's expected
-    improvement is EI(x) ∝ (γ + (1 − γ) g(x)/l(x))⁻¹ for the good fraction γ; here the candidate
-    kept is the one with the largest log EI(x) − log ĉ(x), ĉ the cost model's GPU-seconds per
-    budget unit. Only the ranking of the candidates changes: how TPE draws them, splits trials and
-    fits its Parzen estimators stays Optuna's. Defined lazily so budgets imports no optuna.
+    TPE splits the study's trials into good and bad and fits a Parzen estimator to each at every ask: time in
+    proportion to the trials so far, repeated for each proposal of a batch although the trials did not change
+    (the proposals are told FAIL at once, which TPE does not read). The searcher names the state of the study it
+    asks (``fit_key``: the study and how many results it was given); while the key is the same, the estimators
+    fitted for it are used again. Everything that draws from the RNG runs as before, so the proposals are the
+    ones Optuna's own sampler makes. Defined lazily so budgets imports no optuna.
     """
     optuna = _optuna()
+    from optuna.samplers._tpe.sampler import _split_trials, default_gamma
 
-    class CostAwareTPESampler(optuna.samplers.TPESampler):
+    class KeptFitTPESampler(optuna.samplers.TPESampler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.fit_key: Any = None
+            self._fits_key: Any = None
+            self._fits: dict[tuple, tuple[Any, Any]] = {}
+
+        def _kept_fit(self, search_space):  # type: ignore[no-untyped-def]
+            if self.fit_key is None or self.fit_key != self._fits_key:
+                self._fits, self._fits_key = {}, self.fit_key
+                return None
+            return self._fits.get(tuple(search_space.items()))
+
+        def _sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+            # A kept fit means this study state already passed the start-up count: skip counting its trials again.
+            if search_space and self._kept_fit(search_space) is not None:
+                return self._sample(study, trial, search_space)
+            return super()._sample_relative(study, trial, search_space)
+
+        def _sample(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+            # Optuna 5.0's TPESampler._sample (single objective, no constant liar), the fit kept per fit_key.
+            fitted = self._kept_fit(search_space)
+            if fitted is None:
+                states = [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+                trials = study._get_trials(deepcopy=False, states=states, use_cache=True)
+                if self._gamma is None:
+                    self._gamma = default_gamma
+                below, above = _split_trials(study, trials, self._gamma(len(trials)))
+                fitted = (self._build_parzen_estimator(study, search_space, below, handle_below=True),
+                          self._build_parzen_estimator(study, search_space, above, handle_below=False))
+                if self.fit_key is not None:
+                    self._fits[tuple(search_space.items())] = fitted
+            mpe_below, mpe_above = fitted
+            samples_below = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
+            acq_func_vals = self._compute_acquisition_func(samples_below, mpe_below, mpe_above)
+            ret = optuna.samplers.TPESampler._compare(samples_below, acq_func_vals)
+            for param_name, dist in search_space.items():
+                ret[param_name] = dist.to_external_repr(ret[param_name])
+            return ret
+
+    class CostAwareTPESampler(KeptFitTPESampler):
+        """Acquisition: expected improvement per predicted GPU-second.
+
+        TPE draws ``n_ei_candidates`` candidates from l(x) (the density of the good trials) and keeps
+        the one with the largest log l(x) − log g(x). Bergstra et al. (2011) show that TPE's expected
+        improvement is EI(x) ∝ (γ + (1 − γ) g(x)/l(x))⁻¹ for the good fraction γ; here the candidate
+        kept is the one with the largest log EI(x) − log ĉ(x), ĉ the cost model's GPU-seconds per
+        budget unit. Only the ranking of the candidates changes: how TPE draws them, splits trials and
+        fits its Parzen estimators stays Optuna's.
+        """
+
         def __init__(self, *args: Any, log_cost: Callable[[list[dict[str, Any]]], np.ndarray], **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.log_cost = log_cost
@@ -78,14 +129,14 @@ def _cost_aware_sampler_class():
             ]
             return log_ei - self.log_cost(configs)
 
-    return CostAwareTPESampler
+    return KeptFitTPESampler, CostAwareTPESampler
 
 
 class _OptunaBacked(Searcher):
     """Shared plumbing: a persistent sampler (its RNG carries across rebuilds) and a kept study.
 
     ``cost_aware``: rank TPE's candidates by expected improvement per predicted GPU-second
-    (:func:`_cost_aware_sampler_class`), the cost learned from the observations' ``cost``
+    (:func:`_sampler_classes`), the cost learned from the observations' ``cost``
     (:class:`budgets.cost.CostModel`).
     """
 
@@ -99,18 +150,19 @@ class _OptunaBacked(Searcher):
         self.cost_model = CostModel(space)
         self._cost_points = -1
         self._sampler = self._make_sampler()
+        self._additions = 0
         self._study = None
         self._dirty = True
 
     def _make_sampler(self):
-        optuna = _optuna()
         options = dict(seed=self.seed, n_startup_trials=self.n_startup_trials, multivariate=True)
         if self.space.conditional:
             # group=True: TPE models each family's parameters on the trials where they were active.
             options["group"] = True
+        plain, cost_aware = _sampler_classes()
         if not self.cost_aware:
-            return optuna.samplers.TPESampler(**options)
-        sampler = _cost_aware_sampler_class()(log_cost=self._log_cost, **options)
+            return plain(**options)
+        sampler = cost_aware(log_cost=self._log_cost, **options)
         sampler.distributions = self._distributions
         return sampler
 
@@ -128,7 +180,8 @@ class _OptunaBacked(Searcher):
     def _prepare_ask(self, study) -> None:
         if self.cost_aware:
             # γ as Optuna's default_gamma sets it: the best min(⌈0.1·n⌉, 25) of n trials are "good".
-            n = sum(1 for t in study.trials if t.state.name in ("COMPLETE", "PRUNED"))
+            states = _optuna().trial.TrialState
+            n = len(study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)))
             self._sampler.good_fraction = min(math.ceil(0.1 * n), 25) / n if n else 0.1
 
     def _new_study(self):
@@ -136,8 +189,15 @@ class _OptunaBacked(Searcher):
         direction = "maximize" if self.mode == "max" else "minimize"
         return optuna.create_study(direction=direction, sampler=self._sampler)
 
+    def _given(self, study, trials: list[Any]) -> None:
+        """Adds results to a study; the only way this searcher's studies change besides its own FAIL-told asks."""
+        if trials:
+            study.add_trials(trials)
+            self._additions += 1
+
     def _ask(self, study, count: int) -> list[dict[str, Any]]:
         out = []
+        self._sampler.fit_key = (study, self._additions)
         self._prepare_ask(study)
         for _ in range(count):
             if self.space.conditional:
@@ -201,8 +261,8 @@ class TPESearcher(_OptunaBacked):
         latest: dict[str, list[Observation]] = {}
         for obs in observations:
             latest.setdefault(obs.trial_id, []).append(obs)
-        study.add_trials(
-            [self._frozen(history) for history in latest.values() if self.space.contains(history[-1].config)]
+        self._given(
+            study, [self._frozen(history) for history in latest.values() if self.space.contains(history[-1].config)]
         )
         self._in_study.update(latest)
 
@@ -305,7 +365,8 @@ class BOHBSearcher(_OptunaBacked):
         study = self._studies[budget]
         # Results at one budget are append-only, so the per-budget study only ever grows.
         pending = self._by_budget[budget][self._added[budget] :]
-        study.add_trials(
+        self._given(
+            study,
             [
                 optuna.trial.create_trial(
                     state=optuna.trial.TrialState.FAIL if o.failed else optuna.trial.TrialState.COMPLETE,

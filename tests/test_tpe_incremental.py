@@ -4,7 +4,10 @@ priors included."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import zlib
 from typing import Any
 
 import pytest
@@ -33,9 +36,14 @@ CONDITIONAL = SearchSpace.from_dict({
 def _score(config: dict[str, Any], budget: float, trial: int) -> float | None:
     if trial % 13 == 5:
         return None  # a failed trial: it must stay failed in both studies
-    value = sum(hash(str(v)) % 1000 for v in config.values()) / 1000.0
+    value = sum(zlib.crc32(str(v).encode()) % 1000 for v in config.values()) / 1000.0
     value -= sum((v - 0.3) ** 2 for v in config.values() if isinstance(v, float) and not isinstance(v, bool))
     return value + math.log(budget)
+
+
+def _cost(config: dict[str, Any]) -> float:
+    """GPU-seconds per budget unit, for the cost-aware ranking: dearer for more units and for family b."""
+    return 1.0 + config.get("units", 0) / 64 + 3.0 * (config.get("family") == "b")
 
 
 def _sweep(searcher, *, rebuild_each_time: bool) -> list[dict[str, Any]]:
@@ -60,13 +68,13 @@ def _sweep(searcher, *, rebuild_each_time: bool) -> list[dict[str, Any]]:
                 tid = f"t{round_:02d}-{half}-{i}"
                 score = _score(config, 1.0, len(trials))
                 trials[tid] = (config, -math.inf if score is None else score)
-                searcher.observe(Observation(tid, config, 1.0, score))
+                searcher.observe(Observation(tid, config, 1.0, score, _cost(config)))
         # Promote the best third of the trials still at their first rung, then of those at budget 3.
         for low, high in ((1.0, 3.0), (3.0, 9.0)):
             at_low = [t for t in trials if trials[t][1] > -math.inf and _rung(searcher, t) == low]
             for tid in sorted(at_low, key=lambda t: -trials[t][1])[: len(at_low) // 3]:
                 config = trials[tid][0]
-                searcher.observe(Observation(tid, config, high, _score(config, high, int(tid[1:3]))))
+                searcher.observe(Observation(tid, config, high, _score(config, high, int(tid[1:3])), _cost(config)))
     return proposals
 
 
@@ -90,6 +98,31 @@ def test_the_kept_study_proposes_what_a_rebuilt_one_does(name: str, space: Searc
     # Past the random start-up: most proposals came from the model (BOHB: fitted at the full budget by the end).
     assert len(kept.observations) > 128
     assert name == "tpe" or kept.model_budget() == MAX_BUDGET
+
+
+# The same sweep's proposals from the code before the studies were kept (each TPE study rebuilt from every observation
+# at each suggestion, Optuna's own TPESampler refitting at each ask), digested. A change that moves any proposal
+# breaks this: the point of keeping the studies was speed, not new proposals.
+PROPOSALS_BEFORE = {
+    ("tpe", "flat", False): "2d934155a9f928c6", ("tpe", "flat", True): "1d7a605e062415f9",
+    ("tpe", "conditional", False): "5db1f3da011f37b1", ("tpe", "conditional", True): "ffbf37ac10f01e52",
+    ("bohb", "flat", False): "df8ffaa8fe65cd50", ("bohb", "flat", True): "5605de3f30f13609",
+    ("bohb", "conditional", False): "ed75e470f2a6f1cb", ("bohb", "conditional", True): "efdc4451a3efee48",
+}
+
+
+def _digest(proposals: list[dict[str, Any]]) -> str:
+    rounded = [{k: round(v, 9) if isinstance(v, float) else v for k, v in c.items()} for c in proposals]
+    return hashlib.sha256(json.dumps(rounded, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("key", sorted(PROPOSALS_BEFORE, key=str), ids=lambda k: "-".join(map(str, k)))
+def test_the_proposals_are_the_ones_made_before(key: tuple[str, str, bool]) -> None:
+    name, space, cost_aware = key
+    searcher = make_searcher(name, SPACE if space == "flat" else CONDITIONAL, seed=3, mode="max",
+                             max_budget=MAX_BUDGET, cost_aware=cost_aware,
+                             **({"min_points_in_model": 4} if name == "bohb" else {"n_startup_trials": 6}))
+    assert _digest(_sweep(searcher, rebuild_each_time=False)) == PROPOSALS_BEFORE[key]
 
 
 def test_bohb_counts_the_results_a_model_can_use_as_they_arrive() -> None:
