@@ -96,5 +96,10 @@ def test_where_last_weeks_studies_are_gone_the_registry_copy_is_the_history(two_
     prior = prior_for(sweep, root / "next")
     assert prior["summary"]["model_observations"] == len(copy["observations"]) and prior["portfolio"] == []
     assert warm_start_from(registry, "cancer", second, 1, "max")["source"] == "registry"
+    # A space that grew a parameter no longer fits last week's run: one line (the retrain then starts cold).
+    grown = {**sweep.model_dump(mode="json"), "space": {"C": {"type": "float", "low": 0.001, "high": 1000.0, "log": True},
+                                                        "l1_ratio": {"type": "float", "low": 0.0, "high": 1.0}}}
+    with pytest.raises(HistoryError, match=r"the registry's copy: has no parameter 'l1_ratio' of this sweep's space"):
+        load_history(validate(grown))
     with pytest.raises(HistoryError, match=r"history.retrain_runs\[0\] = 'cancer/nope': no run 'nope' of 'cancer'"):
         load_history(with_history(sweep, {**last_week_history(cfg, second), "retrain_runs": ["cancer/nope"]}))
