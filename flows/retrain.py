@@ -378,9 +378,9 @@ def decide(evaluation: Mapping[str, Any], margin: float) -> tuple[bool, str]:
 def warm_line(warm: Mapping[str, Any]) -> str:
     """What the warm rung tried and what it concluded, in one line."""
     if not warm.get("from_run"):
-        return "none (cold)"
+        return f"none (cold: {warm['cold_reason']})" if warm.get("cold_reason") else "none (cold)"
     rung = warm.get("rung")
-    head = f"from {warm['from_run']}, {warm['priors']} priors"
+    head = f"from {warm['from_run']} as the sweep's history, {warm['priors']} priors (read from {warm.get('priors_from')})"
     if not rung:
         return head + "; no configuration of last week's to retry"
     target = "—" if warm.get("target") is None else f"{warm['target']:.4f}"

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from rungflow.config import ConfigError, validate
-from rungflow.flows.retrain import last_week_history, load_retrain_config, retrain_flow, warm_start_from, with_history
+from rungflow.flows.retrain import (
+    last_week_history,
+    load_retrain_config,
+    markdown_of,
+    retrain_flow,
+    warm_start_from,
+    with_history,
+)
 from rungflow.tasks.history import HistoryError, load_history, prior_for
 from rungflow.tasks.registry import ModelRegistry
 from tests.conftest import sweep_config
@@ -77,6 +84,7 @@ def test_week_two_sweep_reads_week_one_through_the_history_reader(two_weeks: tup
     assert rung["kind"] == "run" and rung["same_task"] is True and rung["trials"] == warm["rung"]["trials"]
     assert got["model_observations"] == warm["priors"] == first["sweep"]["trials"] + warm["rung"]["trials"]
     assert got["portfolio_trials"] == [] and got["prior"]["verdict"] == "kept" and warm["priors_from"] == "optuna"
+    assert f"from {first['run_id']} as the sweep's history, {warm['priors']} priors (read from optuna)" in markdown_of(second)
 
 
 @pytest.mark.slow
@@ -103,3 +111,22 @@ def test_where_last_weeks_studies_are_gone_the_registry_copy_is_the_history(two_
         load_history(validate(grown))
     with pytest.raises(HistoryError, match=r"history.retrain_runs\[0\] = 'cancer/nope': no run 'nope' of 'cancer'"):
         load_history(with_history(sweep, {**last_week_history(cfg, second), "retrain_runs": ["cancer/nope"]}))
+
+
+@pytest.mark.slow
+def test_a_retrain_run_in_an_s3_registry_is_read_from_its_copy_there(two_weeks: tuple[Path, dict, dict], s3_server: Any) -> None:
+    root, first, _ = two_weeks
+    client = s3_server.client()
+    client.create_bucket(Bucket="retrain-history")
+    for kind in ("runs", "studies"):
+        local = root / "registry/models/cancer" / kind / f"{first['run_id']}.json"
+        client.put_object(Bucket="retrain-history", Key=f"registry/models/cancer/{kind}/{local.name}", Body=local.read_bytes())
+    (database,) = [Path(s["url"].removeprefix("sqlite:///")) for s in first["optuna"]["studies"]]
+    database.unlink(missing_ok=True)  # week 1's one study (no warm rung in a first week) is gone: the copy on S3 it is
+    cfg = load_retrain_config(config(root, root / "week2.csv"))
+    history = {"registry": s3_server.url("retrain-history", "registry"), "retrain_runs": ["cancer/latest"], "model": "all"}
+    read = load_history(with_history(cfg.sweep_config(cfg.data_spec(), root / "s3", "s3"), history))
+    copy = json.loads((root / "registry/models/cancer/studies" / f"{first['run_id']}.json").read_text())
+    assert read.sources[0]["name"] == f"cancer/{first['run_id']}" and read.sources[0]["read_from"] == "registry"
+    assert read.sources[0]["source"].startswith("s3://retrain-history/registry run ")
+    assert len(read.sweeps[0].observations) == len(copy["observations"]) == first["sweep"]["trials"]
