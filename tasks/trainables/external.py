@@ -34,7 +34,7 @@ from rungflow.tasks.models import FittedModel, _kwargs_of
 from rungflow.tasks.trainables.base import TrainableError, TrainableOptions
 from rungflow.tasks.trainables.tabular import FamilyFit, TabularOptions, TabularTrainable
 
-__all__ = ["ExternalEnv", "AUTOGLUON", "AUTOSKLEARN", "run_worker", "worker_request", "ExternalModel", "ExternalOptions", "ExternalTrainable"]
+__all__ = ["ExternalEnv", "AUTOGLUON", "AUTOSKLEARN", "run_worker", "worker_environment", "worker_request", "ExternalModel", "ExternalOptions", "ExternalTrainable"]
 
 WORKERS = Path(__file__).resolve().parent / "workers"
 
@@ -107,6 +107,22 @@ AUTOSKLEARN = ExternalEnv.cached(
 )
 
 
+def worker_environment() -> dict[str, str]:
+    """The environment a library's worker process starts with.
+
+    A worker in another environment must not see our site-packages or repo on its path: it has its own pins. Its own
+    folder must stay on it (no PYTHONSAFEPATH): the scripts import worker_protocol from there.
+
+    ``RAY_ADDRESS=local``: AutoGluon's ``best_quality`` calls a bare ``ray.init()`` (its dynamic-stacking sub-fit, its
+    parallel bagging), and a bare ``ray.init()`` joins whichever Ray it finds on the machine: the sweep's own cluster
+    (booking its trials' CPUs a second time) or, after a crash, a dead one whose address file remains, where it waits
+    on the GCS until the worker's timeout. The worker runs inside its trial's CPU share, so its Ray is its own.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSAFEPATH")}
+    env["RAY_ADDRESS"] = "local"
+    return env
+
+
 def run_worker(env: ExternalEnv, command: str, request: Mapping[str, Any], arrays: Mapping[str, np.ndarray], *,
                workdir: Path | None = None, timeout: float, python_override: str | None = None) -> tuple[dict[str, Any], np.ndarray | None, Path]:
     """Run ``command`` (fit or predict) in ``env``'s interpreter; returns (result.json, scores.npy, workdir).
@@ -123,9 +139,7 @@ def run_worker(env: ExternalEnv, command: str, request: Mapping[str, Any], array
         proc = subprocess.run(
             [str(python), str(WORKERS / env.worker), str(workdir)],
             capture_output=True, text=True, timeout=timeout,
-            # A worker in another environment must not see our site-packages or repo on its path: it has its own pins.
-            # Its own folder must stay on it (no PYTHONSAFEPATH): the scripts import worker_protocol from there.
-            env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSAFEPATH")},
+            env=worker_environment(),
         )
     except subprocess.TimeoutExpired:
         raise TrainableError(f"{env.name} worker ran past {timeout:.0f} s ({command}); lower the budget or raise the timeout") from None
