@@ -349,3 +349,15 @@ def test_a_cpu_only_sweep_bills_cpu_hours_and_stops_at_its_cpu_cap(prefect_serve
     assert ledger.cpu_hours >= cap and ledger.cost == pytest.approx(ledger.cpu_hours * 3.0)
     completed = [e for e in result.events if e["status"] == "completed"]
     assert all(e["cpu_hours"] > 0 for e in completed) and len(completed) < 9
+
+
+def test_a_checkpoint_json_keeps_as_it_is_is_stored_without_torch_and_others_keep_their_types() -> None:
+    from rungflow.tasks.trainables.function import decode_checkpoint, encode_checkpoint
+
+    # A fresh process, as a new Ray worker is: a plain dict checkpoint round-trips and torch is never imported.
+    code = ("import sys; from rungflow.tasks.trainables.function import decode_checkpoint, encode_checkpoint; "
+            "state = {'iteration': 3, 'w': [0.5, 1.0], 'name': 'a'}; "
+            "assert decode_checkpoint(encode_checkpoint(state, 3)) == (state, 3.0); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    # What JSON would change goes through torch and comes back with its types: tuples, int keys.
+    assert decode_checkpoint(encode_checkpoint({"pair": (1, 2), 7: "seven"}, 1)) == ({"pair": (1, 2), 7: "seven"}, 1.0)

@@ -5,7 +5,8 @@ its previous rung (None at its first), so a promoted trial continues instead of 
 Checkpoints go through the run's checkpoint store (local or S3, atomic, checksummed) as bytes:
 raw ``bytes`` as they are, anything else as ``torch.save`` writes it, read back with
 ``torch.load(weights_only=True)`` (tensors, state dicts, numbers, strings, lists, dicts), never as
-an arbitrary pickle. Without torch installed, JSON-serialisable values are stored as JSON.
+an arbitrary pickle. A value JSON gives back unchanged (numbers, strings, lists and str-keyed dicts of them) is
+stored as JSON, and so is any JSON-serialisable value without torch installed.
 
 Where the function comes from:
 
@@ -201,6 +202,10 @@ def encode_checkpoint(value: Any, budget: float) -> bytes:
     """The bytes the store keeps for a function's checkpoint at ``budget``; TrainableError names the allowed types."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _envelope("raw", budget, bytes(value))
+    as_json = _as_json(value)
+    if as_json is not None:
+        # No torch import for a value JSON keeps as it is: a fresh Ray worker paid over a second for it.
+        return _envelope("json", budget, as_json)
     try:
         import torch
     except ImportError:
@@ -218,6 +223,15 @@ def encode_checkpoint(value: Any, budget: float) -> bytes:
         raise TrainableError(f"checkpoint of type {type(value).__name__} cannot be loaded with torch.load(weights_only=True) "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); return {ALLOWED_CHECKPOINT_TYPES}") from None
     return _envelope("torch", budget, data)
+
+
+def _as_json(value: Any) -> bytes | None:
+    """JSON of a value that JSON gives back equal (numbers, strings, lists and str-keyed dicts of them), else None."""
+    try:
+        data = json.dumps(value, allow_nan=False).encode()
+    except (TypeError, ValueError):
+        return None
+    return data if json.loads(data) == value else None  # tuples, int keys: torch keeps them, JSON would not
 
 
 def decode_checkpoint(data: bytes) -> tuple[Any, float]:
