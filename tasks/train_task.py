@@ -19,6 +19,15 @@ from rungflow.tasks.train import TrialResult, TrialSpec
 __all__ = ["train_trial"]
 
 
+def _outcome(record: Any) -> str:
+    """"cancelled: 60 s elapsed, deadline 60 s": the status once, even where the error already begins with it."""
+    status = str(record.status)
+    error = record.error or ""
+    if not error:
+        return status
+    return error if error.startswith(status) else f"{status}: {error}"
+
+
 def _as_state(result: TrialResult) -> Any:
     """A trial that failed shows red in the Prefect UI with its error; the result rides along as the state's data."""
     from prefect.states import Cancelled, Completed, Failed
@@ -26,7 +35,7 @@ def _as_state(result: TrialResult) -> Any:
     record = result.record
     if record.ok:
         return Completed(data=result)
-    message = f"{record.status}: {record.error}" if record.error else str(record.status)
+    message = _outcome(record)
     if record.status == TrialStatus.CANCELLED:
         return Cancelled(message=message, data=result)
     return Failed(message=message, data=result)
@@ -50,6 +59,5 @@ def train_trial(spec: TrialSpec) -> Any:
     for lost in result.lost_attempts:
         logger.warning("attempt %d: %s", lost.attempt, redact(lost.error or ""))
     if not result.ok:
-        logger.warning("trial %s rung %s %s: %s", spec.trial_id, spec.rung, result.record.status,
-                       redact(result.record.error or ""))
+        logger.warning("trial %s rung %s %s", spec.trial_id, spec.rung, redact(_outcome(result.record)))
     return _as_state(result)
