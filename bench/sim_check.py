@@ -7,8 +7,9 @@ with the defaults (0.12 s a stage and for set-up, no dispatch delay), and with n
 prints wall-clock (the sweep's start to its last result, as result.json counts it), utilisation, idle
 at barriers and the worker-seconds held (the ledger's holds against the simulator's slots, held as the runtime's
 pool holds its workers) for both, and whether the trials, rungs and scores are identical. The brackets run side by
-side (the default). On local Ray every slot gets an equal share of this machine's cores, so all of them start.
-About a minute of CPU.
+side (the default). On local Ray every slot gets an equal share of this machine's cores, so all of them start; on
+a cluster (``--address``) likewise with ``--cluster-cpus``, and each run's workers are read from Ray's actor table
+as well, their lifetimes against the ledger's holds. About a minute of CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,28 @@ def simulated_figures(config: Path, workers: int, costs_from: Path, *extra: str)
             "scores": _scored([(e["trial_id"], e["rung"], e["score"]) for e in sim["events"]])}
 
 
+def _ray_workers(address: str) -> dict[str, dict[str, Any]]:
+    """Ray's own record of the trial workers on the cluster at ``address`` (its actor table: start, end, state)."""
+    import ray
+    from ray._private.state import state
+
+    ray.init(address=address, logging_level="WARNING")
+    try:
+        return {i: a for i, a in state.actor_table(None).items() if "TrialWorker" in a.get("ActorClassName", "")}
+    finally:
+        ray.shutdown()
+
+
+def ray_lifetimes(address: str, exclude: set[str]) -> list[float]:
+    """Seconds each trial worker not in ``exclude`` lived, its start to its end as Ray reports them, once all are dead."""
+    deadline = time.time() + 30
+    while True:
+        workers = {i: a for i, a in _ray_workers(address).items() if i not in exclude}
+        if all(a["State"] == "DEAD" and a.get("EndTime") for a in workers.values()) or time.time() > deadline:
+            return [(a["EndTime"] - a["StartTime"]) / 1000.0 for a in workers.values() if a.get("EndTime")]
+        time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sim_check", description=__doc__.splitlines()[0])
     parser.add_argument("--slots", type=int, nargs="+", default=[1, 2, 4])
@@ -80,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime", choices=["thread", "ray"], default="thread",
                         help="the real runs' runtime: threads, or Ray (local, or the cluster at --address)")
     parser.add_argument("--address", default=None, help="a running Ray cluster (ray start --head ...), with --runtime ray")
+    parser.add_argument("--cluster-cpus", type=float, default=None,
+                        help="with --address: the cluster's CPUs, shared among the slots so that every slot starts")
     parser.add_argument("--resimulate", action="store_true",
                         help="simulate the runs already in --out again (after a change to the simulator) without rerunning them")
     args = parser.parse_args(argv)
@@ -100,20 +126,34 @@ def main(argv: list[str] | None = None) -> int:
         runtime = ["--set", f"runtime.kind={args.runtime}"]
         if args.address:
             runtime += ["--set", f"runtime.address={args.address}"]
+            if args.cluster_cpus:
+                runtime += ["--set", f"runtime.cpus_per_trial={min(1.0, args.cluster_cpus / n):g}"]
+            before = set(_ray_workers(args.address))
         elif args.runtime == "ray":
             # Local Ray offers this machine's cores: a fractional CPU a worker lets every slot start at once.
             runtime += ["--set", f"runtime.cpus_per_trial={min(1.0, (os.cpu_count() or 1) / n):g}"]
         subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "sweep", str(config), "--set",
                         f"runtime.max_concurrent={n}", "--set", f"storage.run_dir={runs[n]}", *runtime],
                        check=True, stdout=subprocess.DEVNULL)
+        if args.address:
+            lifetimes = ray_lifetimes(args.address, before)
+            (runs[n] / "ray_workers.json").write_text(json.dumps({"lifetimes": lifetimes}), encoding="utf-8")
     first = runs[args.slots[0]]
     print("| slots | simulated from | real wall (s) | simulated (s) | error | set-up (s) | stage (s) | dispatch (s) "
           "| real utilisation | simulated | real idle at barriers | simulated | real held (worker-s) | simulated | "
           "trials, rungs, scores |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     previous: Path | None = None
+    against_ray: list[str] = []
     for n, run in runs.items():
         real = real_figures(run)
+        # What Ray says the workers lived, against the ledger's holds: the held figure's own check.
+        ray_file = run / "ray_workers.json"
+        if ray_file.exists():
+            lifetimes = json.loads(ray_file.read_text(encoding="utf-8"))["lifetimes"]
+            against_ray.append(f"{n} slots: the ledger holds {real['held']:.1f} worker-s over {real['workers']} workers, "
+                               f"Ray's actor table {sum(lifetimes):.1f} over {len(lifetimes)} "
+                               f"({real['held'] / max(sum(lifetimes), 1e-9) - 1:+.1%})")
         # The run one size down shares this machine's contention (trials sharing two cores with the Prefect
         # server run longer than alone), which the 1-slot run cannot show.
         sources = [("its own run", run, ()), (first.name, first, ())]
@@ -132,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{sim['utilisation']:.0%} | {real['idle']:.0%} | {sim['idle']:.0%} | "
                   f"{real['held']:.1f} ({real['workers']}) | {sim['held']:.1f} ({sim['held'] / max(real['held'], 1e-9) - 1:+.1%}) | "
                   f"{'identical' if same else 'differ'} |", flush=True)
+    for line in against_ray:
+        print(line)
     return 0
 
 
