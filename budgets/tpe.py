@@ -190,7 +190,8 @@ class _OptunaBacked(Searcher):
         return optuna.create_study(direction=direction, sampler=self._sampler)
 
     def _given(self, study, trials: list[Any]) -> None:
-        """Adds results to a study; the only way this searcher's studies change besides its own FAIL-told asks."""
+        """Adds results to a study; with TPE's :meth:`TPESearcher._replace`, the only ways this searcher's studies
+        change besides its own FAIL-told asks, so ``_additions`` tells the sampler when its fit is stale."""
         if trials:
             study.add_trials(trials)
             self._additions += 1
@@ -227,10 +228,11 @@ class TPESearcher(_OptunaBacked):
 
     def __init__(self, space: SearchSpace, **kwargs: Any) -> None:
         super().__init__(space, **kwargs)
-        # Results the study has not seen yet, and the trials it holds. A result for a trial it does not hold yet
-        # is an append; one for a trial it holds changes that trial's record, and the study is rebuilt.
+        # Results the study has not seen yet; each trial id's results so far, in the order the ids first appeared;
+        # and the study's number of each trial it holds (a trial outside the space is not held).
         self._unseen: list[Observation] = []
-        self._in_study: set[str] = set()
+        self._histories: dict[str, list[Observation]] = {}
+        self._numbers: dict[str, int] = {}
 
     def observe(self, observation: Observation) -> None:
         super().observe(observation)
@@ -256,29 +258,63 @@ class TPESearcher(_OptunaBacked):
             intermediate_values=intermediate,
         )
 
-    def _add(self, study, observations: list[Observation]) -> None:
-        # One trial per trial id, in the order the ids first appear: a rebuild and the appends give the same study.
-        latest: dict[str, list[Observation]] = {}
-        for obs in observations:
-            latest.setdefault(obs.trial_id, []).append(obs)
-        self._given(
-            study, [self._frozen(history) for history in latest.values() if self.space.contains(history[-1].config)]
-        )
-        self._in_study.update(latest)
+    def _held(self, trial_id: str) -> bool:
+        return self.space.contains(self._histories[trial_id][-1].config)
+
+    def _append(self, study, trial_ids: list[str]) -> None:
+        held = [t for t in trial_ids if self._held(t)]
+        first = len(study.get_trials(deepcopy=False))
+        self._given(study, [self._frozen(self._histories[t]) for t in held])
+        self._numbers.update({t: first + i for i, t in enumerate(held)})
+
+    def _replace(self, study, trial_ids: list[str]) -> None:
+        """A held trial's record changed (a promotion): the new record takes the old one's place and number.
+
+        Optuna's finished trials cannot be changed through its API, and appending the new record instead would
+        move the trial to the end of the order TPE breaks ties in. So the in-memory storage's own replacing step
+        (what its ``set_trial_*`` methods do to a running trial) is used; the pinned Optuna version and
+        tests/test_tpe_incremental.py hold it to the proposals a rebuilt study makes.
+        """
+        if not trial_ids:
+            return
+        storage = study._storage
+        for trial_id in trial_ids:
+            record = self._frozen(self._histories[trial_id])
+            record.number = self._numbers[trial_id]
+            record._trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, record.number)
+            storage._set_trial(record._trial_id, record)
+            storage._update_cache(record._trial_id, study._study_id)
+        self._additions += 1
 
     def _rebuild(self):
         self._study = self._new_study()
-        self._in_study = set()
-        self._add(self._study, [*self.priors, *self.observations])
+        self._histories, self._numbers = {}, {}
+        for obs in [*self.priors, *self.observations]:
+            self._histories.setdefault(obs.trial_id, []).append(obs)
+        self._append(self._study, list(self._histories))
         self._unseen = []
         self._dirty = False
 
     def _catch_up(self):
-        if self._dirty or self._study is None or any(o.trial_id in self._in_study for o in self._unseen):
+        """Brings the kept study up to the observations: new trials appended in the order they first appear, changed
+        ones replaced in place, so it holds what a study rebuilt from every observation would, in the same order."""
+        if self._dirty or self._study is None:
             self._rebuild()
-        elif self._unseen:
-            self._add(self._study, self._unseen)
-            self._unseen = []
+            return
+        new, changed = [], {}
+        for obs in self._unseen:
+            if obs.trial_id not in self._histories:
+                new.append(obs.trial_id)
+                self._histories[obs.trial_id] = []
+            elif obs.trial_id not in new:
+                changed.setdefault(obs.trial_id, self._held(obs.trial_id))
+            self._histories[obs.trial_id].append(obs)
+        self._unseen = []
+        if any(self._held(t) != was_held for t, was_held in changed.items()):
+            self._rebuild()  # a trial's configuration moved into or out of the space: not a change in place
+            return
+        self._replace(self._study, [t for t in changed if t in self._numbers])
+        self._append(self._study, new)
 
     def warm_start(self, observations=(), enqueue=()) -> None:
         super().warm_start(observations, enqueue)
