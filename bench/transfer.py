@@ -194,9 +194,13 @@ def _reach(steps: Sequence[tuple[float, float]], target: float, eg: float) -> fl
 
 
 def run_ours(target: str, seed: int, iterations: int, warm_start: Mapping[str, Any] | None, goal: float,
-             eg: float) -> float | None:
+             eg: float, verdicts: dict[str, str] | None = None, arm: str = "") -> float | None:
+    """GPU-hours (÷ E[G]) to ``goal``; ``verdicts[arm]``: the prior's verdict, where there was a portfolio."""
     # Capped at E[G], the horizon measured, not at the example's 8 GPU-hours (0.10·E[G] on 7593).
     driver, ledger = _simulate(_config(target, seed, iterations, max_gpu_hours=eg), None, warm_start)
+    decision = getattr(driver.searcher, "prior_decision", None)
+    if verdicts is not None and decision is not None:
+        verdicts[arm] = str(decision.verdict)
     hi = float(driver.max_budget)
     spent, best, steps = 0.0, -math.inf, []
     for r in sorted(ledger.records, key=lambda r: r.finished_at):
@@ -294,7 +298,8 @@ def run_peer(method: str, target: str, seed: int, sweeps: Sequence[Any], goal: f
 
 
 def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: Path, *, iterations: int = 40,
-        arms: Sequence[str] = ARMS, pool: int = 4096, report: Any = print) -> list[dict[str, Any]]:
+        arms: Sequence[str] = ARMS, pool: int = 4096, portfolio: int = PORTFOLIO,
+        report: Any = print) -> list[dict[str, Any]]:
     """One row per (H, instance, seed): each arm's GPU-hours to E[B] − 0.5 (÷ E[G]) and what the history held."""
     from bench.search_sim import curves, reference
     from rungflow.tasks.history import load_history
@@ -305,8 +310,8 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
             tasks = history_tasks(target, h)
             runs = [history_run(t, out / "history") for t in tasks]
             mislead = [flipped(r, out / "history-flipped") for r in runs]
-            prior = read_prior(target, runs, out / "scratch" / f"h{h}-{target}")
-            misprior = read_prior(target, mislead, out / "scratch" / f"h{h}-{target}-flipped")
+            prior = read_prior(target, runs, out / "scratch" / f"h{h}-{target}", portfolio)
+            misprior = read_prior(target, mislead, out / "scratch" / f"h{h}-{target}-flipped", portfolio)
             ref = reference(target, pool=pool)
             goal, eg = ref.expected_best - MARGIN, ref.expected_gpu_hours
             sweeps = {}
@@ -321,18 +326,20 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
                 cell: dict[str, Any] = {"h": h, "instance": target, "seed": seed, "history_tasks": tasks,
                                         "sources": [s["source"] for s in prior["summary"]["sources"]],
                                         "same_task": prior["summary"]["same_task"],
-                                        "portfolio": len(prior["portfolio"]), "goal": goal, "expected_gpu_hours": eg}
+                                        "portfolio": len(prior["portfolio"]), "goal": goal, "expected_gpu_hours": eg,
+                                        "verdicts": {}}
                 for arm in arms:
                     if arm == "cold":
                         cell[arm] = run_ours(target, seed, iterations, None, goal, eg)
                     elif arm == "history":
-                        cell[arm] = run_ours(target, seed, iterations, prior["warm_start"], goal, eg)
+                        cell[arm] = run_ours(target, seed, iterations, prior["warm_start"], goal, eg, cell["verdicts"], arm)
                     elif arm == "misleading":
-                        cell[arm] = run_ours(target, seed, iterations, misprior["warm_start"], goal, eg)
+                        cell[arm] = run_ours(target, seed, iterations, misprior["warm_start"], goal, eg, cell["verdicts"],
+                                             arm)
                     elif arm == CONTROL:
                         rng = np.random.default_rng([seed, 99])
                         randoms = [curves(target).space.sample(rng) for _ in range(len(misprior["portfolio"]))]
-                        cell[arm] = run_ours(target, seed, iterations, {"enqueue": randoms}, goal, eg)
+                        cell[arm] = run_ours(target, seed, iterations, {"enqueue": randoms}, goal, eg, cell["verdicts"], arm)
                     else:
                         method, _, misleading = arm.partition(" ")
                         cell[arm] = run_peer(method, target, seed, sweeps[" misleading" if misleading else ""], goal, eg)
@@ -343,13 +350,16 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
 
 
 def summary(rows: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> list[dict[str, Any]]:
-    """Per arm: runs, reached within 0.35·E[G] and within E[G], median (an unreached run counts as never)."""
+    """Per arm: runs, reached within 0.35·E[G] and within E[G], median (an unreached run counts as never), and in
+    how many runs the prior was kept (None: the arm has no portfolio)."""
     out = []
     for arm in arms:
         values = [r[arm] for r in rows if arm in r]
+        verdicts = [r.get("verdicts", {}).get(arm) for r in rows if arm in r]
         out.append({"arm": arm, "runs": len(values), "within_035": sum(v is not None and v <= 0.35 for v in values),
                     "within_1": sum(v is not None for v in values),
-                    "median": median([math.inf if v is None else v for v in values])})
+                    "median": median([math.inf if v is None else v for v in values]),
+                    "kept": sum(v == "kept" for v in verdicts) if any(verdicts) else None})
     return out
 
 
@@ -361,10 +371,12 @@ def markdown(rows: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> str:
             if not part:
                 continue
             lines += [f"**H = {h}, {label}** ({len(part)} runs)", "",
-                      "| arm | within 0.35·E[G] | within E[G] | median (·E[G]) |", "|---|---:|---:|---:|"]
+                      "| arm | within 0.35·E[G] | within E[G] | median (·E[G]) | prior kept |",
+                      "|---|---:|---:|---:|---:|"]
             for s in summary(part, arms):
+                kept = "" if s["kept"] is None else f"{s['kept']}/{s['runs']}"
                 lines.append(f"| {s['arm']} | {s['within_035']}/{s['runs']} | {s['within_1']}/{s['runs']} | "
-                             f"{'∞' if s['median'] == math.inf else fmt(s['median'], '.3f')} |")
+                             f"{'∞' if s['median'] == math.inf else fmt(s['median'], '.3f')} | {kept} |")
             lines.append("")
     lines += ["| H | instance | seed | " + " | ".join(arms) + " |", "|---:|---|---:|" + "---:|" * len(arms)]
     for r in rows:
@@ -380,13 +392,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=40,
                    help="the target sweep's Hyperband iterations (it stops at E[G] first)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=(*ARMS, CONTROL))
+    p.add_argument("--portfolio", type=int, default=PORTFOLIO, help="history.portfolio (the product's default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bench/out/transfer"))
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     instances = list(HELDOUT) if args.heldout else args.instances
-    rows = run(instances, args.seeds, args.history, args.out, iterations=args.iterations, arms=args.arms)
+    rows = run(instances, args.seeds, args.history, args.out, iterations=args.iterations, arms=args.arms,
+               portfolio=args.portfolio)
     text = markdown(rows, args.arms)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "heldout" if args.heldout else "dev"

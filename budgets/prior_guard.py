@@ -1,25 +1,32 @@
 """Keep or drop a history's prior at run time, on this sweep's own evidence.
 
-A portfolio learned from other tasks can mislead (their best configurations may be this task's worst). The
-portfolio's trials run in the first bracket beside cold proposals, so the sweep soon holds a fair comparison:
-at the budget where the portfolio's trials first report, the best of them against the cold trials there.
+A portfolio learned from other tasks can mislead (their best configurations may be this task's worst), and even a
+harmless one costs time when it takes the place of the searcher's own proposals: BOHB's later proposals depend on
+its first ones (its random stream and its model's first points). So the portfolio runs *beside* the searcher, not
+instead of it:
 
-- **kept** when the portfolio's best is at least the cold trials' median at that budget: the history holds here;
-- **dropped** when it is below: what is left of the portfolio leaves the queue and the history's results leave
-  the model (:meth:`Searcher.forget_prior`), so the search goes on as the cold model-based search would, from
-  this sweep's own results.
+- **interleaved**: while the prior is pending, the portfolio takes every other slot, starting with the first
+  (P, own, P, own, ...), in the slots where the searcher's own proposals would have gone; the searcher is still
+  asked for every slot, so its random stream stays where a cold sweep's is and only the displaced draws are lost;
+- **held apart**: the portfolio trials' results are kept from the searcher's model until the verdict;
+- **judged** at the budget where the portfolio first reports, once every portfolio trial proposed so far and at
+  least :data:`MIN_COLD` of the searcher's own trials have a result there (in a synchronous sweep: the first rung of
+  the first bracket), its best against the best of the searcher's own draws there:
 
-The median, not the best, of the cold trials: a portfolio of four against a dozen random trials rarely holds
-the single best of the rung even where it helps, while a portfolio whose best is below half of random draws is
-worse than no prior. The verdict is taken once, before the first proposal after every portfolio trial proposed so
-far and at least :data:`MIN_COLD` cold trials have a result at that budget (in a synchronous sweep: on the whole
-first rung). Results and proposals come in the ledger's deterministic order, so a resumed sweep replays it.
+  - **kept** when the portfolio's best is at least as good: its results join the model, the history holds here;
+  - **dropped** when it is worse, or every portfolio trial failed: what is left of the portfolio leaves the queue,
+    its results never reach the model, and the history's own results leave it too
+    (:meth:`Searcher.forget_prior`): the search goes on from the searcher's own results, as it would cold.
+
+The best, not the median, of the searcher's draws: configurations that survived other tasks' gates beat the median
+random draw on most tasks whether or not they are good here (an upside-down history's portfolio is the worst of
+the survivors and still beats it), so a median test keeps almost every portfolio. Results and proposals come in the
+ledger's deterministic order, so a resumed sweep replays the same verdict.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -30,7 +37,7 @@ from rungflow.budgets.searchers import Mode, Observation, Searcher
 
 __all__ = ["PriorVerdict", "PriorDecision", "judge_prior", "PriorGuardSearcher", "MIN_COLD"]
 
-# Fewer cold results than this say too little about the task to overrule the history.
+# Fewer of the searcher's own results than this say too little about the task to overrule the history.
 MIN_COLD = 4
 
 
@@ -42,13 +49,13 @@ class PriorVerdict(StrEnum):
 
 @dataclass(frozen=True)
 class PriorDecision:
-    """The verdict and its figures: the portfolio's best and the cold trials' median at ``budget``."""
+    """The verdict and its figures: the portfolio's best and the best of the searcher's own trials at ``budget``."""
 
     verdict: PriorVerdict
     reason: str
     budget: float | None = None
     portfolio_best: float | None = None
-    cold_median: float | None = None
+    cold_best: float | None = None
     portfolio_trials: int = 0
     cold_trials: int = 0
 
@@ -58,7 +65,7 @@ class PriorDecision:
 
 def judge_prior(portfolio_scores: Sequence[float | None], cold_scores: Sequence[float | None], mode: Mode,
                 budget: float, *, min_cold: int = MIN_COLD) -> PriorDecision:
-    """The verdict on the portfolio's results at ``budget`` against the cold trials' there (None: failed)."""
+    """The verdict on the portfolio's results at ``budget`` against the searcher's own there (None: failed)."""
     sign = 1.0 if mode == "max" else -1.0
     finite = lambda xs: [float(x) for x in xs if x is not None and math.isfinite(x)]  # noqa: E731
     cold = finite(cold_scores)
@@ -66,27 +73,31 @@ def judge_prior(portfolio_scores: Sequence[float | None], cold_scores: Sequence[
         return PriorDecision(PriorVerdict.PENDING, f"fewer than {min_cold} cold results at budget {budget:g} to compare "
                                                    "the portfolio with", budget)
     mine = finite(portfolio_scores)
-    median = statistics.median(cold)
-    figures = dict(budget=budget, cold_median=median, portfolio_trials=len(portfolio_scores), cold_trials=len(cold))
+    cold_best = max(cold, key=lambda x: sign * x)
+    figures = dict(budget=budget, cold_best=cold_best, portfolio_trials=len(portfolio_scores), cold_trials=len(cold))
     if not mine:
         return PriorDecision(PriorVerdict.DROPPED, f"every portfolio configuration failed at budget {budget:g}; the "
                                                    "search went on cold", **figures)  # type: ignore[arg-type]
     best = max(mine, key=lambda x: sign * x)
-    if sign * best >= sign * median:
+    if sign * best >= sign * cold_best:
         return PriorDecision(PriorVerdict.KEPT, f"its best configuration scored {best:.4g} at budget {budget:g}, at or "
-                                                f"above the cold trials' median {median:.4g} ({len(cold)} trials)",
+                                                f"{'above' if mode == 'max' else 'below'} the best of the cold trials "
+                                                f"beside it, {cold_best:.4g} ({len(cold)} trials)",
                              portfolio_best=best, **figures)  # type: ignore[arg-type]
     return PriorDecision(PriorVerdict.DROPPED, f"its best configuration scored {best:.4g} at budget {budget:g}, "
-                                               f"{'below' if mode == 'max' else 'above'} the cold trials' median "
-                                               f"{median:.4g} ({len(cold)} trials): the history does not hold for this "
-                                               "task, so the search went on cold", portfolio_best=best, **figures)  # type: ignore[arg-type]
+                                               f"{'below' if mode == 'max' else 'above'} the best of the cold trials "
+                                               f"beside it, {cold_best:.4g} ({len(cold)} trials): the history does not "
+                                               "hold for this task, so the search went on cold", portfolio_best=best,
+                         **figures)  # type: ignore[arg-type]
 
 
 class PriorGuardSearcher(Searcher):
-    """Wraps the sweep's searcher (composition, as Ray Tune's ``ConcurrencyLimiter``) and takes the verdict.
+    """Wraps the sweep's searcher (composition, as Ray Tune's ``ConcurrencyLimiter``), runs the portfolio beside it
+    and takes the verdict.
 
-    ``portfolio``: the history's configurations, enqueued by the warm start; ``prior_ids``: the ids of the
-    history's results given to the warm start (the model's prior). A caller's own warm start is not touched.
+    ``portfolio``: the history's configurations (in the warm start's ``enqueue`` they are the guard's to propose; any
+    other enqueued configuration, a caller's own warm start, is proposed first as before); ``prior_ids``: the ids of
+    the history's results given to the warm start (the model's prior).
     """
 
     def __init__(self, inner: Searcher, portfolio: Iterable[Mapping[str, Any]], prior_ids: Iterable[str]) -> None:
@@ -96,7 +107,11 @@ class PriorGuardSearcher(Searcher):
         self.portfolio = [dict(c) for c in portfolio]
         self.prior_ids = list(prior_ids)
         self._keys = {config_key(c) for c in self.portfolio}
+        self._queue: list[dict[str, Any]] = []  # portfolio configurations not proposed yet
+        self._own_queue: list[dict[str, Any]] = []  # the caller's own enqueued configurations
         self._proposed = 0  # portfolio configurations proposed so far
+        self._own_proposed = 0  # the searcher's own proposals since the portfolio's first
+        self._held: list[Observation] = []  # the portfolio's results, kept from the model until the verdict
         self._budget: float | None = None
         self._mine: dict[str, float | None] = {}
         self._cold: dict[float, dict[str, float | None]] = {}  # by budget: cold results may come first (ASHA)
@@ -105,20 +120,43 @@ class PriorGuardSearcher(Searcher):
             self._decision = PriorDecision(PriorVerdict.KEPT, "no portfolio: the history only feeds the model")
 
     def warm_start(self, observations: Iterable[Observation] = (), enqueue: Iterable[Mapping[str, Any]] = ()) -> None:
-        self.inner.warm_start(observations, enqueue)
+        if not self.portfolio:
+            self.inner.warm_start(observations, enqueue)
+            return
+        enqueue = [dict(c) for c in enqueue if self.space.contains(c)]
+        self._queue = [c for c in enqueue if config_key(c) in self._keys]
+        self._own_queue = [c for c in enqueue if config_key(c) not in self._keys]
+        self.inner.warm_start(observations)
 
     def suggest(self, count: int) -> list[dict[str, Any]]:
         self._judge()  # on all the results told so far: a whole synchronous rung, or every ASHA result yet
-        out = self.inner.suggest(count)
-        self._proposed += sum(config_key(c) in self._keys for c in out)
-        return out
+        if not self.portfolio:
+            return self.inner.suggest(count)
+        out, self._own_queue = self._own_queue[:count], self._own_queue[count:]
+        own = self.inner.suggest(count - len(out)) if count > len(out) else []
+        # The portfolio's share of these slots: never more than the searcher's own proposals so far, these included.
+        share = min(len(self._queue), (self._own_proposed + len(own) - self._proposed) // 2 if len(own) > 1
+                    else int(self._proposed < self._own_proposed))
+        share = max(share, 0)
+        kept = len(own) - share
+        self._own_proposed += kept
+        self._proposed += share
+        # Its configurations take the last slots: the searcher's first draws run as they would cold, and the
+        # displaced ones are the draws it would have made last.
+        return out + own[:kept] + [self._queue.pop(0) for _ in range(share)]
 
     def observe(self, observation: Observation) -> None:
-        self.inner.observe(observation)
         self.observations.append(observation)
+        mine = config_key(observation.config) in self._keys
+        if not mine:
+            self.inner.observe(observation)
+        elif self._decision.verdict is PriorVerdict.KEPT:
+            self.inner.observe(observation)
+        elif self._decision.verdict is PriorVerdict.PENDING:
+            self._held.append(observation)
         if self._decision.verdict is not PriorVerdict.PENDING:
             return
-        if config_key(observation.config) not in self._keys:
+        if not mine:
             self._cold.setdefault(observation.budget, {})[observation.trial_id] = observation.score
             return
         if self._budget is None:
@@ -137,8 +175,17 @@ class PriorGuardSearcher(Searcher):
             return
         cold = list(self._cold.get(self._budget, {}).values())
         self._decision = judge_prior(list(self._mine.values()), cold, self.mode, self._budget)
-        if self._decision.verdict is PriorVerdict.DROPPED:
+        if self._decision.verdict is PriorVerdict.KEPT:
+            for observation in self._held:
+                self.inner.observe(observation)
+        elif self._decision.verdict is PriorVerdict.DROPPED:
+            self._queue = []
             self.inner.forget_prior(self.prior_ids, self.portfolio)
+        if self._decision.verdict is not PriorVerdict.PENDING:
+            self._held = []
 
     def forget_prior(self, observation_ids: Iterable[str], enqueued: Iterable[Mapping[str, Any]]) -> None:
+        gone = {config_key(c) for c in enqueued}
+        self._queue = [c for c in self._queue if config_key(c) not in gone]
+        self._own_queue = [c for c in self._own_queue if config_key(c) not in gone]
         self.inner.forget_prior(observation_ids, enqueued)

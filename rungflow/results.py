@@ -273,12 +273,12 @@ def ensemble_line(ensemble: dict[str, Any]) -> str:
 
 
 def history_line(history: dict[str, Any]) -> str:
-    """``history: 3 earlier sweeps (96 trials, 1 task); 4 portfolio configs tried first, 2 of 5 incumbents from them``."""
+    """``history: 3 earlier sweeps (96 trials, 1 task); 4 portfolio configs tried beside the searcher's own, 2 of 5 incumbents from them``."""
     tasks = history.get("tasks", 0)
     head = (f"history: {history.get('sweeps', 0)} earlier sweeps ({history.get('trials', 0)} trials, {tasks} "
             f"task{'s' if tasks != 1 else ''})")
     taken = len(history.get("portfolio_trials") or [])
-    portfolio = (f"{taken} portfolio configs tried first, {history.get('incumbents_from_portfolio', 0)} of "
+    portfolio = (f"{taken} portfolio configs tried beside the searcher's own, {history.get('incumbents_from_portfolio', 0)} of "
                  f"{history.get('incumbents', 0)} incumbents from them"
                  + (", the final best among them" if history.get("best_from_portfolio") else ""))
     model = history.get("model_observations", 0)

@@ -29,6 +29,9 @@ def test_tiny_run_reads_real_run_directories(tmp_path: Path) -> None:
     assert all("3945" not in Path(s).name for s in row["sources"])
     for arm in arms:
         assert row[arm] is None or 0 < row[arm] <= 1
+    # Each arm with a portfolio says what became of it; cold has none.
+    assert set(row["verdicts"]) == {"history", "misleading"}
+    assert set(row["verdicts"].values()) <= {"kept", "dropped", "pending"}
     # The misleading copy turns every score upside down and changes nothing else.
     task = row["history_tasks"][0]
     plain = [json.loads(x) for x in (tmp_path / "history" / f"lcbench-{task}" / "ledger.jsonl").read_text().splitlines()]
@@ -36,4 +39,6 @@ def test_tiny_run_reads_real_run_directories(tmp_path: Path) -> None:
     spends = [(a["record"], b["record"]) for a, b in zip(plain, flipped) if a.get("type") == "spend"]
     assert spends and all(abs(a["score"] + b["score"] - 100.0) < 1e-9 for a, b in spends if a["score"] is not None)
     table = transfer.markdown(rows, arms)
-    assert "| cold | " in table and "**H = 2, dev**" in table
+    assert "| cold | " in table and "**H = 2, dev**" in table and "| prior kept |" in table
+    kept = next(line for line in table.splitlines() if line.startswith("| history | "))
+    assert kept.endswith(f" {int(row['verdicts']['history'] == 'kept')}/1 |")

@@ -50,20 +50,54 @@ def test_a_history_that_agrees_is_expected_to_save_and_one_that_does_not_is_not(
 
 # --- keep or drop the prior at run time ------------------------------------------------------------------
 
-def test_the_verdict_compares_the_portfolios_best_with_the_cold_median_at_the_same_budget() -> None:
+def test_the_verdict_compares_the_portfolios_best_with_the_best_cold_draw_at_the_same_budget() -> None:
     from rungflow.budgets.prior_guard import PriorVerdict, judge_prior
 
-    assert judge_prior([0.2, 0.8], [0.5, 0.6, 0.7, 0.8], "max", 1.0).verdict is PriorVerdict.KEPT
-    dropped = judge_prior([0.2, 0.3], [0.5, 0.6, 0.7, 0.8, None], "max", 1.0)
-    assert dropped.verdict is PriorVerdict.DROPPED and dropped.cold_median == pytest.approx(0.65) and dropped.portfolio_best == 0.3
-    assert "0.3 at budget 1, below the cold trials' median 0.65 (4 trials)" in dropped.reason
+    assert judge_prior([0.2, 0.8], [0.5, 0.6, 0.7, 0.8], "max", 1.0).verdict is PriorVerdict.KEPT  # a tie keeps
+    # Above the cold median, below the cold best: an upside-down history's survivors look like this.
+    dropped = judge_prior([0.2, 0.75], [0.5, 0.6, 0.7, 0.8, None], "max", 1.0)
+    assert dropped.verdict is PriorVerdict.DROPPED and dropped.cold_best == 0.8 and dropped.portfolio_best == 0.75
+    assert "0.75 at budget 1, below the best of the cold trials beside it, 0.8 (4 trials)" in dropped.reason
     assert judge_prior([0.2, 0.3], [0.5, 0.6, 0.7, 0.8], "min", 1.0).verdict is PriorVerdict.KEPT  # a loss: lower is better
+    assert judge_prior([0.6], [0.5, 0.6, 0.7, 0.8], "min", 1.0).verdict is PriorVerdict.DROPPED
     assert judge_prior([None, None], [0.5, 0.6, 0.7, 0.8], "max", 1.0).verdict is PriorVerdict.DROPPED
     assert judge_prior([0.9], [0.5, 0.6, 0.7], "max", 1.0).verdict is PriorVerdict.PENDING  # too few cold results yet
 
 
+def _bracket(guard, portfolio_score: float, cold_scores=(0.4, 0.5, 0.6, 0.7, 0.8)) -> list[dict]:
+    """A first rung of nine at budget 1: the guard's proposals, told their scores (portfolio ones all alike)."""
+    configs = guard.suggest(9)
+    keys = {tuple(sorted(c.items())) for c in guard.portfolio}
+    cold = iter(cold_scores)
+    for i, config in enumerate(configs):
+        score = portfolio_score if tuple(sorted(config.items())) in keys else next(cold)
+        guard.observe(Observation(f"t{i:04d}", config, 1.0, score))
+    return configs
+
+
+def test_the_portfolio_runs_beside_the_searchers_own_draws_and_a_dropped_one_leaves_its_stream_as_cold() -> None:
+    from rungflow.budgets.prior_guard import PriorGuardSearcher
+    from rungflow.budgets.searchers import RandomSearcher
+
+    portfolio = [{"x": 0.1, "y": 0.1}, {"x": 0.2, "y": 0.2}, {"x": 0.3, "y": 0.3}, {"x": 0.4, "y": 0.4}]
+    cold = RandomSearcher(SPACE, seed=3)
+    inner = RandomSearcher(SPACE, seed=3)
+    guard = PriorGuardSearcher(inner, portfolio, [])
+    guard.warm_start(enqueue=portfolio)
+    cold_first = cold.suggest(9)
+    first = _bracket(guard, 0.75)  # above the cold median (0.6), below the cold best (0.8)
+    # The searcher's own first five draws, then the portfolio in the slots of its last four.
+    assert first[:5] == cold_first[:5] and first[5:] == portfolio
+    assert guard.prior_decision.verdict == "dropped" and guard.prior_decision.cold_trials == 5
+    # The portfolio's results never reached the searcher; its stream goes on where a cold sweep's is.
+    assert [o.trial_id for o in inner.observations] == ["t0000", "t0001", "t0002", "t0003", "t0004"]
+    assert guard.suggest(5) == cold.suggest(5)
+    guard.observe(Observation("t0005", portfolio[0], 3.0, 0.99))  # a dropped portfolio trial's later rung
+    assert len(inner.observations) == 5 and len(guard.observations) == 10
+
+
 @pytest.mark.parametrize(("portfolio_score", "verdict"), [(0.95, "kept"), (0.05, "dropped")])
-def test_a_dropped_prior_leaves_the_queue_and_the_model_and_the_caller_s_own_warm_start_stays(
+def test_a_dropped_prior_leaves_the_model_a_kept_one_joins_it_and_the_caller_s_own_warm_start_stays(
         portfolio_score: float, verdict: str) -> None:
     from rungflow.budgets.prior_guard import PriorGuardSearcher
     from rungflow.budgets.tpe import BOHBSearcher
@@ -71,23 +105,22 @@ def test_a_dropped_prior_leaves_the_queue_and_the_model_and_the_caller_s_own_war
     portfolio = [{"x": 0.1, "y": 0.1}, {"x": 0.2, "y": 0.2}, {"x": 0.3, "y": 0.3}]
     history = [Observation(f"old/t{i}", {"x": 0.1 + i / 100, "y": 0.1}, 1.0, 0.9) for i in range(8)]
     last_week = [Observation("w1", {"x": 0.5, "y": 0.5}, 1.0, 0.5)]
+    last_week_best = {"x": 0.6, "y": 0.6}
     inner = BOHBSearcher(SPACE, seed=0, mode="max", max_budget=9.0, min_points_in_model=4)
     guard = PriorGuardSearcher(inner, portfolio, [o.trial_id for o in history])
-    guard.warm_start([*last_week, *history], enqueue=portfolio)
-    first = guard.suggest(7)  # the three portfolio configurations, then four cold proposals
-    assert first[:3] == portfolio and guard.prior_decision.verdict == "pending"
-    cold_scores = iter([0.4, 0.5, 0.6, 0.7])
-    for i, config in enumerate(first):
-        score = portfolio_score if i < 3 else next(cold_scores)
-        guard.observe(Observation(f"t{i:04d}", config, 1.0, score))
-    guard.suggest(1)  # the verdict comes before the next proposal, on every result told    assert guard.prior_decision.verdict == verdict and guard.prior_decision.cold_trials == 4
+    guard.warm_start([*last_week, *history], enqueue=[last_week_best, *portfolio])
+    configs = _bracket(guard, portfolio_score, cold_scores=(0.4, 0.5, 0.6, 0.7, 0.8, 0.85))
+    assert configs[0] == last_week_best and configs[6:] == portfolio  # the caller's own first, the portfolio last
+    assert len(inner.observations) == 6  # held apart until the verdict
+    guard.suggest(1)  # the verdict comes before the next proposal, on every result told
+    assert guard.prior_decision.verdict == verdict and guard.prior_decision.cold_trials == 6
     held = {o.trial_id for o in inner.priors}
     if verdict == "dropped":
         assert held == {"prior-w1"}  # the history's results left the model; last week's warm start did not
-        assert inner.model_budget() == 1.0 and len(inner._by_budget[1.0]) == 8  # rebuilt: w1 and this sweep's seven
+        assert len(inner.observations) == 6 and len(inner._by_budget[1.0]) == 7  # w1 and this sweep's own six
     else:
-        assert len(held) == 9 and len(inner._by_budget[1.0]) == 16
-    assert len(guard.observations) == 7 and len(inner.observations) == 7
+        assert len(held) == 9 and len(inner.observations) == 9 and len(inner._by_budget[1.0]) == 18
+    assert len(guard.observations) == 9
 
 
 def test_forgetting_a_prior_takes_what_is_left_of_it_out_of_the_queue() -> None:
@@ -100,21 +133,24 @@ def test_forgetting_a_prior_takes_what_is_left_of_it_out_of_the_queue() -> None:
     assert searcher.suggest(1) == [mine] and searcher.suggest(3)[0] != theirs
 
 
-def test_asynchronous_order_cold_results_before_the_portfolios_count_and_one_verdict_is_taken() -> None:
+def test_asynchronous_order_the_portfolio_alternates_with_own_draws_and_one_verdict_is_taken() -> None:
     from rungflow.budgets.prior_guard import PriorGuardSearcher
     from rungflow.budgets.searchers import RandomSearcher
 
-    portfolio = [{"x": 0.9, "y": 0.9}]
+    portfolio = [{"x": 0.9, "y": 0.9}, {"x": 0.8, "y": 0.8}]
     guard = PriorGuardSearcher(RandomSearcher(SPACE, seed=1), portfolio, [])
     guard.warm_start(enqueue=portfolio)
-    configs = [guard.suggest(1)[0] for _ in range(6)]  # ASHA: one trial at a time, the portfolio's first
-    assert configs[0] == portfolio[0]
-    for i, score in ((1, 0.5), (2, 0.6), (3, 0.7), (4, 0.8), (5, 0.9)):  # the cold trials report first
+    configs = [guard.suggest(1)[0] for _ in range(7)]  # ASHA: one trial at a time
+    assert configs[1] == portfolio[0] and configs[3] == portfolio[1]
+    assert not {tuple(sorted(c.items())) for c in configs[4:]} & {tuple(sorted(c.items())) for c in portfolio}
+    for i, score in ((0, 0.5), (2, 0.6), (4, 0.7), (5, 0.8), (6, 0.9)):  # the cold trials report first
         guard.observe(Observation(f"t{i:04d}", configs[i], 1.0, score))
-    assert guard.prior_decision.verdict == "pending"  # the portfolio's trial has not reported yet
-    guard.observe(Observation("t0000", configs[0], 1.0, 0.1))
-    guard.observe(Observation("t0005", configs[5], 3.0, 0.95))  # a higher rung is not the budget judged
+    guard.observe(Observation("t0001", configs[1], 1.0, 0.95))
+    assert guard.prior_decision.verdict == "pending"  # one portfolio trial has not reported yet
+    guard.observe(Observation("t0006", configs[6], 3.0, 0.99))  # a higher rung is not the budget judged
+    guard.observe(Observation("t0003", configs[3], 1.0, 0.1))
     decision = guard.prior_decision
-    assert decision.verdict == "dropped" and decision.budget == 1.0 and decision.cold_trials == 5
-    guard.observe(Observation("t0006", {"x": 0.9, "y": 0.9}, 1.0, 0.99))
+    assert decision.verdict == "kept" and decision.budget == 1.0 and decision.cold_trials == 5
+    assert decision.portfolio_best == 0.95 and decision.cold_best == 0.9
+    guard.observe(Observation("t0007", {"x": 0.2, "y": 0.2}, 1.0, 0.999))
     assert guard.prior_decision == decision  # taken once
