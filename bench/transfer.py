@@ -12,7 +12,8 @@ same run directories with every score turned upside down, 100 − score); Syne T
 schedulers (``ZeroShotTransfer``, ``BoundingBox`` around random search, ``QuantileBasedSurrogateSearcher``), given the
 same sweeps as ``TransferLearningTaskEvaluations`` (each trial at the highest budget it reached) and run as they
 are built, one full-budget trial at a time on the same surrogate curves; and the same three on the misleading
-history.
+history. Not run by default: a random portfolio of as many configurations (a control), and the history's portfolio
+alone, trained at full budget one configuration after another (a bound on what the portfolio can give).
 
 Measured per run: GPU-hours until the sweep's full-budget incumbent first reaches E[B] − 0.5, as a fraction of E[G]
 (E[B], E[G]: random-128's expected best and GPU-hours over a 4,096-configuration pool, :func:`search_sim.reference`);
@@ -36,7 +37,8 @@ import numpy as np
 
 from bench.common import fmt, median, write_json
 
-__all__ = ["DEV", "HELDOUT", "history_tasks", "history_run", "read_prior", "run_ours", "run_peer", "run", "main"]
+__all__ = ["DEV", "HELDOUT", "history_tasks", "history_run", "read_prior", "run_ours", "run_peer", "portfolio_alone", "run",
+           "main"]
 
 DEV = ("3945", "7593", "34539", "126025", "126026")
 # Ten of the 29 other LCBench tasks, drawn once (sorted(default_rng(2027).choice(29, 10, replace=False))) and kept
@@ -52,6 +54,9 @@ ARMS = ("cold", "history", "misleading", *PEERS, *(f"{p} misleading" for p in PE
 # A control, not run by default: a "portfolio" of as many random configurations, drawn with a seed of its own. What
 # it costs against cold is what any first-bracket proposals that are not the searcher's own cost, history or not.
 CONTROL = "random portfolio"
+# A bound, not a method: the history's portfolio alone, each configuration trained at full budget one after another
+# until one reaches the target. No sweep whose first bracket holds that portfolio gets there sooner through it.
+ALONE = "portfolio alone"
 
 
 def _instances() -> tuple[str, ...]:
@@ -211,6 +216,20 @@ def run_ours(target: str, seed: int, iterations: int, warm_start: Mapping[str, A
     return _reach(steps, goal, eg)
 
 
+def portfolio_alone(target: str, portfolio: Sequence[Mapping[str, Any]], goal: float, eg: float) -> float | None:
+    """GPU-hours (÷ E[G]) until one of ``portfolio``, trained at full budget in order, reaches ``goal``."""
+    from bench.search_sim import curves
+
+    c = curves(target)
+    spent = 0.0
+    for config in portfolio:
+        accuracy, seconds = c.curve(config)
+        spent += float(seconds[-1]) / 3600.0
+        if float(accuracy[-1]) >= goal:
+            return _reach([(spent, float(accuracy[-1]))], goal, eg)
+    return None
+
+
 def _evaluations(sweeps: Sequence[Any], space: Any, sign: float = 1.0) -> dict[str, Any]:
     """Each earlier sweep as Syne Tune's ``TransferLearningTaskEvaluations``: a trial at the highest budget it
     reached (Syne Tune's transfer schedulers rank configurations by one value each), times ``sign``."""
@@ -326,7 +345,8 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
                 cell: dict[str, Any] = {"h": h, "instance": target, "seed": seed, "history_tasks": tasks,
                                         "sources": [s["source"] for s in prior["summary"]["sources"]],
                                         "same_task": prior["summary"]["same_task"],
-                                        "portfolio": len(prior["portfolio"]), "goal": goal, "expected_gpu_hours": eg,
+                                        "portfolio": len(prior["portfolio"]), "portfolio_configs": prior["portfolio"],
+                                        "goal": goal, "expected_gpu_hours": eg,
                                         "verdicts": {}}
                 for arm in arms:
                     if arm == "cold":
@@ -336,6 +356,8 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
                     elif arm == "misleading":
                         cell[arm] = run_ours(target, seed, iterations, misprior["warm_start"], goal, eg, cell["verdicts"],
                                              arm)
+                    elif arm == ALONE:
+                        cell[arm] = portfolio_alone(target, prior["portfolio"], goal, eg)
                     elif arm == CONTROL:
                         rng = np.random.default_rng([seed, 99])
                         randoms = [curves(target).space.sample(rng) for _ in range(len(misprior["portfolio"]))]
@@ -391,7 +413,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", nargs="+", type=int, default=[3, 10], metavar="H", help="earlier sweeps per target")
     p.add_argument("--iterations", type=int, default=40,
                    help="the target sweep's Hyperband iterations (it stops at E[G] first)")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=(*ARMS, CONTROL))
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=(*ARMS, CONTROL, ALONE))
     p.add_argument("--portfolio", type=int, default=PORTFOLIO, help="history.portfolio (the product's default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bench/out/transfer"))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench import transfer
 from rungflow.tasks.trainables.yahpo_lcbench import INSTANCES
 
@@ -18,7 +20,7 @@ def test_history_never_holds_the_target_task() -> None:
 
 
 def test_tiny_run_reads_real_run_directories(tmp_path: Path) -> None:
-    arms = ("cold", "history", "misleading")
+    arms = ("cold", "history", "misleading", transfer.ALONE)
     rows = transfer.run(["3945"], [0], [2], tmp_path, iterations=1, arms=arms, pool=128, report=lambda _: None)
     assert len(rows) == 1
     row = rows[0]
@@ -29,6 +31,14 @@ def test_tiny_run_reads_real_run_directories(tmp_path: Path) -> None:
     assert all("3945" not in Path(s).name for s in row["sources"])
     for arm in arms:
         assert row[arm] is None or 0 < row[arm] <= 1
+    # The portfolio alone, at full budget in order: what its first configuration that reaches the goal cost.
+    from bench.search_sim import curves
+
+    c = curves("3945")
+    costs = [float(c.curve(p)[1][-1]) / 3600 for p in rows[0]["portfolio_configs"]]
+    hits = [float(c.curve(p)[0][-1]) >= row["goal"] for p in rows[0]["portfolio_configs"]]
+    expected = sum(costs[: hits.index(True) + 1]) / row["expected_gpu_hours"] if True in hits else None
+    assert row[transfer.ALONE] == (pytest.approx(expected) if expected is not None and expected <= 1 else None)
     # Each arm with a portfolio says what became of it; cold has none.
     assert set(row["verdicts"]) == {"history", "misleading"}
     assert set(row["verdicts"].values()) <= {"kept", "dropped", "pending"}
