@@ -50,5 +50,8 @@ def test_tiny_run_reads_real_run_directories(tmp_path: Path) -> None:
     assert spends and all(abs(a["score"] + b["score"] - 100.0) < 1e-9 for a, b in spends if a["score"] is not None)
     table = transfer.markdown(rows, arms)
     assert "| cold | " in table and "**H = 2, dev**" in table and "| prior kept |" in table
-    kept = next(line for line in table.splitlines() if line.startswith("| history | "))
-    assert kept.endswith(f" {int(row['verdicts']['history'] == 'kept')}/1 |")
+    history = next(line for line in table.splitlines() if line.startswith("| history | "))
+    assert history.endswith(f" {int(row['verdicts']['history'] == 'kept')}/1 |")
+    # Each run against its cold twin; one that never reached the target counts as E[G].
+    paired = (1.0 if row["history"] is None else row["history"]) - (1.0 if row["cold"] is None else row["cold"])
+    assert f"| {paired:+.3f} |" in history
