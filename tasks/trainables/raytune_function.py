@@ -261,9 +261,10 @@ def _unpack(data: bytes, into: Path | _LazyFolder) -> tuple[Path | None, int]:
     iteration = int(json.loads(header)["iteration"])
     if not payload:
         return None, iteration
-    folder = (into.get() if isinstance(into, _LazyFolder) else into) / "restored"
-    folder.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(payload), mode="r") as tar:
+    # A rung's own folder is the checkpoint's: one folder fewer to make and remove each resumed rung.
+    folder = into.get() if isinstance(into, _LazyFolder) else into / "restored"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:") as tar:  # written uncompressed: no format sniffing
         tar.extractall(folder, filter="data")
     return folder, iteration
 
@@ -299,10 +300,11 @@ class RayTuneFunctionTrainable(CallableTrainable):
         fn = self._function()
         config = materialize(request.config, self.options.layout, self.options.steps) if self.options.layout else dict(request.config)
         workdir = _LazyFolder(prefix=f"rungflow-{request.trial_id}-")
+        restored = _LazyFolder(prefix=f"rungflow-{request.trial_id}-checkpoint-")
         try:
             loaded, start = None, 0
             if request.checkpoint is not None:
-                folder, start = _unpack(request.checkpoint, workdir)
+                folder, start = _unpack(request.checkpoint, restored)
                 loaded = ray.tune.Checkpoint.from_directory(str(folder)) if folder is not None else None
             trial = _TuneTrial(request, self.options, start, loaded, workdir)
             _install()
@@ -318,6 +320,7 @@ class RayTuneFunctionTrainable(CallableTrainable):
                 _uninstall()
         finally:
             workdir.remove()
+            restored.remove()
         if trial.error:
             raise TrainableError(trial.error)
         if trial.last is None:
