@@ -7,9 +7,10 @@ candidate's utility on another sweep is that of its nearest evaluated neighbour 
 (Wistuba et al. 2015; Feurer et al. 2022) then adds, one at a time, the candidate that most raises the sum
 over sweeps of the best utility the portfolio holds on each.
 
-Safety is by construction: the portfolio holds at most ``k`` configurations, proposed first, and after them
-the searcher behaves as it does cold. Earlier results feed a model-based searcher only when they come from
-the same task (see :class:`PastSweep`), where their scores mean what this sweep's will.
+The portfolio holds at most ``k`` configurations; the sweep runs them beside its searcher's own first draws and
+keeps or drops them on its own results (:mod:`rungflow.budgets.prior_guard`). Earlier results feed a model-based
+searcher only when they come from the same task (see :class:`PastSweep`), where their scores mean what this
+sweep's will.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class PastSweep:
 
 @dataclass
 class Prior:
-    """What a history gives a new sweep: configurations proposed first, results a model may fit on."""
+    """What a history gives a new sweep: configurations to try beside its own first draws, results a model may fit on."""
 
     portfolio: list[dict[str, Any]] = field(default_factory=list)
     model_observations: list[Observation] = field(default_factory=list)
