@@ -134,7 +134,8 @@ def cost_aware_rule(algorithm: str, space: SearchSpace) -> tuple[bool, str]:
 
     A choice of family is a choice of cost known before anything runs: on tables a linear model's budget unit costs
     a hundredth of a boosted one's, and the families' defaults differ more than any parameter within one. Within one
-    family the spread depends on the data and the ranges, so there the rule stays off (measured: docs/automl.md).
+    family the spread depends on the data and the ranges, so there the rule stays off. What it did on real tables,
+    and why ``automl`` leaves it off: docs/automl.md, "Cost-aware search".
     """
     if algorithm not in ("tpe", "bohb"):
         return False, f"search.cost_aware: auto -> off: {algorithm} search has no acquisition to rank by cost"
