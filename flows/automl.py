@@ -25,7 +25,8 @@ DEFAULT_TIME_LIMIT = 3600.0
 # Hyperband iterations (about 490 trials at eta 3 over 1-27 units): on most tables the time limit or the stop at
 # the price ends the run first; a small table that finishes them sooner has been searched enough.
 ITERATIONS = 10
-# search.cost_aware for an AutoML run: measured on the suite's dev tables (docs/automl.md, "Cost-aware search").
+# search.cost_aware: off. On the suite's dev tables it ran more trials for fewer GPU-hours but scored no better
+# (docs/automl.md, "Cost-aware search").
 COST_AWARE: bool | str = False
 # Each trial is billed a quarter GPU: four tabular trials share a GPU, and GPU-hour caps and the price read the same
 # on a CPU-only machine as on the GPU cluster.
