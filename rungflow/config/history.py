@@ -72,8 +72,8 @@ class HistoryConfig(_Strict):
     @classmethod
     def _portfolio(cls, n: int) -> int:
         if not 0 <= n <= 64:
-            raise ValueError("must be between 0 and 64: the portfolio is a few configurations tried first, after "
-                             "which the search is cold; 0 turns it off")
+            raise ValueError("must be between 0 and 64: the portfolio is a few configurations tried beside the "
+                             "searcher's first draws; 0 turns it off")
         return n
 
     @model_validator(mode="after")
