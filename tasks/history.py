@@ -27,18 +27,22 @@ from typing import Any
 
 from rungflow.budgets.ledger import SpendRecord
 from rungflow.budgets.prior import PastSweep
-from rungflow.budgets.searchers import Observation
-from rungflow.budgets.space import CategoricalParam, IntParam, SearchSpace, SpaceError
+from rungflow.budgets.space import SearchSpace, SpaceError
 from rungflow.redact import redact
+from rungflow.tasks.history_results import (
+    HistoryError,
+    SpaceFitter,
+    check_params,
+    observations_in_space,
+    param_kind,
+    study_param_kinds,
+    study_results,
+)
 from rungflow.tasks.history_s3 import fetch_s3_runs
-from rungflow.tasks.optuna_study import BUDGETS_ATTR, TASK_ATTR, TRIAL_ATTR, task_fingerprint
+from rungflow.tasks.optuna_study import TASK_ATTR, task_fingerprint
 from rungflow.tasks.s3 import is_s3_url
 
 __all__ = ["HistoryError", "History", "load_history", "prior_for", "save_prior"]
-
-
-class HistoryError(ValueError):
-    """A history source that cannot be used; ``str()`` is one line naming it and the fix."""
 
 
 @dataclass
@@ -51,52 +55,6 @@ class History:
         return {"sweeps": len(self.sweeps), "trials": sum(s["trials"] for s in self.sources),
                 "tasks": len({s["task"] for s in self.sources}), "same_task": sum(s["same_task"] for s in self.sources),
                 "sources": self.sources, "notes": self.notes}
-
-
-def _kind(param: Any) -> str:
-    return "categorical" if isinstance(param, CategoricalParam) else "int" if isinstance(param, IntParam) else "float"
-
-
-def _check_params(space: SearchSpace, kinds: Mapping[str, str], where: str, fix_missing: str) -> None:
-    for param in space.params:
-        held = kinds.get(param.name)
-        if held is None:
-            raise HistoryError(f"{where}: has no parameter {param.name!r} of this sweep's space; {fix_missing}")
-        if held != _kind(param):
-            raise HistoryError(f"{where}: parameter {param.name!r} is {held} there and {_kind(param)} here; rename one "
-                               "of them, or leave that source out of history")
-
-
-class _Fitter:
-    """Configurations of a source restricted to this sweep's parameters; out-of-range ones are counted."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
-        self.outside = 0
-
-    def fit(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
-        names = set(self.space.names)
-        mine = {k: v for k, v in config.items() if k in names}
-        if self.space.contains(mine):
-            return mine
-        self.outside += 1
-        return None
-
-
-def _observations(fitter: _Fitter, trials: Mapping[str, Mapping[str, Any]],
-                  results: list[tuple[str, float, float | None]]) -> tuple[tuple[Observation, ...], list[int]]:
-    """The results in this sweep's space, and the position in ``results`` of each one kept."""
-    fitted: dict[str, dict[str, Any] | None] = {}
-    out, kept = [], []
-    for position, (trial_id, budget, score) in enumerate(results):
-        if trial_id not in fitted:
-            config = trials.get(trial_id)
-            fitted[trial_id] = None if config is None else fitter.fit(config)
-        config = fitted[trial_id]
-        if config is not None:
-            out.append(Observation(trial_id, config, budget, score))
-            kept.append(position)
-    return tuple(out), kept
 
 
 def _read_json(path: Path, where: str) -> Any:
@@ -152,7 +110,7 @@ def _read_run(path: Path, where: str, config: Any, space: SearchSpace, task: str
     except (SpaceError, ValueError, TypeError) as exc:
         raise HistoryError(f"{where}: its config.json has no readable space ({str(exc)[:120]}); leave it out of "
                            "history.runs") from None
-    _check_params(space, {p.name: _kind(p) for p in source_space.params}, where,
+    check_params(space, {p.name: param_kind(p) for p in source_space.params}, where,
                   "leave that run out of history.runs, or remove the parameter from this sweep's space")
     ledger = path / "ledger.jsonl"
     results: list[tuple[str, float, float | None]] = []
@@ -174,8 +132,8 @@ def _read_run(path: Path, where: str, config: Any, space: SearchSpace, task: str
     except OSError as exc:
         raise HistoryError(f"{where}: ledger.jsonl cannot be read ({type(exc).__name__}); point history.runs at a "
                            "run directory rungflow wrote") from None
-    fitter = _Fitter(space)
-    observations, kept = _observations(fitter, result.get("trials") or {}, results)
+    fitter = SpaceFitter(space)
+    observations, kept = observations_in_space(fitter, result.get("trials") or {}, results)
     trainable = saved.get("trainable") or {}
     past_task = task_fingerprint({"trainable": trainable})
     name = str(saved.get("name") or path.name)
@@ -205,17 +163,6 @@ def _open_storage(url: str) -> Any:
     return storage, names
 
 
-def _study_kinds(study: Any) -> dict[str, str]:
-    import optuna.distributions as d
-
-    kinds: dict[str, str] = {}
-    for trial in study.get_trials(deepcopy=False):
-        for name, dist in trial.distributions.items():
-            kinds[name] = ("categorical" if isinstance(dist, d.CategoricalDistribution)
-                           else "int" if isinstance(dist, d.IntDistribution) else "float")
-    return kinds
-
-
 def _check_study(study: Any, where: str, config: Any, space: SearchSpace, leave_out: str) -> None:
     """Another metric or mode, a missing parameter or one of another type: one line naming ``where``."""
     import optuna
@@ -226,32 +173,8 @@ def _check_study(study: Any, where: str, config: Any, space: SearchSpace, leave_
         raise HistoryError(f"{where}: it {'maximised' if mode == 'max' else 'minimised'} {metric or 'its objective'!r} "
                            f"and this sweep {'maximises' if config.mode() == 'max' else 'minimises'} "
                            f"{config.metric_name()!r}; leave it out of {leave_out}, or set metric: to match")
-    _check_params(space, _study_kinds(study), where, f"leave that study out of {leave_out}, or remove the parameter "
+    check_params(space, study_param_kinds(study), where, f"leave that study out of {leave_out}, or remove the parameter "
                                                      "from this sweep's space")
-
-
-def _study_results(study: Any, max_budget: float, prefix: str = "") -> tuple[dict[str, dict[str, Any]],
-                                                                             list[tuple[str, float, float | None]]]:
-    """A study's trials (id -> parameters) and its results (id, budget, score; None: failed); ``prefix`` keeps
-    the trial ids of two studies of one run apart."""
-    import optuna
-
-    trials: dict[str, dict[str, Any]] = {}
-    results: list[tuple[str, float, float | None]] = []
-    for trial in study.get_trials(deepcopy=False):
-        trial_id = prefix + str(trial.user_attrs.get(TRIAL_ATTR) or f"n{trial.number}")
-        trials[trial_id] = dict(trial.params)
-        steps = sorted(trial.intermediate_values)
-        budgets = trial.user_attrs.get(BUDGETS_ATTR) or steps
-        if len(budgets) != len(steps):
-            budgets = steps
-        for step, budget in zip(steps, budgets):
-            results.append((trial_id, float(budget), float(trial.intermediate_values[step])))
-        if trial.state == optuna.trial.TrialState.COMPLETE and not steps and trial.value is not None:
-            results.append((trial_id, max_budget, float(trial.value)))  # a plain Optuna trial: its value is the full budget's
-        elif trial.state == optuna.trial.TrialState.FAIL:
-            results.append((trial_id, float(trial.user_attrs.get("budget", 0.0)), None))
-    return trials, results
 
 
 def _read_study(storage: Any, name: str, config: Any, space: SearchSpace, task: str, max_budget: float,
@@ -261,9 +184,9 @@ def _read_study(storage: Any, name: str, config: Any, space: SearchSpace, task: 
     where = f"history.studies: {name!r} in {shown}"
     study = optuna.load_study(study_name=name, storage=storage)
     _check_study(study, where, config, space, "history.studies")
-    trials, results = _study_results(study, max_budget)
-    fitter = _Fitter(space)
-    observations, _ = _observations(fitter, trials, results)
+    trials, results = study_results(study, max_budget)
+    fitter = SpaceFitter(space)
+    observations, _ = observations_in_space(fitter, trials, results)
     past_task = str(study.user_attrs.get(TASK_ATTR) or f"study:{name}")
     sweep = PastSweep(name=name, observations=observations, mode=config.mode(), same_task=past_task == task)
     source = {"source": f"{shown} study {name}", "kind": "study", "name": name,
@@ -297,12 +220,12 @@ def load_history(config: Any, run_dir: Path | None = None) -> History | None:
             if outside:
                 history.notes.append(f"{shown or path}: {outside} trial(s) outside this sweep's ranges left out")
     if h.retrain_runs:
-        from rungflow.tasks.history_retrain import _read_retrain_run
+        from rungflow.tasks.history_retrain import retrain_run_as_history
         from rungflow.tasks.registry import ModelRegistry
 
         registry = ModelRegistry(str(h.registry))
         for i, entry in enumerate(h.retrain_runs):
-            sweep, source, outside = _read_retrain_run(registry, i, entry, config, space, task, max_budget)
+            sweep, source, outside = retrain_run_as_history(registry, i, entry, config, space, task, max_budget)
             history.sweeps.append(sweep)
             history.sources.append(source)
             if outside:
@@ -319,10 +242,10 @@ def load_history(config: Any, run_dir: Path | None = None) -> History | None:
                 import optuna
 
                 study = optuna.load_study(study_name=name, storage=storage)
-                kinds = _study_kinds(study)
+                kinds = study_param_kinds(study)
                 metric = (study.metric_names or [None])[0]
                 mode = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
-                if not all(kinds.get(p.name) == _kind(p) for p in space.params):
+                if not all(kinds.get(p.name) == param_kind(p) for p in space.params):
                     history.notes.append(f"study {name}: another space, left out")
                 elif mode != config.mode() or metric not in (None, config.metric_name()):
                     history.notes.append(f"study {name}: another metric or mode, left out")

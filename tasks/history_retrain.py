@@ -18,18 +18,18 @@ from typing import Any
 from rungflow.budgets.prior import PastSweep
 from rungflow.budgets.space import SearchSpace
 from rungflow.redact import redact
-from rungflow.tasks.history import (
+from rungflow.tasks.history_results import (
     HistoryError,
-    _check_params,
-    _Fitter,
-    _kind,
-    _observations,
-    _study_kinds,
-    _study_results,
+    SpaceFitter,
+    check_params,
+    observations_in_space,
+    param_kind,
+    study_param_kinds,
+    study_results,
 )
 from rungflow.tasks.optuna_study import TASK_ATTR
 
-__all__ = ["RetrainRun", "read_retrain_run"]
+__all__ = ["RetrainRun", "read_retrain_run", "retrain_run_as_history"]
 
 log = logging.getLogger("rungflow.history")
 
@@ -108,12 +108,12 @@ def _from_studies(run: RetrainRun, optuna_url: str | None, max_budget: float, wh
             log.warning("%s: its Optuna study %r in %s cannot be read; reading the registry's copy of its results",
                         where, entry["study"], redact(url))
             return False
-        trials, results = _study_results(study, max_budget, entry.get("prefix", ""))
+        trials, results = study_results(study, max_budget, entry.get("prefix", ""))
         run.trials.update(trials)
         run.results += results
         run.task = run.task or study.user_attrs.get(TASK_ATTR)
         mode = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
-        run.parts.append((f"study {entry['study']!r}", mode, (study.metric_names or [None])[0], _study_kinds(study)))
+        run.parts.append((f"study {entry['study']!r}", mode, (study.metric_names or [None])[0], study_param_kinds(study)))
     run.read_from = "optuna"
     return True
 
@@ -147,22 +147,22 @@ def _check_retrain_run(run: RetrainRun, where: str, config: Any, space: SearchSp
             raise HistoryError(f"{where}: {what} optimised {metric or 'its metric'!r} ({mode}) and this sweep "
                                f"optimises {config.metric_name()!r} ({config.mode()}); leave it out of "
                                "history.retrain_runs, or set metric: to match")
-        if kinds is None:  # the copy records values, not types: a type that differs leaves its trials out (_Fitter)
-            kinds = {p.name: _kind(p) for p in space.params
+        if kinds is None:  # the copy records values, not types: a type that differs leaves its trials out (SpaceFitter)
+            kinds = {p.name: param_kind(p) for p in space.params
                      if any(p.name in config_ for config_ in run.trials.values())}
-        _check_params(space, kinds, f"{where}: {what}", "leave that run out of history.retrain_runs, or remove the "
+        check_params(space, kinds, f"{where}: {what}", "leave that run out of history.retrain_runs, or remove the "
                                                         "parameter from this sweep's space")
 
 
-def _read_retrain_run(registry: Any, i: int, entry: str, config: Any, space: SearchSpace, task: str,
-                      max_budget: float) -> tuple[PastSweep, dict[str, Any], int]:
+def retrain_run_as_history(registry: Any, i: int, entry: str, config: Any, space: SearchSpace, task: str,
+                           max_budget: float) -> tuple[PastSweep, dict[str, Any], int]:
     """One weekly retrain run (its warm rung's and its sweep's results), checked against this sweep."""
     where = f"history.retrain_runs[{i}] = {entry!r}"
     run = read_retrain_run(registry, entry, config.storage.optuna_url, max_budget, where)
     _check_retrain_run(run, where, config, space)
     past_task = str(run.task or f"retrain:{run.name}")
-    fitter = _Fitter(space)
-    observations, _ = _observations(fitter, run.trials, run.results)
+    fitter = SpaceFitter(space)
+    observations, _ = observations_in_space(fitter, run.trials, run.results)
     name = f"{run.name}/{run.run_id}"
     sweep = PastSweep(name=name, observations=observations, mode=config.mode(), same_task=past_task == task)
     source = {"source": f"{registry.location_safe} run {name}", "kind": "retrain", "name": name,
