@@ -29,6 +29,9 @@ def add_automl_parsers(sub: Any) -> None:
     p.add_argument("--runtime", help="thread, ray (default: local Ray) or a Ray cluster's address")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/automl-<table>)")
     p.add_argument("--seed", type=int, default=0, help="seeds the search and the validation split")
+    p.add_argument("--cost-aware", choices=("true", "false", "auto"), default=None,
+                   help="search.cost_aware: rank proposals by expected gain per predicted GPU-second "
+                        "(default false, measured in docs/automl.md)")
     p.set_defaults(func=cmd_automl)
 
     p = sub.add_parser("predict", help="predict a table's rows with a run's saved model")
@@ -51,7 +54,8 @@ def cmd_automl(args: argparse.Namespace) -> int:
         plan = automl_config(args.table, args.label, time_limit=args.time_limit, max_gpu_hours=args.max_gpu_hours,
                              max_cost=args.max_cost, price_per_gpu_hour=args.price_per_gpu_hour,
                              min_gain_per_gpu_hour=args.min_gain_per_gpu_hour, metric=args.metric, families=families,
-                             runtime=args.runtime, out=args.out, seed=args.seed)
+                             runtime=args.runtime, out=args.out, seed=args.seed,
+                             **({} if args.cost_aware is None else {"cost_aware": _cost_aware(args.cost_aware)}))
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     for note in plan.notes:
@@ -63,6 +67,10 @@ def cmd_automl(args: argparse.Namespace) -> int:
     code = _run(plan.config)
     console.print(f"predict new rows: rungflow predict {run_dir} TABLE --out predictions.csv")
     return code
+
+
+def _cost_aware(value: str) -> bool | str:
+    return {"true": True, "false": False}.get(value, value)
 
 
 def check_predict_columns(model: Any, columns: list[str]) -> None:

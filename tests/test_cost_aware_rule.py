@@ -97,3 +97,17 @@ def test_an_automl_run_records_the_choice_and_its_families(prefect_server: str, 
     assert to_best is not None and 0 < to_best <= result["ledger"]["gpu_hours"] + 1e-12
     mix = family_mix([{"system": "rungflow", "families": families}], ["rungflow"])
     assert mix is not None and sum(f["trial_share"] for f in mix["rungflow"]["families"].values()) == pytest.approx(1.0)
+
+
+def test_rungflow_automl_takes_cost_aware_from_the_command_line(prefect_server: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "cancer.csv"
+    _table().to_csv(table, index=False)
+    run = tmp_path / "cli-run"
+    assert main(["automl", str(table), "--label", "diagnosis", "--time-limit", "3", "--runtime", "thread",
+                 "--families", "hgb,linear", "--cost-aware", "auto", "--out", str(run)]) == 0
+    result = json.loads((run / "result.json").read_text())
+    assert result["search"]["cost_aware"] is True and "2 model families" in result["search"]["cost_aware_reason"]
+    assert main(["automl", str(table), "--label", "diagnosis", "--cost-aware", "maybe", "--out", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no").exists()
+    assert "--cost-aware: invalid choice: 'maybe'" in capsys.readouterr().err
