@@ -35,9 +35,10 @@ class HistoryConfig(_Strict):
                                                                               "task on other data, as last week's "
                                                                               "table); off: the portfolio only")
 
-    @field_validator("runs", mode="before")
+    @field_validator("runs", "retrain_runs", mode="before")
     @classmethod
-    def _one_run(cls, value: Any) -> Any:
+    def _one_entry(cls, value: Any) -> Any:
+        # One entry may be written bare, as YAML users do: `runs: runs/last-week`.
         return [value] if isinstance(value, str) else value
 
     @field_validator("runs")
@@ -46,11 +47,6 @@ class HistoryConfig(_Strict):
         if any(not r.strip() for r in runs):
             raise ValueError("an empty entry; give a run directory (runs/digits-2024-w01) or a glob (runs/digits-*)")
         return runs
-
-    @field_validator("retrain_runs", mode="before")
-    @classmethod
-    def _one_retrain_run(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
     @field_validator("retrain_runs")
     @classmethod
