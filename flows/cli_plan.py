@@ -44,6 +44,28 @@ def plan_rows(config) -> tuple[list[dict[str, Any]], float, float | None]:
     return rows, total_units, None if per_unit is None else total_units * per_unit
 
 
+def setup_rows(config) -> list[dict[str, Any]]:
+    """The user's code the sweep runs before its first trial (an Optuna objective's space probe), as this process
+    measured it, priced as the ledger bills it: wall-clock at a trial's GPU and CPU share."""
+    rt, b = config.runtime, config.budget
+    rows = []
+    for spent in config.trainable_class()(config.trainable.options).spent_before_sweep():
+        wall = float(spent["wall_seconds"])
+        gpu_hours, cpu_hours = wall * rt.gpus_per_trial / 3600.0, wall * rt.cpus_per_trial / 3600.0
+        rows.append({"kind": spent["kind"], "runs": int(spent["runs"]), "wall_seconds": wall, "gpu_hours": gpu_hours,
+                     "cpu_hours": cpu_hours,
+                     "cost": gpu_hours * b.price_per_gpu_hour + cpu_hours * b.price_per_cpu_hour})
+    return rows
+
+
+def setup_line(row: dict[str, Any], config) -> str:
+    what = {"space_probe": "the space probe runs the objective"}.get(row["kind"], f"{row['kind']} runs your code")
+    rt = config.runtime
+    return (f"before the first trial, {what} {row['runs']} time{'s' if row['runs'] != 1 else ''}: {row['wall_seconds']:.2f} s "
+            f"here, billed as setup spend at a trial's share ({rt.gpus_per_trial:g} GPUs, {rt.cpus_per_trial:g} CPUs): "
+            f"{row['gpu_hours']:.4g} GPU-hours, {row['cpu_hours']:.4g} CPU-hours")
+
+
 def _plan_simulated(config, args: argparse.Namespace) -> int:
     """The real driver on ``--workers`` simulated GPUs: sync Hyperband and ASHA side by side, or one ``--json`` object."""
     from rungflow.flows.plan_sim import (
@@ -133,15 +155,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     console.print(config.search.cost_aware_reason)
     b = config.budget
     price = b.price_per_gpu_hour
+    setup = setup_rows(config)
+    for row in setup:
+        console.print(setup_line(row, config), highlight=False)
+    setup_gpu_hours = sum(r["gpu_hours"] for r in setup)
     if total_gpu_hours is not None:
-        console.print(f"predicted: {total_gpu_hours:.4f} GPU-hours, {total_gpu_hours * price:.2f} at {price:g}/GPU-hour")
-        first = sum(r["gpu_hours"] for r in rows if r["bracket"] == rows[0]["bracket"])
+        total_gpu_hours += setup_gpu_hours
+        with_setup = " (setup included)" if setup else ""
+        console.print(f"predicted: {total_gpu_hours:.4f} GPU-hours{with_setup}, {total_gpu_hours * price:.2f} at "
+                      f"{price:g}/GPU-hour")
+        first = setup_gpu_hours + sum(r["gpu_hours"] for r in rows if r["bracket"] == rows[0]["bracket"])
         if b.max_gpu_hours is not None and first > b.max_gpu_hours:
             raise CLIError(f"plan refused: the first bracket alone needs {first:.4f} GPU-hours, above budget.max_gpu_hours="
                            f"{b.max_gpu_hours:g}; raise the cap or lower scheduler.max_budget")
         if b.max_cost is not None and first * price > b.max_cost:
             raise CLIError(f"plan refused: the first bracket alone costs {first * price:.2f}, above budget.max_cost="
                            f"{b.max_cost:g}; raise the cap or lower scheduler.max_budget")
+    elif setup:
+        if b.max_gpu_hours is not None and setup_gpu_hours > b.max_gpu_hours:
+            raise CLIError(f"plan refused: the setup alone needs {setup_gpu_hours:.4f} GPU-hours, above "
+                           f"budget.max_gpu_hours={b.max_gpu_hours:g}; raise the cap")
+        console.print(f"predicted: {setup_gpu_hours:.4g} GPU-hours and {sum(r['cpu_hours'] for r in setup):.4g} "
+                      "CPU-hours of setup, then the trials' measured from the first rung (the trainable has no cost "
+                      "model)", highlight=False)
     else:
         console.print("predicted GPU-hours: measured from the first rung (the trainable has no cost model)")
     if config.history is not None:

@@ -3,6 +3,10 @@ the objective defines (conditional branches too), rung stops through should_prun
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -129,6 +133,37 @@ def test_the_probe_runs_that_learn_the_space_are_billed_once_and_counted_in_the_
                            runtime={"kind": "thread", "max_concurrent": 2, "cpus_per_trial": 2}, out=out)
     assert again.ledger["setup"] == result.ledger["setup"] and len(Ledger(out / "ledger.jsonl").setup) == 1
     assert len(probe_runs) == probes + len(result.events)  # the resumed sweep replayed its trials, probed nothing
+
+
+PLAN_OBJECTIVE = """
+import pathlib, time
+
+def objective(trial):
+    kind = trial.suggest_categorical("kind", ["a", "b"])
+    x = trial.suggest_float("x", 0.0, 1.0)
+    with open(pathlib.Path(__file__).with_name("runs.txt"), "a") as runs:
+        runs.write(kind + "\\n")
+    time.sleep(0.15)
+    return x if kind == "a" else 1.0 - x
+"""
+
+
+def test_plan_shows_the_probe_runs_and_counts_them_in_the_predicted_spend(tmp_path: Path) -> None:
+    (tmp_path / "objective.py").write_text(PLAN_OBJECTIVE)
+    config = tmp_path / "sweep.yaml"
+    config.write_text("name: plan-probe\ntrainable: {function: objective.py:objective}\nmetric: {name: value, mode: max}\n"
+                      "search: {num_trials: 4}\nruntime: {kind: thread, cpus_per_trial: 2}\n")
+    run = subprocess.run([sys.executable, "-m", "rungflow.flows.cli", "plan", str(config)], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (tmp_path / "runs.txt").read_text().split() == ["a", "b"]  # one probe per branch, and only one probe
+    probe = re.search(r"the space probe runs the objective 2 times: ([0-9.]+) s here, billed as setup spend at a "
+                      r"trial's share \(0 GPUs, 2 CPUs\): 0 GPU-hours, ([0-9.e-]+) CPU-hours", run.stdout)
+    assert probe is not None, run.stdout
+    seconds, cpu_hours = float(probe[1]), float(probe[2])
+    assert 0.3 <= seconds < 5 and cpu_hours == pytest.approx(seconds * 2 / 3600, abs=0.006 * 2 / 3600)  # seconds printed to 0.01
+    assert f"predicted: 0 GPU-hours and {probe[2]} CPU-hours of setup" in run.stdout
+    assert "1 brackets, 4 trials" in run.stdout  # never reports, so it runs whole: FIFO, as rungflow.sweep gives it
 
 
 # --- each vendored example, unchanged but for its start line, on real Prefect (threads) ---------------------

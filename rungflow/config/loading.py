@@ -104,3 +104,17 @@ def _resolve_function_kind(data: dict[str, Any], trainable: dict[str, Any], opti
         options.setdefault("metric", metric["name"])
     if kind == "optuna_objective" and isinstance(metric, dict) and metric.get("mode"):
         options.setdefault("mode", metric["mode"])
+    if kind == "optuna_objective" and "scheduler" not in data and not _objective_reports(options):
+        # As rungflow.sweep does: an objective that never reports runs whole, so rungs would cut nothing.
+        data["scheduler"] = {"kind": "fifo", "min_budget": 1, "max_budget": 1}
+
+
+def _objective_reports(options: dict[str, Any]) -> bool:
+    """Whether the objective calls trial.report (probed once; a problem is left for validation's one line)."""
+    from rungflow.tasks.trainables import TrainableError
+    from rungflow.tasks.trainables.optuna_objective import OptunaObjectiveTrainable
+
+    try:
+        return OptunaObjectiveTrainable(options).probe()[1]
+    except (TrainableError, ValueError):
+        return True
