@@ -29,8 +29,9 @@ from bench.common import LCBENCH_MAX_EPOCH, fmt, library_versions, median, write
 
 __all__ = ["records_of", "Judge", "judge", "run", "add_arguments"]
 
-RULES = ("rungflow window", "rungflow window noisy", "cost-aware ei", "cost-aware ei normal", "ray plateau",
-         "optuna terminator")
+HISTORY_RULES = ("history h10", "history h3")
+RULES = ("rungflow window", "rungflow window noisy", "cost-aware ei", "cost-aware ei normal", *HISTORY_RULES,
+         "ray plateau", "optuna terminator")
 DEFAULT_RULES = ("rungflow window", "rungflow window noisy", "cost-aware ei", "ray plateau", "optuna terminator")
 PEER_RULES = ("ray plateau", "optuna terminator")
 BRACKETS_PER_ITERATION = 4  # Hyperband 1..52 epochs, η = 3: s = 3, 2, 1, 0
@@ -103,6 +104,44 @@ def cost_aware_stop(records: Sequence[Any], price: float, *, predictive: str = "
         else:
             below = 0
     return None, ""
+
+
+def history_stop(records: Sequence[Any], rule: Any, price: float, *, patience: int = 2,
+                 per: int = BRACKETS_PER_ITERATION) -> tuple[int | None, str]:
+    """Where the controller's history rule (:class:`rungflow.budgets.history_stop.HistoryStopRule`) stops this
+    sweep, replayed as the controller judges it: before each bracket, on the completed brackets, the next slice
+    taken as the last iteration's (its top-fidelity results and GPU-hours), ``patience`` verdicts in a row."""
+    starts = [i for i, r in enumerate(records) if i == 0 or r.bracket != records[i - 1].bracket]
+    below = 0
+    for start in starts:
+        bracket = records[start].bracket
+        done = records[:start]
+        window = [r for r in done if r.bracket > bracket - 1 - per]
+        scores = [float(r.score) for r in done if r.ok and abs(r.budget - LCBENCH_MAX_EPOCH) < 1e-9]
+        slice_results = sum(1 for r in window if r.ok and abs(r.budget - LCBENCH_MAX_EPOCH) < 1e-9)
+        estimate = rule.estimate(scores, slice_results, sum(r.gpu_seconds for r in window) / 3600.0)
+        if estimate is None:
+            continue
+        if estimate.gain_per_gpu_hour < price:
+            below += 1
+            if below >= patience:
+                return start, estimate.detail(rule.kappa)
+        else:
+            below = 0
+    return None, ""
+
+
+def history_rule(target: str, h: int, out: Path = Path("bench/out/transfer")) -> Any:
+    """The stop rule learned from H earlier default sweeps on other tasks, as ``python -m bench transfer`` makes
+    them (leave-one-task-out: the target's own task is never among them), read through ``history:``."""
+    from bench import transfer
+    from rungflow.budgets.history_stop import learn, top_fidelity_scores
+    from rungflow.tasks.history import load_history
+
+    runs = [transfer.history_run(t, out / "history") for t in transfer.history_tasks(target, h)]
+    history = load_history(transfer._config(target, 0, history={"runs": [str(r) for r in runs]}))
+    assert history is not None
+    return learn(top_fidelity_scores([(o.budget, o.score) for o in s.observations], "max") for s in history.sweeps)
 
 
 def records_of(run: Any) -> list[Any]:
@@ -178,6 +217,9 @@ def run_cell(instance: str, seed: int, *, iterations: int, price: float, noise_s
             stop_at, _ = replay_plateau(records)
         elif rule == "optuna terminator":
             stop_at, _ = terminator_stop(terminator_bounds(records, sweep.configs, c.space), TERMINATOR_ERROR)
+        elif rule in HISTORY_RULES:
+            learned = history_rule(instance, int(rule.removeprefix("history h")))
+            stop_at, _ = history_stop(records, learned, price) if learned is not None else (None, "")
         elif rule.startswith("cost-aware ei"):
             stop_at, _ = cost_aware_stop(records, price, predictive="normal" if rule.endswith("normal") else "record")
         else:
