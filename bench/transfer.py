@@ -57,6 +57,8 @@ CONTROL = "random portfolio"
 # A bound, not a method: the history's portfolio alone, each configuration trained at full budget one after another
 # until one reaches the target. No sweep whose first bracket holds that portfolio gets there sooner through it.
 ALONE = "portfolio alone"
+# The history as BOHB's proposal density (budgets/transfer_prior.py), beside the portfolio; "model only" without it.
+MODEL_ARMS = ("model prior", "model prior misleading", "model only", "model only misleading")
 
 
 def _instances() -> tuple[str, ...]:
@@ -92,7 +94,8 @@ def _config(instance: str, seed: int, iterations: int | None = None, history: Ma
     return SweepConfig.model_validate(raw)
 
 
-def _simulate(config: Any, ledger_path: Path | None, warm_start: Mapping[str, Any] | None) -> tuple[Any, Any]:
+def _simulate(config: Any, ledger_path: Path | None, warm_start: Mapping[str, Any] | None,
+              transfer: Sequence[Mapping[str, Any]] | None = None) -> tuple[Any, Any]:
     """The sweep's own driver, searcher, scheduler and controller on one simulated GPU; scores and seconds from
     the surrogate's whole curves (:class:`search_sim.Curves`), the same numbers the trainable answers."""
     import dataclasses
@@ -121,6 +124,10 @@ def _simulate(config: Any, ledger_path: Path | None, warm_start: Mapping[str, An
     searcher = make_searcher(config.search.algorithm, config.search_space(), seed=config.search.seed, mode=mode,
                              max_budget=hi, min_points_in_model=config.search.min_points_in_model,
                              random_fraction=config.search.random_fraction)
+    if transfer:
+        from rungflow.budgets.transfer_prior import TransferModel, TransferPriorSearcher
+
+        searcher = TransferPriorSearcher(searcher, TransferModel(searcher.space, transfer))
     if warm_start and warm_start.get("enqueue"):
         # As the flow does: the prior is judged on the sweep's own first rung and dropped where it misleads.
         searcher = PriorGuardSearcher(searcher, warm_start["enqueue"],
@@ -199,10 +206,17 @@ def _reach(steps: Sequence[tuple[float, float]], target: float, eg: float) -> fl
 
 
 def run_ours(target: str, seed: int, iterations: int, warm_start: Mapping[str, Any] | None, goal: float,
-             eg: float, verdicts: dict[str, str] | None = None, arm: str = "") -> float | None:
-    """GPU-hours (÷ E[G]) to ``goal``; ``verdicts[arm]``: the prior's verdict, where there was a portfolio."""
+             eg: float, verdicts: dict[str, str] | None = None, arm: str = "",
+             transfer: Sequence[Mapping[str, Any]] | None = None, shares: dict[str, Any] | None = None) -> float | None:
+    """GPU-hours (÷ E[G]) to ``goal``; ``verdicts[arm]``: the prior's verdict, where there was a portfolio;
+    ``shares[arm]``: the model prior's report (its trials, its last share), where there was one."""
     # Capped at E[G], the horizon measured, not at the example's 8 GPU-hours (0.10·E[G] on 7593).
-    driver, ledger = _simulate(_config(target, seed, iterations, max_gpu_hours=eg), None, warm_start)
+    driver, ledger = _simulate(_config(target, seed, iterations, max_gpu_hours=eg), None, warm_start, transfer)
+    searcher = driver.searcher
+    while searcher is not None and not hasattr(searcher, "report"):
+        searcher = getattr(searcher, "inner", None)
+    if shares is not None and searcher is not None:
+        shares[arm] = searcher.report()
     decision = getattr(driver.searcher, "prior_decision", None)
     if verdicts is not None and decision is not None:
         verdicts[arm] = str(decision.verdict)
@@ -334,12 +348,16 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
             ref = reference(target, pool=pool)
             goal, eg = ref.expected_best - MARGIN, ref.expected_gpu_hours
             sweeps = {}
-            if any(a in PEERS or a.endswith("misleading") and a != "misleading" for a in arms):
+            if any(a in PEERS or a.endswith("misleading") and a != "misleading" or a in MODEL_ARMS for a in arms):
                 for label, dirs in (("", runs), (" misleading", mislead)):
                     config = _config(target, 0, history={"runs": [str(r) for r in dirs]})
                     history = load_history(config)
                     assert history is not None
                     sweeps[label] = history.sweeps
+            from rungflow.budgets.transfer_prior import transfer_data
+
+            space = curves(target).space
+            transfer = {label: transfer_data(s, space) for label, s in sweeps.items()}
             for seed in seeds:
                 t0 = time.perf_counter()
                 cell: dict[str, Any] = {"h": h, "instance": target, "seed": seed, "history_tasks": tasks,
@@ -347,7 +365,7 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
                                         "same_task": prior["summary"]["same_task"],
                                         "portfolio": len(prior["portfolio"]), "portfolio_configs": prior["portfolio"],
                                         "goal": goal, "expected_gpu_hours": eg,
-                                        "verdicts": {}}
+                                        "verdicts": {}, "shares": {}}
                 for arm in arms:
                     if arm == "cold":
                         cell[arm] = run_ours(target, seed, iterations, None, goal, eg)
@@ -356,6 +374,12 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
                     elif arm == "misleading":
                         cell[arm] = run_ours(target, seed, iterations, misprior["warm_start"], goal, eg, cell["verdicts"],
                                              arm)
+                    elif arm in MODEL_ARMS:
+                        misleading = arm.endswith("misleading")
+                        chosen = misprior if misleading else prior
+                        warm = chosen["warm_start"] if arm.startswith("model prior") else None
+                        cell[arm] = run_ours(target, seed, iterations, warm, goal, eg, cell["verdicts"], arm,
+                                             transfer[" misleading" if misleading else ""], cell["shares"])
                     elif arm == ALONE:
                         cell[arm] = portfolio_alone(target, prior["portfolio"], goal, eg)
                     elif arm == CONTROL:
@@ -424,7 +448,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", nargs="+", type=int, default=[3, 10], metavar="H", help="earlier sweeps per target")
     p.add_argument("--iterations", type=int, default=40,
                    help="the target sweep's Hyperband iterations (it stops at E[G] first)")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=(*ARMS, CONTROL, ALONE))
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=(*ARMS, CONTROL, ALONE, *MODEL_ARMS))
     p.add_argument("--portfolio", type=int, default=PORTFOLIO, help="history.portfolio (the product's default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("bench/out/transfer"))
 
