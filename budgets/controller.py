@@ -21,6 +21,9 @@ answers with a :class:`BudgetDecision` that the flow carries out and records. Th
   still improving;
 * the forecast stop (``stop_rule="forecast"``): the gain the next stage can be expected to buy,
   per GPU-hour it is predicted to cost, is below the threshold;
+* the history stop (``history_stop``, when the flow hands the controller a rule learned from earlier sweeps,
+  :mod:`budgets.history_stop`): the gain the next slice of spend is expected to buy, from how much sweeps of this
+  kind still gained at this point, per GPU-hour, is below the threshold. It takes the place of ``stop_rule``;
 * the target stop (``target_score``): a result at the full budget is good enough already, so
   nothing more is worth buying (e.g. a weekly retrain whose warm rung matches last week's quality).
 """
@@ -36,6 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rungflow.budgets.history_stop import HistoryStopRule
 from rungflow.budgets.holding import Bill
 from rungflow.budgets.ledger import IncumbentPoint, Ledger, SpendRecord, incumbent_curve
 
@@ -62,6 +66,8 @@ class Action(StrEnum):
 class StopReason(StrEnum):
     SCHEDULE_COMPLETE = "schedule_complete"
     MIN_GAIN = "min_gain_per_gpu_hour"
+    # The same threshold, judged on the gain earlier sweeps say is still to come (budgets/history_stop.py).
+    HISTORY_GAIN = "history_gain_per_gpu_hour"
     MAX_GPU_HOURS = "max_gpu_hours"
     MAX_COST = "max_cost"
     MAX_CPU_HOURS = "max_cpu_hours"
@@ -86,6 +92,8 @@ class BudgetSettings:
     patience: int = 2
     top_k: int = 1
     stop_rule: Literal["window", "forecast"] = "window"
+    # With a rule learned from earlier sweeps (history:), judge the threshold by it instead of stop_rule.
+    history_stop: bool = True
     noisy: bool = False
     on_cap: Literal["finish", "cancel"] = "cancel"
     target_score: float | None = None
@@ -262,8 +270,10 @@ class BudgetController:
         clock: Callable[[], float] = time.time,
         started_at: float | None = None,
         full_budget: float | None = None,
+        history_stop: HistoryStopRule | None = None,
     ) -> None:
         self.settings = settings
+        self.history_stop = history_stop if settings.history_stop else None
         self.mode = mode
         self.full_budget = full_budget
         self.clock = clock
@@ -373,6 +383,8 @@ class BudgetController:
                 Action.CONTINUE, None, stage, ledger,
                 detail=f"warm-up: {spent:.4g} of {s.min_gpu_hours:.4g} GPU-h", **figures,
             )
+        if self.history_stop is not None:
+            return self._check_history(ledger, stage, bracket, figures)
         if s.stop_rule == "forecast":
             spend = forecast_gpu_hours if forecast_gpu_hours is not None else next_stage_gpu_hours
             if expected_gain is None or not spend:
@@ -413,7 +425,7 @@ class BudgetController:
         return (level if gain is None else max(gain, level)), both
 
     def _judge(self, ledger: Ledger, stage: str, gain: float, note: str, evidence: Any,
-               figures: dict[str, Any]) -> BudgetDecision:
+               figures: dict[str, Any], reason: StopReason = StopReason.MIN_GAIN) -> BudgetDecision:
         """Count ``gain`` against the threshold; ``evidence`` identifies what it was measured on, so
         overlapping checks on the same evidence count once (None: every check counts)."""
         s = self.settings
@@ -436,7 +448,7 @@ class BudgetController:
                     f"gain {gain:.4g}/GPU-h{note} below {s.min_gain_per_gpu_hour:.4g}/GPU-h "
                     f"for {self.below_threshold_checks} {unit}"
                 )
-                return self._decision(Action.STOP, str(StopReason.MIN_GAIN), stage, ledger, detail=detail, **figures)
+                return self._decision(Action.STOP, str(reason), stage, ledger, detail=detail, **figures)
             detail = f"gain {gain:.4g}/GPU-h{note} below threshold ({self.below_threshold_checks}/{s.patience})"
             return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
         self.below_threshold_checks = 0
@@ -489,3 +501,48 @@ class BudgetController:
             detail = "the highest fidelity changed inside the window: the sweep is still climbing the rungs"
             return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
         return self._judge(ledger, stage, gain, note, ("bracket", last), figures)
+
+    def _check_history(self, ledger: Ledger, stage: str, bracket: int | None,
+                       figures: dict[str, Any]) -> BudgetDecision:
+        """The history stop: the next slice's expected gain per GPU-hour, by the rule learned from earlier sweeps.
+
+        The next slice is taken to be what the last one was: under Hyperband and successive halving the last
+        iteration of completed brackets (so every bracket size is in it once, and each completed bracket is one
+        piece of evidence), otherwise the last ``window_gpu_hours`` (a third of the spend by default), with a new
+        top-fidelity result as the new evidence.
+        """
+        s = self.settings
+        rule = self.history_stop
+        assert rule is not None and s.min_gain_per_gpu_hour is not None
+        records = ledger.records
+        per = s.brackets_per_iteration
+        if per is not None and s.window_gpu_hours is None:
+            if bracket is None:  # without the stage's bracket, the latest bracket seen is still running
+                bracket = max((r.bracket for r in records), default=0)
+            done = [r for r in records if r.bracket < bracket]
+            window = [r for r in done if r.bracket >= bracket - per]
+            evidence: Any = ("bracket", bracket - 1)
+        else:
+            span = s.window_gpu_hours if s.window_gpu_hours is not None else ledger.gpu_hours / 3
+            done, window, spent = records, [], 0.0
+            for r in reversed(records):
+                if spent >= span - 1e-12:
+                    break
+                window.append(r)
+                spent += r.gpu_hours
+            evidence = ("record", _last_top_fidelity_record(records))
+        ok = [r for r in done if r.ok and r.score is not None]
+        full = self.full_budget if self.full_budget is not None else max((r.budget for r in ok), default=0.0)
+        sign = 1.0 if self.mode == "max" else -1.0
+        top = {id(r) for r in ok if r.budget >= full - 1e-9}
+        scores = [sign * float(r.score) for r in ok if id(r) in top]  # type: ignore[arg-type]
+        estimate = rule.estimate(scores, sum(id(r) in top for r in window), sum(r.gpu_hours for r in window))
+        if estimate is None:
+            # Neither counts nor resets: too few full-budget results yet to know the sweep's scale or rate.
+            detail = (f"history rule: {len(scores)} full-budget results, not yet enough to judge "
+                      f"(κ {rule.kappa:.3g} from {rule.sweeps} earlier sweeps)")
+            return self._decision(Action.CONTINUE, None, stage, ledger, detail=detail, **figures)
+        figures["gain"] = estimate.gain_per_gpu_hour
+        note = f" (history, {rule.sweeps} earlier sweeps: {estimate.detail(rule.kappa)})"
+        return self._judge(ledger, stage, estimate.gain_per_gpu_hour, note, evidence, figures,
+                           reason=StopReason.HISTORY_GAIN)

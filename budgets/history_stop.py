@@ -37,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = ["MARGIN", "MIN_RESULTS", "MIN_SWEEPS", "SPACINGS", "HistoryStopRule", "StopEstimate", "gain_per_log_result",
-           "learn", "record_spacing", "top_fidelity_scores"]
+           "learn", "record_spacing", "stop_rule_in_use", "top_fidelity_scores"]
 
 Mode = Literal["max", "min"]
 MIN_RESULTS = 3  # fewer top results say nothing about the task's scale
@@ -137,3 +137,23 @@ def learn(sweeps: Iterable[Sequence[float]], *, margin: float = MARGIN) -> Histo
     if len(kappas) < MIN_SWEEPS:
         return None
     return HistoryStopRule(margin * float(np.median(kappas)), len(kappas), tuple(round(k, 6) for k in kappas))
+
+
+def stop_rule_in_use(learned: Mapping[str, Any] | None, *, enabled: bool, min_gain_per_gpu_hour: float | None,
+                     stop_rule: str) -> tuple[HistoryStopRule | None, dict[str, Any]]:
+    """The rule the controller judges by, if any, and what the summary says about it: ``{"used", "why"}``.
+
+    ``learned``: :meth:`HistoryStopRule.to_json` of the history's rule (None: too little history);
+    ``enabled``: ``budget.history_stop``; without a threshold there is no marginal-gain stop to judge."""
+    own = f"stop_rule: {stop_rule}"
+    if min_gain_per_gpu_hour is None:
+        return None, {"used": False, "why": "no min_gain_per_gpu_hour, so no marginal-gain stop"}
+    if not enabled:
+        return None, {"used": False, "why": f"budget.history_stop is false; the marginal-gain stop is {own}"}
+    if learned is None:
+        return None, {"used": False, "why": f"fewer than {MIN_SWEEPS} earlier sweeps with more than {MIN_RESULTS} "
+                                            f"full-budget results; the marginal-gain stop is {own}"}
+    rule = HistoryStopRule.from_json(learned)
+    return rule, {"used": True, "kappa": rule.kappa, "sweeps": rule.sweeps,
+                  "why": f"the marginal-gain stop judged by what {rule.sweeps} earlier sweeps still gained "
+                         f"(κ {rule.kappa:.3g}), in place of {own}"}

@@ -39,6 +39,7 @@ from prefect.utilities.annotations import quote
 
 from rungflow.budgets.controller import BudgetController, StopReason
 from rungflow.budgets.driver import SweepDriver, TrialJob
+from rungflow.budgets.history_stop import stop_rule_in_use
 from rungflow.budgets.ledger import Ledger, SetupSpend, SpendRecord, StartMarker, TrialStatus
 from rungflow.budgets.prior_guard import PriorGuardSearcher
 from rungflow.budgets.schedulers import RungDecision, TrialScore, make_scheduler
@@ -498,6 +499,12 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
     if prior is not None:
         save_prior(sweep.run_dir, prior)
         sweep.history = prior
+        # The marginal-gain stop judged by what sweeps of this kind still gained (budgets/history_stop.py); not saved
+        # with the prior, since budget.history_stop may differ on a resume.
+        sweep.controller.history_stop, stop = stop_rule_in_use(
+            (prior.get("summary") or {}).get("stop_rule"), enabled=cfg.budget.history_stop,
+            min_gain_per_gpu_hour=cfg.budget.min_gain_per_gpu_hour, stop_rule=cfg.budget.stop_rule)
+        prior["summary"] = {**(prior.get("summary") or {}), "stop": stop}
         # The history's prior is judged on this sweep's own first results and dropped where it misleads.
         sweep.searcher = PriorGuardSearcher(sweep.searcher, prior["portfolio"],
                                             [o["trial_id"] for o in prior["warm_start"]["observations"]])

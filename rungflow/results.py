@@ -284,6 +284,8 @@ def history_line(history: dict[str, Any]) -> str:
     model = history.get("model_observations", 0)
     line = f"{head}; {portfolio}; " + (f"the model also fit on {model} earlier results of the same task" if model
                                        else "the model fit on this sweep's results only")
+    if (history.get("stop") or {}).get("used"):
+        line += f"; {history['stop']['why']}"
     verdict = history.get("prior") or {}
     if verdict.get("verdict") == "dropped":
         return f"{line}; the prior was dropped: {verdict['reason']}"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rungflow.budgets.history_stop import learn, top_fidelity_scores
 from rungflow.budgets.ledger import SpendRecord
 from rungflow.budgets.prior import PastSweep
 from rungflow.budgets.space import SearchSpace, SpaceError
@@ -54,7 +55,13 @@ class History:
     def summary(self) -> dict[str, Any]:
         return {"sweeps": len(self.sweeps), "trials": sum(s["trials"] for s in self.sources),
                 "tasks": len({s["task"] for s in self.sources}), "same_task": sum(s["same_task"] for s in self.sources),
-                "sources": self.sources, "notes": self.notes}
+                "sources": self.sources, "notes": self.notes, "stop_rule": self.stop_rule()}
+
+    def stop_rule(self) -> dict[str, Any] | None:
+        """The stop rule these sweeps' incumbent trajectories teach (:mod:`rungflow.budgets.history_stop`), or None
+        where too few of them are long enough; saved with the prior, so a resumed sweep judges by the same rule."""
+        rule = learn(top_fidelity_scores([(o.budget, o.score) for o in s.observations], s.mode) for s in self.sweeps)
+        return rule.to_json() if rule is not None else None
 
 
 def _read_json(path: Path, where: str) -> Any:
