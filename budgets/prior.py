@@ -28,12 +28,15 @@ from rungflow.budgets.space import CategoricalParam, SearchSpace
 __all__ = ["PastSweep", "Prior", "utilities", "greedy_portfolio", "build_prior", "incumbent_trials", "config_key"]
 
 Mode = Literal["max", "min"]
+Standing = Literal["rank", "score"]
 # Candidates per earlier sweep: its best few. A sweep's 200th trial never wins a portfolio slot, and the
 # greedy step is candidates × sweeps × trials distances.
 CANDIDATES_PER_SWEEP = 8
 # Utilities are ranks raised to this power: the portfolio should come near each sweep's best, and on plain
 # ranks a configuration that is middling everywhere sums as high as one that is best on most sweeps.
 SHARPNESS = 4.0
+# Under standing="score", a trial at or below its band's median still stands above every trial of the band below.
+SCORE_FLOOR = 0.01
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,15 @@ def config_key(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), repr(v)) for k, v in config.items()))
 
 
-def utilities(observations: Iterable[Observation], mode: Mode) -> dict[str, tuple[dict[str, Any], float]]:
+def utilities(observations: Iterable[Observation], mode: Mode,
+              standing: Standing = "rank") -> dict[str, tuple[dict[str, Any], float]]:
     """Per trial: its configuration and its utility in [0, 1] within this sweep (1 = its best trial).
 
-    A trial's standing is its rank at the highest budget it reached, placed in the band of that budget:
-    Hyperband's gate already judged those it stopped, so none of them outranks a survivor.
+    A trial's standing is placed in the band of the highest budget it reached: Hyperband's gate already judged
+    those it stopped, so none of them outranks a survivor. Within the band it is its rank (``standing="rank"``) or
+    its score normalised between the band's median (0) and its best (1), clipped at 0 (``"score"``, as TabRepo
+    and auto-sklearn 2.0 normalise a table's scores, so a table where configurations differ by little weighs
+    as much as one where they differ by a lot, and a close second counts nearly as the best).
     """
     last: dict[str, Observation] = {}
     for o in observations:
@@ -94,9 +101,15 @@ def utilities(observations: Iterable[Observation], mode: Mode) -> dict[str, tupl
     sign = 1.0 if mode == "max" else -1.0
     for level_index, budget in enumerate(levels):
         here = sorted((o for o in last.values() if o.budget == budget), key=lambda o: sign * float(o.score))  # type: ignore[arg-type]
+        signed = [sign * float(o.score) for o in here]  # type: ignore[arg-type]
+        median, best = float(np.median(signed)), signed[-1]
         for position, o in enumerate(here):
-            rank = (position + 1) / len(here)  # worst > 0: a trial that reached this rung beat every one below it
-            out[o.trial_id] = (dict(o.config), ((level_index + rank) / len(levels)) ** SHARPNESS)
+            if standing == "score":
+                normalised = (signed[position] - median) / (best - median) if best > median else 1.0
+                within = min(1.0, max(normalised, 0.0)) * (1.0 - SCORE_FLOOR) + SCORE_FLOOR
+            else:
+                within = (position + 1) / len(here)  # worst > 0: a trial that reached this rung beat every one below it
+            out[o.trial_id] = (dict(o.config), ((level_index + within) / len(levels)) ** SHARPNESS)
     return out
 
 
@@ -144,9 +157,11 @@ def _nearest_trial(space: SearchSpace, candidates: Sequence[Mapping[str, Any]],
     return [ids[i] for i in _nearest_index(space, candidates, sweep)]
 
 
-def greedy_portfolio(space: SearchSpace, sweeps: Sequence[PastSweep], k: int) -> list[dict[str, Any]]:
-    """Up to ``k`` configurations, best across the earlier sweeps first (greedy on the summed best utility)."""
-    tables = [utilities(s.observations, s.mode) for s in sweeps]
+def greedy_portfolio(space: SearchSpace, sweeps: Sequence[PastSweep], k: int,
+                     standing: Standing = "rank") -> list[dict[str, Any]]:
+    """Up to ``k`` configurations, best across the earlier sweeps first (greedy on the summed best utility;
+    ``standing``: how a trial stands within its sweep, see :func:`utilities`)."""
+    tables = [utilities(s.observations, s.mode, standing) for s in sweeps]
     tables = [t for t in tables if t]
     if k <= 0 or not tables:
         return []

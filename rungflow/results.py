@@ -277,6 +277,9 @@ def history_line(history: dict[str, Any]) -> str:
     tasks = history.get("tasks", 0)
     head = (f"history: {history.get('sweeps', 0)} earlier sweeps ({history.get('trials', 0)} trials, {tasks} "
             f"task{'s' if tasks != 1 else ''})")
+    if history.get("configs_source"):
+        given = f"{history['configs_source']} ({history.get('configs_in_space', 0)} configs)"
+        head = f"history: {given}" if not history.get("sweeps") else f"{head} and {given}"
     taken = len(history.get("portfolio_trials") or [])
     portfolio = (f"{taken} portfolio configs tried beside the searcher's own, {history.get('incumbents_from_portfolio', 0)} of "
                  f"{history.get('incumbents', 0)} incumbents from them"

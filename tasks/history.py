@@ -27,7 +27,7 @@ from typing import Any
 
 from rungflow.budgets.history_stop import learn, top_fidelity_scores
 from rungflow.budgets.ledger import SpendRecord
-from rungflow.budgets.prior import PastSweep
+from rungflow.budgets.prior import PastSweep, config_key
 from rungflow.budgets.space import SearchSpace, SpaceError
 from rungflow.redact import redact
 from rungflow.tasks.history_results import (
@@ -43,7 +43,7 @@ from rungflow.tasks.history_s3 import fetch_s3_runs
 from rungflow.tasks.optuna_study import TASK_ATTR, task_fingerprint
 from rungflow.tasks.s3 import is_s3_url
 
-__all__ = ["HistoryError", "History", "load_history", "prior_for", "save_prior"]
+__all__ = ["HistoryError", "History", "load_history", "prior_for", "save_prior", "given_configs"]
 
 
 @dataclass
@@ -275,7 +275,7 @@ def load_history(config: Any, run_dir: Path | None = None) -> History | None:
             history.sources.append(source)
             if outside:
                 history.notes.append(f"study {name}: {outside} trial(s) outside this sweep's ranges left out")
-    if not any(s.observations for s in history.sweeps):
+    if (h.runs or h.studies or h.retrain_runs) and not any(s.observations for s in history.sweeps):
         raise HistoryError("history: its sources hold no finished trial in this sweep's space; point it at sweeps that "
                            "ran, or remove the section")
     return history
@@ -304,14 +304,37 @@ def prior_for(config: Any, run_dir: Path) -> dict[str, Any] | None:
     history = load_history(config, run_dir)
     assert history is not None
     h = config.history
-    prior = build_prior(config.search_space(), history.sweeps, portfolio_size=h.portfolio, model=h.model != "off",
-                        every_task=h.model == "all")
+    given = given_configs(config)
+    prior = build_prior(config.search_space(), history.sweeps, portfolio_size=h.portfolio - len(given),
+                        model=h.model != "off", every_task=h.model == "all")
+    if given:
+        learned = [c for c in prior.portfolio if config_key(c) not in {config_key(g) for g in given}]
+        prior.portfolio = [*given, *learned][:h.portfolio]
+        if len(given) < len(h.configs):
+            history.notes.append(f"history.configs: {len(h.configs) - len(given)} of {len(h.configs)} outside this "
+                                 "sweep's space, left out")
     from rungflow.budgets.prior_estimate import estimate_prior
 
     expected = estimate_prior(config.search_space(), history.sweeps, h.portfolio)
-    summary = {**history.summary(), "portfolio_size": h.portfolio, "model": h.model,
+    summary = {**history.summary(), "configs_source": h.configs_source, "configs": len(h.configs),
+               "configs_in_space": len(given), "portfolio_size": h.portfolio, "model": h.model,
                "model_observations": len(prior.model_observations), "expected": dataclasses.asdict(expected)}
     return {"summary": summary, "portfolio": prior.portfolio, "warm_start": prior.warm_start()}
+
+
+def given_configs(config: Any) -> list[dict[str, Any]]:
+    """``history.configs`` that this sweep's space holds, at most ``history.portfolio`` of them; a list given where
+    the space holds none of them is one line, since trying nothing of it is not what was asked."""
+    h = config.history
+    if h is None or not h.configs:
+        return []
+    space = config.search_space()
+    held = [dict(c) for c in h.configs if space.contains(c)]
+    if not held:
+        raise HistoryError(f"history.configs: none of its {len(h.configs)} configurations is in this sweep's space "
+                           f"({', '.join(space.names[:6])}{' ...' if len(space.names) > 6 else ''}); give configurations "
+                           "that set exactly the space's active parameters within its ranges, or remove them")
+    return held[:h.portfolio]
 
 
 def save_prior(run_dir: Path, prior: Mapping[str, Any]) -> None:

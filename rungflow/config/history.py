@@ -22,6 +22,10 @@ class HistoryConfig(_Strict):
                                                             "{secret: NAME} reads it from a Prefect Secret block")
     studies: list[str] | Literal["all"] | None = Field(default=None, description="study names in optuna_url, or all: "
                                                                                  "every study there over the same space")
+    configs: list[dict[str, Any]] = Field(default_factory=list, description="configurations given as data, a portfolio "
+                                                                           "learned elsewhere (automl's, learned across "
+                                                                           "tables); tried first, before the sources' own")
+    configs_source: str | None = Field(default=None, description="where configs came from, shown in the summary")
     portfolio: int = Field(default=4, description="configurations from the history proposed first; 0: none")
     registry: str | None = Field(default=None, description="a model registry the weekly retrain writes (a directory, "
                                                            "or s3://bucket/prefix); read with retrain_runs")
@@ -86,7 +90,7 @@ class HistoryConfig(_Strict):
         if self.registry is not None and not self.retrain_runs:
             raise ValueError("retrain_runs is needed with registry; name the runs (retrain_runs: [churn-weekly/latest]), "
                              "or remove registry")
-        if not self.runs and not self.studies and not self.retrain_runs:
-            raise ValueError("no source; give runs (run directories or globs), optuna_url with studies, and/or "
-                             "registry with retrain_runs, or remove the section")
+        if not self.runs and not self.studies and not self.retrain_runs and not self.configs:
+            raise ValueError("no source; give runs (run directories or globs), optuna_url with studies, "
+                             "registry with retrain_runs, and/or configs, or remove the section")
         return self
