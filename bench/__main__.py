@@ -1,4 +1,4 @@
-"""``python -m bench efficiency|overhead|compare|costaware|stopping|stopprice|robust|transfer|automl|warmstart|gpu|all``: the benchmark entry point.
+"""``python -m bench efficiency|overhead|compare|costaware|stopping|stopprice|robust|transfer|automl|automl-portfolio|warmstart|gpu|all``: the benchmark entry point.
 
 The environment is prepared (quiet Prefect, isolated Prefect home) before anything imports
 prefect, which is why the command modules are imported only after :func:`quiet_env`.
@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     warmstart.add_arguments(p)
     p = sub.add_parser("automl", help="rungflow vs AutoGluon and auto-sklearn at equal wall-clock on the real tables of bench/tables.py")
     automl.add_arguments(p)
+    from bench import automl_portfolio
+
+    p = sub.add_parser("automl-portfolio", help="learn automl's portfolio from the dev tables' kept sweeps (one per table)")
+    automl_portfolio.add_arguments(p)
     p = sub.add_parser("compare", help="rungflow vs Ray Tune vs Optuna on LCBench under the same GPU-hour cap")
     compare.add_arguments(p)
     from bench import robust, stop_price, transfer  # in-process simulations: no Prefect, no Ray
@@ -73,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     if args.command == "automl":
         automl.run(args)
+    elif args.command == "automl-portfolio":
+        from bench import automl_portfolio
+
+        automl_portfolio.run(args)
     elif args.command == "efficiency":
         efficiency.run(args)
     elif args.command == "overhead":

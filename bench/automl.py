@@ -34,7 +34,7 @@ from bench.common import write_json
 __all__ = ["SYSTEMS", "add_arguments", "run", "run_one", "outer_splits", "constant_score", "test_score", "fit_rungflow",
            "families_of", "gpu_hours_to_best"]
 
-SYSTEMS = ("rungflow", "rungflow-stop", "rungflow-costaware", "rungflow-costblind", "ag-medium", "ag-best", "autosklearn")
+SYSTEMS = ("rungflow", "rungflow-cold", "rungflow-stop", "rungflow-costaware", "rungflow-costblind", "ag-medium", "ag-best", "autosklearn")
 DEFAULT_SYSTEMS = ("rungflow", "ag-medium", "ag-best", "autosklearn")
 # The sweep's families until rungflow.automl chooses its own.
 FAMILIES = ("hgb", "random_forest", "linear", "torch_mlp")
@@ -50,6 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default=None, help="rungflow's runtime: thread, ray or a Ray address (default: automl's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench/out/automl"))
+    p.add_argument("--keep-runs", type=Path, default=None, metavar="DIR",
+                   help="keep each rungflow run's config.json, ledger.jsonl and result.json in DIR/<table>/<limit>s/split<k>/<system>")
+    p.add_argument("--portfolio-from", type=Path, default=None, metavar="DIR",
+                   help="system rungflow starts from the portfolio learned on DIR's kept runs of every other table "
+                        "(leave-one-table-out), not the shipped one")
     p.add_argument("--render-only", action="store_true", help="rebuild the report from the finished runs, running nothing")
 
 
@@ -161,7 +166,8 @@ def gpu_hours_to_best(anytime: Sequence[dict[str, Any]]) -> float | None:
 
 
 def fit_rungflow(train: Any, test: Any, target: str, task: str, time_limit: float, workdir: Path, seed: int,
-                 price: float | None = None, runtime: str | None = None, cost_aware: bool | None = None) -> dict[str, Any]:
+                 price: float | None = None, runtime: str | None = None, cost_aware: bool | None = None,
+                 portfolio: Any = None) -> dict[str, Any]:
     """rungflow on the training rows, predicting the test rows. The one place the harness calls rungflow: through
     ``rungflow.automl`` where it exists, else a ``mixed`` sweep with a wall-clock deadline and the same stop rule."""
     import rungflow
@@ -172,6 +178,8 @@ def fit_rungflow(train: Any, test: Any, target: str, task: str, time_limit: floa
         kwargs: dict[str, Any] = {"min_gain_per_gpu_hour": price} if price is not None else {}
         if cost_aware is not None:
             kwargs["cost_aware"] = cost_aware
+        if portfolio is not None:
+            kwargs["portfolio"] = portfolio
         automl(train, label=target, time_limit=time_limit, out=run_dir, seed=seed, runtime=runtime, **kwargs)
     else:
         from rungflow.config import validate
@@ -202,13 +210,40 @@ def fit_rungflow(train: Any, test: Any, target: str, task: str, time_limit: floa
             "trials": int(result["ledger"]["trials_started"]), "stop_reason": result.get("stop_reason", ""),
             "family": getattr(model, "family", ""), "val_score": (result.get("best") or {}).get("score"),
             "cost_aware": (result.get("search") or {}).get("cost_aware"), "families": families_of(run_dir),
-            "gpu_hours_to_best": gpu_hours_to_best(result.get("anytime") or [])}
+            "gpu_hours_to_best": gpu_hours_to_best(result.get("anytime") or []),
+            "portfolio": _portfolio_outcome(result)}
 
 
-def _systems(args: argparse.Namespace) -> dict[str, Callable[..., dict[str, Any]]]:
+def _portfolio_outcome(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Whether the run started from a portfolio, its verdict, and whether the final best came from it."""
+    history = result.get("history")
+    if not history:
+        return None
+    verdict = history.get("prior") or {}
+    return {"configs": len(history.get("portfolio") or []), "verdict": verdict.get("verdict"),
+            "portfolio_best": verdict.get("portfolio_best"), "cold_best": verdict.get("cold_best"),
+            "best_from_portfolio": history.get("best_from_portfolio"),
+            "families": [c.get("family") for c in history.get("portfolio") or []]}
+
+
+def _left_out_portfolio(args: argparse.Namespace, table: str) -> dict[str, Any] | None:
+    """The portfolio of every other table's kept run (``--portfolio-from``), saved beside the results; None: the
+    shipped one."""
+    source = getattr(args, "portfolio_from", None)
+    if source is None:
+        return None
+    from bench.automl_portfolio import portfolio_without
+
+    portfolio = portfolio_without(source, [table])
+    write_json(args.out / "portfolios" / f"{table}.json", portfolio)
+    return portfolio
+
+
+def _systems(args: argparse.Namespace, table: str = "") -> dict[str, Callable[..., dict[str, Any]]]:
     runtime = getattr(args, "runtime", None)
     return {
-        "rungflow": lambda *a: fit_rungflow(*a, runtime=runtime),
+        "rungflow": lambda *a: fit_rungflow(*a, runtime=runtime, portfolio=_left_out_portfolio(args, table)),
+        "rungflow-cold": lambda *a: fit_rungflow(*a, runtime=runtime, portfolio="off"),
         "rungflow-stop": lambda *a: fit_rungflow(*a, price=args.price, runtime=runtime),
         "rungflow-costaware": lambda *a: fit_rungflow(*a, runtime=runtime, cost_aware=True),
         "rungflow-costblind": lambda *a: fit_rungflow(*a, runtime=runtime, cost_aware=False),
@@ -236,13 +271,20 @@ def run_one(table: Any, frame: Any, split: int, fold: tuple[np.ndarray, np.ndarr
                            "constant": constant_score(train, test, table.target, table.task)}
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
     try:
-        out = _systems(args)[system](train, test, table.target, table.task, time_limit, workdir, args.seed + split)
+        out = _systems(args, table.name)[system](train, test, table.target, table.task, time_limit, workdir, args.seed + split)
         row.update(status="ok", score=test_score(out.pop("predicted"), test[table.target], table.task), **out)
     except Exception as exc:  # one failed fit is a row in the report, not the end of a benchmark of hours
         traceback.print_exc()
         row.update(status="failed", score=None, error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
     row["wall_seconds"] = time.perf_counter() - t0
     row["cpu_hours"] = (_cpu_seconds() - cpu0) / 3600.0 + row.get("worker_cpu_hours", 0.0)
+    keep = getattr(args, "keep_runs", None)
+    if keep is not None and (workdir / "run" / "result.json").is_file():
+        # Configurations and scores only, what a later portfolio learns from; no checkpoint, model or table.
+        kept = keep / table.name / f"{time_limit:g}s" / f"split{split}" / system
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "ledger.jsonl", "result.json"):
+            shutil.copy2(workdir / "run" / name, kept / name)
     shutil.rmtree(workdir, ignore_errors=True)
     return row
 
