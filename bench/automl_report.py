@@ -164,6 +164,8 @@ def report(rows: Sequence[Mapping[str, Any]], systems: Sequence[str], tie: float
         "runs": [{k: r.get(k) for k in ("table", "split", "system", "score", "trials", "gpu_hours", "cpu_hours", "family",
                                         "gpu_hours_to_best")}
                  for r in rows if r.get("families")],
+        "portfolio": [{"table": r["table"], "split": r["split"], "system": r["system"], **r["portfolio"]}
+                      for r in rows if r.get("portfolio")],
     }
 
 
@@ -208,6 +210,8 @@ def markdown(rep: Mapping[str, Any], title: str = "") -> str:
             lines.append(f"| {name} | {100 * p['saved']:.0f} % of {p['unit'].replace('_', '-')} | {p['points_lost']:+.2f} |")
     if rep.get("families"):
         lines += _family_lines(rep)
+    if rep.get("portfolio"):
+        lines += _portfolio_lines(rep)
     failed = [f"{name}: {f}" for name, t in sorted(rep["tables"].items()) for f in t["failed"]]
     if failed:
         lines += ["", "Failed runs (scored as the constant predictor): " + "; ".join(failed)]
@@ -237,4 +241,20 @@ def _family_lines(rep: Mapping[str, Any]) -> list[str]:
             per_unit = "" if not f or f["gpu_seconds_per_unit"] is None else f" ({f['gpu_seconds_per_unit']:.3g})"
             cells.append("" if f is None else f"{100 * f['trial_share']:.0f} % / {100 * f['gpu_share']:.0f} %{per_unit}")
         lines.append(f"| {s} | {m['trials']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _portfolio_lines(rep: Mapping[str, Any]) -> list[str]:
+    """Each run that started from a portfolio: the verdict on its first rung, and whether the final best came from it."""
+    runs = sorted(rep["portfolio"], key=lambda r: (r["table"], r["split"], r["system"]))
+    kept = sum(r["verdict"] == "kept" for r in runs)
+    best = sum(bool(r["best_from_portfolio"]) for r in runs)
+    lines = ["", f"Portfolio runs: kept on {kept} of {len(runs)}, the final best from it on {best} (the verdict compares the "
+             "portfolio's best with the best of the searcher's own draws on the first rung):", "",
+             "| table | split | system | configs | verdict | portfolio best | searcher's best | final best from it |",
+             "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda x: "" if x is None else f"{x:.4f}"  # noqa: E731
+    for r in runs:
+        lines.append(f"| {r['table']} | {r['split']} | {r['system']} | {r['configs']} | {r['verdict']} | "
+                     f"{fmt(r['portfolio_best'])} | {fmt(r['cold_best'])} | {'yes' if r['best_from_portfolio'] else 'no'} |")
     return lines
