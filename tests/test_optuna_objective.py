@@ -105,34 +105,58 @@ def test_bad_objectives_are_one_line_naming_the_problem_and_the_fix() -> None:
         _trainable(nosy).train(TrainRequest("t", {"x": 0.5}, 3))
 
 
-def test_the_probe_runs_that_learn_the_space_are_billed_once_and_counted_in_the_totals(prefect_server: str,
-                                                                                        tmp_path: Path) -> None:
-    probe_runs = []
+def test_the_probe_runs_are_billed_once_and_their_results_are_the_first_trials(prefect_server: str,
+                                                                               tmp_path: Path) -> None:
+    calls = []
 
     def slow_branches(trial):  # never reports, so each probe runs it whole: once per branch
         kind = trial.suggest_categorical("kind", ["a", "b"])
         x = trial.suggest_float("x", 0.0, 1.0)
-        probe_runs.append(kind)
+        calls.append((kind, x))
         time.sleep(0.15)
         return x if kind == "a" else 1.0 - x
 
     out = tmp_path / "run"
-    result = rungflow.sweep(slow_branches, metric="value", mode="max", search={"num_trials": 2, "seed": 0},
+    result = rungflow.sweep(slow_branches, metric="value", mode="max", search={"num_trials": 3, "seed": 0},
                             runtime={"kind": "thread", "max_concurrent": 2, "cpus_per_trial": 2}, out=out)
-    probes = len(probe_runs) - len(result.events)
-    assert probes == 2  # one run per branch of "kind", and no second probe once the config is validated
+    assert calls[:2] == [("a", 0.5), ("b", 0.5)]  # the probe: one run per branch of "kind", each to its return
+    assert len(calls) == 3  # the two probe runs are the first two trials; only the third runs the objective
+    from_probe = [e for e in result.events if e["metrics"].get("from_space_probe")]
+    assert len(from_probe) == 2 and [e["score"] for e in from_probe] == [0.5, 0.5]  # x = 0.5 on either branch
     (setup,) = result.ledger["setup"]
     assert setup["kind"] == "space_probe" and setup["runs"] == 2 and setup["wall_seconds"] >= 0.3
     assert setup["cpu_hours"] == pytest.approx(setup["wall_seconds"] * 2 / 3600)  # at a trial's share: 2 CPUs
     trials_cpu_hours = sum(e["cpu_hours"] for e in result.events)
     assert result.ledger["cpu_hours"] == pytest.approx(trials_cpu_hours + setup["cpu_hours"])
-    assert result.ledger["trials_started"] == 2  # spend, not a trial
+    # Their seconds were billed in the setup: their records hold only the trial's own overhead, no objective run.
+    assert all(e["trainable_seconds"] < 0.1 for e in from_probe), from_probe
+    assert [e["trainable_seconds"] >= 0.15 for e in result.events].count(True) == 1
+    assert result.ledger["trials_started"] == 3  # the setup is spend, not a trial
 
     # Read back (a resume), nothing is billed twice; run again in this process, the space is reused and costs nothing.
-    again = rungflow.sweep(slow_branches, metric="value", mode="max", search={"num_trials": 2, "seed": 0},
+    again = rungflow.sweep(slow_branches, metric="value", mode="max", search={"num_trials": 3, "seed": 0},
                            runtime={"kind": "thread", "max_concurrent": 2, "cpus_per_trial": 2}, out=out)
     assert again.ledger["setup"] == result.ledger["setup"] and len(Ledger(out / "ledger.jsonl").setup) == 1
-    assert len(probe_runs) == probes + len(result.events)  # the resumed sweep replayed its trials, probed nothing
+    assert len(calls) == 3  # the resumed sweep replayed its trials, probed nothing
+
+
+def test_a_first_report_in_the_probe_is_a_first_rung_of_one_step() -> None:
+    def stepwise_branches(trial):
+        kind = trial.suggest_categorical("kind", ["a", "b"])
+        for step in range(3):
+            trial.report(step + (kind == "a"), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return 10.0
+
+    trainable = _trainable(stepwise_branches)
+    trainable.probe()
+    assert trainable.first_configs() == [{"kind": "a"}, {"kind": "b"}]
+    # A later rung (more steps) runs the objective; the first rung of one step is the probe's first report, once.
+    assert trainable.train(TrainRequest("t0", {"kind": "a"}, 2)).metrics["reported_steps"] == 2
+    reused = trainable.train(TrainRequest("t1", {"kind": "a"}, 1))
+    assert (reused.score, reused.budget_reached, reused.metrics.get("from_space_probe")) == (1.0, 1.0, 1.0)
+    assert "from_space_probe" not in trainable.train(TrainRequest("t2", {"kind": "a"}, 1)).metrics
 
 
 PLAN_OBJECTIVE = """

@@ -101,6 +101,11 @@ class Trainable(ABC):
         the ledger to bill: ``{"key", "kind", "runs", "wall_seconds", "started_at"}``. Most trainables make none."""
         return []
 
+    def first_configs(self) -> list[dict[str, Any]]:
+        """Configurations the user's code already ran before the sweep, proposed first: :meth:`train` gives their
+        results back rather than running them again. Most trainables have none."""
+        return []
+
     def check(self) -> None:
         """Raise :class:`TrainableError` naming the fix when data the trainable needs is missing.
 

@@ -149,6 +149,7 @@ class _ProbeTrial(_BaseTrial):
         self.forced = dict(forced)
         self.path: list[tuple[str, dict[str, Any], Any]] = []
         self.reports = False
+        self.first_report: float | None = None
 
     def _answer(self, name: str, spec: dict[str, Any]) -> Any:
         if spec["type"] == "categorical":
@@ -164,6 +165,10 @@ class _ProbeTrial(_BaseTrial):
 
     def report(self, value: float, step: int | None = None) -> None:
         self.reports = True
+        try:
+            self.first_report = float(value)
+        except (TypeError, ValueError):
+            pass  # the trial's own report names a non-number; the probe only learns the space
         raise _Stop("probe done")
 
     def should_prune(self) -> bool:
@@ -182,11 +187,13 @@ def probe_objective(fn: Callable[[Any], Any], mode: str = "max", max_probes: int
     return space, reports
 
 
-def _probe(fn: Callable[[Any], Any], mode: str, max_probes: int) -> tuple[dict[str, Any], bool, int]:
-    """:func:`probe_objective`, and how many times it ran the objective."""
+def _probe(fn: Callable[[Any], Any], mode: str, max_probes: int) -> tuple[dict[str, Any], bool, list[dict[str, Any]]]:
+    """:func:`probe_objective`, and each run it made: ``{"config", "returned", "first_report"}``, the configuration
+    the probe gave the objective and what came back (the return value, or the first value reported)."""
     import optuna
 
     paths: list[list[tuple[str, dict[str, Any], Any]]] = []
+    runs: list[dict[str, Any]] = []
     queue: list[dict[str, Any]] = [{}]
     seen: set[str] = {repr({})}
     reports = False
@@ -205,11 +212,13 @@ def _probe(fn: Callable[[Any], Any], mode: str, max_probes: int) -> tuple[dict[s
                                      "fix the objective") from None
             returned = None
         else:
-            _check_number(returned)
+            returned = _check_number(returned)
         if trial.error:
             raise TrainableError(trial.error)
         reports = reports or trial.reports
         paths.append(trial.path)
+        runs.append({"config": {name: value for name, _, value in trial.path}, "returned": returned,
+                     "first_report": trial.first_report})
         for i, (name, spec, value) in enumerate(trial.path):
             if spec["type"] != "categorical":
                 continue
@@ -224,9 +233,23 @@ def _probe(fn: Callable[[Any], Any], mode: str, max_probes: int) -> tuple[dict[s
         log.warning("the objective has more than %d branches of categorical choices; parameters of the rest are drawn "
                     "per trial when first suggested", max_probes)
     try:
-        return objective_space(paths), reports, len(paths)
+        return objective_space(paths), reports, runs
     except SpaceError as exc:
         raise TrainableError(str(exc)) from None
+
+
+def _same_config(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """The same parameters and values (numbers compared as numbers: a config comes back from JSON)."""
+    if set(a) != set(b):
+        return False
+    for name, value in a.items():
+        other = b[name]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(other, (int, float)):
+            if not math.isclose(float(value), float(other), rel_tol=1e-12, abs_tol=0.0):
+                return False
+        elif value != other:
+            return False
+    return True
 
 
 def _check_number(value: Any) -> float:
@@ -297,6 +320,9 @@ class OptunaObjectiveTrainable(CallableTrainable):
     Options: ClassVar[type[FunctionOptions]] = OptunaObjectiveOptions
     options: OptunaObjectiveOptions
     _probed: ClassVar[dict[str, tuple[dict[str, Any], bool]]] = {}
+    # The probe's runs not yet given to a trial, per objective: a trial asked for one of their configurations, at a
+    # budget the run covered, gets its result back instead of running the objective again.
+    _probe_runs: ClassVar[dict[str, list[dict[str, Any]]]] = {}
     # What each probe cost, until a sweep's ledger bills it (once: a later sweep in this process reuses the space).
     _unbilled: ClassVar[dict[str, dict[str, Any]]] = {}
     callable_noun: ClassVar[str] = "objective"
@@ -316,9 +342,46 @@ class OptunaObjectiveTrainable(CallableTrainable):
             started_at, t0 = time.time(), time.perf_counter()
             space, reports, runs = _probe(self._function(), self.options.mode, self.options.max_probes)
             self._probed[key] = (space, reports)
+            self._probe_runs[key] = runs
             self._unbilled[key] = {"key": f"space-probe-{os.getpid()}-{started_at:.6f}", "kind": "space_probe",
-                                   "runs": runs, "wall_seconds": time.perf_counter() - t0, "started_at": started_at}
+                                   "runs": len(runs), "wall_seconds": time.perf_counter() - t0, "started_at": started_at}
         return self._probed[key]
+
+    @classmethod
+    def forget_probes(cls) -> None:
+        """Forget every space learned in this process, so the next sweep probes (and is billed) as a new process is."""
+        cls._probed.clear()
+        cls._unbilled.clear()
+        cls._probe_runs.clear()
+
+    def first_configs(self) -> list[dict[str, Any]]:
+        """The configurations the probe ran to a result (its return value, or its first report), so that proposed
+        first, the runs the ledger bills as setup are the first trials' results rather than thrown away."""
+        self.probe()
+        return [dict(run["config"]) for run in self._probe_runs.get(self._probe_key(), [])
+                if run["returned"] is not None or run["first_report"] is not None]
+
+    def _probe_result(self, request: TrainRequest, full: bool) -> TrainOutcome | None:
+        """A probe run's result for ``request``, handed out once: a run that returned covers any budget (the
+        objective runs whole), one stopped at its first report covers a first rung of one reported step."""
+        if request.checkpoint is not None:
+            return None
+        runs = self._probe_runs.get(self._probe_key(), [])
+        for i, run in enumerate(runs):
+            if not _same_config(run["config"], request.config):
+                continue
+            if run["returned"] is not None:
+                score, steps = run["returned"], 0.0
+            elif run["first_report"] is not None and not full and request.budget <= 1 + 1e-9:
+                score, steps = run["first_report"], 1.0
+            else:
+                return None
+            del runs[i]
+            budget = float(request.budget)
+            return TrainOutcome(score=score, budget_reached=budget if steps == 0 else steps,
+                                budget_trained=budget if steps == 0 else steps, checkpoint=_NO_STATE,
+                                metrics={"reported_steps": steps, "from_space_probe": 1.0})
+        return None
 
     def spent_before_sweep(self) -> list[dict[str, Any]]:
         """The probe runs that learned the space, if no sweep has billed them yet."""
@@ -337,6 +400,9 @@ class OptunaObjectiveTrainable(CallableTrainable):
 
         fn = self._function()
         full = self.options.full_budget is not None and request.budget >= self.options.full_budget - 1e-9
+        reused = self._probe_result(request, full)
+        if reused is not None:
+            return reused
         trial = ObjectiveTrial(request.config, math.inf if full else request.budget, self.options.mode, request.seed,
                                request.trial_id)
         returned: Any = None
