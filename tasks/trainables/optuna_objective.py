@@ -7,7 +7,9 @@ each other value of every categorical it suggested, so the parameters of each br
 under only some values of a categorical become conditional on it (``budgets/foreign_space.py``). Then
 rungflow's own searchers propose configurations, and each trial hands the objective an :class:`ObjectiveTrial`
 whose ``suggest_*`` returns the proposed values. A parameter the probe never saw (its name depends on a number,
-say) is drawn from the distribution the objective gives, seeded by the trial, and logged.
+say) is drawn from the distribution the objective gives, seeded by the trial, and logged. The probe's runs are
+not thrown away: their configurations are proposed first, and a trial asked for one gets the probe's result (its
+return value, or its first report as a first rung of one step) without running the objective again.
 
 A rung's budget counts ``trial.report`` calls. At the rung's budget (below the sweep's full budget, where the
 objective runs to its return) ``should_prune()`` answers True, so the
