@@ -13,6 +13,10 @@ per arm: wall-clock per trial-rung (median and p90 of each record's ``wall_secon
 sweep's wall / trial-rungs), the part of a record's wall that is not the workload (wall − iterations run × the
 workload's measured seconds per iteration), and the Optuna space probe the ledger bills.
 
+On Ray, the same Ray Tune function also runs under Ray Tune's own ``tune.Tuner`` (its ASHA over 1..9 iterations,
+η = 3, the same trial count and seed, 2 at a time, on the same private Ray, interleaved with the arms): the peer's
+per-trial cost beside ours.
+
 A second, flow-free measurement calls each trainable's ``train`` directly on the same ASHA-shaped sequence of
 requests and times the workload from inside it, so ``call − work`` is the wrapper alone (the session router,
 checkpoint packing, the objective's trial object), without Prefect or Ray in the way.
@@ -134,8 +138,7 @@ def _forget_probe() -> None:
     """One sweep per process, as a user's script runs: each Optuna sweep learns (and pays for) its space again."""
     from rungflow.tasks.trainables.optuna_objective import OptunaObjectiveTrainable
 
-    OptunaObjectiveTrainable._probed.clear()
-    OptunaObjectiveTrainable._unbilled.clear()
+    OptunaObjectiveTrainable.forget_probes()
 
 
 def seconds_per_iteration(samples: int = 50) -> float:
@@ -188,6 +191,42 @@ def sweep_once(arm: str, runtime: str, trials: int, seed: int, out: Path, per_it
         "best": result.best["score"] if result.best else None,
         "cpu_hours": result.ledger["cpu_hours"],
     }
+
+
+def tuner_once(trials: int, seed: int, out: Path, per_iteration: float) -> dict[str, Any]:
+    """The Ray Tune function under Ray Tune's own Tuner and ASHA on the running Ray: the peer's figures."""
+    import shutil
+
+    from ray import tune
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    shutil.rmtree(out, ignore_errors=True)
+    tuner = tune.Tuner(
+        raytune_train, param_space=_space("raytune"),
+        tune_config=tune.TuneConfig(metric="score", mode="max", num_samples=trials, max_concurrent_trials=CONCURRENCY,
+                                    scheduler=AsyncHyperBandScheduler(max_t=MAX_ITERATIONS, grace_period=1,
+                                                                      reduction_factor=3),
+                                    search_alg=BasicVariantGenerator(random_state=seed)),
+        run_config=tune.RunConfig(name="tuner", storage_path=str(out.resolve()), verbose=0,
+                                  stop={"training_iteration": MAX_ITERATIONS}),
+    )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    if grid.num_errors:
+        raise RuntimeError(f"tune.Tuner: {grid.num_errors} of {len(grid)} trials failed; see {out}")
+    iterations = [int(r.metrics["training_iteration"]) for r in grid]
+    # A trial-rung as rungflow counts them: each rung (1, 3, 9 iterations) a trial reached.
+    trial_rungs = sum(sum(1 for rung in (1, 3, 9) if n >= rung) for n in iterations)
+    per_report = [float(t) for r in grid for t in r.metrics_dataframe["time_this_iter_s"]]
+    shutil.rmtree(out, ignore_errors=True)
+    return {"arm": "tuner", "runtime": "ray", "trials": len(grid), "trial_rungs": trial_rungs,
+            "iterations_run": float(sum(iterations)), "sweep_wall_s": wall,
+            "sweep_wall_per_trial_rung_ms": wall / trial_rungs * 1e3, "sweep_wall_per_iteration_ms": wall / sum(iterations) * 1e3,
+            "report_median_ms": statistics.median(per_report) * 1e3,
+            "report_minus_work_median_ms": (statistics.median(per_report) - per_iteration) * 1e3,
+            "best": grid.get_best_result(scope="all").metrics["score"]}
 
 
 def direct_once(arm: str, trials: int, seed: int) -> dict[str, Any]:
@@ -254,6 +293,25 @@ def markdown(data: Mapping[str, Any]) -> str:
                          f"{_summary(rows, 'record_wall_p90_ms')} | {_summary(rows, 'outside_work_median_ms')} | "
                          f"{_summary(rows, 'outside_work_p90_ms')} | {_summary(rows, 'in_call_not_work_median_ms')} | "
                          f"{_summary(rows, 'worker_around_call_median_ms')} | {probe} |")
+    tuner = [r for r in data["sweeps"] if r["arm"] == "tuner"]
+    if tuner:
+        ours = [r for r in data["sweeps"] if r["runtime"] == "ray" and r["arm"] != "tuner"]
+        lines += ["", "The same Ray Tune function under Ray Tune's own `tune.Tuner` (its ASHA, the same trials, seed and "
+                  "concurrency, on the same Ray), beside rungflow's arms on Ray:", "",
+                  "| on Ray | trial-rungs | iterations run | sweep wall (s) | sweep wall / trial-rung (ms) | "
+                  "sweep wall / iteration (ms) |", "|---|---:|---:|---:|---:|---:|"]
+        for arm in ("tuner", *ARMS):
+            rows = tuner if arm == "tuner" else [r for r in ours if r["arm"] == arm]
+            if not rows:
+                continue
+            per_iteration = [r["sweep_wall_s"] / r["iterations_run"] * 1e3 for r in rows]
+            label = "Ray Tune `Tuner` (peer)" if arm == "tuner" else f"rungflow, {arm}"
+            lines.append(f"| {label} | {rows[0]['trial_rungs']} | {rows[0]['iterations_run']:.0f} | "
+                         f"{_summary(rows, 'sweep_wall_s')} | {_summary(rows, 'sweep_wall_per_trial_rung_ms')} | "
+                         f"{statistics.median(per_iteration):.1f} ({min(per_iteration):.1f}–{max(per_iteration):.1f}) |")
+        lines += ["", f"Ray Tune's own time per report (`time_this_iter_s`), median: "
+                  f"{_summary(tuner, 'report_median_ms')} ms, of which beyond the workload "
+                  f"{_summary(tuner, 'report_minus_work_median_ms')} ms."]
     if data["direct"]:
         lines += ["", "Without the flow (each trainable's `train` called directly on the same ASHA-shaped requests; "
                   "wrapper = call − workload − the function's own checkpoint folders, both timed inside it):", "",
@@ -296,17 +354,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     _start_local_ray()
                     _quiet_ray_loggers()
                 # A warm-up sweep per arm, not reported: first imports, the first flow run, Ray's first workers.
+                peer = runtime == "ray" and args.tuner
                 for arm in args.arms:
                     sweep_once(arm, runtime, min(args.trials, 9), args.seed, out / "runs" / f"warmup-{arm}", per_iteration)
+                if peer:
+                    tuner_once(min(args.trials, 9), args.seed, out / "runs" / "warmup-tuner", per_iteration)
                 for repeat in range(args.repeats):
-                    for arm in args.arms:
-                        row = sweep_once(arm, runtime, args.trials, args.seed, out / "runs" / f"{runtime}-{arm}-{repeat}",
-                                         per_iteration)
+                    for arm in (*args.arms, "tuner") if peer else args.arms:
+                        if arm == "tuner":
+                            row = tuner_once(args.trials, args.seed, out / "runs" / f"tuner-{repeat}", per_iteration)
+                        else:
+                            row = sweep_once(arm, runtime, args.trials, args.seed,
+                                             out / "runs" / f"{runtime}-{arm}-{repeat}", per_iteration)
                         row["repeat"] = repeat
                         sweeps.append(row)
                         print(f"  {runtime} {arm} #{repeat}: {row['trial_rungs']} trial-rungs, "
+                              f"{row['iterations_run']:.0f} iterations, "
                               f"{row['sweep_wall_per_trial_rung_ms']:.1f} ms/trial-rung, record median "
-                              f"{row['record_wall_median_ms']:.1f} ms, p90 {row['record_wall_p90_ms']:.1f} ms", flush=True)
+                              f"{row.get('record_wall_median_ms', float('nan')):.1f} ms", flush=True)
     finally:
         import sys
 
@@ -333,6 +398,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtimes", nargs="+", default=["thread", "ray"], choices=["thread", "ray"])
     p.add_argument("--work", choices=["sleep", "numpy"], default="sleep")
     p.add_argument("--work-ms", type=float, default=2.0, help="workload milliseconds per iteration")
+    p.add_argument("--no-tuner", dest="tuner", action="store_false",
+                   help="skip Ray Tune's own Tuner on the same workload (run on Ray only)")
     p.add_argument("--no-direct", dest="direct", action="store_false", help="skip the flow-free measurement")
     p.add_argument("--out", type=Path, default=Path("bench/out/overhead_callable"))
 
