@@ -8,6 +8,8 @@ and why each is what it is, are in docs/automl.md.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from typing import Any
 
 from rungflow.config import ConfigError, SweepConfig, slug, validate
 
-__all__ = ["automl", "automl_config", "AutoMLPlan", "METRICS", "DEFAULT_TIME_LIMIT", "COST_AWARE"]
+__all__ = ["automl", "automl_config", "AutoMLPlan", "METRICS", "DEFAULT_TIME_LIMIT", "COST_AWARE", "record_portfolio"]
 
 log = logging.getLogger("rungflow.automl")
 
@@ -43,10 +45,47 @@ SAVED_TABLE = "table.parquet"
 
 @dataclass(frozen=True)
 class AutoMLPlan:
-    """The sweep config an AutoML call runs, and the notes on what was left out of the table."""
+    """The sweep config an AutoML call runs, the notes on what was left out of the table, and what the portfolio
+    does: ``portfolio`` is the line the summary and ``result.json`` show (started from it, off, or why not)."""
 
     config: SweepConfig
     notes: tuple[str, ...]
+    portfolio: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _portfolio_section(portfolio: str | Path | Mapping[str, Any] | None, config: SweepConfig
+                       ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the ``history`` section that starts the sweep from the portfolio, or None; what the summary says)."""
+    from rungflow.tasks.automl_portfolio import portfolio_in_space, shipped_portfolio
+
+    if portfolio is None or portfolio == "off":
+        return None, {"used": False, "line": "portfolio: off; the search started cold"}
+    if isinstance(portfolio, Mapping):
+        learned = dict(portfolio)
+    elif portfolio == "on":
+        learned = shipped_portfolio()
+    else:
+        path = Path(str(portfolio))
+        try:
+            learned = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--portfolio {str(portfolio)!r}: not a readable portfolio file ({type(exc).__name__}); "
+                              "use on, off, or a JSON file that python -m bench automl-portfolio wrote") from None
+    if not isinstance(learned.get("configs"), list):
+        raise ConfigError(f"--portfolio {str(portfolio)!r}: it has no 'configs' list; use on, off, or a JSON file that "
+                          "python -m bench automl-portfolio wrote")
+    source = str(learned.get("source") or "the given portfolio")
+    held = portfolio_in_space(learned, config.search_space())
+    if not held:
+        return None, {"used": False, "source": source,
+                      "line": f"portfolio: none of the {len(learned['configs'])} configurations of {source} is in this "
+                              f"search space (families {', '.join(config.search_space()['family'].choices)}); "
+                              "the search started cold"}
+    section = {"configs": held, "configs_source": source, "portfolio": len(held), "model": "off"}
+    left = len(learned["configs"]) - len(held)
+    line = (f"portfolio: {len(held)} configurations of {source}" + (f" ({left} of another family left out)" if left else "")
+            + ", tried beside the searcher's first draws and judged on this table")
+    return section, {"used": True, "source": source, "configs": len(held), "line": line}
 
 
 def _runtime_section(runtime: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -67,7 +106,8 @@ def automl_config(frame_or_path: Any, label: str, *, time_limit: float | None = 
                   price_per_gpu_hour: float | None = None, min_gain_per_gpu_hour: float | None = None,
                   metric: str | None = None, families: Sequence[str] | None = None,
                   runtime: str | Mapping[str, Any] | None = None, out: str | Path | None = None, seed: int = 0,
-                  name: str | None = None, cost_aware: bool | str = COST_AWARE) -> AutoMLPlan:
+                  name: str | None = None, cost_aware: bool | str = COST_AWARE,
+                  portfolio: str | Path | Mapping[str, Any] | None = "on") -> AutoMLPlan:
     """Check the table and build the sweep config; raises :class:`ConfigError` (one line) before anything is spent.
 
     A DataFrame is saved as Parquet in the run directory, so the sweep's trials (and a resume) read it from there.
@@ -125,25 +165,31 @@ def automl_config(frame_or_path: Any, label: str, *, time_limit: float | None = 
         "ensemble": {},
     }
     config = validate(section)
+    history, portfolio_shown = _portfolio_section(portfolio, config)
+    if history is not None:
+        config = validate({**section, "history": history})
     try:  # the split too, before spending: a class too rare to stratify fails here, not in every trial
         load_dataset(DataSpec.parse(data))
     except DataError as exc:
         raise ConfigError(str(exc)) from None
-    return AutoMLPlan(config, tuple(audit.notes()))
+    return AutoMLPlan(config, tuple(audit.notes()), portfolio_shown)
 
 
 def automl(frame_or_path: Any, label: str, *, time_limit: float | None = DEFAULT_TIME_LIMIT,
            max_gpu_hours: float | None = None, max_cost: float | None = None, price_per_gpu_hour: float | None = None,
            min_gain_per_gpu_hour: float | None = None, metric: str | None = None, families: Sequence[str] | None = None,
            runtime: str | Mapping[str, Any] | None = None, out: str | Path | None = None, seed: int = 0,
-           name: str | None = None, cost_aware: bool | str = COST_AWARE):
+           name: str | None = None, cost_aware: bool | str = COST_AWARE,
+           portfolio: str | Path | Mapping[str, Any] | None = "on"):
     """The best model for ``label`` in a table (a DataFrame, or a CSV/Parquet path or s3:// URL); blocks until done.
 
     ``time_limit`` seconds is the sweep's deadline; ``max_gpu_hours`` / ``max_cost`` cap the spend;
     ``min_gain_per_gpu_hour`` stops once another GPU-hour buys less than that (metric units). ``metric``: accuracy or
     log_loss (classes), r2 or rmse (numbers). ``families``: the ``mixed`` families to search (default: its own
     default list). ``runtime``: "thread", "ray", a Ray address, or the runtime section as a dict. ``cost_aware``:
-    ``search.cost_aware`` (true, false or auto; the default and why in docs/automl.md). Returns the same
+    ``search.cost_aware`` (true, false or auto; the default and why in docs/automl.md). ``portfolio``: "on" starts
+    from the configurations learned across tables that ship with rungflow, "off" starts cold, or a portfolio JSON
+    file (or its dict); it runs beside the searcher and is dropped where this table disagrees. Returns the same
     :class:`~rungflow.flows.api.SweepResult` as :func:`rungflow.sweep`; ``rungflow.load_model(result.run_dir)`` is
     the saved model (an ensemble of trials when one beat the best single trial on validation).
     """
@@ -153,11 +199,24 @@ def automl(frame_or_path: Any, label: str, *, time_limit: float | None = DEFAULT
     plan = automl_config(frame_or_path, label, time_limit=time_limit, max_gpu_hours=max_gpu_hours, max_cost=max_cost,
                          price_per_gpu_hour=price_per_gpu_hour, min_gain_per_gpu_hour=min_gain_per_gpu_hour,
                          metric=metric, families=families, runtime=runtime, out=out, seed=seed, name=name,
-                         cost_aware=cost_aware)
+                         cost_aware=cost_aware, portfolio=portfolio)
     for note in plan.notes:
         log.warning("%s", note)
+    log.info("%s", plan.portfolio["line"])
     run_dir = plan.config.run_dir()
     if (run_dir / "config.json").is_file():
         check_resumable(run_dir / "config.json", plan.config)
     result = run_sweep(plan.config, run_dir)
+    record_portfolio(run_dir, plan.portfolio)
+    result["portfolio"] = plan.portfolio
     return SweepResult(result, run_dir, None)
+
+
+def record_portfolio(run_dir: Path, portfolio: Mapping[str, Any]) -> None:
+    """``result.json``'s ``portfolio``: whether the run started from the learned portfolio, and if not why (when it
+    did, its verdict is in ``history.prior``)."""
+    from rungflow.results import write_json_atomic
+
+    path = run_dir / "result.json"
+    if path.is_file():
+        write_json_atomic(path, {**json.loads(path.read_text(encoding="utf-8")), "portfolio": dict(portfolio)})

@@ -32,6 +32,9 @@ def add_automl_parsers(sub: Any) -> None:
     p.add_argument("--cost-aware", choices=("true", "false", "auto"), default=None,
                    help="search.cost_aware: rank proposals by expected gain per predicted GPU-second "
                         "(default false, measured in docs/automl.md)")
+    p.add_argument("--portfolio", default="on", metavar="on|off|FILE",
+                   help="on (default): start from configurations learned across tables, run beside the searcher and "
+                        "dropped where this table disagrees; off: start cold; or a portfolio JSON file")
     p.set_defaults(func=cmd_automl)
 
     p = sub.add_parser("predict", help="predict a table's rows with a run's saved model")
@@ -44,7 +47,7 @@ def add_automl_parsers(sub: Any) -> None:
 
 def cmd_automl(args: argparse.Namespace) -> int:
     from rungflow.config import ConfigError
-    from rungflow.flows.automl import automl_config
+    from rungflow.flows.automl import automl_config, record_portfolio
     from rungflow.flows.cli_run import _check_resumable, _run
 
     families = None
@@ -54,17 +57,19 @@ def cmd_automl(args: argparse.Namespace) -> int:
         plan = automl_config(args.table, args.label, time_limit=args.time_limit, max_gpu_hours=args.max_gpu_hours,
                              max_cost=args.max_cost, price_per_gpu_hour=args.price_per_gpu_hour,
                              min_gain_per_gpu_hour=args.min_gain_per_gpu_hour, metric=args.metric, families=families,
-                             runtime=args.runtime, out=args.out, seed=args.seed,
+                             runtime=args.runtime, out=args.out, seed=args.seed, portfolio=args.portfolio,
                              **({} if args.cost_aware is None else {"cost_aware": _cost_aware(args.cost_aware)}))
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     for note in plan.notes:
         err_console.print(f"note: {note}", highlight=False, soft_wrap=True, markup=False)
+    console.print(plan.portfolio["line"], highlight=False, soft_wrap=True, markup=False)
     run_dir = plan.config.run_dir()
     if (run_dir / "ledger.jsonl").exists():
         _check_resumable(run_dir, plan.config)
         console.print(f"{run_dir} already holds this run's ledger: resuming it (finished trials are not rerun)")
     code = _run(plan.config)
+    record_portfolio(run_dir, plan.portfolio)
     console.print(f"predict new rows: rungflow predict {run_dir} TABLE --out predictions.csv")
     return code
 

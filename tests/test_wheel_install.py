@@ -67,7 +67,7 @@ def test_the_wheel_holds_one_top_level_package_and_its_data(wheel: Path) -> None
     assert {n.split("/")[0] for n in names} == {"rungflow", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
     for shipped in ("rungflow/deployments/prefect.yaml", "rungflow/examples/digits.yaml",
                     "rungflow/tasks/trainables/workers/autosklearn_worker.py", "rungflow/flows/cli.py",
-                    "rungflow/budgets/rungs.py"):
+                    "rungflow/budgets/rungs.py", "rungflow/tasks/automl_portfolio.json"):
         assert shipped in names, shipped
 
 
