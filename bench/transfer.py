@@ -59,6 +59,8 @@ CONTROL = "random portfolio"
 ALONE = "portfolio alone"
 # The history as BOHB's proposal density (budgets/transfer_prior.py), beside the portfolio; "model only" without it.
 MODEL_ARMS = ("model prior", "model prior misleading", "model only", "model only misleading")
+# The model prior's starting share (--model-share); None: the product's default, transfer_prior.INITIAL_SHARE.
+MODEL_SHARE: float | None = None
 
 
 def _instances() -> tuple[str, ...]:
@@ -127,7 +129,9 @@ def _simulate(config: Any, ledger_path: Path | None, warm_start: Mapping[str, An
     if transfer:
         from rungflow.budgets.transfer_prior import TransferModel, TransferPriorSearcher
 
-        searcher = TransferPriorSearcher(searcher, TransferModel(searcher.space, transfer))
+        options = {} if MODEL_SHARE is None else {"initial_share": MODEL_SHARE}
+        searcher = TransferPriorSearcher(searcher, TransferModel(searcher.space, transfer),
+                                         portfolio=(warm_start or {}).get("enqueue", []), **options)
     if warm_start and warm_start.get("enqueue"):
         # As the flow does: the prior is judged on the sweep's own first rung and dropped where it misleads.
         searcher = PriorGuardSearcher(searcher, warm_start["enqueue"],
@@ -406,6 +410,7 @@ def summary(rows: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> list[dict
                     "within_1": sum(v is not None for v in values),
                     "median": median([math.inf if v is None else v for v in values]),
                     "kept": sum(v == "kept" for v in verdicts) if any(verdicts) else None,
+                    "share": median([r["shares"][arm]["share"] for r in rows if arm in r.get("shares", {})] or [None]),
                     "paired": _paired(rows, arm)})
     return out
 
@@ -427,13 +432,15 @@ def markdown(rows: Sequence[Mapping[str, Any]], arms: Sequence[str]) -> str:
             if not part:
                 continue
             lines += [f"**H = {h}, {label}** ({len(part)} runs)", "",
-                      "| arm | within 0.35·E[G] | within E[G] | median (·E[G]) | run − its cold twin, median | prior kept |",
-                      "|---|---:|---:|---:|---:|---:|"]
+                      "| arm | within 0.35·E[G] | within E[G] | median (·E[G]) | run − its cold twin, median | "
+                      "model prior's last share, median | prior kept |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
             for s in summary(part, arms):
                 kept = "" if s["kept"] is None else f"{s['kept']}/{s['runs']}"
                 paired = "" if s["paired"] is None else f"{s['paired']:+.3f}"
+                share = "" if s["share"] is None else f"{s['share']:.2f}"
                 lines.append(f"| {s['arm']} | {s['within_035']}/{s['runs']} | {s['within_1']}/{s['runs']} | "
-                             f"{'∞' if s['median'] == math.inf else fmt(s['median'], '.3f')} | {paired} | {kept} |")
+                             f"{'∞' if s['median'] == math.inf else fmt(s['median'], '.3f')} | {paired} | {share} | {kept} |")
             lines.append("")
     lines += ["| H | instance | seed | " + " | ".join(arms) + " |", "|---:|---|---:|" + "---:|" * len(arms)]
     for r in rows:
@@ -450,11 +457,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the target sweep's Hyperband iterations (it stops at E[G] first)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=(*ARMS, CONTROL, ALONE, *MODEL_ARMS))
     p.add_argument("--portfolio", type=int, default=PORTFOLIO, help="history.portfolio (the product's default: %(default)s)")
+    p.add_argument("--model-share", type=float, default=None,
+                   help="the model prior's starting share (default: the product's, budgets/transfer_prior.py)")
     p.add_argument("--out", type=Path, default=Path("bench/out/transfer"))
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+    global MODEL_SHARE
     t0 = time.perf_counter()
+    MODEL_SHARE = args.model_share
     instances = list(HELDOUT) if args.heldout else args.instances
     rows = run(instances, args.seeds, args.history, args.out, iterations=args.iterations, arms=args.arms,
                portfolio=args.portfolio)

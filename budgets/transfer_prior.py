@@ -171,10 +171,13 @@ def prior_share(results: Mapping[float, Mapping[str, Sequence[float | None]]], m
 
 class TransferPriorSearcher(Searcher):
     """Wraps the sweep's searcher (composition, as Ray Tune's ``ConcurrencyLimiter``): each new trial comes from the
-    transfer model with probability :attr:`share`, else from the searcher, which sees every result."""
+    transfer model with probability :attr:`share`, else from the searcher, which sees every result.
+
+    ``portfolio``: the history's portfolio configurations, run beside both by
+    :class:`rungflow.budgets.prior_guard.PriorGuardSearcher`; their results count for neither source."""
 
     def __init__(self, inner: Searcher, model: TransferModel, *, initial_share: float = INITIAL_SHARE,
-                 max_share: float = MAX_SHARE) -> None:
+                 max_share: float = MAX_SHARE, portfolio: Iterable[Mapping[str, Any]] = ()) -> None:
         super().__init__(inner.space, seed=inner.seed, mode=inner.mode, max_budget=inner.max_budget)
         self.inner = inner
         self.name = inner.name
@@ -185,11 +188,11 @@ class TransferPriorSearcher(Searcher):
         self._mix_rng = np.random.default_rng([self.seed, 2731])
         self._prior_rng = np.random.default_rng([self.seed, 2732])
         self._prior_keys: set[tuple[tuple[str, str], ...]] = set()
+        self._portfolio_keys = {config_key(c) for c in portfolio}
+        self._trial_source: dict[str, str] = {}  # trial id -> the source that proposed it, once it has a result
         self._results: dict[float, dict[str, dict[str, float | None]]] = {}
         self.state = ShareState(min(initial_share, max_share), "no result yet") if len(model) else \
             ShareState(0.0, "the history holds no sweep the model can fit on")
-        self.proposed_from_prior = 0
-        self.proposed_from_searcher = 0
         self.share_trajectory: list[float] = []
 
     @property
@@ -211,19 +214,21 @@ class TransferPriorSearcher(Searcher):
             if prior:
                 config = self.model.propose(self._prior_rng)
                 self._prior_keys.add(config_key(config))
-                self.proposed_from_prior += 1
                 out.append(config)
             else:
                 config = next(own, None)
                 if config is not None:
-                    self.proposed_from_searcher += 1
                     out.append(config)
         return out
 
     def observe(self, observation: Observation) -> None:
         self.observations.append(observation)
         self.inner.observe(observation)
-        source = "prior" if config_key(observation.config) in self._prior_keys else "own"
+        key = config_key(observation.config)
+        if key in self._portfolio_keys:
+            return
+        source = "prior" if key in self._prior_keys else "own"
+        self._trial_source[observation.trial_id] = source
         by_source = self._results.setdefault(observation.budget, {}).setdefault(source, {})
         by_source[observation.trial_id] = observation.score
 
@@ -235,8 +240,10 @@ class TransferPriorSearcher(Searcher):
         self.share_trajectory.append(round(self.state.share, 4))
 
     def report(self) -> dict[str, Any]:
-        """What the model prior did, for result.json: its trials, the searcher's, and the last share and why."""
-        return {"sweeps": len(self.model), "trials_from_prior": self.proposed_from_prior,
-                "trials_from_searcher": self.proposed_from_searcher, **self.state.to_json(),
+        """What the model prior did, for result.json: the trials with a result it proposed, the searcher's (a
+        proposal displaced by the portfolio never ran), and the last share and why."""
+        sources = list(self._trial_source.values())
+        return {"sweeps": len(self.model), "trials_from_prior": sources.count("prior"),
+                "trials_from_searcher": sources.count("own"), **self.state.to_json(),
                 "share_first": self.share_trajectory[0] if self.share_trajectory else None,
                 "share_min": min(self.share_trajectory, default=None)}

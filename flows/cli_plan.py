@@ -115,6 +115,10 @@ def history_plan_line(config) -> str:
     line = (f"history: {s['sweeps']} earlier sweeps ({names}), {s['trials']} trials, {s['tasks']} "
             f"task{'s' if s['tasks'] != 1 else ''} ({s['same_task']} of the same task); the first "
             f"{len(prior['portfolio'])} trials are its portfolio, then the search is cold")
+    if s.get("model_prior_sweeps"):
+        line = line.removesuffix(", then the search is cold") + (
+            f"; a model of {s['model_prior_sweeps']} sweeps' results proposes half the new trials at first, then as "
+            "many as its trials earn against the searcher's on this sweep's results")
     if s["model_observations"]:
         line += f"; the model starts from {s['model_observations']} earlier results"
     return line + "\n" + expected_line(s.get("expected") or {}) + "".join(f"\n  note: {n}" for n in s["notes"])

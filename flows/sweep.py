@@ -45,6 +45,7 @@ from rungflow.budgets.prior_guard import PriorGuardSearcher
 from rungflow.budgets.schedulers import RungDecision, TrialScore, make_scheduler
 from rungflow.budgets.search_registry import make_searcher
 from rungflow.budgets.searchers import Observation, Searcher
+from rungflow.budgets.transfer_prior import TransferModel, TransferPriorSearcher
 from rungflow.config import ConfigError, SweepConfig, resume_conflicts, validate
 from rungflow.faults import fault_point
 from rungflow.flows.prefect_server import SERVER_LOG, prefect_api
@@ -505,6 +506,10 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
             (prior.get("summary") or {}).get("stop_rule"), enabled=cfg.budget.history_stop,
             min_gain_per_gpu_hour=cfg.budget.min_gain_per_gpu_hour, stop_rule=cfg.budget.stop_rule)
         prior["summary"] = {**(prior.get("summary") or {}), "stop": stop}
+        if prior.get("transfer"):
+            # The history's model proposes part of every bracket's new trials, its share following this sweep's results.
+            sweep.searcher = TransferPriorSearcher(sweep.searcher, TransferModel(sweep.searcher.space, prior["transfer"]),
+                                                   portfolio=prior["portfolio"])
         # The history's prior is judged on this sweep's own first results and dropped where it misleads.
         sweep.searcher = PriorGuardSearcher(sweep.searcher, prior["portfolio"],
                                             [o["trial_id"] for o in prior["warm_start"]["observations"]])

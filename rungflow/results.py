@@ -234,16 +234,28 @@ def build_result(sweep: SweepState, final: bool = False) -> dict[str, Any]:
         # The Prefect API outages the sweep trained through (tasks/api_watch.py).
         "prefect_api": watch.summary() if (watch := getattr(sweep, "api_watch", None)) is not None else None,
         "history": history_section(getattr(sweep, "history", None), sweep.trials, records, sweep.mode,
-                                   getattr(sweep.searcher, "prior_decision", None)),
+                                   getattr(sweep.searcher, "prior_decision", None), model_prior_report(sweep.searcher)),
         "started_at": sweep.started_at,
         "elapsed_seconds": (max((r.finished_at for r in records), default=sweep.started_at) - sweep.started_at),
     }
 
 
+def model_prior_report(searcher: Any) -> dict[str, Any] | None:
+    """What the history's model prior did (:class:`rungflow.budgets.transfer_prior.TransferPriorSearcher`), wherever
+    it sits among the sweep's searcher wrappers; None without one."""
+    while searcher is not None:
+        if hasattr(searcher, "share_trajectory"):
+            return searcher.report()
+        searcher = getattr(searcher, "inner", None)
+    return None
+
+
 def history_section(prior: Mapping[str, Any] | None, trials: Mapping[str, Mapping[str, Any]],
-                    records: Iterable[SpendRecord], mode: str, decision: Any = None) -> dict[str, Any] | None:
+                    records: Iterable[SpendRecord], mode: str, decision: Any = None,
+                    model_prior: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """What the history's prior contributed: its sources, the portfolio's trials, the incumbents they gave, and
-    whether it was kept or dropped and why (``decision``: :class:`rungflow.budgets.prior_guard.PriorDecision`)."""
+    whether it was kept or dropped and why (``decision``: :class:`rungflow.budgets.prior_guard.PriorDecision`);
+    ``model_prior``: the model prior's trials and its last share (:func:`model_prior_report`)."""
     if prior is None:
         return None
     from rungflow.budgets.prior import config_key, incumbent_trials
@@ -256,7 +268,8 @@ def history_section(prior: Mapping[str, Any] | None, trials: Mapping[str, Mappin
     return {**summary, "portfolio": prior.get("portfolio", []), "portfolio_trials": taken,
             "incumbents": len(incumbents), "incumbents_from_portfolio": sum(t in taken for t in incumbents),
             "best_from_portfolio": bool(incumbents) and incumbents[-1] in taken,
-            "prior": decision.to_json() if decision is not None else None}
+            "prior": decision.to_json() if decision is not None else None,
+            "model_prior_share": dict(model_prior) if model_prior is not None else None}
 
 
 def ensemble_line(ensemble: dict[str, Any]) -> str:
@@ -287,6 +300,10 @@ def history_line(history: dict[str, Any]) -> str:
     model = history.get("model_observations", 0)
     line = f"{head}; {portfolio}; " + (f"the model also fit on {model} earlier results of the same task" if model
                                        else "the model fit on this sweep's results only")
+    share = history.get("model_prior_share")
+    if share:
+        line += (f"; the model of {share['sweeps']} earlier sweeps proposed {share['trials_from_prior']} trials, the "
+                 f"searcher {share['trials_from_searcher']}, its share {share['share']:.2f} at the end ({share['reason']})")
     if (history.get("stop") or {}).get("used"):
         line += f"; {history['stop']['why']}"
     verdict = history.get("prior") or {}

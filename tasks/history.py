@@ -313,13 +313,17 @@ def prior_for(config: Any, run_dir: Path) -> dict[str, Any] | None:
         if len(given) < len(h.configs):
             history.notes.append(f"history.configs: {len(h.configs) - len(given)} of {len(h.configs)} outside this "
                                  "sweep's space, left out")
+    from rungflow.budgets.transfer_prior import transfer_data
+
+    transfer = transfer_data(history.sweeps, config.search_space()) if h.model_prior == "auto" else []
     from rungflow.budgets.prior_estimate import estimate_prior
 
     expected = estimate_prior(config.search_space(), history.sweeps, h.portfolio)
     summary = {**history.summary(), "configs_source": h.configs_source, "configs": len(h.configs),
                "configs_in_space": len(given), "portfolio_size": h.portfolio, "model": h.model,
-               "model_observations": len(prior.model_observations), "expected": dataclasses.asdict(expected)}
-    return {"summary": summary, "portfolio": prior.portfolio, "warm_start": prior.warm_start()}
+               "model_observations": len(prior.model_observations), "expected": dataclasses.asdict(expected),
+               "model_prior": h.model_prior, "model_prior_sweeps": len(transfer)}
+    return {"summary": summary, "portfolio": prior.portfolio, "warm_start": prior.warm_start(), "transfer": transfer}
 
 
 def given_configs(config: Any) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ def _config(tmp_path: Path, history: dict[str, Any] | None, **overrides: Any):
     ({"runs": ["a"], "portfolio": 100}, "history.portfolio = 100: must be between 0 and 64"),
     ({"runs": [""]}, "history.runs = ['']: an empty entry"),
     ({"runs": ["a"], "model": "always"}, "history.model = 'always'"),
+    ({"runs": ["a"], "model_prior": "on"}, "history.model_prior = 'on': Input should be 'auto' or 'off'"),
     ({"runs": ["a"], "pickles": True}, "history.pickles = True: unknown field"),
 ])
 def test_the_section_is_checked_in_one_line(tmp_path: Path, history: dict[str, Any], says: str) -> None:
@@ -223,6 +224,11 @@ def test_the_portfolio_runs_first_in_a_real_sweep_and_result_json_says_what_it_g
     # The earlier sweep's winner leads this task's first rung: the prior is kept, and every view says why.
     assert h["prior"]["verdict"] == "kept" and h["prior"]["budget"] == 1.0 and h["prior"]["cold_trials"] >= 3
     assert "the prior was kept: its best configuration scored" in line and "the prior was kept" in summary_markdown(result)
+    # The model of the two sweeps proposed part of the new trials; what it proposed and its share are said.
+    share = h["model_prior_share"]
+    assert saved["summary"]["model_prior_sweeps"] == 2 and share["sweeps"] == 2 and share["trials_from_prior"] > 0
+    assert share["trials_from_prior"] + share["trials_from_searcher"] + len(taken) == len(result["trials"])
+    assert f"the model of 2 earlier sweeps proposed {share['trials_from_prior']} trials" in line
 
 
 def test_a_misleading_prior_is_dropped_and_the_search_goes_on_cold(prefect_server: str, earlier_run: Path,

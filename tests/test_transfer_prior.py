@@ -79,7 +79,7 @@ def _share_after(model_best: tuple[float, float], rounds: int = 6) -> tuple[Tran
 def test_a_misleading_prior_loses_its_share_and_a_good_one_keeps_it() -> None:
     misled, shares = _share_after((0.05, 0.05))
     assert shares[0] == INITIAL_SHARE and misled.share < 0.15 and misled.state.prior_top <= 1
-    assert misled.proposed_from_prior < misled.proposed_from_searcher
+    assert misled.report()["trials_from_prior"] < misled.report()["trials_from_searcher"]
     good, _ = _share_after(TRUE_BEST)
     assert good.share > INITIAL_SHARE and good.state.prior_top > good.state.own_top
     assert "best third" in good.report()["reason"] and good.report()["trials_from_prior"] > 0

@@ -38,6 +38,11 @@ class HistoryConfig(_Strict):
                                                                               "results do, as this task's own (this "
                                                                               "task on other data, as last week's "
                                                                               "table); off: the portfolio only")
+    model_prior: Literal["auto", "off"] = Field(default="auto", description="auto: a model of the earlier sweeps' "
+                                                                             "results, ranked within each sweep, "
+                                                                             "proposes part of the new trials, its "
+                                                                             "share following how its trials rank on "
+                                                                             "this sweep's own results; off: none")
 
     @field_validator("runs", "retrain_runs", mode="before")
     @classmethod
