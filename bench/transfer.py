@@ -7,8 +7,10 @@ BOHB, run to their end), each on another LCBench task, run by the sweep's own dr
 (:func:`tasks.history.prior_for`), so the bench measures what a user gets. A target's history never holds its own
 task: the H tasks are drawn, with a seed of their own, from the 33 other LCBench tasks.
 
-Arms, on the same histories: cold BOHB (ours, no history); ours with history; ours with a misleading history (the
-same run directories with every score turned upside down, 100 − score); Syne Tune 0.16's transfer-learning
+Arms, on the same histories: cold BOHB (ours, no history); ours with history, as the product runs it by default (the
+portfolio beside the searcher's first draws, the history's model as BOHB's proposal density); ours with a misleading
+history (the same run directories with every score turned upside down, 100 − score); each of ours with one part
+taken away (``portfolio only``: ``history.model_prior: off``; ``model only``: ``history.portfolio: 0``); Syne Tune 0.16's transfer-learning
 schedulers (``ZeroShotTransfer``, ``BoundingBox`` around random search, ``QuantileBasedSurrogateSearcher``), given the
 same sweeps as ``TransferLearningTaskEvaluations`` (each trial at the highest budget it reached) and run as they
 are built, one full-budget trial at a time on the same surrogate curves; and the same three on the misleading
@@ -57,8 +59,10 @@ CONTROL = "random portfolio"
 # A bound, not a method: the history's portfolio alone, each configuration trained at full budget one after another
 # until one reaches the target. No sweep whose first bracket holds that portfolio gets there sooner through it.
 ALONE = "portfolio alone"
-# The history as BOHB's proposal density (budgets/transfer_prior.py), beside the portfolio; "model only" without it.
-MODEL_ARMS = ("model prior", "model prior misleading", "model only", "model only misleading")
+# "history" and "misleading" run what the product runs by default: the portfolio beside the searcher's first draws
+# and the history's model as BOHB's proposal density (budgets/transfer_prior.py). These take one of the two away:
+# "portfolio only" is history.model_prior: off (the product before the model), "model only" history.portfolio: 0.
+MODEL_ARMS = ("portfolio only", "portfolio only misleading", "model only", "model only misleading")
 # The model prior's starting share (--model-share); None: the product's default, transfer_prior.INITIAL_SHARE.
 MODEL_SHARE: float | None = None
 
@@ -352,16 +356,12 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
             ref = reference(target, pool=pool)
             goal, eg = ref.expected_best - MARGIN, ref.expected_gpu_hours
             sweeps = {}
-            if any(a in PEERS or a.endswith("misleading") and a != "misleading" or a in MODEL_ARMS for a in arms):
+            if any(a in PEERS or a.endswith("misleading") and a not in ("misleading", *MODEL_ARMS) for a in arms):
                 for label, dirs in (("", runs), (" misleading", mislead)):
                     config = _config(target, 0, history={"runs": [str(r) for r in dirs]})
                     history = load_history(config)
                     assert history is not None
                     sweeps[label] = history.sweeps
-            from rungflow.budgets.transfer_prior import transfer_data
-
-            space = curves(target).space
-            transfer = {label: transfer_data(s, space) for label, s in sweeps.items()}
             for seed in seeds:
                 t0 = time.perf_counter()
                 cell: dict[str, Any] = {"h": h, "instance": target, "seed": seed, "history_tasks": tasks,
@@ -373,17 +373,12 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
                 for arm in arms:
                     if arm == "cold":
                         cell[arm] = run_ours(target, seed, iterations, None, goal, eg)
-                    elif arm == "history":
-                        cell[arm] = run_ours(target, seed, iterations, prior["warm_start"], goal, eg, cell["verdicts"], arm)
-                    elif arm == "misleading":
-                        cell[arm] = run_ours(target, seed, iterations, misprior["warm_start"], goal, eg, cell["verdicts"],
-                                             arm)
-                    elif arm in MODEL_ARMS:
-                        misleading = arm.endswith("misleading")
-                        chosen = misprior if misleading else prior
-                        warm = chosen["warm_start"] if arm.startswith("model prior") else None
-                        cell[arm] = run_ours(target, seed, iterations, warm, goal, eg, cell["verdicts"], arm,
-                                             transfer[" misleading" if misleading else ""], cell["shares"])
+                    elif arm in ("history", "misleading", *MODEL_ARMS):
+                        chosen = misprior if arm.endswith("misleading") else prior
+                        warm = None if arm.startswith("model only") else chosen["warm_start"]
+                        model = None if arm.startswith("portfolio only") else chosen["transfer"]
+                        cell[arm] = run_ours(target, seed, iterations, warm, goal, eg, cell["verdicts"], arm, model,
+                                             cell["shares"])
                     elif arm == ALONE:
                         cell[arm] = portfolio_alone(target, prior["portfolio"], goal, eg)
                     elif arm == CONTROL:

@@ -42,6 +42,9 @@ def test_tiny_run_reads_real_run_directories(tmp_path: Path) -> None:
     # Each arm with a portfolio says what became of it; cold has none.
     assert set(row["verdicts"]) == {"history", "misleading"}
     assert set(row["verdicts"].values()) <= {"kept", "dropped", "pending"}
+    # The history's model proposed part of the trials, as the product's default does, and says its share.
+    assert row["shares"]["history"]["sweeps"] == 2 and row["shares"]["history"]["trials_from_prior"] > 0
+    assert 0.0 <= row["shares"]["misleading"]["share"] <= 1.0
     # The misleading copy turns every score upside down and changes nothing else.
     task = row["history_tasks"][0]
     plain = [json.loads(x) for x in (tmp_path / "history" / f"lcbench-{task}" / "ledger.jsonl").read_text().splitlines()]
