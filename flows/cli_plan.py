@@ -121,6 +121,13 @@ def history_plan_line(config) -> str:
             "many as its trials earn against the searcher's on this sweep's results")
     if s["model_observations"]:
         line += f"; the model starts from {s['model_observations']} earlier results"
+    from rungflow.budgets.history_stop import stop_rule_in_use
+
+    b = config.budget
+    stop = stop_rule_in_use(s.get("stop_rule"), enabled=b.history_stop, min_gain_per_gpu_hour=b.min_gain_per_gpu_hour,
+                            stop_rule=b.stop_rule)[1]
+    if stop["used"]:
+        line += f"; {stop['why']}"
     return line + "\n" + expected_line(s.get("expected") or {}) + "".join(f"\n  note: {n}" for n in s["notes"])
 
 

@@ -160,6 +160,9 @@ def test_a_sweep_with_history_and_a_price_stops_by_what_the_earlier_sweeps_gaine
                                 scheduler={"kind": "hyperband", "min_budget": 1, "max_budget": 9, "eta": 3,
                                            "iterations": 4},
                                 budget={"max_gpu_hours": 10_000.0, "min_gain_per_gpu_hour": 0.01}))
+    from rungflow.flows.cli_plan import history_plan_line
+
+    assert "the marginal-gain stop judged by what 2 earlier sweeps still gained" in history_plan_line(cfg)
     result = run_sweep(cfg, cfg.run_dir(), refit=False)
     stop = result["history"]["stop"]
     assert stop["used"] and stop["sweeps"] == 2, stop
