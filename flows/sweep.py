@@ -516,7 +516,7 @@ def sweep_flow(config: dict[str, Any], run_dir: str | None = None, warm_start: d
         # The caller's own warm start (the retrain's last week) first, then the history's portfolio.
         warm_start = {"observations": [*(warm_start or {}).get("observations", []), *prior["warm_start"]["observations"]],
                       "enqueue": [*(warm_start or {}).get("enqueue", []), *prior["warm_start"]["enqueue"]]}
-    firsts = cfg.trainable_class()(cfg.trainable.options).first_configs()
+    firsts = cfg.trainable_class()(cfg.trainable.options).first_configs(first_budget=cfg.budget_range()[0])
     if firsts:  # an Optuna objective's probe runs, already paid for as setup: their results are the first trials'
         warm_start = {**(warm_start or {}), "enqueue": [*firsts, *(warm_start or {}).get("enqueue", [])]}
     if warm_start:

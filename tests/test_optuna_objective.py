@@ -151,7 +151,8 @@ def test_a_first_report_in_the_probe_is_a_first_rung_of_one_step() -> None:
 
     trainable = _trainable(stepwise_branches)
     trainable.probe()
-    assert trainable.first_configs() == [{"kind": "a"}, {"kind": "b"}]
+    assert trainable.first_configs(first_budget=1) == [{"kind": "a"}, {"kind": "b"}]
+    assert trainable.first_configs(first_budget=3) == []  # a first rung of 3 steps: the searcher's draws come first
     # A later rung (more steps) runs the objective; the first rung of one step is the probe's first report, once.
     assert trainable.train(TrainRequest("t0", {"kind": "a"}, 2)).metrics["reported_steps"] == 2
     reused = trainable.train(TrainRequest("t1", {"kind": "a"}, 1))

@@ -101,9 +101,9 @@ class Trainable(ABC):
         the ledger to bill: ``{"key", "kind", "runs", "wall_seconds", "started_at"}``. Most trainables make none."""
         return []
 
-    def first_configs(self) -> list[dict[str, Any]]:
-        """Configurations the user's code already ran before the sweep, proposed first: :meth:`train` gives their
-        results back rather than running them again. Most trainables have none."""
+    def first_configs(self, first_budget: float) -> list[dict[str, Any]]:
+        """Configurations the user's code already ran before the sweep to a first rung of ``first_budget``, proposed
+        first: :meth:`train` gives their results back rather than running them again. Most trainables have none."""
         return []
 
     def check(self) -> None:

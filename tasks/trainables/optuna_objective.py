@@ -356,12 +356,15 @@ class OptunaObjectiveTrainable(CallableTrainable):
         cls._unbilled.clear()
         cls._probe_runs.clear()
 
-    def first_configs(self) -> list[dict[str, Any]]:
-        """The configurations the probe ran to a result (its return value, or its first report), so that proposed
-        first, the runs the ledger bills as setup are the first trials' results rather than thrown away."""
+    def first_configs(self, first_budget: float) -> list[dict[str, Any]]:
+        """The configurations whose probe run is a first rung of ``first_budget`` (it returned, or it reported once
+        and the rung is one step), so that proposed first, the runs the ledger bills as setup are the first trials'
+        results rather than thrown away. Where no run covers the first rung, the searcher's own draws come first."""
         self.probe()
+        full = self.options.full_budget is not None and first_budget >= self.options.full_budget - 1e-9
+        one_step = first_budget <= 1 + 1e-9 and not full
         return [dict(run["config"]) for run in self._probe_runs.get(self._probe_key(), [])
-                if run["returned"] is not None or run["first_report"] is not None]
+                if run["returned"] is not None or (one_step and run["first_report"] is not None)]
 
     def _probe_result(self, request: TrainRequest, full: bool) -> TrainOutcome | None:
         """A probe run's result for ``request``, handed out once: a run that returned covers any budget (the
