@@ -40,7 +40,8 @@ from typing import Any
 
 __all__ = ["ARMS", "run", "main", "add_arguments"]
 
-ARMS: tuple[str, ...] = ("native", "raytune", "optuna")
+ARMS: tuple[str, ...] = ("native", "raytune", "optuna", "raytune_one_folder")
+DEFAULT_ARMS: tuple[str, ...] = ("native", "raytune", "optuna")
 MAX_ITERATIONS = 9
 CONCURRENCY = 2
 
@@ -101,6 +102,28 @@ def raytune_train(config: dict[str, Any]) -> None:
             _WORKED["own_checkpoint"] += time.perf_counter() - t0 - in_report
 
 
+def raytune_one_folder_train(config: dict[str, Any]) -> None:
+    """:func:`raytune_train` writing each checkpoint into one folder it keeps for the call, not a fresh one per
+    iteration: what a Ray Tune function costs when its own folder churn is taken away."""
+    import shutil
+
+    from ray import tune
+
+    start = 0
+    loaded = tune.get_checkpoint()
+    if loaded:
+        with loaded.as_directory() as folder:
+            start = json.loads((Path(folder) / "state.json").read_text())["iteration"]
+    folder = tempfile.mkdtemp()
+    try:
+        for i in range(start + 1, MAX_ITERATIONS + 1):
+            score = _iterate(config, i)
+            (Path(folder) / "state.json").write_text(json.dumps({"iteration": i}))
+            tune.report({"score": score}, checkpoint=tune.Checkpoint.from_directory(folder))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def optuna_objective(trial: Any) -> float:
     import optuna
 
@@ -117,14 +140,15 @@ def optuna_objective(trial: Any) -> float:
 def _space(arm: str) -> dict[str, Any] | None:
     if arm == "optuna":
         return None  # the objective defines it: the same two parameters, the same ranges
-    if arm == "raytune":
+    if arm.startswith("raytune"):
         from ray import tune
 
         return {"x": tune.uniform(0.0, 1.0), "lr": tune.loguniform(1e-3, 1.0)}
     return {"x": {"type": "float", "low": 0.0, "high": 1.0}, "lr": {"type": "float", "low": 1e-3, "high": 1.0, "log": True}}
 
 
-_FUNCTIONS: dict[str, Callable[..., Any]] = {"native": native_train, "raytune": raytune_train, "optuna": optuna_objective}
+_FUNCTIONS: dict[str, Callable[..., Any]] = {"native": native_train, "raytune": raytune_train, "optuna": optuna_objective,
+                                             "raytune_one_folder": raytune_one_folder_train}
 
 
 def _sweep_arguments(arm: str, runtime: str, trials: int, seed: int, out: Path) -> dict[str, Any]:
@@ -394,7 +418,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(ARMS))
     p.add_argument("--runtimes", nargs="+", default=["thread", "ray"], choices=["thread", "ray"])
     p.add_argument("--work", choices=["sleep", "numpy"], default="sleep")
     p.add_argument("--work-ms", type=float, default=2.0, help="workload milliseconds per iteration")
