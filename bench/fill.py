@@ -3,7 +3,9 @@
 Per LCBench instance and seed, the sweep the cluster targets are set on (Hyperband 1..52 epochs, η = 3, BOHB,
 ``gpus_per_trial`` 0.25, ``--iterations`` Hyperband iterations: 49 trials each) runs through the real driver on
 the simulated cluster (:func:`rungflow.flows.plan_sim.simulate`, as ``rungflow plan --simulate``) twice:
-``scheduler.max_open_brackets: 1`` (the schedule before brackets ran side by side) and unset (the default).
+``scheduler.max_open_brackets: 1`` (the schedule before brackets ran side by side) and unset (the default); with
+``--modes ... asha``, also ASHA with the same searcher and trial count (would a scheduler chosen from the plan do
+better on a cluster?).
 Durations and scores come from whole learning curves read at once (:class:`bench.search_sim.Curves`, the
 surrogate's time made non-decreasing, as the robust bench bills it), which makes a 784-trial sweep a few seconds.
 
@@ -30,7 +32,11 @@ __all__ = ["run_one", "summarize", "markdown", "main"]
 
 DEV_INSTANCES = ("3945", "7593", "34539", "126025", "126026")
 HELDOUT = ("167149", "168910", "189906", "167168", "189866", "146212")
-MODES = {"one at a time": 1, "side by side": None}
+# name -> (scheduler kind, scheduler.max_open_brackets); "asha" asks whether a plan-chosen asynchronous scheduler
+# would serve a cluster better than Hyperband's brackets side by side (same searcher, same trial count).
+MODES: dict[str, tuple[str, int | None]] = {"one at a time": ("hyperband", 1), "side by side": ("hyperband", None),
+                                            "asha": ("asha", None)}
+DEFAULT_MODES = ("one at a time", "side by side")
 CAP = 0.35  # of E[G], the robust bench's cap
 MARGIN = 0.5
 
@@ -82,14 +88,15 @@ def _fraction(table: str, seed: int, iterations: int, gpus_per_trial: float) -> 
 FAMILIES = {"lcbench": _lcbench, "hgb-fraction": _fraction}
 
 
-def run_one(instance: str, seed: int, workers: int, max_open: int | None, iterations: int,
+def run_one(instance: str, seed: int, workers: int, mode: str, iterations: int,
             gpus_per_trial: float = 0.25, family: str = "lcbench") -> dict[str, Any]:
     from rungflow.flows.plan_sim import simulate
 
     config, seconds, score, ref, max_budget = FAMILIES[family](instance, seed, iterations, gpus_per_trial)
+    kind, max_open = MODES[mode]
     t0 = time.perf_counter()
-    r = simulate(config, workers=workers, durations=seconds, scores=score, against_one_gpu=False,
-                 scheduler_options={"max_open_brackets": max_open})
+    r = simulate(config, workers=workers, durations=seconds, scores=score, against_one_gpu=False, scheduler_kind=kind,
+                 scheduler_options={"max_open_brackets": max_open} if kind == "hyperband" else None)
     took = time.perf_counter() - t0
     target = ref.expected_best - MARGIN
     spent, reach, at_cap, best = 0.0, None, None, None
@@ -103,7 +110,8 @@ def run_one(instance: str, seed: int, workers: int, max_open: int | None, iterat
         if reach is None and best >= target:
             reach = spent
     return {
-        "family": family, "instance": instance, "seed": seed, "workers": workers, "max_open_brackets": max_open,
+        "family": family, "instance": instance, "seed": seed, "workers": workers, "mode": mode,
+        "max_open_brackets": max_open,
         "iterations": iterations, "trials": r["trials"], "wall_hours": r["wall_seconds"] / 3600,
         "utilisation": r["utilisation"], "critical_path_hours": r["critical_path_seconds"] / 3600,
         "gpu_hours": r["gpu_hours"], "expected_best": ref.expected_best, "expected_gpu_hours": ref.expected_gpu_hours,
@@ -113,16 +121,17 @@ def run_one(instance: str, seed: int, workers: int, max_open: int | None, iterat
     }
 
 
-def _mode(max_open: int | None) -> str:
-    return next(name for name, value in MODES.items() if value == max_open)
+def _mode_of(row: Mapping[str, Any]) -> str:
+    # Rows written before the asha mode existed name only max_open_brackets.
+    return row.get("mode") or ("one at a time" if row["max_open_brackets"] == 1 else "side by side")
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], groups: Mapping[str, Sequence[str]],
               workers: Sequence[int]) -> list[dict[str, Any]]:
     out = []
     for group, instances in groups.items():
-        for mode, max_open in MODES.items():
-            mine = [r for r in rows if r["instance"] in instances and r["max_open_brackets"] == max_open]
+        for mode in MODES:
+            mine = [r for r in rows if r["instance"] in instances and _mode_of(r) == mode]
             if not mine:
                 continue
             walls = {(r["instance"], r["seed"], r["workers"]): r["wall_hours"] for r in mine}
@@ -156,7 +165,7 @@ def markdown(summary: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> s
         f"row's next smaller cluster (median, worst). *reached*: runs whose {top} incumbent reached E[B] − 0.5; "
         f"*to target*: trial-hours when it did, ·E[G]; *at {CAP:g}·E[G]* and *final*: best {top} accuracy − E[B].",
         "",
-        "| instances | brackets | GPUs | wall (h) | utilisation | critical path (h) | speed-up | reached | "
+        "| instances | schedule | GPUs | wall (h) | utilisation | critical path (h) | speed-up | reached | "
         f"to target (·E[G]) | at {CAP:g}·E[G] | final |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -179,6 +188,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--iterations", type=int, default=16, help="Hyperband iterations (49 trials each)")
     p.add_argument("--fill-workers", type=int, nargs="+", default=[1, 8, 64], dest="fill_workers")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(DEFAULT_MODES),
+                   help="Hyperband one bracket at a time, brackets side by side, and/or ASHA (same searcher and trials)")
     p.add_argument("--out", type=Path, default=Path("bench/out/fill"))
 
 
@@ -191,11 +202,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for instance in [*args.instances, *args.heldout]:
         for seed in args.seeds:
-            for max_open in MODES.values():
+            for mode in args.modes:
                 for w in args.fill_workers:
-                    r = run_one(str(instance), seed, w, max_open, args.iterations, family=args.family)
+                    r = run_one(str(instance), seed, w, mode, args.iterations, family=args.family)
                     rows.append(r)
-                    print(f"  {instance} s{seed} {_mode(max_open)} {w} GPUs: {r['wall_hours']:.3f} h, utilisation "
+                    print(f"  {instance} s{seed} {mode} {w} GPUs: {r['wall_hours']:.3f} h, utilisation "
                           f"{r['utilisation']:.2f}, critical path {r['critical_path_hours']:.3f} h, reach "
                           f"{fmt(r['reach_fraction'], '.3f')}, final {fmt(r['final_gap'], '+.2f')} "
                           f"({r['simulated_seconds']:.1f} s)", flush=True)
