@@ -93,7 +93,7 @@ class BudgetSettings:
     top_k: int = 1
     stop_rule: Literal["window", "forecast"] = "window"
     # With a rule learned from earlier sweeps (history:), judge the threshold by it instead of stop_rule.
-    history_stop: bool = True
+    history_stop: bool = False
     noisy: bool = False
     on_cap: Literal["finish", "cancel"] = "cancel"
     target_score: float | None = None

@@ -98,7 +98,7 @@ FLAT = [[0.70, 0.80, 0.90], [0.85, 0.60], [0.88, 0.50], [0.89, 0.70], [0.75, 0.8
 
 
 def test_a_flat_sweep_stops_by_the_history_rule_and_says_so() -> None:
-    settings = BudgetSettings(min_gain_per_gpu_hour=0.01, patience=2, brackets_per_iteration=2)
+    settings = BudgetSettings(min_gain_per_gpu_hour=0.01, patience=2, brackets_per_iteration=2, history_stop=True)
     decisions = _judge_brackets(BudgetController(settings, full_budget=9.0,
                                                  history_stop=HistoryStopRule(kappa=1.0, sweeps=4)), FLAT)
     stop = decisions[-1]
@@ -111,7 +111,7 @@ def test_a_flat_sweep_stops_by_the_history_rule_and_says_so() -> None:
 
 
 def test_a_kind_of_sweep_that_keeps_gaining_keeps_going_and_false_turns_it_off() -> None:
-    settings = BudgetSettings(min_gain_per_gpu_hour=0.01, patience=2, brackets_per_iteration=2)
+    settings = BudgetSettings(min_gain_per_gpu_hour=0.01, patience=2, brackets_per_iteration=2, history_stop=True)
     keen = BudgetController(settings, full_budget=9.0, history_stop=HistoryStopRule(kappa=50.0, sweeps=4))
     assert not any(d.stop for d in _judge_brackets(keen, FLAT))
     off = BudgetController(BudgetSettings(min_gain_per_gpu_hour=0.01, patience=2, brackets_per_iteration=2,
@@ -159,7 +159,7 @@ def test_a_sweep_with_history_and_a_price_stops_by_what_the_earlier_sweeps_gaine
                                 history={"runs": [str(r) for r in earlier_runs], "portfolio": 0},
                                 scheduler={"kind": "hyperband", "min_budget": 1, "max_budget": 9, "eta": 3,
                                            "iterations": 4},
-                                budget={"max_gpu_hours": 10_000.0, "min_gain_per_gpu_hour": 0.01}))
+                                budget={"max_gpu_hours": 10_000.0, "min_gain_per_gpu_hour": 0.01, "history_stop": True}))
     from rungflow.flows.cli_plan import history_plan_line
 
     assert "the marginal-gain stop judged by what 2 earlier sweeps still gained" in history_plan_line(cfg)

@@ -49,7 +49,7 @@ def test_budget_config_defaults_and_types_are_the_settings(name: str) -> None:
 NON_DEFAULT: dict[str, Any] = {
     "max_gpu_hours": 3.0, "max_cost": 7.0, "deadline": "2h", "price_per_gpu_hour": 1.5, "max_cpu_hours": 4.0,
     "price_per_cpu_hour": 0.25, "min_gain_per_gpu_hour": 0.01, "window_gpu_hours": 2.0, "min_gpu_hours": 0.5,
-    "patience": 3, "top_k": 2, "stop_rule": "forecast", "history_stop": False, "noisy": True, "on_cap": "finish", "target_score": 0.9,
+    "patience": 3, "top_k": 2, "stop_rule": "forecast", "history_stop": True, "noisy": True, "on_cap": "finish", "target_score": 0.9,
     "window_iterations": 2, "verdict_every": "iteration", "bill": "held",
 }
 
