@@ -138,6 +138,7 @@ def test_the_probe_runs_are_billed_once_and_their_results_are_the_first_trials(p
                            runtime={"kind": "thread", "max_concurrent": 2, "cpus_per_trial": 2}, out=out)
     assert again.ledger["setup"] == result.ledger["setup"] and len(Ledger(out / "ledger.jsonl").setup) == 1
     assert len(calls) == 3  # the resumed sweep replayed its trials, probed nothing
+    assert again.raw["trials"] == result.raw["trials"]  # the same proposals, the probe's configurations first
 
 
 def test_a_first_report_in_the_probe_is_a_first_rung_of_one_step() -> None:

@@ -325,6 +325,9 @@ class OptunaObjectiveTrainable(CallableTrainable):
     # The probe's runs not yet given to a trial, per objective: a trial asked for one of their configurations, at a
     # budget the run covered, gets its result back instead of running the objective again.
     _probe_runs: ClassVar[dict[str, list[dict[str, Any]]]] = {}
+    # All of the probe's runs, kept: the configurations proposed first are the same in every sweep of this objective
+    # in this process, so a resume proposes what the first session did even after the results were handed out.
+    _probe_outcomes: ClassVar[dict[str, list[dict[str, Any]]]] = {}
     # What each probe cost, until a sweep's ledger bills it (once: a later sweep in this process reuses the space).
     _unbilled: ClassVar[dict[str, dict[str, Any]]] = {}
     callable_noun: ClassVar[str] = "objective"
@@ -344,7 +347,8 @@ class OptunaObjectiveTrainable(CallableTrainable):
             started_at, t0 = time.time(), time.perf_counter()
             space, reports, runs = _probe(self._function(), self.options.mode, self.options.max_probes)
             self._probed[key] = (space, reports)
-            self._probe_runs[key] = runs
+            self._probe_runs[key] = list(runs)
+            self._probe_outcomes[key] = list(runs)
             self._unbilled[key] = {"key": f"space-probe-{os.getpid()}-{started_at:.6f}", "kind": "space_probe",
                                    "runs": len(runs), "wall_seconds": time.perf_counter() - t0, "started_at": started_at}
         return self._probed[key]
@@ -355,6 +359,7 @@ class OptunaObjectiveTrainable(CallableTrainable):
         cls._probed.clear()
         cls._unbilled.clear()
         cls._probe_runs.clear()
+        cls._probe_outcomes.clear()
 
     def first_configs(self, first_budget: float) -> list[dict[str, Any]]:
         """The configurations whose probe run is a first rung of ``first_budget`` (it returned, or it reported once
@@ -363,7 +368,7 @@ class OptunaObjectiveTrainable(CallableTrainable):
         self.probe()
         full = self.options.full_budget is not None and first_budget >= self.options.full_budget - 1e-9
         one_step = first_budget <= 1 + 1e-9 and not full
-        return [dict(run["config"]) for run in self._probe_runs.get(self._probe_key(), [])
+        return [dict(run["config"]) for run in self._probe_outcomes.get(self._probe_key(), [])
                 if run["returned"] is not None or (one_step and run["first_report"] is not None)]
 
     def _probe_result(self, request: TrainRequest, full: bool) -> TrainOutcome | None:
