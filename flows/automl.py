@@ -107,7 +107,7 @@ def automl_config(frame_or_path: Any, label: str, *, time_limit: float | None = 
                   metric: str | None = None, families: Sequence[str] | None = None,
                   runtime: str | Mapping[str, Any] | None = None, out: str | Path | None = None, seed: int = 0,
                   name: str | None = None, cost_aware: bool | str = COST_AWARE,
-                  portfolio: str | Path | Mapping[str, Any] | None = "on") -> AutoMLPlan:
+                  portfolio: str | Path | Mapping[str, Any] | None = "off") -> AutoMLPlan:
     """Check the table and build the sweep config; raises :class:`ConfigError` (one line) before anything is spent.
 
     A DataFrame is saved as Parquet in the run directory, so the sweep's trials (and a resume) read it from there.
@@ -180,15 +180,15 @@ def automl(frame_or_path: Any, label: str, *, time_limit: float | None = DEFAULT
            min_gain_per_gpu_hour: float | None = None, metric: str | None = None, families: Sequence[str] | None = None,
            runtime: str | Mapping[str, Any] | None = None, out: str | Path | None = None, seed: int = 0,
            name: str | None = None, cost_aware: bool | str = COST_AWARE,
-           portfolio: str | Path | Mapping[str, Any] | None = "on"):
+           portfolio: str | Path | Mapping[str, Any] | None = "off"):
     """The best model for ``label`` in a table (a DataFrame, or a CSV/Parquet path or s3:// URL); blocks until done.
 
     ``time_limit`` seconds is the sweep's deadline; ``max_gpu_hours`` / ``max_cost`` cap the spend;
     ``min_gain_per_gpu_hour`` stops once another GPU-hour buys less than that (metric units). ``metric``: accuracy or
     log_loss (classes), r2 or rmse (numbers). ``families``: the ``mixed`` families to search (default: its own
     default list). ``runtime``: "thread", "ray", a Ray address, or the runtime section as a dict. ``cost_aware``:
-    ``search.cost_aware`` (true, false or auto; the default and why in docs/automl.md). ``portfolio``: "on" starts
-    from the configurations learned across tables that ship with rungflow, "off" starts cold, or a portfolio JSON
+    ``search.cost_aware`` (true, false or auto; the default and why in docs/automl.md). ``portfolio``: "off" (the
+    default) starts cold, "on" from the configurations learned across tables that ship with rungflow, or a portfolio JSON
     file (or its dict); it runs beside the searcher and is dropped where this table disagrees. Returns the same
     :class:`~rungflow.flows.api.SweepResult` as :func:`rungflow.sweep`; ``rungflow.load_model(result.run_dir)`` is
     the saved model (an ensemble of trials when one beat the best single trial on validation).

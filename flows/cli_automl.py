@@ -32,9 +32,10 @@ def add_automl_parsers(sub: Any) -> None:
     p.add_argument("--cost-aware", choices=("true", "false", "auto"), default=None,
                    help="search.cost_aware: rank proposals by expected gain per predicted GPU-second "
                         "(default false, measured in docs/automl.md)")
-    p.add_argument("--portfolio", default="on", metavar="on|off|FILE",
-                   help="on (default): start from configurations learned across tables, run beside the searcher and "
-                        "dropped where this table disagrees; off: start cold; or a portfolio JSON file")
+    p.add_argument("--portfolio", default="off", metavar="on|off|FILE",
+                   help="off (default, measured in docs/automl.md): start cold; on: start from configurations learned "
+                        "across tables, run beside the searcher and dropped where this table disagrees; or a "
+                        "portfolio JSON file")
     p.set_defaults(func=cmd_automl)
 
     p = sub.add_parser("predict", help="predict a table's rows with a run's saved model")

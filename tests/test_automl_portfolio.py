@@ -68,9 +68,12 @@ def test_the_shipped_portfolio_fits_automls_default_space(tmp_path: Path) -> Non
     space = _space(tmp_path)
     assert len(shipped["tables"]) == 16 and 4 <= len(shipped["configs"]) <= PORTFOLIO_SIZE
     assert all(space.contains(c) for c in shipped["configs"]), shipped["configs"]
-    plan = automl_config(_table(), "diagnosis", out=tmp_path / "run", runtime="thread")
+    plan = automl_config(_table(), "diagnosis", out=tmp_path / "run", runtime="thread", portfolio="on")
     assert plan.portfolio["used"] and plan.config.history is not None
     assert plan.config.history.configs == shipped["configs"] and plan.config.history.model == "off"
+    # Off by default (it did not pay on the dev tables): the default run starts cold and says so.
+    default = automl_config(_table(), "diagnosis", out=tmp_path / "default", runtime="thread")
+    assert not default.portfolio["used"] and default.config.history is None and "off" in default.portfolio["line"]
 
 
 def test_only_the_families_the_user_chose_else_one_line_and_a_cold_start(tmp_path: Path) -> None:
