@@ -25,7 +25,7 @@ import numpy as np
 from rungflow.budgets.searchers import Observation
 from rungflow.budgets.space import CategoricalParam, SearchSpace
 
-__all__ = ["PastSweep", "Prior", "utilities", "greedy_portfolio", "build_prior", "incumbent_trials", "config_key"]
+__all__ = ["PastSweep", "Prior", "utilities", "greedy_portfolio", "build_prior", "incumbent_trials", "config_key", "last_results"]
 
 Mode = Literal["max", "min"]
 Standing = Literal["rank", "score"]
@@ -77,6 +77,18 @@ def config_key(config: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), repr(v)) for k, v in config.items()))
 
 
+def last_results(observations: Iterable[Observation]) -> dict[str, Observation]:
+    """Per trial, its result at the highest budget it reached (failed results left out)."""
+    last: dict[str, Observation] = {}
+    for o in observations:
+        if o.failed:
+            continue
+        held = last.get(o.trial_id)
+        if held is None or o.budget >= held.budget:
+            last[o.trial_id] = o
+    return last
+
+
 def utilities(observations: Iterable[Observation], mode: Mode,
               standing: Standing = "rank") -> dict[str, tuple[dict[str, Any], float]]:
     """Per trial: its configuration and its utility in [0, 1] within this sweep (1 = its best trial).
@@ -87,13 +99,7 @@ def utilities(observations: Iterable[Observation], mode: Mode,
     and auto-sklearn 2.0 normalise a table's scores, so a table where configurations differ by little weighs
     as much as one where they differ by a lot, and a close second counts nearly as the best).
     """
-    last: dict[str, Observation] = {}
-    for o in observations:
-        if o.failed:
-            continue
-        held = last.get(o.trial_id)
-        if held is None or o.budget >= held.budget:
-            last[o.trial_id] = o
+    last = last_results(observations)
     if not last:
         return {}
     levels = sorted({o.budget for o in last.values()})

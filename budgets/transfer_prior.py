@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from rungflow.budgets.prior import PastSweep, _encode, config_key
+from rungflow.budgets.prior import PastSweep, _encode, config_key, last_results
 from rungflow.budgets.searchers import Observation, Searcher
 from rungflow.budgets.space import CategoricalParam, SearchSpace
 
@@ -55,13 +55,7 @@ TOP_FRACTION = 1.0 / 3.0
 
 def _quantiles(observations: Iterable[Observation], mode: str) -> tuple[list[dict[str, Any]], list[float]]:
     """Each trial at the highest budget it reached, and its rank in the sweep mapped to a normal quantile."""
-    last: dict[str, Observation] = {}
-    for o in observations:
-        if o.failed:
-            continue
-        held = last.get(o.trial_id)
-        if held is None or o.budget >= held.budget:
-            last[o.trial_id] = o
+    last = last_results(observations)
     sign = 1.0 if mode == "max" else -1.0
     ordered = sorted(last.values(), key=lambda o: (o.budget, sign * float(o.score)))  # type: ignore[arg-type]
     n = len(ordered)
