@@ -533,10 +533,13 @@ class BudgetController:
             evidence = ("record", _last_top_fidelity_record(records))
         ok = [r for r in done if r.ok and r.score is not None]
         full = self.full_budget if self.full_budget is not None else max((r.budget for r in ok), default=0.0)
+
+        def top_fidelity(r: SpendRecord) -> bool:
+            return r.ok and r.score is not None and r.budget >= full - 1e-9
+
         sign = 1.0 if self.mode == "max" else -1.0
-        top = {id(r) for r in ok if r.budget >= full - 1e-9}
-        scores = [sign * float(r.score) for r in ok if id(r) in top]  # type: ignore[arg-type]
-        estimate = rule.estimate(scores, sum(id(r) in top for r in window), sum(r.gpu_hours for r in window))
+        scores = [sign * float(r.score) for r in ok if top_fidelity(r)]  # type: ignore[arg-type]
+        estimate = rule.estimate(scores, sum(map(top_fidelity, window)), sum(r.gpu_hours for r in window))
         if estimate is None:
             # Neither counts nor resets: too few full-budget results yet to know the sweep's scale or rate.
             detail = (f"history rule: {len(scores)} full-budget results, not yet enough to judge "

@@ -308,7 +308,8 @@ def prior_for(config: Any, run_dir: Path) -> dict[str, Any] | None:
     prior = build_prior(config.search_space(), history.sweeps, portfolio_size=h.portfolio - len(given),
                         model=h.model != "off", every_task=h.model == "all")
     if given:
-        learned = [c for c in prior.portfolio if config_key(c) not in {config_key(g) for g in given}]
+        given_keys = {config_key(g) for g in given}
+        learned = [c for c in prior.portfolio if config_key(c) not in given_keys]
         prior.portfolio = [*given, *learned][:h.portfolio]
         if len(given) < len(h.configs):
             history.notes.append(f"history.configs: {len(h.configs) - len(given)} of {len(h.configs)} outside this "
