@@ -244,6 +244,43 @@ def _weed_binary() -> str:
     return found
 
 
+def _start_weed(home: Path, attempt: int) -> tuple[subprocess.Popen, SeaweedS3]:
+    data = home / f"data-{attempt}"
+    data.mkdir()
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ports}
+    args = [_weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
+            f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
+            f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
+            "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
+            "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.config={home / 's3.json'}",
+            # Every bucket is a collection that grows its own volumes: many small volume slots, so tests never run out.
+            "-master.volumeSizeLimitMB=16", "-volume.max=200"]
+    log_path = home / f"weed-{attempt}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=home)
+    return proc, SeaweedS3(proc, f"http://127.0.0.1:{ports['s3']}", log_path)
+
+
+def _wait_for_s3(server: SeaweedS3) -> bool:
+    """True once the gateway serves; False if weed exited first."""
+    deadline = time.time() + 90
+    client = server.client()
+    while True:
+        if server.proc.poll() is not None:
+            return False
+        try:
+            # Ready when the gateway answers and the filer behind it can store an object.
+            _bucket(client, "rungflow-ready")
+            client.put_object(Bucket="rungflow-ready", Key="ready", Body=b"1")
+            return True
+        except Exception:
+            if time.time() > deadline:
+                raise RuntimeError(f"weed server did not serve S3 within 90 s; see {server.log_path}") from None
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     """SeaweedFS master + volume + filer + S3 gateway, all on free loopback ports, data in a temp dir.
@@ -252,45 +289,26 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     rungflow reads credentials) and AWS_ENDPOINT_URL so data readers find the server.
     """
     home = tmp_path_factory.mktemp("seaweedfs")
-    (home / "data").mkdir()
     identities = {"identities": [{"name": "rungflow", "credentials": [
         {"accessKey": SeaweedS3.access_key, "secretKey": SeaweedS3.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
     (home / "s3.json").write_text(json.dumps(identities))
-    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-    grpc = {name: free_port() for name in ports}
-    args = [_weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={home / 'data'}",
-            f"-master.port={ports['master']}", f"-master.port.grpc={grpc['master']}",
-            f"-volume.port={ports['volume']}", f"-volume.port.grpc={grpc['volume']}",
-            "-filer", f"-filer.port={ports['filer']}", f"-filer.port.grpc={grpc['filer']}",
-            "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={grpc['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-s3.config={home / 's3.json'}",
-            # Every bucket is a collection that grows its own volumes: many small volume slots, so tests never run out.
-            "-master.volumeSizeLimitMB=16", "-volume.max=200"]
-    log_path = home / "weed.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=home)
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
                                             "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID=SeaweedS3.access_key, AWS_SECRET_ACCESS_KEY=SeaweedS3.secret_key,
-                      AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION="us-east-1")
-    server = SeaweedS3(proc, endpoint, log_path)
+    proc = None
     try:
-        deadline = time.time() + 90
-        client = server.client()
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"weed server exited early; see {log_path}")
-            try:
-                # Ready when the gateway answers and the filer behind it can store an object.
-                _bucket(client, "rungflow-ready")
-                client.put_object(Bucket="rungflow-ready", Key="ready", Body=b"1")
+        # weed binds eight ports; free_port() only promises each was free a moment ago, and the suite's other
+        # workers start Ray and Prefect at the same time. A port taken in between is fatal to weed, so a start
+        # that lost a port race is retried on fresh ports; any other early exit is reported with its log.
+        for attempt in range(1, 4):
+            proc, server = _start_weed(home, attempt)
+            os.environ.update(AWS_ACCESS_KEY_ID=SeaweedS3.access_key, AWS_SECRET_ACCESS_KEY=SeaweedS3.secret_key,
+                              AWS_ENDPOINT_URL=server.endpoint, AWS_DEFAULT_REGION="us-east-1")
+            if _wait_for_s3(server):
                 break
-            except Exception:
-                if time.time() > deadline:
-                    raise RuntimeError(f"weed server did not serve S3 within 90 s; see {log_path}") from None
-                time.sleep(0.5)
+            log_tail = server.log_path.read_text(errors="replace")[-2000:]
+            if "address already in use" not in log_tail or attempt == 3:
+                raise RuntimeError(f"weed server exited early (attempt {attempt}); {server.log_path} ends:\n{log_tail}")
         yield server
     finally:
         for key, value in saved.items():
@@ -298,6 +316,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        if proc is None:
+            return
         try:
             os.kill(proc.pid, signal.SIGCONT)
         except ProcessLookupError:
