@@ -316,18 +316,21 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if proc is None:
-            return
-        try:
-            os.kill(proc.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)  # weed may take long to exit on SIGTERM; the data dir is temporary
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc is not None:
+            _stop_weed(proc)
+
+
+def _stop_weed(proc: subprocess.Popen) -> None:
+    try:
+        os.kill(proc.pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)  # weed may take long to exit on SIGTERM; the data dir is temporary
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def _bucket(client: Any, name: str) -> bool:
