@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["RungPlan", "BracketPlan", "max_bracket_index", "rung_budgets", "bracket_plan", "hyperband_plan"]
+__all__ = [
+    "RungPlan", "BracketPlan", "max_bracket_index", "rung_budgets", "milestone_budgets", "bracket_plan", "hyperband_plan",
+]
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,19 @@ def rung_budgets(min_budget: float, max_budget: float, eta: float, *, integer: b
     budgets.append(float(max_budget))
     # Rounding can merge neighbouring rungs (e.g. 1.2 and 1.4 epochs); keep one of each.
     return sorted(set(budgets))
+
+
+def milestone_budgets(min_budget: float, max_budget: float, eta: float, *, integer: bool = True) -> list[float]:
+    """Rungs laid from the bottom up, as Ray Tune's and Syne Tune's ASHA lay them: r_min · η^k up to ``max_budget``,
+    then ``max_budget`` itself. An integer budget rounds a milestone up: a trial that reports whole iterations is
+    judged at the first report at or past it, as Ray Tune judges it (``training_iteration >= milestone``)."""
+    budgets = {float(max_budget)}
+    for k in range(max_bracket_index(min_budget, max_budget, eta) + 1):
+        milestone = min_budget * eta**k
+        milestone = float(math.ceil(milestone - 1e-9)) if integer else float(milestone)
+        if milestone < max_budget * (1 - 1e-9):  # one a rounding error below the top is the top
+            budgets.add(milestone)
+    return sorted(budgets)
 
 
 def bracket_plan(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rungflow.budgets.asha import AshaJob, ASHAScheduler
+from rungflow.budgets.asha import AshaJob, ASHAScheduler, AshaType, StoppingASHAScheduler
 from rungflow.budgets.hyperband import FIFOScheduler, HyperbandScheduler, SuccessiveHalvingScheduler, SyncScheduler
 from rungflow.budgets.median import MedianStoppingScheduler
 from rungflow.budgets.pbt import PBTScheduler
@@ -33,7 +33,8 @@ from rungflow.budgets.scheduling import (
 __all__ = [
     "RungDecision", "TrialScore", "gate_rung", "rank_key", "SchedulerKind", "Scheduler", "AsyncScheduler", "Stage",
     "Job", "ForecastScope", "SyncScheduler", "FIFOScheduler", "SuccessiveHalvingScheduler", "HyperbandScheduler",
-    "ASHAScheduler", "AshaJob", "MedianStoppingScheduler", "PBTScheduler", "SCHEDULERS", "make_scheduler",
+    "ASHAScheduler", "StoppingASHAScheduler", "AshaType", "AshaJob", "MedianStoppingScheduler", "PBTScheduler",
+    "SCHEDULERS", "make_scheduler",
 ]
 
 
@@ -55,9 +56,12 @@ def _hyperband(*, min_budget: float, max_budget: float, eta: float, integer: boo
 
 
 def _asha(*, min_budget: float, max_budget: float, eta: float, integer: bool, iterations: int, num_trials: int | None,
-          mode: Mode, **_: Any) -> Scheduler:
-    return ASHAScheduler(min_budget=min_budget, max_budget=max_budget, eta=eta, mode=mode, integer=integer,
-                         num_trials=_hyperband_trials(min_budget, max_budget, eta, integer, iterations, num_trials))
+          mode: Mode, asha_type: str | None = None, **_: Any) -> Scheduler:
+    if asha_type not in (None, *AshaType):
+        raise ValueError(f"The value of asha_type is {asha_type!r}, but must be one of {', '.join(AshaType)}")
+    variant = StoppingASHAScheduler if asha_type == AshaType.STOPPING else ASHAScheduler
+    return variant(min_budget=min_budget, max_budget=max_budget, eta=eta, mode=mode, integer=integer,
+                   num_trials=_hyperband_trials(min_budget, max_budget, eta, integer, iterations, num_trials))
 
 
 def _hyperband_trials(min_budget: float, max_budget: float, eta: float, integer: bool, iterations: int,

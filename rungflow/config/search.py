@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, field_serializer, field_validator, model_validator
 
-from rungflow.budgets.schedulers import SchedulerKind
+from rungflow.budgets.schedulers import AshaType, SchedulerKind
 from rungflow.budgets.search_registry import SEARCHERS
 from rungflow.budgets.space import CategoricalParam, SearchSpace
 from rungflow.config.errors import _Strict
@@ -151,6 +151,7 @@ _SCHEDULER_OPTIONS = {
     ("median",): ("grace_budget", "min_samples"),
     ("pbt",): ("population", "perturbation_interval", "quantile_fraction", "resample_probability", "mutations", "burn_in"),
     ("hyperband", "sha"): ("max_open_brackets",),
+    ("asha",): ("asha_type",),
 }
 
 
@@ -173,6 +174,19 @@ class SchedulerConfig(_Strict):
     max_open_brackets: int | None = Field(
         default=None, description="hyperband, sha: brackets that may train at once (default: as many as free slots "
                                   "take; 1 runs them one after another)")
+
+    asha_type: str | None = Field(
+        default=None, description="asha: promotion (default: a trial climbs once it ranks in its rung's top 1/eta) or "
+                                  "stopping (Ray Tune's ASHAScheduler: a trial runs on unless it falls below the "
+                                  "rung's cutoff)")
+
+    @field_validator("asha_type")
+    @classmethod
+    def _asha_type(cls, v: str | None) -> str | None:
+        if v is not None and v not in tuple(AshaType):
+            raise ValueError("must be promotion (the default) or stopping (Ray Tune's ASHAScheduler); "
+                             "e.g. scheduler.asha_type: stopping")
+        return v
 
     @field_validator("max_open_brackets")
     @classmethod

@@ -149,6 +149,8 @@ class SweepConfig(_Strict):
                     "seed": self.search.seed}
         if s.kind in ("hyperband", "sha"):
             return {"max_open_brackets": s.max_open_brackets}
+        if s.kind == "asha":
+            return {"asha_type": s.asha_type}
         return {}
 
     # Resolved views ---------------------------------------------------------------------------
