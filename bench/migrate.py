@@ -163,6 +163,9 @@ def _rungflow_scheduler(example: Example, trials: int) -> dict[str, Any]:
         # Ray's HyperBandScheduler fills its brackets with the trials it is given; rungflow's Hyperband starts the
         # trials its brackets call for (many more). One successive-halving bracket keeps the trial count equal.
         return {"kind": "sha", "min_budget": lo, "max_budget": hi, "eta": 3}
+    if example.scheduler == "asha" and example.library == "raytune":
+        # Ray Tune's ASHAScheduler is ASHA's stopping variant: its rule, on its milestones.
+        return {"kind": "asha", "asha_type": "stopping", "min_budget": lo, "max_budget": hi, "eta": 3}
     return {"kind": example.scheduler, "min_budget": lo, "max_budget": hi, "eta": 3}
 
 
