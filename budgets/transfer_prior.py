@@ -10,6 +10,13 @@ the model's mean and spread are those predictions' mean and standard deviation a
 best of :data:`CANDIDATES` random candidates by a Thompson-like draw, mean + spread · ε, so the prior proposes
 where the history agrees and explores where it does not.
 
+Whether any earlier sweep speaks for this task (the ranking test of Feurer, Letham & Bakshy 2018, ranking-weighted
+ensembles): each sweep's model is scored by how it ranks this sweep's own results, pairs of trials at the same
+budget, as Kendall's τ, less one standard error of τ under no relation. Once :data:`MIN_PAIRS` pairs exist and no
+sweep is above zero, the history ranks this task no better than chance, or backwards, and the prior's share is
+zero. The scores do not weight the mean: weighting it, tried on the dev tasks, lost the gain three earlier sweeps
+give (bench/pages/transfer.md).
+
 The mix, after PriorBand (Mallik et al. 2023): each new trial comes from the prior with probability ``share`` and
 from the wrapped searcher otherwise. The share starts at :data:`INITIAL_SHARE` and, before every proposal, is set
 from this sweep's own results at the highest budget where both sources have at least :data:`MIN_RESULTS` results:
@@ -35,8 +42,8 @@ from rungflow.budgets.prior import PastSweep, _encode, config_key, last_results
 from rungflow.budgets.searchers import Observation, Searcher
 from rungflow.budgets.space import CategoricalParam, SearchSpace
 
-__all__ = ["TransferModel", "TransferPriorSearcher", "ShareState", "transfer_data", "prior_share",
-           "INITIAL_SHARE", "MIN_RESULTS", "MAX_SHARE", "CANDIDATES", "BANDWIDTH"]
+__all__ = ["TransferModel", "TransferPriorSearcher", "ShareState", "transfer_data", "prior_share", "SweepRelevance",
+           "INITIAL_SHARE", "MIN_RESULTS", "MAX_SHARE", "CANDIDATES", "BANDWIDTH", "MIN_PAIRS"]
 
 # Random candidates the model ranks per proposal: enough to land near a sweep's good region in a handful of
 # dimensions, few enough that a proposal costs milliseconds beside a history of a few thousand trials.
@@ -51,6 +58,9 @@ MAX_SHARE = 0.8
 MIN_RESULTS = 3
 # The best third at a budget (Hyperband's η = 3 survivors) is what a source is judged by.
 TOP_FRACTION = 1.0 / 3.0
+# Pairs of this sweep's results before the ranking test may silence the prior: five results at one budget. Fewer,
+# and one unlucky pair decides that the history says nothing.
+MIN_PAIRS = 10
 
 
 def _quantiles(observations: Iterable[Observation], mode: str) -> tuple[list[dict[str, Any]], list[float]]:
@@ -94,12 +104,13 @@ class TransferModel:
         self.space = space
         self.bandwidth = bandwidth
         self.sweeps = [(_features(space, d["configs"]), np.asarray(d["quantiles"], dtype=float)) for d in data]
+        self.names = [str(d.get("name", i)) for i, d in enumerate(data)]
 
     def __len__(self) -> int:
         return len(self.sweeps)
 
-    def predict(self, configs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted quantile per configuration: mean across earlier sweeps, and their standard deviation."""
+    def predict_per_sweep(self, configs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Each earlier sweep's predicted quantile per configuration: configurations × sweeps."""
         cx = _features(self.space, configs)
         per_sweep = []
         for sx, z in self.sweeps:
@@ -108,7 +119,11 @@ class TransferModel:
             logw = -d / (2.0 * self.bandwidth ** 2)
             w = np.exp(logw - logw.max(axis=1, keepdims=True))  # stable: the nearest trial has weight 1
             per_sweep.append((w @ z) / w.sum(axis=1))
-        stacked = np.stack(per_sweep, axis=1)
+        return np.stack(per_sweep, axis=1)
+
+    def predict(self, configs: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted quantile per configuration: mean across earlier sweeps, and their standard deviation."""
+        stacked = self.predict_per_sweep(configs)
         return stacked.mean(axis=1), stacked.std(axis=1)
 
     def propose(self, rng: np.random.Generator, candidates: int = CANDIDATES) -> dict[str, Any]:
@@ -163,6 +178,40 @@ def prior_share(results: Mapping[float, Mapping[str, Sequence[float | None]]], m
     return ShareState(min(initial, max_share), f"fewer than {min_results} results of each source at any budget yet")
 
 
+class SweepRelevance:
+    """How well each earlier sweep ranks this sweep's results, read as they arrive.
+
+    Within each budget every pair of results is concordant (+1) when a sweep predicts the better one higher,
+    discordant (−1) when lower, else 0 (a failed result ranks last; two failures tie). A sweep's τ is the mean over all
+    pairs; its score is τ less the standard error τ would have with no relation, at least 0. Pairs are counted as
+    each result arrives, so a sweep of a thousand results costs a thousand small sums, not a million-pair recount."""
+
+    def __init__(self, sweeps: int, mode: str) -> None:
+        self.sign = 1.0 if mode == "max" else -1.0
+        self.total = np.zeros(sweeps)
+        self.pairs = 0
+        self._by_budget: dict[float, tuple[list[float], list[np.ndarray]]] = {}
+
+    def add(self, score: float | None, budget: float, predicted: np.ndarray) -> None:
+        signed = -math.inf if score is None or not math.isfinite(score) else self.sign * float(score)
+        scores, rows = self._by_budget.setdefault(float(budget), ([], []))
+        if scores:
+            diff = signed - np.asarray(scores)
+            observed = np.nan_to_num(np.sign(diff))  # -inf - -inf: two failures tie
+            self.total += observed @ np.sign(predicted[None, :] - np.stack(rows))
+            self.pairs += len(scores)
+        scores.append(signed)
+        rows.append(np.asarray(predicted, dtype=float))
+
+    def scores(self) -> np.ndarray:
+        if self.pairs == 0:
+            return np.ones(len(self.total))
+        # Kendall's τ over n items with no relation has variance 2(2n + 5) / (9n(n − 1)); budgets pooled by pairs.
+        variance = sum((n * (n - 1) / 2) ** 2 * 2.0 * (2 * n + 5) / (9.0 * n * (n - 1))
+                       for n in (len(v[0]) for v in self._by_budget.values()) if n >= 2)
+        return np.maximum(self.total / self.pairs - math.sqrt(variance) / self.pairs, 0.0)
+
+
 class TransferPriorSearcher(Searcher):
     """Wraps the sweep's searcher (composition, as Ray Tune's ``ConcurrencyLimiter``): each new trial comes from the
     transfer model with probability :attr:`share`, else from the searcher, which sees every result.
@@ -185,6 +234,9 @@ class TransferPriorSearcher(Searcher):
         self._portfolio_keys = {config_key(c) for c in portfolio}
         self._trial_source: dict[str, str] = {}  # trial id -> the source that proposed it, once it has a result
         self._results: dict[float, dict[str, dict[str, float | None]]] = {}
+        # Every result of this sweep, the portfolio's included, once per trial and budget: what the ranking test reads.
+        self._relevance = SweepRelevance(len(model), self.mode)
+        self._weighed: set[tuple[str, float]] = set()
         self.state = ShareState(min(initial_share, max_share), "no result yet") if len(model) else \
             ShareState(0.0, "the history holds no sweep the model can fit on")
         self.share_trajectory: list[float] = []
@@ -218,6 +270,11 @@ class TransferPriorSearcher(Searcher):
     def observe(self, observation: Observation) -> None:
         self.observations.append(observation)
         self.inner.observe(observation)
+        slot = (observation.trial_id, observation.budget)
+        if len(self.model) and slot not in self._weighed:
+            self._weighed.add(slot)
+            self._relevance.add(observation.score, observation.budget,
+                                self.model.predict_per_sweep([observation.config])[0])
         key = config_key(observation.config)
         if key in self._portfolio_keys:
             return
@@ -230,7 +287,11 @@ class TransferPriorSearcher(Searcher):
         if not len(self.model):
             return
         results = {b: {s: list(scores.values()) for s, scores in by.items()} for b, by in self._results.items()}
-        self.state = prior_share(results, self.mode, initial=self.initial_share, max_share=self.max_share)
+        if self._relevance.pairs >= MIN_PAIRS and not self._relevance.scores().any():
+            self.state = ShareState(0.0, f"no earlier sweep ranks this sweep's {self._relevance.pairs} pairs of "
+                                         "results better than chance")
+        else:
+            self.state = prior_share(results, self.mode, initial=self.initial_share, max_share=self.max_share)
         self.share_trajectory.append(round(self.state.share, 4))
 
     def report(self) -> dict[str, Any]:
@@ -240,4 +301,6 @@ class TransferPriorSearcher(Searcher):
         return {"sweeps": len(self.model), "trials_from_prior": sources.count("prior"),
                 "trials_from_searcher": sources.count("own"), **self.state.to_json(),
                 "share_first": self.share_trajectory[0] if self.share_trajectory else None,
-                "share_min": min(self.share_trajectory, default=None)}
+                "share_min": min(self.share_trajectory, default=None),
+                "sweep_ranking": {name: round(float(w), 4) for name, w in zip(self.model.names, self._relevance.scores())},
+                "relevance_pairs": self._relevance.pairs}

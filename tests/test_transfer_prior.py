@@ -11,6 +11,8 @@ from rungflow.budgets.searchers import Observation
 from rungflow.budgets.space import SearchSpace
 from rungflow.budgets.transfer_prior import (
     INITIAL_SHARE,
+    MIN_PAIRS,
+    SweepRelevance,
     TransferModel,
     TransferPriorSearcher,
     prior_share,
@@ -109,3 +111,39 @@ def test_without_a_history_the_wrapped_searcher_proposes_exactly_as_it_would_col
             o = Observation(f"r{round_}-{i}", c, 9.0, _score(c))
             cold.observe(o)
             wrapped.observe(o)
+
+
+def test_each_sweep_is_scored_by_how_it_ranks_this_sweeps_results() -> None:
+    relevance = SweepRelevance(3, "max")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        score = float(i)
+        # Sweep 0 ranks as the results do, sweep 1 the other way round, sweep 2 at random.
+        relevance.add(score, 1.0, np.array([score, -score, rng.standard_normal()]))
+    relevance.add(None, 1.0, np.array([-100.0, 100.0, 0.0]))  # a failure ranks last: sweep 0 predicted it so
+    scores = relevance.scores()
+    assert relevance.pairs == 13 * 12 // 2
+    assert 0.6 < scores[0] < 1.0 and scores[1] == 0.0 and scores[2] < 0.3
+    relevance.add(5.0, 3.0, np.array([0.0, 0.0, 0.0]))  # alone at its budget: no pair yet
+    assert relevance.pairs == 13 * 12 // 2
+    assert SweepRelevance(2, "min").scores().tolist() == [1.0, 1.0]  # nothing read yet: no sweep silenced
+
+
+def test_a_history_that_ranks_this_task_upside_down_gets_no_share_and_one_true_sweep_keeps_it() -> None:
+    upside_down = TransferModel(SPACE, transfer_data([_past(f"u{i}", (0.05, 0.05), seed=i) for i in range(3)], SPACE))
+    searcher = TransferPriorSearcher(make_searcher("random", SPACE, seed=3, mode="max", max_budget=9.0), upside_down)
+    configs = searcher.suggest(9)
+    for i, c in enumerate(configs):
+        searcher.observe(Observation(f"r{i}", c, 1.0, _score(c)))
+    searcher.suggest(9)
+    assert searcher.share == 0.0 and "better than chance" in searcher.report()["reason"]
+    assert searcher.report()["relevance_pairs"] >= MIN_PAIRS
+
+    mixed = TransferModel(SPACE, transfer_data([_past("true", TRUE_BEST, 0), _past("far", (0.05, 0.05), 1)], SPACE))
+    searcher = TransferPriorSearcher(make_searcher("random", SPACE, seed=4, mode="max", max_budget=9.0), mixed)
+    for round_ in range(3):
+        for i, c in enumerate(searcher.suggest(9)):
+            searcher.observe(Observation(f"r{round_}-{i}", c, 1.0, _score(c)))
+    ranking = searcher.report()["sweep_ranking"]
+    assert ranking["true"] > 0.25 and ranking["far"] == 0.0
+    assert searcher.share > 0.0 and "best third" in searcher.report()["reason"]
