@@ -103,6 +103,7 @@ def _plan_simulated(config, args: argparse.Namespace) -> int:
 
 def history_plan_line(config) -> str:
     """Which earlier sweeps the prior comes from, read now (an unusable source refuses the plan, as the sweep would)."""
+    from rungflow.budgets.transfer_prior import INITIAL_SHARE
     from rungflow.tasks.history import HistoryError, prior_for
 
     try:
@@ -117,8 +118,9 @@ def history_plan_line(config) -> str:
             f"{len(prior['portfolio'])} trials are its portfolio, then the search is cold")
     if s.get("model_prior_sweeps"):
         line = line.removesuffix(", then the search is cold") + (
-            f"; a model of {s['model_prior_sweeps']} sweeps' results proposes half the new trials at first, then as "
-            "many as its trials earn against the searcher's on this sweep's results")
+            f"; a model of {s['model_prior_sweeps']} sweeps' results proposes {INITIAL_SHARE:.0%} of the new trials at "
+            "first, then as many as its trials earn against the searcher's on this sweep's results, and none once "
+            "no earlier sweep ranks this sweep's results better than chance")
     if s["model_observations"]:
         line += f"; the model starts from {s['model_observations']} earlier results"
     from rungflow.budgets.history_stop import stop_rule_in_use
@@ -150,7 +152,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return _plan_simulated(config, args)
     rows, total_units, total_gpu_hours = plan_rows(config)
     unit = config.trainable_class().budget_unit
-    table = Table(title=f"plan: {config.name} ({config.scheduler.kind}, η={config.scheduler.eta:g}, "
+    kind = " ".join(filter(None, (config.scheduler.kind, config.scheduler.asha_type)))
+    table = Table(title=f"plan: {config.name} ({kind}, η={config.scheduler.eta:g}, "
                         f"{config.search.algorithm} search, seed {config.search.seed})")
     for col in ("bracket", "rung", f"budget ({unit})", "trials", f"{unit} to train", "GPU-hours"):
         table.add_column(col, justify="right")
@@ -163,6 +166,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     started = sum(r["new_trials"] for r in rows if r["rung"] == 0)
     cloned = f" ({started} + {trials - started} clones)" if trials > started else ""
     console.print(f"{brackets} brackets, {trials} trials{cloned}, {total_units:g} {unit} in all")
+    if config.scheduler.asha_type == "stopping":
+        console.print("asha stopping: at most; every trial to the top if the rule stops none (the first at each rung "
+                      "always runs on)")
     console.print(config.search.cost_aware_reason)
     b = config.budget
     price = b.price_per_gpu_hour

@@ -193,6 +193,15 @@ def test_the_config_chooses_the_variant_and_promotion_stays_the_default() -> Non
     assert type(build(asha_type="stopping")) is StoppingASHAScheduler
 
 
+def test_rungflow_plan_shows_every_trial_to_the_top() -> None:
+    from rungflow.flows.cli_plan import plan_rows
+
+    rows, units, _ = plan_rows(validate({"name": "a", "trainable": {"kind": "noop"}, "search": {"num_trials": 8},
+                                         "scheduler": {"kind": "asha", "asha_type": "stopping", "max_budget": 10}}))
+    assert [(r["budget"], r["trials"], r["new_trials"]) for r in rows] == [(1, 8, 8), (3, 8, 0), (9, 8, 0), (10, 8, 0)]
+    assert units == 8 * 10
+
+
 @pytest.mark.parametrize("scheduler, fix", [
     ({"kind": "asha", "asha_type": "stop"}, "must be promotion (the default) or stopping"),
     ({"kind": "hyperband", "asha_type": "stopping"}, "only scheduler.kind: asha reads it, not hyperband"),
