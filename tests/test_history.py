@@ -187,6 +187,7 @@ def test_plan_names_the_history_and_the_gpu_hours_it_expects_with_and_without_it
     assert expected["sweeps"] == 2 and expected["hits"] == 2
     assert 0 < expected["prior_gpu_hours"] <= expected["cold_gpu_hours"]
     assert line.startswith("history: 2 earlier sweeps (earlier, earlier), 34 trials, 1 task (2 of the same task)")
+    assert "a model of 2 sweeps' results proposes 50% of the new trials at first" in line
     assert (f"expected: near-best after {expected['cold_gpu_hours']:.4g} GPU-hours cold (median of 2 earlier sweeps), "
             f"{expected['prior_gpu_hours']:.4g} with this history") in line
     one = history_plan_line(_config(tmp_path, {"runs": [str(earlier_run)]}))
