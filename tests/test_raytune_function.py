@@ -62,6 +62,20 @@ def test_a_rung_stops_at_its_budget_and_a_promotion_resumes_from_get_checkpoint(
     assert again.score == pytest.approx(50 * __import__("numpy").tanh(8.0))
 
 
+def test_a_function_that_never_asks_for_its_checkpoint_starts_over_and_runs_the_whole_rung() -> None:
+    def never_asks(config):  # as Ray Tune's XGBoost example: it checkpoints, but never reads get_checkpoint()
+        for step in range(1, 100):
+            with __import__("tempfile").TemporaryDirectory() as folder:
+                Path(folder, "step").write_text(str(step))
+                tune.report({"score": float(step)}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    trainable = _trainable(never_asks, metric="score")
+    first = trainable.train(TrainRequest("t", {}, 4))
+    again = trainable.train(TrainRequest("t", {}, 9, checkpoint=first.checkpoint))
+    # Nine steps of its own from step 1, all billed; not five counted on from 4.
+    assert (again.score, again.budget_reached, again.budget_trained) == (9.0, 9.0, 9.0)
+
+
 def test_bad_functions_fail_their_trial_with_one_line_naming_the_fix() -> None:
     def silent(config):
         return None

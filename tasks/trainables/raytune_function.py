@@ -12,7 +12,10 @@ A rung ends at the report whose ``budget_metric`` (``training_iteration``, count
 the sweep names a metric the function reports, such as ``epoch``) reaches the rung's budget: the last reported
 checkpoint is kept and the function is stopped by an exception it cannot catch with ``except Exception``.
 A promoted trial calls the function again; ``ray.tune.get_checkpoint()`` then returns that checkpoint, and the
-iteration count continues from where it was taken, as when Ray Tune restores a paused trial.
+iteration count continues from where it was taken, as when Ray Tune restores a paused trial. A function that does
+not ask for its checkpoint before its first report has started over (Ray Tune's XGBoost and LightGBM examples
+never ask: under Ray Tune's ASHA a trial is never paused, so it never restarts), and its iterations count from zero
+again: it runs to the rung's budget, and each of those iterations is billed.
 """
 
 from __future__ import annotations
@@ -67,7 +70,8 @@ class _TuneTrial:
         self.options = options
         self.iteration = start_iteration
         self.start_iteration = start_iteration
-        self.loaded_checkpoint = loaded
+        self._loaded_checkpoint = loaded
+        self.asked_for_checkpoint = False
         self.workdir = workdir
         self.last: dict[str, Any] | None = None
         self.checkpoint: bytes | None = None
@@ -78,9 +82,16 @@ class _TuneTrial:
         self.error = message
         raise _Misuse(message)
 
+    @property
+    def loaded_checkpoint(self) -> Any:
+        self.asked_for_checkpoint = True
+        return self._loaded_checkpoint
+
     def report(self, metrics: Any, checkpoint: Any = None) -> None:
         if not isinstance(metrics, Mapping):
             self.fail(f"ray.tune.report got {type(metrics).__name__}; pass a dict, e.g. tune.report({{{self.options.metric!r}: value}})")
+        if self.last is None and self.start_iteration and not self.asked_for_checkpoint:
+            self.iteration = self.start_iteration = self.checkpoint_iteration = 0  # it started over
         self.iteration += 1
         result = {**dict(metrics), "training_iteration": self.iteration}
         metric, budget_metric = self.options.metric, self.options.budget_metric
