@@ -59,6 +59,11 @@ CONTROL = "random portfolio"
 # A bound, not a method: the history's portfolio alone, each configuration trained at full budget one after another
 # until one reaches the target. No sweep whose first bracket holds that portfolio gets there sooner through it.
 ALONE = "portfolio alone"
+# Misleading all through, not run by default: each earlier sweep run on its task with the score upside down (its
+# search and gates minimised accuracy, so they promoted the worst), then read with the scores flipped, as a history
+# of a task ranked the other way round would be. "misleading" flips the scores only, so its sweeps' promotions still
+# follow the true scores.
+INVERTED = "inverted"
 # "history" and "misleading" run what the product runs by default: the portfolio beside the searcher's first draws
 # and the history's model as BOHB's proposal density (budgets/transfer_prior.py). These take one of the two away:
 # "portfolio only" is history.model_prior: off (the product before the model), "model only" history.portfolio: 0.
@@ -157,13 +162,16 @@ def _simulate(config: Any, ledger_path: Path | None, warm_start: Mapping[str, An
     return driver, ledger
 
 
-def history_run(instance: str, out: Path, *, seed: int = HISTORY_SEED) -> Path:
-    """One earlier default sweep on ``instance``, run to its end and written as a run directory (cached)."""
+def history_run(instance: str, out: Path, *, seed: int = HISTORY_SEED, mode: str | None = None) -> Path:
+    """One earlier default sweep on ``instance``, run to its end and written as a run directory (cached);
+    ``mode="min"``: the sweep minimises the score, so its search and gates chase the worst configurations."""
     run_dir = out / f"lcbench-{instance}"
     if (run_dir / "result.json").is_file():
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     config = _config(instance, seed)
+    if mode is not None:
+        config = config.model_copy(update={"metric": config.metric.model_copy(update={"mode": mode})})
     (run_dir / "ledger.jsonl").unlink(missing_ok=True)
     driver, ledger = _simulate(config, run_dir / "ledger.jsonl", None)
     (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=1), encoding="utf-8")
@@ -189,6 +197,17 @@ def flipped(run_dir: Path, out: Path) -> Path:
             record["score"] = FLIP - float(record["score"])
         lines.append(json.dumps(entry))
     (dest / "ledger.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dest
+
+
+def inverted(run_dir: Path, out: Path) -> Path:
+    """A minimising sweep's run directory read as maximising ``FLIP − score``: every score and the mode flipped,
+    so its gates' promotions of the worst configurations are promotions of the best-looking ones."""
+    dest = flipped(run_dir, out)
+    for name in ("config.json", "result.json"):
+        data = json.loads((dest / name).read_text(encoding="utf-8"))
+        data["metric"]["mode"] = "max"
+        (dest / name).write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
     return dest
 
 
@@ -353,6 +372,10 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
             mislead = [flipped(r, out / "history-flipped") for r in runs]
             prior = read_prior(target, runs, out / "scratch" / f"h{h}-{target}", portfolio)
             misprior = read_prior(target, mislead, out / "scratch" / f"h{h}-{target}-flipped", portfolio)
+            if INVERTED in arms:
+                inverse = [inverted(history_run(t, out / "history-min", mode="min"), out / "history-inverted")
+                           for t in tasks]
+                invprior = read_prior(target, inverse, out / "scratch" / f"h{h}-{target}-inverted", portfolio)
             ref = reference(target, pool=pool)
             goal, eg = ref.expected_best - MARGIN, ref.expected_gpu_hours
             sweeps = {}
@@ -373,8 +396,8 @@ def run(instances: Sequence[str], seeds: Sequence[int], hs: Sequence[int], out: 
                 for arm in arms:
                     if arm == "cold":
                         cell[arm] = run_ours(target, seed, iterations, None, goal, eg)
-                    elif arm in ("history", "misleading", *MODEL_ARMS):
-                        chosen = misprior if arm.endswith("misleading") else prior
+                    elif arm in ("history", "misleading", INVERTED, *MODEL_ARMS):
+                        chosen = invprior if arm == INVERTED else misprior if arm.endswith("misleading") else prior
                         warm = None if arm.startswith("model only") else chosen["warm_start"]
                         model = None if arm.startswith("portfolio only") else chosen["transfer"]
                         cell[arm] = run_ours(target, seed, iterations, warm, goal, eg, cell["verdicts"], arm, model,
@@ -450,7 +473,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history", nargs="+", type=int, default=[3, 10], metavar="H", help="earlier sweeps per target")
     p.add_argument("--iterations", type=int, default=40,
                    help="the target sweep's Hyperband iterations (it stops at E[G] first)")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=(*ARMS, CONTROL, ALONE, *MODEL_ARMS))
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=(*ARMS, CONTROL, ALONE, INVERTED, *MODEL_ARMS))
     p.add_argument("--portfolio", type=int, default=PORTFOLIO, help="history.portfolio (the product's default: %(default)s)")
     p.add_argument("--model-share", type=float, default=None,
                    help="the model prior's starting share (default: the product's, budgets/transfer_prior.py)")
