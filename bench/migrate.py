@@ -7,6 +7,7 @@ example: the best score (mean and spread over seeds), CPU-hours (trial seconds x
 tool bills it) and wall-clock.
 
     python -m bench migrate [--seeds 3] [--trials 8] [--only NAME] [--out bench/results/migrate.json]
+                            [--asha-type stopping|promotion]
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def load_example(example: Example) -> Any:
     return example.make(module) if example.make else getattr(module, example.attr)
 
 
-def _rungflow_scheduler(example: Example, trials: int) -> dict[str, Any]:
+def _rungflow_scheduler(example: Example, trials: int, asha_type: str = "stopping") -> dict[str, Any]:
     lo, hi = example.min_budget, example.budget
     if example.scheduler == "fifo":
         return {"kind": "fifo", "min_budget": hi, "max_budget": hi}
@@ -165,12 +166,12 @@ def _rungflow_scheduler(example: Example, trials: int) -> dict[str, Any]:
         return {"kind": "sha", "min_budget": lo, "max_budget": hi, "eta": 3}
     if example.scheduler == "asha" and example.library == "raytune":
         # Ray Tune's ASHAScheduler is ASHA's stopping variant: its rule, on its milestones.
-        return {"kind": "asha", "asha_type": "stopping", "min_budget": lo, "max_budget": hi, "eta": 3}
+        return {"kind": "asha", "asha_type": asha_type, "min_budget": lo, "max_budget": hi, "eta": 3}
     return {"kind": example.scheduler, "min_budget": lo, "max_budget": hi, "eta": 3}
 
 
 def run_rungflow(example: Example, *, seed: int, trials: int, out: Path, runtime: dict[str, Any] | None = None,
-                 budget: int | None = None) -> dict[str, Any]:
+                 budget: int | None = None, asha_type: str = "stopping") -> dict[str, Any]:
     """The rungflow start line: ``rungflow.sweep(fn, space=param_space, metric=..., mode=..., ...)``."""
     import rungflow
 
@@ -181,7 +182,7 @@ def run_rungflow(example: Example, *, seed: int, trials: int, out: Path, runtime
     t0 = time.perf_counter()
     result = rungflow.sweep(fn, space=space, metric=example.metric, mode=example.mode, out=out,
                             search={"algorithm": "random", "seed": seed, "num_trials": trials},
-                            scheduler=_rungflow_scheduler(example, trials), budget={"max_gpu_hours": 100},
+                            scheduler=_rungflow_scheduler(example, trials, asha_type), budget={"max_gpu_hours": 100},
                             runtime=runtime or {"kind": "thread", "max_concurrent": 1})
     wall = time.perf_counter() - t0
     events = result.raw.get("events") or []
@@ -263,6 +264,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=8, help="trials per run, the same for both tools")
     p.add_argument("--only", action="append", default=None, help="example name (repeatable); default: all")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "migrate.json")
+    p.add_argument("--asha-type", choices=("stopping", "promotion"), default="stopping",
+                   help="rungflow's ASHA variant where the example runs Ray Tune's ASHAScheduler (stopping is Ray Tune's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -273,20 +276,21 @@ def run(args: argparse.Namespace) -> int:
         for example in EXAMPLES:
             if args.only and example.name not in args.only:
                 continue
-            rows.append(_compare(example, args.seeds, args.trials))
+            rows.append(_compare(example, args.seeds, args.trials, args.asha_type))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"seeds": args.seeds, "trials": args.trials, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"seeds": args.seeds, "trials": args.trials, "asha_type": args.asha_type, "rows": rows},
+                                   indent=2))
     return 0
 
 
-def _compare(example: Example, seeds: int, trials: int) -> dict[str, Any]:
+def _compare(example: Example, seeds: int, trials: int, asha_type: str = "stopping") -> dict[str, Any]:
     per_tool: dict[str, list[dict[str, Any]]] = {"native": [], "rungflow": []}
     for seed in range(seeds):
         with tempfile.TemporaryDirectory() as tmp:
             start_cold()
             per_tool["native"].append(run_native(example, seed=seed, trials=trials, out=Path(tmp) / "native"))
             start_cold()
-            ours = run_rungflow(example, seed=seed, trials=trials, out=Path(tmp) / "rungflow")
+            ours = run_rungflow(example, seed=seed, trials=trials, out=Path(tmp) / "rungflow", asha_type=asha_type)
             ours.pop("result")
             per_tool["rungflow"].append(ours)
     row: dict[str, Any] = {"example": example.name, "library": example.library, "scheduler": example.scheduler,
@@ -295,7 +299,7 @@ def _compare(example: Example, seeds: int, trials: int) -> dict[str, Any]:
         bests = [r["best"] for r in runs if r["best"] is not None]
         row[tool] = {"best_mean": statistics.fmean(bests) if bests else None,
                      "best_std": statistics.pstdev(bests) if len(bests) > 1 else 0.0,
-                     "best_range": [min(bests), max(bests)] if bests else None,
+                     "best_range": [min(bests), max(bests)] if bests else None, "bests": [r["best"] for r in runs],
                      "cpu_hours": statistics.fmean(r["cpu_hours"] for r in runs),
                      "wall_seconds": statistics.fmean(r["wall_seconds"] for r in runs),
                      "trials": statistics.fmean(r["trials"] for r in runs)}

@@ -49,7 +49,7 @@ POOL_SEED = 10_007  # the robust bench's reference pool (bench.search_sim.refere
 REFERENCE_TRIALS = 128
 MARGIN = 0.5
 ACC, TIME, EPOCH = "metric_valid_acc", "metric_elapsed_time", "epoch"
-OURS = ("ours hyperband", "ours asha")
+OURS = ("ours hyperband", "ours asha", "ours asha stopping")  # ASHA's promotion variant (the default), then Ray Tune's
 THEIRS = ("syne tune asha", "syne tune bohb")
 METHODS = (*OURS, *THEIRS)
 
@@ -181,7 +181,7 @@ def _row(table: Table, method: str, seed: int, workers: int, reach: float | None
 
 
 def run_ours(table: Table, seed: int, workers: int, kind: str, *, iterations: int = 16,
-             cap_gpu_hours: float | None = None, num_trials: int = 100_000) -> dict[str, Any]:
+             cap_gpu_hours: float | None = None, num_trials: int = 100_000, asha_type: str | None = None) -> dict[str, Any]:
     from rungflow.config import load_config
     from rungflow.flows.plan_sim import simulate
 
@@ -197,6 +197,7 @@ def run_ours(table: Table, seed: int, workers: int, kind: str, *, iterations: in
                  "scheduler.min_budget=1", f"scheduler.kind={kind}", "runtime.gpus_per_trial=1",
                  f"search.seed={seed}", f"budget.max_gpu_hours={cap_gpu_hours if cap_gpu_hours else 100000}"]
     overrides += [f"scheduler.iterations={iterations}"] if kind == "hyperband" else [f"search.num_trials={num_trials}"]
+    overrides += [f"scheduler.asha_type={asha_type}"] if asha_type else []
     config = load_config("examples/lcbench.yaml", overrides)
     t0 = time.perf_counter()
     r = simulate(config, workers=workers, durations=seconds, scores=score, against_one_gpu=False)
@@ -204,7 +205,8 @@ def run_ours(table: Table, seed: int, workers: int, kind: str, *, iterations: in
     points = [(e["finished_at"], e["score"]) for e in r["events"]
               if e["budget"] >= LCBENCH_MAX_EPOCH and e["score"] is not None]
     reach, best = _reach(points, table.expected_best - MARGIN)
-    return _row(table, "ours hyperband" if kind == "hyperband" else "ours asha", seed, workers, reach, best,
+    method = "ours hyperband" if kind == "hyperband" else " ".join(filter(None, ("ours asha", asha_type)))
+    return _row(table, method, seed, workers, reach, best,
                 r["gpu_hours"], r["wall_seconds"], r["trials"], took)
 
 
@@ -300,6 +302,8 @@ def run_cell(table: Table, seed: int, workers: int, *, iterations: int = 16, met
     cap = ours["gpu_hours"]
     if "ours asha" in methods:
         add(run_ours(table, seed, workers, "asha", cap_gpu_hours=cap))
+    if "ours asha stopping" in methods:
+        add(run_ours(table, seed, workers, "asha", cap_gpu_hours=cap, asha_type="stopping"))
     for m in ("asha", "bohb"):
         if f"syne tune {m}" in methods:
             add(run_synetune(table, seed, workers, m, cap, max_wall_hours=wall_factor * ours["wall_hours"]))
