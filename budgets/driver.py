@@ -12,6 +12,7 @@ scheduler and controller see the same inputs in the same order as before the cra
 
 from __future__ import annotations
 
+import heapq
 import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -312,6 +313,7 @@ class SweepDriver:
                               "rungs": [{"rung": r.index, "budget": r.budget} for r in plan.rungs]})
         done: queue.Queue[Any] = queue.Queue()
         in_flight: dict[int, tuple[Any, TrialJob, SpendRecord | None]] = {}
+        replays: list[tuple[int, int]] = []  # (ledger position, handle id) of replayed jobs not yet taken
         last_rung_of: dict[str, int] = {}
         budget_at: dict[tuple[str, int], float] = {}
         checks_every = max(1, executor.slots)
@@ -351,13 +353,16 @@ class SweepDriver:
                     record = self.replayed(job)
                     if record is not None:
                         handle: Any = object()
-                        done.put(handle)
+                        heapq.heappush(replays, (self._replay_order.get((job.trial_id, job.rung), 0), id(handle)))
                     else:
                         handle = self.dispatch(job, executor, done.put)
                     in_flight[id(handle)] = (handle, job, record)
                 if not in_flight:
                     break
-                handle = _next(done, executor)
+                # Replayed results come back first and in the order they were billed: that is the order they came
+                # back in before the crash (what was running then is running again now), so every decision that
+                # reads the order (ASHA's cutoffs and ranks, the median) is made again as it was.
+                handle = in_flight[heapq.heappop(replays)[1]][0] if replays else _next(done, executor)
                 if id(handle) not in in_flight:
                     continue
                 _, job, record = in_flight.pop(id(handle))
@@ -389,11 +394,12 @@ class SweepDriver:
         """Cancel what is in flight and bill each job as it comes back (those not started come back at once):
         a start marker with no spend after it would be time the workers used and nobody paid for."""
         executor.cancel([job for _, job, record in in_flight.values() if record is None], reason)
+        replayed = sorted((key for key, (_, _, record) in in_flight.items() if record is not None),
+                          key=lambda key: self._replay_order.get((in_flight[key][1].trial_id, in_flight[key][1].rung), 0))
+        for key in replayed:  # already billed, never handed to the executor: nothing will come back for them
+            self.adopt(in_flight.pop(key)[2])  # type: ignore[arg-type]
         while in_flight:
             handle = _next(done, executor)
             if id(handle) in in_flight:
-                _, job, record = in_flight.pop(id(handle))
-                if record is not None:
-                    self.adopt(record)
-                else:
-                    self.charge(executor.collect(handle, job))
+                _, job, _ = in_flight.pop(id(handle))
+                self.charge(executor.collect(handle, job))

@@ -163,8 +163,10 @@ def drive(slots: int, ledger: Ledger) -> tuple[SweepDriver, SimulatedExecutor]:
     return driver, executor
 
 
-def test_a_sweep_resumed_from_its_ledger_makes_the_same_stops(tmp_path: Path) -> None:
-    whole, _ = drive(1, Ledger(tmp_path / "whole.jsonl"))
+@pytest.mark.parametrize("slots", [1, 3])
+def test_a_sweep_resumed_from_its_ledger_makes_the_same_stops(tmp_path: Path, slots: int) -> None:
+    """With several slots results come back out of dispatch order; the replay hands them back in the ledger's."""
+    whole, _ = drive(slots, Ledger(tmp_path / "whole.jsonl"))
     records = whole.ledger.records
     assert whole.stop_reason == "schedule_complete" and len(whole.trials) == 20
     stopped = whole.scheduler.stopped  # type: ignore[attr-defined]
@@ -172,9 +174,12 @@ def test_a_sweep_resumed_from_its_ledger_makes_the_same_stops(tmp_path: Path) ->
     assert sum(r.budget_trained for r in records) < whole.scheduler.budget_units()
     lines = (tmp_path / "whole.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "killed.jsonl").write_text("".join(lines[: len(lines) // 2]))
-    resumed, executor = drive(1, Ledger(tmp_path / "killed.jsonl", replay=True))
+    resumed, executor = drive(slots, Ledger(tmp_path / "killed.jsonl", replay=True))
     assert resumed.scheduler.stopped == stopped  # type: ignore[attr-defined]
-    assert [(r.trial_id, r.rung, r.score) for r in resumed.ledger.records] == [(r.trial_id, r.rung, r.score) for r in records]
+    outcomes = [(r.trial_id, r.rung, r.score) for r in resumed.ledger.records]
+    expected = [(r.trial_id, r.rung, r.score) for r in records]
+    # One slot: the same order too. Several: what ran after the kill may finish in another order on the new clock.
+    assert outcomes == expected if slots == 1 else sorted(outcomes) == sorted(expected)
     assert 0 < len(executor.busy) < len(records)
 
 
