@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -143,9 +143,8 @@ class ASHAScheduler:
         return ForecastScope(tuple((b, max(1, int(round(eta ** (len(budgets) - 1 - i))))) for i, b in enumerate(budgets)))
 
 
-
 class StoppingASHAScheduler:
-    """Asynchronous successive halving, stopping variant: Ray Tune's ``ASHAScheduler`` rule on rungflow's rungs.
+    """Asynchronous successive halving, stopping variant: Ray Tune's ``ASHAScheduler``, its rule on its milestones.
 
     The rungs are r_min · η^k up to R, then R (:func:`budgets.rungs.milestone_budgets`), Ray Tune's milestones
     with ``grace_period`` = r_min and ``max_t`` = R. When a trial reports at rung k below the top, its score is
@@ -225,7 +224,7 @@ class StoppingASHAScheduler:
             return
         self._continuing.append((trial_id, rung + 1))
 
-    def cutoff(self, recorded: Any) -> float | None:
+    def cutoff(self, recorded: Iterable[float]) -> float | None:
         """The (1 − 1/η) quantile of ``recorded`` signed scores, below which a trial stops; None with none recorded."""
         values = list(recorded)
         if not values:
