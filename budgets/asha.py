@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rungflow.budgets.rungs import BracketPlan, RungPlan, milestone_budgets, rung_budgets
 from rungflow.budgets.scheduling import ForecastScope, Job, Mode, SchedulerKind, Stage, rank_key
+from rungflow.budgets.stopping_rule import StoppingRuleScheduler
 
 if TYPE_CHECKING:
     from rungflow.budgets.ledger import SpendRecord
@@ -143,7 +143,7 @@ class ASHAScheduler:
         return ForecastScope(tuple((b, max(1, int(round(eta ** (len(budgets) - 1 - i))))) for i, b in enumerate(budgets)))
 
 
-class StoppingASHAScheduler:
+class StoppingASHAScheduler(StoppingRuleScheduler):
     """Asynchronous successive halving, stopping variant: Ray Tune's ``ASHAScheduler``, its rule on its milestones.
 
     The rungs are r_min · η^k up to R, then R (:func:`budgets.rungs.milestone_budgets`), Ray Tune's milestones
@@ -155,74 +155,38 @@ class StoppingASHAScheduler:
     then recorded. A failed result (None, NaN or infinite) stops the trial and is not recorded: Ray Tune's
     ``nanpercentile`` ignores a NaN too, but runs its trial on.
 
-    :meth:`next_job` continues a trial that passed its rung before it starts a new one, as under Ray Tune, where
-    the trial never gives up its worker. The decisions depend only on the order results arrive in, so a replay of
-    the ledger in that order rebuilds them exactly.
+    A trial that passed its rung continues before a new one starts, as under Ray Tune, where the trial never gives
+    up its worker (:class:`rungflow.budgets.stopping_rule.StoppingRuleScheduler`). The plan assumes every trial
+    reaches the top: the rule stops a trial only against the results recorded before it, so the first trials at a
+    rung all run on, and with few trials (or results that improve in arrival order) every trial can.
     """
 
     kind = SchedulerKind.ASHA
     asha_type = AshaType.STOPPING
-    synchronous = False
-    brackets_per_iteration: int | None = None
 
     def __init__(
         self, *, min_budget: float, max_budget: float, eta: float, num_trials: int, mode: Mode = "max",
         integer: bool = True,
     ) -> None:
-        if num_trials < 1:
-            raise ValueError(f"The value of num_trials is {num_trials}, but must be at least 1")
-        self.min_budget, self.max_budget, self.eta, self.mode = min_budget, max_budget, eta, mode
-        self.num_trials = num_trials
-        self.budgets = milestone_budgets(min_budget, max_budget, eta, integer=integer)
+        super().__init__(budgets=milestone_budgets(min_budget, max_budget, eta, integer=integer), min_budget=min_budget,
+                         max_budget=max_budget, eta=eta, num_trials=num_trials, mode=mode)
         # Per rung, the scores recorded so far (signed: larger is better), in arrival order, by trial.
         self._recorded: list[dict[str, float]] = [{} for _ in self.budgets]
         self._decided: set[tuple[str, int]] = set()
-        self._continuing: deque[tuple[str, int]] = deque()
-        self.stopped: dict[str, int] = {}  # trial -> the rung where the rule (or a failure) stopped it
-        self.started = 0
 
-    @property
-    def brackets(self) -> tuple[BracketPlan, ...]:
-        """Every trial through every rung: what the stopping rule spends if it stops nobody, its upper bound.
-
-        The plan, ``rungflow plan`` and the budget forecasts assume this. The rule stops a trial only against the
-        results recorded before it, so the trials that reach a rung first all run on, and with few trials (or
-        results that improve in arrival order) every trial can reach the top.
-        """
-        rungs = tuple(RungPlan(k, b, self.num_trials) for k, b in enumerate(self.budgets))
-        return (BracketPlan(index=0, s=len(rungs) - 1, rungs=rungs),)
-
-    def next_job(self) -> Job | None:
-        """Called when a worker is free; None means nothing to do until a running trial reports."""
-        if self._continuing:
-            trial_id, rung = self._continuing.popleft()
-            return Job(trial_id, rung, self.budgets[rung])
-        if self.started < self.num_trials:
-            self.started += 1
-            return Job(None, 0, self.budgets[0])
-        return None
-
-    def on_trial(self, trial_id: str, config: Mapping[str, Any]) -> None:
-        """The rule reads scores only."""
-
-    def on_result(self, trial_id: str, rung: int, score: float | None) -> None:
-        """Called once per finished (trial, rung): the trial goes on to the next rung unless the rule stops it."""
-        if (trial_id, rung) in self._decided:  # reported again: it was judged on its first report, as in Ray Tune
-            return
+    def first_report(self, trial_id: str, rung: int) -> bool:
+        """A trial reported again at a rung was judged on its first report, as in Ray Tune."""
+        if (trial_id, rung) in self._decided:
+            return False
         self._decided.add((trial_id, rung))
-        if score is None or not math.isfinite(score):
-            self.stopped[trial_id] = rung  # a failed trial has nothing to continue from
-            return
-        if rung + 1 >= len(self.budgets):
-            return
+        return True
+
+    def record_and_judge(self, trial_id: str, rung: int, score: float) -> bool:
         recorded = self._recorded[rung]
-        signed = float(score) if self.mode == "max" else -float(score)
+        signed = score if self.mode == "max" else -score
         cutoff = self.cutoff(recorded.values())
         recorded[trial_id] = signed
-        if cutoff is not None and signed < cutoff:
-            self.stopped[trial_id] = rung
-            return
-        self._continuing.append((trial_id, rung + 1))
+        return cutoff is not None and signed < cutoff
 
     def cutoff(self, recorded: Iterable[float]) -> float | None:
         """The (1 − 1/η) quantile of ``recorded`` signed scores, below which a trial stops; None with none recorded."""
@@ -230,20 +194,3 @@ class StoppingASHAScheduler:
         if not values:
             return None
         return float(np.percentile(values, (1 - 1 / self.eta) * 100))
-
-    def mark_started(self, count: int) -> None:
-        """Count trials started before a resume, so the total stays ``num_trials``."""
-        self.started = max(self.started, count)
-
-    def stop_starting(self) -> None:
-        """The searcher is exhausted: the new trial just handed out never started, and no other will."""
-        self.num_trials = self.started - 1
-
-    def budget_units(self) -> float:
-        """Budget units if nobody is stopped: every trial to the full budget, resuming from checkpoints (an upper
-        bound; the rule stops at most the trials below each rung's cutoff, and none of the first at a rung)."""
-        return self.num_trials * self.budgets[-1]
-
-    def forecast_scope(self, stage: Stage, records: Sequence[SpendRecord], mode: Mode) -> ForecastScope | None:
-        """A fresh trial through every rung, the rule's worst case (as for median stopping)."""
-        return ForecastScope(tuple((b, 1) for b in self.budgets))
