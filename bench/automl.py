@@ -5,7 +5,7 @@ rows and is scored on the fold's, which no system sees. Every system gets the sa
 seconds: rungflow's sweep as its deadline, AutoGluon's ``time_limit`` (``medium_quality`` and ``best_quality``),
 auto-sklearn's ``time_left_for_this_task``. The peers fit in worker subprocesses (AutoGluon in this environment,
 auto-sklearn in its own: ``tasks/trainables/external.py``) on all the training rows, encoded as rungflow encodes
-them. ``rungflow-stop`` is rungflow with the stop at the price (``--price``, points per GPU-hour);
+them. ``rungflow-stop`` is rungflow with the stop at the price (``--price``, in the metric's own units per GPU-hour);
 ``rungflow-costaware`` and ``rungflow-costblind`` are rungflow with ``search.cost_aware`` on and off, whatever the
 default, with each run's trials and GPU-seconds per model family.
 
@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", type=int, default=3, help="outer train/test folds per table (at least 2)")
     p.add_argument("--first-splits", type=int, default=None, help="run only the first N of the folds (a slice; a rerun adds the rest)")
     p.add_argument("--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=SYSTEMS)
-    p.add_argument("--price", type=float, default=0.1, help="rungflow-stop's min_gain_per_gpu_hour (score points per GPU-hour)")
+    p.add_argument("--price", type=float, default=0.1, help="rungflow-stop's min_gain_per_gpu_hour, in the metric's own units per GPU-hour (0.1 of accuracy is 10 points)")
     p.add_argument("--runtime", default=None, help="rungflow's runtime: thread, ray or a Ray address (default: automl's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench/out/automl"))
