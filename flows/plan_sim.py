@@ -291,7 +291,10 @@ def _simulate_once(config: SweepConfig, *, workers: int, durations: Durations, s
                                  release_idle_after=grace,
                                  worker_startup_seconds=startup if config.runtime.kind == "ray" else 0.0)
     driver.run(executor)
-    out = summarise(driver, executor, kind, workers, surrogate)
+    # The stopping variant spends differently from the default promotion: the line names which ran.
+    variant = getattr(scheduler, "asha_type", None)
+    out = summarise(driver, executor, kind if variant in (None, "promotion") else f"{kind} {variant}", workers,
+                    surrogate)
     worker_hours_held = _held_worker_seconds(executor, grace, startup) / 3600
     out["gpu_hours_held"] = worker_hours_held * gpus
     # The same hold per worker, whatever its share: what a CPU-only sweep's workers held, comparable with a real

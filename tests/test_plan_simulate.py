@@ -227,3 +227,11 @@ def test_a_workers_start_up_is_read_from_its_hold_to_its_first_trial() -> None:
              HoldSpan("actor-2", 0.0, 1.0, 9.0, 9.5)]
     assert worker_startup(records, holds) == pytest.approx(0.6)  # the median of 0.2 and 0.6: the upper one
     assert worker_startup(records, []) is None
+
+
+def test_the_simulated_plan_names_the_asha_variant_it_ran(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config(tmp_path, scheduler={"kind": "asha", "min_budget": 1, "max_budget": 9, "eta": 3})
+    args = ["--simulate", "--seconds-per-unit", "10", "--json", "--stage-seconds", "0"]
+    assert _json(capsys, "plan", str(path), *args)["scheduler"] == "asha"
+    stopping = _json(capsys, "plan", str(path), *args, "--set", "scheduler.asha_type=stopping")
+    assert stopping["scheduler"] == "asha stopping" and stopping["trials"] > 0
