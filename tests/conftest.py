@@ -76,12 +76,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def serve_prefect(home: Path, ui: bool = False, database_url: str | None = None) -> Iterator[str]:
-    """``prefect server start`` (SQLite under ``home``, or ``database_url``) on a free loopback port; yields the API URL.
-
-    While it runs, this process and everything it starts (Ray workers, CLI subprocesses) report to it.
-    """
+def _start_prefect(home: Path, ui: bool, database_url: str | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
     env = {
@@ -97,25 +92,46 @@ def serve_prefect(home: Path, ui: bool = False, database_url: str | None = None)
         # The browser asks the UI where the API is; without these it would try 127.0.0.1:4200.
         env.update(PREFECT_UI_API_URL=f"{origin}/api", PREFECT_UI_URL=origin)
     env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"{origin}/api"
+    with (home / "server.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    return proc, f"{origin}/api"
+
+
+def _wait_for_prefect(proc: subprocess.Popen, url: str) -> bool:
+    """True once the API answers; False if the server exited first."""
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited early; see {home / 'server.log'}")
+            return False
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
+                return True
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("prefect server did not start within 180 s")
+    proc.kill()
+    raise RuntimeError("prefect server did not start within 180 s")
+
+
+@contextmanager
+def serve_prefect(home: Path, ui: bool = False, database_url: str | None = None) -> Iterator[str]:
+    """``prefect server start`` (SQLite under ``home``, or ``database_url``) on a free loopback port; yields the API URL.
+
+    While it runs, this process and everything it starts (Ray workers, CLI subprocesses) report to it.
+    """
+    # The server binds its port only after seconds of start-up, and the suite's other workers start Ray and
+    # Prefect meanwhile: a start that lost its port is retried on a fresh one, as the S3 server's is.
+    for attempt in range(1, 4):
+        proc, url = _start_prefect(home, ui, database_url)
+        if _wait_for_prefect(proc, url):
+            break
+        log_tail = (home / "server.log").read_text(errors="replace")[-2000:]
+        # Prefect's CLI says "Port N is already in use"; uvicorn, when it loses the race later, "address already in use".
+        if "already in use" not in log_tail or attempt == 3:
+            raise RuntimeError(f"prefect server exited early (attempt {attempt}); {home / 'server.log'} ends:\n{log_tail}")
     previous = os.environ.get("PREFECT_API_URL")
     # The env var reaches Ray workers and subprocesses; the settings context reaches this process,
     # whose Prefect settings were read when prefect was first imported.
