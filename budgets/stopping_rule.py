@@ -4,6 +4,7 @@ stopping variant share. A subclass says only how a result is recorded and judged
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["StoppingRuleScheduler"]
 
 
-class StoppingRuleScheduler:
+class StoppingRuleScheduler(ABC):
     """Every trial climbs ``budgets`` one rung at a time until the rule stops it or it reaches the top.
 
     :meth:`next_job` continues a trial that passed its rung before it starts a new one, so started trials finish
@@ -39,9 +40,9 @@ class StoppingRuleScheduler:
         self.stopped: dict[str, int] = {}  # trial -> the rung where the rule (or a failure) stopped it
         self.started = 0
 
+    @abstractmethod
     def record_and_judge(self, trial_id: str, rung: int, score: float) -> bool:
         """Record a finite result; True when the rule stops the trial at ``rung``."""
-        raise NotImplementedError
 
     def first_report(self, trial_id: str, rung: int) -> bool:
         """Whether this (trial, rung) is judged now; a rule that judges on the first report only says False after."""
